@@ -1,0 +1,266 @@
+"""The stack settings: every config key read once, validated, into one frozen object.
+
+`parse_settings` is pure (a dict of raw values in, settings or a SettingsError out) so every
+rule is testable without Pulumi; `load_settings` is the thin Pulumi reader around it. Defaults
+live only in Pulumi.yaml: a key missing here is a key missing there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from infra.catalogue import CURRENT_GPUS, GPUS, IMAGES, GpuSpec, looks_like_machine_type
+
+# Where `pulumi config set allowedSourceRanges` gets the caller's own address from.
+MY_IP_COMMAND = "curl -s https://checkip.amazonaws.com"
+OPEN_TO_WORLD = {"0.0.0.0/0", "::/0"}
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A config value that cannot work; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    project: str
+    region: str
+    zone: str
+    gpu_type: str
+    gpu_count: int
+    machine_type: str
+    boot_disk_size_gb: int
+    image: str
+    spot: bool
+    allowed_source_ranges: tuple[str, ...]
+    notebook_port: int
+    idle_shutdown_minutes: int
+    shutdown_after_training: bool
+    run_training: bool
+    data_path: str
+    training_args: tuple[str, ...]
+    keep_bucket_on_destroy: bool
+    labels: tuple[tuple[str, str], ...]
+
+    @property
+    def gpu(self) -> GpuSpec:
+        return GPUS[self.gpu_type]
+
+    @property
+    def gpus_attached(self) -> int:
+        """GPUs the VM really gets (bundled machine types fix the count)."""
+        return self.gpu.gpus_in(self.machine_type, self.gpu_count)
+
+    @property
+    def open_to_world(self) -> bool:
+        return any(cidr in OPEN_TO_WORLD for cidr in self.allowed_source_ranges)
+
+
+def _require(raw: Mapping[str, Any], key: str) -> Any:
+    if key not in raw or raw[key] is None:
+        raise SettingsError(f"config key {key!r} is missing; it is declared in Pulumi.yaml")
+    return raw[key]
+
+
+def _as_int(raw: Mapping[str, Any], key: str, minimum: int, maximum: int) -> int:
+    value = _require(raw, key)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{key} {value!r} is not a whole number") from None
+    if isinstance(value, bool) or str(number) != str(value).strip():
+        raise SettingsError(f"{key} {value!r} is not a whole number")
+    if not minimum <= number <= maximum:
+        raise SettingsError(f"{key} {number} is out of range; use {minimum} to {maximum}")
+    return number
+
+
+def _as_bool(raw: Mapping[str, Any], key: str) -> bool:
+    value = _require(raw, key)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "false"}:
+        return text == "true"
+    raise SettingsError(f"{key} {value!r} is not true or false")
+
+
+def _as_list(raw: Mapping[str, Any], key: str) -> list[Any]:
+    value = _require(raw, key)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise SettingsError(
+                f"{key} {value!r} is not a list; set it with --path "
+                f"(`pulumi config set --path '{key}[0]' VALUE`)"
+            ) from None
+    if not isinstance(value, list):
+        raise SettingsError(f"{key} {value!r} is not a list")
+    return value
+
+
+def _as_mapping(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = _require(raw, key)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise SettingsError(
+            f"{key} {raw[key]!r} is not a map; set entries with "
+            f"`pulumi config set --path '{key}.team' ml`"
+        )
+    return value
+
+
+def _gpu(gpu_type: str) -> GpuSpec:
+    spec = GPUS.get(gpu_type)
+    if spec is None:
+        raise SettingsError(
+            f"gpuType {gpu_type!r} is not a GCE GPU this tool knows; "
+            f"use one of {list(CURRENT_GPUS)}"
+        )
+    if spec.retired:
+        raise SettingsError(
+            f"gpuType {gpu_type!r} ({spec.display_name}) is retired on GCE since {spec.retired}; "
+            "use nvidia-tesla-t4 (the closest N1 replacement) or nvidia-l4 "
+            "(`pulumi config set gpuType nvidia-tesla-t4`)"
+        )
+    return spec
+
+
+def _machine_type(spec: GpuSpec, value: str) -> str:
+    machine_type = value.strip() or spec.default_machine_type
+    if not looks_like_machine_type(machine_type):
+        raise SettingsError(f"machineType {machine_type!r} is not a GCE machine type name")
+    if not spec.fits_machine_type(machine_type):
+        if spec.attach == "bundled":
+            allowed = sorted(spec.bundled_machine_types)
+            fix = f"{spec.accelerator} comes bundled in {allowed}"
+        else:
+            fix = f"{spec.accelerator} attaches only to N1 machine types such as n1-highmem-4"
+        raise SettingsError(
+            f"machineType {machine_type!r} cannot carry {spec.accelerator}: "
+            f"{fix} (`pulumi config set machineType {spec.default_machine_type}`)"
+        )
+    return machine_type
+
+
+def _gpu_count(spec: GpuSpec, machine_type: str, count: int) -> int:
+    if spec.attach == "bundled":
+        bundled = spec.bundled_machine_types[machine_type]
+        if count not in (1, bundled):
+            raise SettingsError(
+                f"gpuCount {count} does not match machineType {machine_type!r}, which brings "
+                f"{bundled}x {spec.accelerator}; pick the machine type for the count instead "
+                f"(one of {sorted(spec.bundled_machine_types)})"
+            )
+        return bundled
+    if count not in spec.counts:
+        raise SettingsError(
+            f"gpuCount {count} is not offered for {spec.accelerator}; "
+            f"use one of {list(spec.counts)}"
+        )
+    return count
+
+
+def _source_ranges(values: list[Any]) -> tuple[str, ...]:
+    if not values:
+        raise SettingsError(
+            "allowedSourceRanges is empty: say who may reach the notebook. To allow only "
+            "your own address:\n"
+            f"  pulumi config set --path 'allowedSourceRanges[0]' \"$({MY_IP_COMMAND})/32\""
+        )
+    cidrs = []
+    for value in values:
+        try:
+            cidrs.append(str(ipaddress.ip_network(str(value).strip(), strict=True)))
+        except ValueError as error:
+            raise SettingsError(
+                f"allowedSourceRanges entry {value!r} is not a CIDR range "
+                f"such as 203.0.113.7/32 ({error})"
+            ) from None
+    return tuple(cidrs)
+
+
+def _zone_in_region(region: str, zone: str) -> None:
+    if not zone.startswith(f"{region}-") or len(zone) != len(region) + 2:
+        raise SettingsError(
+            f"gcp:zone {zone!r} is not in gcp:region {region!r}; the static IP is regional, "
+            f"so the VM must be in the same region (for example "
+            f"`pulumi config set gcp:zone {region}-a`)"
+        )
+
+
+def _labels(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    labels = []
+    for key, value in sorted(values.items()):
+        text = str(value)
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(text):
+            raise SettingsError(
+                f"label {key!r}={text!r} is not a valid GCE label: lower-case "
+                "letters, digits, '-' and '_', keys start with a letter"
+            )
+        labels.append((key, text))
+    return tuple(labels)
+
+
+def _data_path(value: str) -> str:
+    path = value.strip().strip("/")
+    if not path or path.startswith("gs:") or ".." in path.split("/"):
+        raise SettingsError(
+            f"dataPath {value!r} must be a prefix inside the stack's bucket, "
+            "such as data/plant-seedlings"
+        )
+    return path
+
+
+def parse_settings(
+    raw: Mapping[str, Any], *, project: str, region: str, zone: str
+) -> StackSettings:
+    """Validate raw config values (as Pulumi hands them: strings, or parsed JSON)."""
+    if not region:
+        raise SettingsError("gcp:region is not set (`pulumi config set gcp:region us-central1`)")
+    if not zone:
+        raise SettingsError(f"gcp:zone is not set (`pulumi config set gcp:zone {region}-a`)")
+    _zone_in_region(region, zone)
+    spec = _gpu(str(_require(raw, "gpuType")).strip())
+    machine_type = _machine_type(spec, str(raw.get("machineType") or ""))
+    image = str(_require(raw, "image"))
+    if image not in IMAGES:
+        raise SettingsError(f"image {image!r} is not one of {sorted(IMAGES)}")
+    return StackSettings(
+        project=project,
+        region=region,
+        zone=zone,
+        gpu_type=spec.accelerator,
+        gpu_count=_gpu_count(spec, machine_type, _as_int(raw, "gpuCount", 1, 16)),
+        machine_type=machine_type,
+        boot_disk_size_gb=_as_int(raw, "bootDiskSizeGb", 50, 65536),
+        image=image,
+        spot=_as_bool(raw, "spot"),
+        allowed_source_ranges=_source_ranges(_as_list(raw, "allowedSourceRanges")),
+        notebook_port=_as_int(raw, "notebookPort", 1024, 65535),
+        idle_shutdown_minutes=_as_int(raw, "idleShutdownMinutes", 0, 7 * 24 * 60),
+        shutdown_after_training=_as_bool(raw, "shutdownAfterTraining"),
+        run_training=_as_bool(raw, "runTraining"),
+        data_path=_data_path(str(_require(raw, "dataPath"))),
+        training_args=tuple(str(arg) for arg in _as_list(raw, "trainingArgs")),
+        keep_bucket_on_destroy=_as_bool(raw, "keepBucketOnDestroy"),
+        labels=_labels(_as_mapping(raw, "labels")),
+    )
+
+
+CONFIG_KEYS = (
+    "gpuType", "gpuCount", "machineType", "bootDiskSizeGb", "image", "spot",
+    "allowedSourceRanges", "notebookPort", "idleShutdownMinutes", "shutdownAfterTraining",
+    "runTraining", "dataPath", "trainingArgs", "keepBucketOnDestroy", "labels",
+)  # fmt: skip
