@@ -1,0 +1,102 @@
+"""storage: one code path for local folders and gs:// prefixes, against the GCS emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workload import storage
+
+
+def test_split_gcs_returns_bucket_and_key_without_leading_slash() -> None:
+    assert storage.split_gcs("gs://b/a/b.png") == ("b", "a/b.png")
+    assert storage.split_gcs("gs://b") == ("b", "")
+    assert storage.split_gcs("gs://b//x") == ("b", "x")
+
+
+@pytest.mark.parametrize("url", ["gs://", "gs:///key", "/local/path"])
+def test_split_gcs_rejects_malformed_url_naming_it(url: str) -> None:
+    with pytest.raises(ValueError, match=repr(url).replace("/", "/")):
+        storage.split_gcs(url)
+
+
+def test_is_gcs_only_for_gs_scheme() -> None:
+    assert storage.is_gcs("gs://b/x")
+    assert not storage.is_gcs("/tmp/gs://")
+
+
+def test_local_md5_matches_gcs_format(gcs_bucket: str, tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"seedling" * 1000)
+    storage.upload_file(path, f"gs://{gcs_bucket}/f.bin")
+    (info,) = storage.list_objects(f"gs://{gcs_bucket}")
+    assert info.md5 == storage.local_md5(path)
+    assert info.size == 8000
+
+
+@pytest.mark.parametrize("where", ["gs", "local"])
+def test_json_round_trip_and_missing_is_none(where: str, gcs_bucket: str, tmp_path: Path) -> None:
+    base = f"gs://{gcs_bucket}/runs/r1" if where == "gs" else str(tmp_path / "runs/r1")
+    assert storage.read_json(storage.join(base, "progress.json")) is None
+    storage.write_json(storage.join(base, "progress.json"), {"epoch": 3})
+    assert storage.read_json(storage.join(base, "progress.json")) == {"epoch": 3}
+    assert storage.read_bytes(storage.join(base, "missing")) is None
+
+
+def test_list_objects_is_relative_to_a_folder_prefix(gcs_bucket: str) -> None:
+    for key in ["data/train/a/1.png", "data/test/2.png", "data2/x.png"]:
+        storage.write_bytes(f"gs://{gcs_bucket}/{key}", b"x")
+    names = [info.name for info in storage.list_objects(f"gs://{gcs_bucket}/data")]
+    assert names == ["test/2.png", "train/a/1.png"]
+
+
+def test_download_tree_skips_unchanged_files(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"gs://{gcs_bucket}/d/a/1.png", b"one")
+    storage.write_bytes(f"gs://{gcs_bucket}/d/b/2.png", b"two")
+    first = storage.download_tree(f"gs://{gcs_bucket}/d", tmp_path, progress=False)
+    assert (first.copied, first.skipped, first.bytes) == (2, 0, 6)
+    assert (tmp_path / "a/1.png").read_bytes() == b"one"
+    storage.write_bytes(f"gs://{gcs_bucket}/d/b/2.png", b"TWO")
+    second = storage.download_tree(f"gs://{gcs_bucket}/d", tmp_path, progress=False)
+    assert (second.copied, second.skipped) == (1, 1)
+    assert (tmp_path / "b/2.png").read_bytes() == b"TWO"
+
+
+def test_upload_tree_skips_objects_with_same_md5(gcs_bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    url = f"gs://{gcs_bucket}/up"
+    assert storage.upload_tree(tmp_path, url).copied == 2
+    (tmp_path / "b.txt").write_text("B")
+    stats = storage.upload_tree(tmp_path, url)
+    assert (stats.copied, stats.skipped) == (1, 1)
+    assert storage.read_bytes(f"{url}/b.txt") == b"B"
+    assert storage.read_bytes(f"{url}/sub/a.txt") == b"a"
+
+
+def test_missing_bucket_raises_storage_error_naming_url(gcs_emulator: str) -> None:
+    url = "gs://no-such-bucket-kgg/x.json"
+    with pytest.raises(storage.StorageError, match="no-such-bucket-kgg") as error:
+        storage.write_bytes(url, b"x")
+    assert url in str(error.value)
+    with pytest.raises(storage.StorageError, match="does not exist"):
+        storage.read_bytes(url)
+
+
+def test_client_without_credentials_explains_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import google.auth
+    import google.auth.exceptions
+
+    def no_credentials(*args: object, **kwargs: object) -> None:
+        raise google.auth.exceptions.DefaultCredentialsError("none")
+
+    monkeypatch.delenv(storage.EMULATOR_ENV, raising=False)
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    storage._client_for.cache_clear()
+    with pytest.raises(storage.StorageError, match="gcloud auth application-default login"):
+        storage.client()
+    storage._client_for.cache_clear()

@@ -1,0 +1,367 @@
+"""One code path for local folders and gs:// prefixes: small reads/writes, listings and tree syncs.
+
+Used by the training job (data cache, results, backups) and by the laptop commands, so it must not
+import TensorFlow. Objects are compared by size and MD5 (base64, the format GCS reports) so that
+unchanged files are never copied twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.cloud import storage as gcs
+
+GCS_SCHEME = "gs://"
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+CREDENTIALS_FIX = "gcloud auth application-default login"
+
+
+class StorageError(RuntimeError):
+    """A bucket or object cannot be reached: the message names the URL and what to check."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object (or local file) under a listed prefix; `name` is relative to that prefix."""
+
+    name: str
+    size: int
+    md5: str | None
+    updated: datetime | None
+
+
+@dataclass
+class SyncStats:
+    """What a tree sync did: files copied, files skipped as already identical, bytes copied."""
+
+    copied: int = 0
+    skipped: int = 0
+    bytes: int = 0
+
+
+def is_gcs(path: str | os.PathLike[str]) -> bool:
+    return str(path).startswith(GCS_SCHEME)
+
+
+def split_gcs(url: str) -> tuple[str, str]:
+    """`gs://bucket/a/b` -> ("bucket", "a/b"); the key has no leading slash."""
+    if not is_gcs(url):
+        raise ValueError(f"{url!r} is not a gs:// URL; expected gs://BUCKET/PATH")
+    bucket, _, key = url[len(GCS_SCHEME) :].partition("/")
+    if not bucket or any(c in bucket for c in " \\"):
+        raise ValueError(f"{url!r} has no valid bucket name; expected gs://BUCKET/PATH")
+    return bucket, key.lstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins path parts for both gs:// URLs and local paths."""
+    if is_gcs(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+    return str(Path(base, *parts))
+
+
+def client() -> gcs.Client:
+    """The storage client, cached per emulator setting (the demo and tests switch it at run time).
+
+    Anonymous against the emulator (STORAGE_EMULATOR_HOST), default credentials otherwise."""
+    return _client_for(os.environ.get(EMULATOR_ENV) or None)
+
+
+@functools.cache
+def _client_for(emulator_host: str | None) -> gcs.Client:
+    from google.cloud import storage
+
+    if emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="local", credentials=AnonymousCredentials())
+    import google.auth.exceptions
+
+    try:
+        return storage.Client()
+    except google.auth.exceptions.DefaultCredentialsError as error:
+        raise StorageError(
+            f"no Google Cloud credentials found ({error}); run `{CREDENTIALS_FIX}` "
+            "or set GOOGLE_APPLICATION_CREDENTIALS"
+        ) from error
+
+
+_client = client
+
+
+def _blob(url: str) -> gcs.Blob:
+    bucket, key = split_gcs(url)
+    if not key:
+        raise ValueError(f"{url!r} names a bucket, not an object; expected gs://BUCKET/PATH")
+    return _client().bucket(bucket).blob(key)
+
+
+def _explain(url: str, error: Exception) -> StorageError:
+    """Turns a google.api_core error into a StorageError that says what to check."""
+    from google.api_core import exceptions as api
+
+    bucket = split_gcs(url)[0]
+    if isinstance(error, api.NotFound):
+        hint = (
+            f"bucket {bucket!r} does not exist; check the name (`gcloud storage ls gs://{bucket}`)"
+        )
+    elif isinstance(error, api.Forbidden | api.Unauthorized):
+        hint = (
+            f"no permission on bucket {bucket!r}; check the account's roles on it "
+            f"(roles/storage.objectAdmin) or run `{CREDENTIALS_FIX}`"
+        )
+    else:
+        hint = f"check the network and the bucket {bucket!r}"
+    return StorageError(f"{url}: {error.__class__.__name__}: {hint} ({error})")
+
+
+@functools.cache
+def _api_errors() -> tuple[type[Exception], ...]:
+    from google.api_core import exceptions as api
+
+    return (api.GoogleAPICallError,)
+
+
+def _guard(url: str, action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except _api_errors() as error:
+        raise _explain(url, error) from error
+
+
+def read_bytes(url: str | os.PathLike[str]) -> bytes | None:
+    """The object's or file's content, or None when it does not exist (a missing bucket raises)."""
+    url = str(url)
+    if not is_gcs(url):
+        path = Path(url)
+        return path.read_bytes() if path.is_file() else None
+    from google.api_core import exceptions as api
+
+    blob = _blob(url)
+    try:
+        return blob.download_as_bytes()
+    except api.NotFound:
+        bucket = _blob(url).bucket
+        if not _guard(url, bucket.exists):
+            raise _explain(url, api.NotFound(f"bucket {bucket.name} not found")) from None
+        return None
+    except api.GoogleAPICallError as error:
+        raise _explain(url, error) from error
+
+
+def write_bytes(url: str | os.PathLike[str], data: bytes, content_type: str | None = None) -> None:
+    """Writes the whole content; local parent folders are created, local writes are atomic."""
+    url = str(url)
+    if not is_gcs(url):
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return
+    blob = _blob(url)
+    _guard(url, lambda: blob.upload_from_string(data, content_type=content_type))
+
+
+def read_json(url: str | os.PathLike[str]) -> Any | None:
+    data = read_bytes(url)
+    return None if data is None else json.loads(data)
+
+
+def write_json(url: str | os.PathLike[str], obj: Any) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=False, default=str).encode()
+    write_bytes(url, data + b"\n", content_type="application/json")
+
+
+def local_md5(path: str | os.PathLike[str]) -> str:
+    """Base64 of the file's MD5 digest, the format of GCS's `md5Hash`."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _iter_local(root: Path) -> Iterator[Path]:
+    for dirpath, _, filenames in os.walk(root):
+        for filename in sorted(filenames):
+            yield Path(dirpath, filename)
+
+
+def list_objects(url_prefix: str | os.PathLike[str]) -> list[ObjectInfo]:
+    """Objects (or files, recursively) under a prefix, sorted by name; local files have no md5.
+
+    The prefix is treated as a folder: `gs://b/data` lists `data/...`, not `data2/...`."""
+    url_prefix = str(url_prefix)
+    if not is_gcs(url_prefix):
+        root = Path(url_prefix)
+        if not root.is_dir():
+            return []
+        infos = []
+        for path in _iter_local(root):
+            stat = path.stat()
+            infos.append(
+                ObjectInfo(
+                    name=path.relative_to(root).as_posix(),
+                    size=stat.st_size,
+                    md5=None,
+                    updated=datetime.fromtimestamp(stat.st_mtime).astimezone(),
+                )
+            )
+        return sorted(infos, key=lambda info: info.name)
+    bucket, prefix = split_gcs(url_prefix)
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+    def listing() -> list[ObjectInfo]:
+        return [
+            ObjectInfo(
+                name=blob.name[len(prefix) :],
+                size=int(blob.size or 0),
+                md5=blob.md5_hash,
+                updated=blob.updated,
+            )
+            for blob in _client().list_blobs(bucket, prefix=prefix)
+            if not blob.name.endswith("/")
+        ]
+
+    return sorted(_guard(url_prefix, listing), key=lambda info: info.name)
+
+
+def _same_local(path: Path, size: int, md5: str | None) -> bool:
+    if not path.is_file() or path.stat().st_size != size:
+        return False
+    return md5 is None or local_md5(path) == md5
+
+
+def download_file(url: str, local_path: str | os.PathLike[str]) -> None:
+    """Copies one object to a local file atomically (a killed copy never looks finished)."""
+    path = Path(local_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    blob = _blob(url)
+    _guard(url, lambda: blob.download_to_filename(str(tmp)))
+    tmp.replace(path)
+
+
+def upload_file(local_path: str | os.PathLike[str], url: str) -> None:
+    """Copies one local file to `url` (gs:// or a local path)."""
+    if not is_gcs(url):
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, url)
+        return
+    blob = _blob(url)
+    _guard(url, lambda: blob.upload_from_filename(str(local_path)))
+
+
+def _parallel(jobs: list[Callable[[], None]], workers: int, progress: bool, desc: str) -> None:
+    if not jobs:
+        return
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="file", leave=False)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+
+
+def download_tree(
+    url_prefix: str,
+    local_dir: str | os.PathLike[str],
+    workers: int = 8,
+    progress: bool = True,
+    include: Callable[[str], bool] | None = None,
+) -> SyncStats:
+    """Mirrors every object under `url_prefix` into `local_dir`, skipping identical files.
+
+    `include(relative_name)` may filter objects. A local `url_prefix` is copied the same way."""
+    root = Path(local_dir)
+    stats = SyncStats()
+    jobs: list[Callable[[], None]] = []
+    for info in list_objects(url_prefix):
+        if include is not None and not include(info.name):
+            continue
+        target = root / info.name
+        md5 = info.md5
+        if md5 is None and not is_gcs(url_prefix):
+            source = Path(url_prefix, info.name)
+            if target.is_file() and target.stat().st_size == info.size:
+                md5 = local_md5(source)
+        if _same_local(target, info.size, md5):
+            stats.skipped += 1
+            continue
+        stats.copied += 1
+        stats.bytes += info.size
+        source_url = join(url_prefix, info.name)
+        if is_gcs(url_prefix):
+            jobs.append(functools.partial(download_file, source_url, target))
+        else:
+            jobs.append(functools.partial(upload_file, source_url, str(target)))
+    _parallel(jobs, workers, progress, "download")
+    return stats
+
+
+def upload_tree(
+    local_dir: str | os.PathLike[str],
+    url_prefix: str,
+    workers: int = 8,
+    progress: bool = False,
+) -> SyncStats:
+    """Mirrors the files under `local_dir` to `url_prefix`, skipping objects with the same MD5."""
+    root = Path(local_dir)
+    remote = {info.name: info for info in list_objects(url_prefix)}
+    stats = SyncStats()
+    jobs: list[Callable[[], None]] = []
+    for path in _iter_local(root) if root.is_dir() else []:
+        name = path.relative_to(root).as_posix()
+        size = path.stat().st_size
+        existing = remote.get(name)
+        if existing is not None and existing.size == size:
+            target = Path(url_prefix, name)
+            theirs = existing.md5 or (local_md5(target) if not is_gcs(url_prefix) else None)
+            if theirs is not None and theirs == local_md5(path):
+                stats.skipped += 1
+                continue
+        stats.copied += 1
+        stats.bytes += size
+        jobs.append(functools.partial(upload_file, path, join(url_prefix, name)))
+    _parallel(jobs, workers, progress, "upload")
+    return stats
+
+
+def delete_prefix(url_prefix: str) -> int:
+    """Deletes every object (or the folder) under a prefix; returns how many were deleted."""
+    if not is_gcs(url_prefix):
+        root = Path(url_prefix)
+        if not root.exists():
+            return 0
+        count = sum(1 for _ in _iter_local(root))
+        shutil.rmtree(root)
+        return count
+    bucket, prefix = split_gcs(url_prefix)
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+    def delete() -> int:
+        blobs = list(_client().list_blobs(bucket, prefix=prefix))
+        for blob in blobs:
+            blob.delete()
+        return len(blobs)
+
+    return _guard(url_prefix, delete)
