@@ -1,0 +1,280 @@
+"""`workload upload`: a local train/<class> folder to gs://BUCKET/<prefix>, resumable.
+
+Files whose object already exists with the same MD5 are skipped, so an interrupted upload is simply
+run again. The manifest (`_upload_manifest.json`, schema in docs/ARCHITECTURE.md) is written only
+after every file is in the bucket: the VM's startup script takes it as "the data is complete".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workload import storage
+
+MANIFEST_NAME = "_upload_manifest.json"
+MANIFEST_VERSION = 1
+DEFAULT_PREFIX = "data/plant-seedlings"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+TRAIN_DIR = "train"
+TEST_DIR = "test"
+
+
+class LayoutError(ValueError):
+    """The local folder is not in the train/<class>/*.png layout; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One image to upload: its path on disk and its name under the bucket prefix."""
+
+    path: Path
+    relpath: str
+    size: int
+
+
+@dataclass
+class Dataset:
+    """A validated local dataset: images per class, test images, and files that are not uploaded."""
+
+    root: Path
+    classes: dict[str, list[LocalFile]]
+    test: list[LocalFile]
+    ignored: list[Path] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[LocalFile]:
+        return [f for files in self.classes.values() for f in files] + self.test
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        return {name: len(files) for name, files in self.classes.items()}
+
+
+@dataclass
+class UploadReport:
+    """What an upload did, for the summary and the tests."""
+
+    url: str
+    class_counts: dict[str, int]
+    test_count: int
+    uploaded: int
+    skipped: int
+    bytes_uploaded: int
+    manifest_written: bool
+    ignored: int
+
+
+def _is_image(path: Path) -> bool:
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def _child_dir(root: Path, name: str) -> Path | None:
+    """The sub-folder `name` of root, matched case-insensitively (Kaggle zips have had `Train/`)."""
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() == name)
+    if len(matches) > 1:
+        found = ", ".join(p.name for p in matches)
+        raise LayoutError(f"{root} has several {name!r} folders ({found}); keep exactly one")
+    return matches[0] if matches else None
+
+
+def _images(
+    folder: Path, relpath_of: Callable[[Path], str], ignored: list[Path]
+) -> list[LocalFile]:
+    files = []
+    for path in sorted(folder.iterdir()):
+        if _is_image(path):
+            files.append(LocalFile(path, relpath_of(path), path.stat().st_size))
+        else:
+            ignored.append(path)
+    return files
+
+
+def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
+    """Checks the train/<class>/*.png layout (plus optional test/*.png) and lists the images.
+
+    Object names are normalised to lower-case `train/` and `test/`, which is what the training job
+    reads. Raises LayoutError naming the folder and what was expected."""
+    root = Path(local_dir).expanduser()
+    expected = (
+        "expected LOCAL_DIR/train/<class>/*.png (one sub-folder per class) "
+        "and optionally LOCAL_DIR/test/*.png"
+    )
+    if not root.is_dir():
+        raise LayoutError(f"{root} is not a folder; {expected}")
+    train = _child_dir(root, TRAIN_DIR)
+    if train is None:
+        subdirs = [p for p in root.iterdir() if p.is_dir()]
+        if subdirs and all(any(_is_image(f) for f in d.iterdir()) for d in subdirs):
+            raise LayoutError(
+                f"{root} has no train/ folder but looks like one (its sub-folders hold images); "
+                f"pass its parent folder instead. {expected}"
+            )
+        raise LayoutError(f"{root} has no train/ folder; {expected}")
+    loose = sorted(p.name for p in train.iterdir() if _is_image(p))
+    if loose:
+        raise LayoutError(
+            f"{train} holds images directly ({', '.join(loose[:3])}"
+            f"{', ...' if len(loose) > 3 else ''}); "
+            f"expected one sub-folder per class: {train}/<class>/*.png"
+        )
+    ignored: list[Path] = []
+    classes: dict[str, list[LocalFile]] = {}
+    for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
+        if class_dir.name.startswith("."):
+            continue
+        files = _images(class_dir, lambda p, c=class_dir.name: f"{TRAIN_DIR}/{c}/{p.name}", ignored)
+        if not files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise LayoutError(
+                f"class folder {class_dir} has no images ({suffixes}); "
+                "every class needs at least one"
+            )
+        classes[class_dir.name] = files
+    if len(classes) < 2:
+        found = ", ".join(classes) or "none"
+        raise LayoutError(
+            f"{train} has {len(classes)} class folder(s) ({found}); a classifier needs at least 2: "
+            f"{train}/<class>/*.png"
+        )
+    test_dir = _child_dir(root, TEST_DIR)
+    test = (
+        _images(test_dir, lambda p: f"{TEST_DIR}/{p.name}", ignored) if test_dir is not None else []
+    )
+    return Dataset(root=root, classes=classes, test=test, ignored=ignored)
+
+
+def build_manifest(
+    dataset: Dataset, md5s: dict[str, str], created: datetime | None = None
+) -> dict[str, Any]:
+    """The manifest document of docs/ARCHITECTURE.md for a dataset whose files have `md5s`."""
+    created = created or datetime.now(UTC)
+    return {
+        "version": MANIFEST_VERSION,
+        "created": created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "classes": dataset.class_counts,
+        "test": len(dataset.test),
+        "files": {
+            f.relpath: {"size": f.size, "md5": md5s[f.relpath]}
+            for f in sorted(dataset.files, key=lambda f: f.relpath)
+        },
+    }
+
+
+def data_url(bucket: str, prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
+
+
+def _delete_object(url: str) -> None:
+    """Removes one object if it is there: a stale manifest must not announce a half-done upload."""
+    from google.api_core import exceptions as api
+
+    bucket, key = storage.split_gcs(url)
+    with contextlib.suppress(api.NotFound):
+        storage.client().bucket(bucket).blob(key).delete()
+
+
+def upload_dataset(
+    local_dir: str | os.PathLike[str],
+    bucket: str,
+    prefix: str = DEFAULT_PREFIX,
+    workers: int = 8,
+    progress: bool = True,
+) -> UploadReport:
+    """Validates the layout, uploads what is missing or changed in parallel, then the manifest."""
+    dataset = scan_dataset(local_dir)
+    base = data_url(bucket, prefix)
+    manifest_url = f"{base}/{MANIFEST_NAME}"
+    remote = {info.name: info for info in storage.list_objects(base)}
+    files = dataset.files
+    md5s: dict[str, str] = {}
+    uploaded: list[LocalFile] = []
+
+    def same_in_bucket(local: LocalFile, md5: str) -> bool:
+        existing = remote.get(local.relpath)
+        return existing is not None and existing.size == local.size and existing.md5 == md5
+
+    # Hash first (in parallel: hashlib releases the GIL) so we know whether anything changes before
+    # touching the manifest.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for local, md5 in zip(
+            files, pool.map(lambda f: storage.local_md5(f.path), files), strict=True
+        ):
+            md5s[local.relpath] = md5
+    pending = [f for f in files if not same_in_bucket(f, md5s[f.relpath])]
+
+    if pending:
+        _delete_object(manifest_url)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=sum(f.size for f in pending),
+                unit="B",
+                unit_scale=True,
+                desc="upload",
+                dynamic_ncols=True,
+            )
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {
+                pool.submit(storage.upload_file, f.path, f"{base}/{f.relpath}"): f for f in pending
+            }
+            for future in as_completed(futures):
+                future.result()
+                uploaded.append(futures[future])
+                if bar is not None:
+                    bar.update(futures[future].size)
+        if bar is not None:
+            bar.close()
+
+    manifest = build_manifest(dataset, md5s)
+    previous = storage.read_json(manifest_url)
+    unchanged = (
+        not pending
+        and isinstance(previous, dict)
+        and {k: previous.get(k) for k in ("classes", "test", "files")}
+        == {k: manifest[k] for k in ("classes", "test", "files")}
+    )
+    if not unchanged:
+        storage.write_json(manifest_url, manifest)
+    return UploadReport(
+        url=base,
+        class_counts=dataset.class_counts,
+        test_count=len(dataset.test),
+        uploaded=len(uploaded),
+        skipped=len(files) - len(pending),
+        bytes_uploaded=sum(f.size for f in uploaded),
+        manifest_written=not unchanged,
+        ignored=len(dataset.ignored),
+    )
+
+
+def format_report(report: UploadReport) -> str:
+    """The summary printed after an upload: classes with counts, then what was copied."""
+    width = max(len(name) for name in report.class_counts)
+    total = sum(report.class_counts.values())
+    lines = [f"{report.url}/train: {len(report.class_counts)} classes, {total} images"]
+    lines += [f"  {name:<{width}}  {count:>6}" for name, count in report.class_counts.items()]
+    lines.append(f"{report.url}/test: {report.test_count} images")
+    if report.test_count == 0:
+        lines.append("  (no test/ folder: the run will not write a Kaggle submission)")
+    megabytes = report.bytes_uploaded / 1e6
+    lines.append(
+        f"uploaded {report.uploaded} files ({megabytes:.1f} MB), "
+        f"skipped {report.skipped} already in the bucket"
+    )
+    if report.ignored:
+        lines.append(f"ignored {report.ignored} files that are not .png/.jpg/.jpeg images")
+    manifest_state = "written" if report.manifest_written else "unchanged"
+    lines.append(f"manifest {report.url}/{MANIFEST_NAME} {manifest_state}: the data is complete")
+    return "\n".join(lines)
