@@ -1,0 +1,14 @@
+"""keras-gpu-gcp: a GPU JupyterLab and a training run on GCP. Wiring only; see infra/."""
+
+import pulumi
+
+from infra.component import GpuNotebook
+from infra.pulumi_config import load_settings
+
+settings, jupyter_password = load_settings()
+notebook = GpuNotebook(
+    "keras-gpu", settings, jupyter_password=jupyter_password, stack=pulumi.get_stack()
+)
+
+for output_name, value in notebook.stack_outputs.items():
+    pulumi.export(output_name, value)

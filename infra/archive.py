@@ -1,0 +1,70 @@
+"""The workload archive: the code the VM runs, packed deterministically.
+
+Same sources give the same bytes (sorted entries, fixed mtimes, owners and modes, no caches), so
+its SHA-256 changes only when the code does, and the VM reinstalls only then.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.stack_config import PROJECT_ROOT
+
+ARCHIVED_DIRS = ("workload", "startup")
+ARCHIVED_FILES = ("pyproject.toml", "uv.lock")
+_SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
+_SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+
+
+@dataclass(frozen=True)
+class WorkloadArchive:
+    data: bytes
+    sha256: str
+    files: tuple[str, ...]
+
+    @property
+    def object_name(self) -> str:
+        return f"code/workload-{self.sha256[:16]}.tar.gz"
+
+
+def archived_files(root: Path = PROJECT_ROOT) -> list[str]:
+    """Relative paths that go into the archive, sorted."""
+    paths = [name for name in ARCHIVED_FILES if (root / name).is_file()]
+    for folder in ARCHIVED_DIRS:
+        for path in (root / folder).rglob("*"):
+            relative = path.relative_to(root)
+            if path.is_file() and not (
+                _SKIPPED_PARTS & set(relative.parts) or path.suffix in _SKIPPED_SUFFIXES
+            ):
+                paths.append(relative.as_posix())
+    return sorted(paths)
+
+
+def build_archive(root: Path = PROJECT_ROOT) -> WorkloadArchive:
+    files = archived_files(root)
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in files:
+            content = (root / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(content))
+    # mtime=0 and no file name keep the gzip header identical across builds.
+    data = gzip.compress(tar_bytes.getvalue(), compresslevel=9, mtime=0)
+    return WorkloadArchive(data=data, sha256=hashlib.sha256(data).hexdigest(), files=tuple(files))
+
+
+def write_archive(archive: WorkloadArchive, build_dir: Path) -> Path:
+    """Writes the archive where Pulumi can upload it as a FileAsset; returns the path."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    path = build_dir / Path(archive.object_name).name
+    if not path.exists() or path.read_bytes() != archive.data:
+        path.write_bytes(archive.data)
+    return path

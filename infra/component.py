@@ -1,0 +1,196 @@
+"""The stack's one ComponentResource: bucket, code archive, network, firewalls, service account,
+static IP and the GPU VM, all children of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_random as random
+
+from infra import specs
+from infra.archive import build_archive, write_archive
+from infra.password import jupyter_password_hash
+from infra.settings import StackSettings
+from infra.stack_config import PROJECT_ROOT
+from startup.render import render_startup_script
+
+BUILD_DIR = PROJECT_ROOT / "build"
+
+
+class GpuNotebook(pulumi.ComponentResource):
+    """A GPU VM with JupyterLab and the training job, and the bucket for its data and results."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: StackSettings,
+        jupyter_password: pulumi.Input[str],
+        stack: str,
+        build_dir: Path = BUILD_DIR,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("keras-gpu-gcp:index:GpuNotebook", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        labels = specs.labels(settings, stack)
+
+        self.bucket = gcp.storage.Bucket(
+            f"{name}-bucket",
+            location=settings.region.upper(),
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            # Status and progress documents are rewritten often: old versions go after a week.
+            lifecycle_rules=[
+                {
+                    "action": {"type": "Delete"},
+                    "condition": {"days_since_noncurrent_time": 7, "with_state": "ARCHIVED"},
+                }
+            ],
+            force_destroy=not settings.keep_bucket_on_destroy,
+            labels=labels,
+            opts=pulumi.ResourceOptions(
+                parent=self, retain_on_delete=settings.keep_bucket_on_destroy
+            ),
+        )
+
+        archive = build_archive()
+        self.workload = gcp.storage.BucketObject(
+            f"{name}-workload",
+            bucket=self.bucket.name,
+            name=archive.object_name,
+            source=pulumi.FileAsset(str(write_archive(archive, build_dir))),
+            content_type="application/gzip",
+            opts=child,
+        )
+
+        self.service_account = gcp.serviceaccount.Account(
+            f"{name}-sa",
+            account_id=specs.service_account_id(stack),
+            display_name=f"keras-gpu-gcp VM ({stack})",
+            opts=child,
+        )
+        member = self.service_account.email.apply(lambda email: f"serviceAccount:{email}")
+        grants: list[pulumi.Resource] = [
+            gcp.storage.BucketIAMMember(
+                f"{name}-bucket-access",
+                bucket=self.bucket.name,
+                role=specs.BUCKET_ROLE,
+                member=member,
+                opts=child,
+            )
+        ]
+        for role in specs.PROJECT_ROLES:
+            grants.append(
+                gcp.projects.IAMMember(
+                    f"{name}-{role.split('.')[-1].lower()}",
+                    project=settings.project,
+                    role=role,
+                    member=member,
+                    opts=child,
+                )
+            )
+
+        # A network of its own: the default network's allow-ssh-from-anywhere rules never apply.
+        self.network = gcp.compute.Network(f"{name}-net", auto_create_subnetworks=False, opts=child)
+        self.subnet = gcp.compute.Subnetwork(
+            f"{name}-subnet",
+            network=self.network.id,
+            region=settings.region,
+            ip_cidr_range=specs.SUBNET_RANGE,
+            opts=child,
+        )
+        self.notebook_firewall = gcp.compute.Firewall(
+            f"{name}-notebook",
+            network=self.network.id,
+            **specs.notebook_firewall(settings),
+            opts=child,
+        )
+        self.ssh_firewall = gcp.compute.Firewall(
+            f"{name}-iap-ssh", network=self.network.id, **specs.iap_ssh_firewall(), opts=child
+        )
+
+        self.address = gcp.compute.Address(
+            f"{name}-ip",
+            region=settings.region,
+            address_type="EXTERNAL",
+            network_tier="PREMIUM",
+            labels=labels,
+            opts=child,
+        )
+
+        salt = random.RandomBytes(f"{name}-password-salt", length=16, opts=child)
+        password_hash = pulumi.Output.secret(
+            pulumi.Output.all(jupyter_password, salt.base64).apply(
+                lambda values: jupyter_password_hash(values[0], values[1])
+            )
+        )
+        metadata = pulumi.Output.all(
+            bucket=self.bucket.name, workload_object=self.workload.name, password_hash=password_hash
+        ).apply(
+            lambda values: (
+                specs.static_metadata(settings, render_startup_script(settings))
+                | {
+                    "kgg-bucket": values["bucket"],
+                    "kgg-workload-object": values["workload_object"],
+                    "kgg-workload-sha256": archive.sha256,
+                    "kgg-jupyter-password-hash": values["password_hash"],
+                    "kgg-run-id": specs.run_id(archive.sha256, settings),
+                }
+            )
+        )
+
+        self.instance = gcp.compute.Instance(
+            f"{name}-vm",
+            zone=settings.zone,
+            machine_type=settings.machine_type,
+            boot_disk={
+                "initialize_params": {
+                    "image": specs.boot_image(settings),
+                    "size": settings.boot_disk_size_gb,
+                    "type": "pd-balanced",
+                }
+            },
+            network_interfaces=[
+                {
+                    "subnetwork": self.subnet.id,
+                    "access_configs": [{"nat_ip": self.address.address, "network_tier": "PREMIUM"}],
+                }
+            ],
+            guest_accelerators=specs.guest_accelerators(settings),
+            scheduling=specs.scheduling(settings),
+            service_account={
+                "email": self.service_account.email,
+                # Access is limited by IAM (the grants above), as Google recommends.
+                "scopes": [specs.CLOUD_PLATFORM_SCOPE],
+            },
+            metadata=metadata,
+            tags=[specs.NETWORK_TAG],
+            labels=labels,
+            allow_stopping_for_update=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=grants),
+        )
+
+        self.bucket_name = self.bucket.name
+        self.external_ip = self.address.address
+        self.notebook_url = pulumi.Output.concat(
+            "https://", self.address.address, ":", str(settings.notebook_port)
+        )
+        self.ssh_command = self.instance.name.apply(
+            lambda instance: specs.ssh_command(instance, settings)
+        )
+        self.stack_outputs = {
+            "bucketName": self.bucket_name,
+            "bucketUrl": pulumi.Output.concat("gs://", self.bucket_name),
+            "externalIp": self.external_ip,
+            "notebookUrl": self.notebook_url,
+            "instanceName": self.instance.name,
+            "zone": settings.zone,
+            "sshCommand": self.ssh_command,
+            "statusUrl": pulumi.Output.concat("gs://", self.bucket_name, "/status/startup.json"),
+            "runsUrl": pulumi.Output.concat("gs://", self.bucket_name, "/runs/"),
+            "estimatedHourlyUsd": specs.estimated_hourly_usd(settings),
+            "gpu": specs.gpu_summary(settings),
+        }
+        self.register_outputs(self.stack_outputs)

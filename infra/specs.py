@@ -1,0 +1,119 @@
+"""Pure builders for what the Pulumi resources receive: scheduling, accelerators, firewall rules,
+labels, metadata, names. Kept free of Pulumi so every rule is checked without mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from infra.catalogue import IMAGES, hourly_cost_usd
+from infra.settings import StackSettings
+
+# Google's IAP TCP forwarding range: the only source an SSH rule needs
+# (https://cloud.google.com/iap/docs/using-tcp-forwarding#create-firewall-rule).
+IAP_SOURCE_RANGE = "35.235.240.0/20"
+NETWORK_TAG = "keras-gpu-notebook"
+# The VM's own subnet in the stack's dedicated network.
+SUBNET_RANGE = "10.42.0.0/24"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# Project roles the VM's service account gets besides objectAdmin on its own bucket.
+PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+BUCKET_ROLE = "roles/storage.objectAdmin"
+
+
+def scheduling(settings: StackSettings) -> dict[str, Any]:
+    """GPU VMs cannot live-migrate: they must stop for host maintenance."""
+    if settings.spot:
+        return {
+            "on_host_maintenance": "TERMINATE",
+            "provisioning_model": "SPOT",
+            "preemptible": True,
+            "automatic_restart": False,
+            # STOP keeps the disk, so a preempted run resumes on the next start.
+            "instance_termination_action": "STOP",
+        }
+    return {
+        "on_host_maintenance": "TERMINATE",
+        "provisioning_model": "STANDARD",
+        "automatic_restart": True,
+    }
+
+
+def guest_accelerators(settings: StackSettings) -> list[dict[str, Any]]:
+    """N1 machines take GPUs as guest accelerators; G2/A2/A3 bring theirs in the machine type."""
+    if settings.gpu.attach == "bundled":
+        return []
+    return [{"type": settings.gpu_type, "count": settings.gpu_count}]
+
+
+def boot_image(settings: StackSettings) -> str:
+    project, family = IMAGES[settings.image]
+    return f"projects/{project}/global/images/family/{family}"
+
+
+def labels(settings: StackSettings, stack: str) -> dict[str, str]:
+    """The user's labels plus ours; ours win so cost reports can always find the stack."""
+    return dict(settings.labels) | {"app": "keras-gpu-gcp", "stack": _label_value(stack)}
+
+
+def _label_value(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+def service_account_id(stack: str) -> str:
+    """A 6-30 character account id unique to the stack: `kgg-<stack>` plus a short hash."""
+    digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+    stem = re.sub(r"[^a-z0-9]+", "-", stack.lower())[:19].strip("-") or "stack"
+    return f"kgg-{stem}-{digest}"
+
+
+def run_id(workload_sha256: str, settings: StackSettings) -> str:
+    """Same code, data path and training args give the same run id, so a rebooted or preempted
+    VM resumes its run; changing any of them starts a fresh run next to the old one."""
+    key = "\n".join((workload_sha256, settings.data_path, *settings.training_args))
+    return f"run-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def notebook_firewall(settings: StackSettings) -> dict[str, Any]:
+    return {
+        "direction": "INGRESS",
+        "allows": [{"protocol": "tcp", "ports": [str(settings.notebook_port)]}],
+        "source_ranges": list(settings.allowed_source_ranges),
+        "target_tags": [NETWORK_TAG],
+    }
+
+
+def iap_ssh_firewall() -> dict[str, Any]:
+    return {
+        "direction": "INGRESS",
+        "allows": [{"protocol": "tcp", "ports": ["22"]}],
+        "source_ranges": [IAP_SOURCE_RANGE],
+        "target_tags": [NETWORK_TAG],
+    }
+
+
+def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, str]:
+    """Metadata known before deployment; the program adds the cloud-assigned keys
+    (kgg-bucket, kgg-workload-*, kgg-jupyter-password-hash, kgg-run-id)."""
+    # `startup-script` updates in place; the `metadata_startup_script` argument would replace
+    # the VM on every change.
+    metadata = {"startup-script": startup_script, "enable-oslogin": "TRUE"}
+    if settings.image == "deeplearning":
+        metadata["install-nvidia-driver"] = "True"
+    return metadata
+
+
+def gpu_summary(settings: StackSettings) -> str:
+    return f"{settings.gpus_attached}x {settings.gpu_type}"
+
+
+def estimated_hourly_usd(settings: StackSettings) -> float | None:
+    return hourly_cost_usd(settings.gpu, settings.machine_type, settings.gpu_count, settings.spot)
+
+
+def ssh_command(instance: str, settings: StackSettings) -> str:
+    return (
+        f"gcloud compute ssh {instance} --zone {settings.zone} --project {settings.project} "
+        "--tunnel-through-iap"
+    )

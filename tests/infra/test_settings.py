@@ -1,0 +1,146 @@
+"""Validation at preview time: every bad value gets an error that names it and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.settings import SettingsError, parse_settings
+from infra.stack_config import declared_defaults, settings_for_stack
+
+GOOD = {"allowedSourceRanges": ["203.0.113.7/32"]}
+
+
+def settings(**overrides):
+    return settings_for_stack("dev", {**GOOD, **overrides})
+
+
+def error_for(**overrides) -> str:
+    with pytest.raises(SettingsError) as caught:
+        settings(**overrides)
+    return str(caught.value)
+
+
+def test_defaults_come_from_pulumi_yaml_and_give_the_guides_machine():
+    result = settings()
+    assert result.gpu_type == "nvidia-tesla-t4"
+    assert result.machine_type == "n1-highmem-4"
+    assert result.gpu_count == 1
+    assert result.notebook_port == 8888
+    assert result.idle_shutdown_minutes == 60
+    assert result.keep_bucket_on_destroy is True
+    assert result.data_path == "data/plant-seedlings"
+    assert (result.region, result.zone) == ("us-central1", "us-central1-a")
+
+
+def test_pulumi_yaml_declares_every_key_with_a_description():
+    import yaml
+
+    from infra.settings import CONFIG_KEYS
+    from infra.stack_config import PROJECT_ROOT
+
+    declared = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(declared) == set(CONFIG_KEYS) | {"jupyterPassword"}
+    assert all(spec.get("description") for spec in declared.values())
+    assert declared["jupyterPassword"]["secret"] is True
+    assert "jupyterPassword" not in declared_defaults()
+
+
+def test_l4_defaults_to_g2_standard_4():
+    assert settings(gpuType="nvidia-l4").machine_type == "g2-standard-4"
+
+
+def test_bundled_machine_type_fixes_the_gpu_count():
+    assert settings(gpuType="nvidia-l4", machineType="g2-standard-24").gpus_attached == 2
+
+
+def test_k80_is_refused_as_retired_with_replacements():
+    message = error_for(gpuType="nvidia-tesla-k80")
+    assert "'nvidia-tesla-k80'" in message
+    assert "retired on GCE since 2024-05-01" in message
+    assert "nvidia-tesla-t4" in message and "nvidia-l4" in message
+
+
+def test_unknown_gpu_lists_the_known_ones():
+    message = error_for(gpuType="nvidia-rtx-9090")
+    assert "'nvidia-rtx-9090'" in message and "nvidia-tesla-t4" in message
+
+
+def test_count_the_gpu_does_not_offer_is_refused():
+    message = error_for(gpuCount=3)
+    assert "gpuCount 3" in message and "[1, 2, 4]" in message
+
+
+def test_l4_on_n1_is_refused():
+    message = error_for(gpuType="nvidia-l4", machineType="n1-standard-8")
+    assert "'n1-standard-8'" in message and "g2-standard-4" in message
+
+
+def test_t4_on_g2_is_refused():
+    message = error_for(machineType="g2-standard-8")
+    assert "'g2-standard-8'" in message and "N1" in message
+
+
+def test_e2_machine_with_a_gpu_is_refused():
+    message = error_for(machineType="e2-standard-4")
+    assert "'e2-standard-4'" in message and "cannot carry nvidia-tesla-t4" in message
+
+
+def test_count_that_contradicts_a_bundled_machine_type_is_refused():
+    message = error_for(gpuType="nvidia-l4", machineType="g2-standard-4", gpuCount=4)
+    assert "gpuCount 4" in message and "g2-standard-48" in message
+
+
+def test_zone_outside_the_region_is_refused():
+    message = error_for(**{"gcp:zone": "europe-west4-a"})
+    assert "'europe-west4-a'" in message and "'us-central1'" in message
+    assert "pulumi config set gcp:zone us-central1-a" in message
+
+
+def test_missing_source_ranges_shows_the_command_to_allow_my_address():
+    message = error_for(allowedSourceRanges=[])
+    assert "pulumi config set --path 'allowedSourceRanges[0]'" in message
+    assert "/32" in message
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.300/32", "example.com", "10.0.0.1/33", "10.0.0.1/8"])
+def test_malformed_cidrs_are_refused(bad):
+    message = error_for(allowedSourceRanges=[bad])
+    assert repr(bad) in message
+
+
+def test_world_open_range_is_accepted_when_written():
+    assert settings(allowedSourceRanges=["0.0.0.0/0"]).open_to_world
+
+
+def test_ipv6_range_is_accepted():
+    assert settings(allowedSourceRanges=["2001:db8::/64"]).allowed_source_ranges == (
+        "2001:db8::/64",
+    )
+
+
+def test_bad_label_is_refused():
+    message = error_for(labels={"Team": "ML"})
+    assert "'Team'" in message
+
+
+def test_data_path_must_stay_inside_the_bucket():
+    assert "dataPath" in error_for(dataPath="gs://other/data")
+    assert settings(dataPath="/data/x/").data_path == "data/x"
+
+
+def test_numbers_out_of_range_are_refused():
+    assert "notebookPort 80" in error_for(notebookPort=80)
+    assert "bootDiskSizeGb 10" in error_for(bootDiskSizeGb=10)
+
+
+def test_parse_settings_reads_engine_strings():
+    raw = {
+        "gpuType": "nvidia-tesla-t4", "gpuCount": "2", "machineType": "", "bootDiskSizeGb": "100",
+        "image": "ubuntu-2204", "spot": "true", "allowedSourceRanges": '["203.0.113.7/32"]',
+        "notebookPort": "8888", "idleShutdownMinutes": "0", "shutdownAfterTraining": "false",
+        "runTraining": "true", "dataPath": "data", "trainingArgs": '["--recipe", "guide"]',
+        "keepBucketOnDestroy": "true", "labels": "{}",
+    }  # fmt: skip
+    result = parse_settings(raw, project="p", region="us-central1", zone="us-central1-b")
+    assert (result.gpu_count, result.spot, result.idle_shutdown_minutes) == (2, True, 0)
+    assert result.training_args == ("--recipe", "guide")
