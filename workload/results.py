@@ -1,0 +1,184 @@
+"""`workload runs` and `workload pull`: the training runs under gs://BUCKET/runs/, and their files.
+
+A run's summary comes from its `metrics.json` (written when the run ends) or, while it is still
+running, from its `progress.json`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from workload import storage
+
+RUNS_PREFIX = "runs"
+LATEST = "latest"
+MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
+ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
+
+
+class RunNotFoundError(LookupError):
+    """The asked-for run is not in the bucket; the message lists the runs that are."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as `runs` lists it."""
+
+    run_id: str
+    state: str
+    micro_f1: float | None
+    accuracy: float | None
+    updated: datetime | None
+    files: int
+    size: int
+
+
+def _number(doc: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The first of `keys` in the document or in its `metrics` sub-dict that holds a number."""
+    scopes = [doc]
+    if isinstance(doc.get("metrics"), dict):
+        scopes.append(doc["metrics"])
+    for key in keys:
+        for scope in scopes:
+            value = scope.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+def summarize_run(
+    run_id: str,
+    metrics: dict[str, Any] | None,
+    progress: dict[str, Any] | None,
+    updated: datetime | None = None,
+    files: int = 0,
+    size: int = 0,
+) -> RunSummary:
+    """A run's summary from its final metrics, else its progress: a pure function of the docs."""
+    metrics = metrics if isinstance(metrics, dict) else None
+    progress = progress if isinstance(progress, dict) else None
+    if metrics is not None:
+        state = str(metrics.get("state") or (progress or {}).get("state") or "done")
+    elif progress is not None:
+        state = str(progress.get("state") or "running")
+    else:
+        state = "unknown"
+    docs = [d for d in (metrics, progress) if d is not None]
+    micro_f1 = next((v for d in docs if (v := _number(d, MICRO_F1_KEYS)) is not None), None)
+    accuracy = next((v for d in docs if (v := _number(d, ACCURACY_KEYS)) is not None), None)
+    return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size)
+
+
+def runs_url(bucket: str) -> str:
+    return f"gs://{bucket}/{RUNS_PREFIX}"
+
+
+def list_runs(bucket: str) -> list[RunSummary]:
+    """Every run in the bucket, oldest first (by its newest object)."""
+    grouped: dict[str, list[storage.ObjectInfo]] = {}
+    for info in storage.list_objects(runs_url(bucket)):
+        run_id, sep, _ = info.name.partition("/")
+        if sep:
+            grouped.setdefault(run_id, []).append(info)
+    summaries = []
+    for run_id, infos in grouped.items():
+        names = {info.name for info in infos}
+        base = f"{runs_url(bucket)}/{run_id}"
+        metrics = (
+            storage.read_json(f"{base}/metrics.json") if f"{run_id}/metrics.json" in names else None
+        )
+        progress = (
+            storage.read_json(f"{base}/progress.json")
+            if f"{run_id}/progress.json" in names
+            else None
+        )
+        updated = max((i.updated for i in infos if i.updated), default=None)
+        summaries.append(
+            summarize_run(
+                run_id, metrics, progress, updated, len(infos), sum(i.size for i in infos)
+            )
+        )
+    return sorted(summaries, key=lambda s: (s.updated is None, s.updated or 0, s.run_id))
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def render_runs(runs: list[RunSummary], bucket: str) -> str:
+    """The `runs` table: one line per run, newest last, with where to pull it from."""
+    if not runs:
+        return (
+            f"No runs in {runs_url(bucket)}/ yet. The VM starts one once the data is uploaded "
+            "(`python -m workload status` shows where it stands)."
+        )
+    header = ("run", "state", "micro-F1", "accuracy", "updated (UTC)", "files", "MB")
+    rows = [header] + [
+        (
+            run.run_id,
+            run.state,
+            _score(run.micro_f1),
+            _score(run.accuracy),
+            run.updated.strftime("%Y-%m-%d %H:%M") if run.updated else "-",
+            str(run.files),
+            f"{run.size / 1e6:.1f}",
+        )
+        for run in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    ]
+    lines.append(f"pull one with: python -m workload pull RUN (or `pull {LATEST}`)")
+    return "\n".join(lines)
+
+
+def resolve_run(bucket: str, run: str) -> str:
+    """`latest` -> the most recently updated run; any other name must exist in the bucket."""
+    runs = list_runs(bucket)
+    known = [r.run_id for r in runs]
+    if run == LATEST:
+        if not runs:
+            raise RunNotFoundError(f"no runs in {runs_url(bucket)}/ yet; nothing to pull")
+        return runs[-1].run_id
+    if run not in known:
+        listing = ", ".join(known) if known else "none yet"
+        raise RunNotFoundError(
+            f"run {run!r} is not in {runs_url(bucket)}/; runs there: {listing} (or `{LATEST}`)"
+        )
+    return run
+
+
+def pull_run(
+    bucket: str,
+    run: str,
+    to: str | os.PathLike[str] | None = None,
+    workers: int = 8,
+    progress: bool = True,
+) -> tuple[str, Path, storage.SyncStats]:
+    """Downloads runs/<run>/ (model, metrics, plots, submission.csv) to `to` (default runs/<run>).
+
+    Files already there with the same checksum are skipped, so pulling a running run again only
+    fetches what changed. Returns the run id, the local folder and what was copied."""
+    run_id = resolve_run(bucket, run)
+    target = Path(to) if to is not None else Path(RUNS_PREFIX, run_id)
+    stats = storage.download_tree(
+        f"{runs_url(bucket)}/{run_id}", target, workers=workers, progress=progress
+    )
+    return run_id, target, stats
+
+
+def render_pull(run_id: str, target: Path, stats: storage.SyncStats) -> str:
+    lines = [
+        f"run {run_id} -> {target}: downloaded {stats.copied} files "
+        f"({stats.bytes / 1e6:.1f} MB), {stats.skipped} already up to date"
+    ]
+    for name in ("metrics.json", "submission.csv", "progress.json"):
+        path = target / name
+        if path.is_file():
+            lines.append(f"  {path}")
+    return "\n".join(lines)

@@ -1,0 +1,396 @@
+"""`workload status`: what the VM reported, as a table a person can act on.
+
+Two documents drive it (schemas in docs/ARCHITECTURE.md): `status/startup.json`, written by the
+startup script at every step, and `runs/<run-id>/progress.json`, written by the training job every
+epoch. `render_status` is a pure function of the two; `watch` repeats it until the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from workload import storage
+
+STATUS_KEY = "status/startup.json"
+RUNS_PREFIX = "runs"
+# A healthy VM rewrites its status at every step and the job its progress every epoch; silence for
+# longer than this while something is still running usually means the VM stopped (spot preemption,
+# idle shutdown) or the startup script died.
+STALE_AFTER = timedelta(minutes=20)
+LOG_TAIL_LINES = 20
+WATCH_EXIT_DONE = 0
+WATCH_EXIT_FAILED = 1
+WATCH_EXIT_GAVE_UP = 3
+
+STEP_STATES = ("done", "running", "pending", "skipped", "failed")
+ZONE_CMD = "$(pulumi config get gcp:zone)"
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Vm:
+    """How hints name the VM: from the status document when it says, else placeholders."""
+
+    instance: str = "INSTANCE"
+    zone: str = ZONE_CMD
+
+    @property
+    def serial_console(self) -> str:
+        return f"gcloud compute instances get-serial-port-output {self.instance} --zone {self.zone}"
+
+    @property
+    def startup_log(self) -> str:
+        return (
+            f"gcloud compute ssh {self.instance} --zone {self.zone} -- "
+            "sudo journalctl -u google-startup-scripts.service --no-pager | tail -n 100"
+        )
+
+    @property
+    def rerun_startup(self) -> str:
+        return (
+            f"gcloud compute ssh {self.instance} --zone {self.zone} -- "
+            "sudo google_metadata_script_runner startup"
+        )
+
+    @property
+    def reset(self) -> str:
+        return f"gcloud compute instances reset {self.instance} --zone {self.zone}"
+
+
+def _vm(startup: Doc) -> Vm:
+    instance = startup.get("instance") or Vm.instance
+    zone = startup.get("zone") or Vm.zone
+    return Vm(str(instance), str(zone))
+
+
+def hint_for(step: str, message: str, vm: Vm) -> list[str]:
+    """The next thing to try when `step` failed with `message` (used when the VM gave no hint).
+
+    Prose lines, and commands on lines of their own (prefixed `$ `) so they copy cleanly."""
+    text = f"{step} {message}".lower()
+    if "quota" in text or "gpus_all_regions" in text:
+        return [
+            "the project lacks GPU quota: request GPUS_ALL_REGIONS (and the region's GPU quota)",
+            "at https://console.cloud.google.com/iam-admin/quotas, then run `pulumi up` again",
+        ]
+    if "zone_resource_pool_exhausted" in text or "does not have enough resources" in text:
+        return [
+            "the zone is out of this GPU: find another zone of the region that offers it, then",
+            "$ gcloud compute accelerator-types list --filter=zone:$(pulumi config get gcp:region)",
+            "$ pulumi config set gcp:zone ZONE && pulumi up",
+        ]
+    if step == "driver" or "nvidia" in text or "driver" in text:
+        return [
+            "read the driver install log on the serial console:",
+            f"$ {vm.serial_console}",
+            "a reboot often completes a half-finished install:",
+            f"$ {vm.reset}",
+            "or use the Deep Learning VM image, which has the driver:",
+            "$ pulumi config set image deeplearning && pulumi up",
+        ]
+    if step in ("gpu-check", "gpu_check", "gpu"):
+        return [
+            "the driver is installed but the GPU is not usable (often a driver/library version",
+            "mismatch after a kernel upgrade): reboot, then read the serial console",
+            f"$ {vm.reset}",
+            f"$ {vm.serial_console}",
+        ]
+    if step in ("python", "env", "uv", "code", "workload"):
+        return [
+            "installing the Python environment failed (network to PyPI? disk full?): read the log,",
+            f"$ {vm.startup_log}",
+            "then run the startup script again:",
+            f"$ {vm.rerun_startup}",
+        ]
+    if step in ("jupyter", "notebook", "tls"):
+        return [
+            "JupyterLab did not start: read the log",
+            f"$ {vm.startup_log}",
+            "a missing password: `pulumi config set --secret jupyterPassword`, then `pulumi up`",
+        ]
+    if step in ("data", "training", "train"):
+        return [
+            "the training job failed: fetch its log and metrics, and check the data",
+            "$ python -m workload pull latest",
+            "$ python -m workload upload LOCAL_DIR",
+        ]
+    return ["read the startup log on the serial console:", f"$ {vm.serial_console}"]
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """`75` -> `1m 15s`, `3725` -> `1h 02m`: short enough for a table cell."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _clock(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S") if moment else "-"
+
+
+def _field(label: str, value: str) -> str:
+    return f"{label + ':':<13}{value}"
+
+
+def _step_rows(steps: dict[str, Any], now: datetime) -> list[str]:
+    rows = [("step", "state", "started", "took", "detail")]
+    for name, step in steps.items():
+        step = step if isinstance(step, dict) else {}
+        state = str(step.get("state") or "pending")
+        started = _parse_time(step.get("started"))
+        finished = _parse_time(step.get("finished"))
+        if started and finished:
+            took = format_duration((finished - started).total_seconds())
+        elif started and state == "running":
+            took = format_duration((now - started).total_seconds()) + " so far"
+        else:
+            took = ""
+        label = state.upper() if state == "failed" else state
+        rows.append(
+            (name, label, _clock(started) if started else "", took, str(step.get("detail") or ""))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [
+        (
+            "  "
+            + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
+            + "  "
+            + row[4]
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _metric_text(metrics: dict[str, Any]) -> str:
+    parts = []
+    for name, value in metrics.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{name} {value:.4f}")
+        else:
+            parts.append(f"{name} {value}")
+    return "  ".join(parts)
+
+
+def render_training(startup: Doc | None, progress: Doc | None, now: datetime) -> list[str]:
+    """The training part of the status: the startup script's view, then the job's progress."""
+    run_id = (startup or {}).get("run_id")
+    vm_view = str((startup or {}).get("training") or "")
+    lines = []
+    run = f"run {run_id}: " if run_id else ""
+    if progress is None:
+        if vm_view.startswith("waiting for data"):
+            lines.append(_field("Training", f"{run}{vm_view}"))
+            if not _is_failed(startup, progress):
+                lines.append(
+                    "  next: upload the data (LOCAL_DIR holds train/<class>/*.png):\n"
+                    "  $ python -m workload upload LOCAL_DIR"
+                )
+        elif vm_view == "off":
+            lines.append(_field("Training", "off (runTraining is false): train from the notebook"))
+        elif vm_view:
+            lines.append(_field("Training", f"{run}{vm_view}; no progress reported yet"))
+        else:
+            lines.append(_field("Training", "not started"))
+        return lines
+    state = str(progress.get("state") or "?")
+    lines.append(_field("Training", f"{run}{state.upper() if state == 'failed' else state}"))
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    where = [f"recipe {progress.get('recipe', '?')}", f"phase {progress.get('phase', '?')}"]
+    if epoch is not None:
+        where.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
+    lines.append("  " + ", ".join(where))
+    metrics = progress.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        lines.append("  " + _metric_text(metrics))
+    speed = []
+    if isinstance(progress.get("images_per_second"), int | float):
+        speed.append(f"{progress['images_per_second']:.1f} img/s")
+    eta = progress.get("eta_seconds")
+    updated = _parse_time(progress.get("updated"))
+    if state == "running" and isinstance(eta, int | float):
+        remaining = eta - ((now - updated).total_seconds() if updated else 0)
+        finish = (updated or now) + timedelta(seconds=eta)
+        speed.append(f"ETA {format_duration(max(0.0, remaining))} (about {_clock(finish)} UTC)")
+    if speed:
+        lines.append("  " + ", ".join(speed))
+    if state == "done" and run_id:
+        lines.append(f"  next: python -m workload pull {run_id}")
+    if state == "failed" and progress.get("error"):
+        lines.append(f"  error: {progress['error']}")
+    return lines
+
+
+def _is_failed(startup: Doc | None, progress: Doc | None) -> bool:
+    startup = startup or {}
+    return (
+        startup.get("phase") == "failed"
+        or bool(startup.get("error"))
+        or startup.get("training") == "failed"
+        or (progress or {}).get("state") == "failed"
+    )
+
+
+def outcome(startup: Doc | None, progress: Doc | None) -> str | None:
+    """`"failed"`, `"done"` (training ended, or the boot ended with training off) or None."""
+    if startup is None:
+        return None
+    if _is_failed(startup, progress):
+        return "failed"
+    if (progress or {}).get("state") == "done" or startup.get("training") == "done":
+        return "done"
+    if startup.get("training") == "off" and startup.get("phase") in ("idle", "done"):
+        return "done"
+    return None
+
+
+def render_failure(startup: Doc, progress: Doc | None) -> list[str]:
+    error = startup.get("error") if isinstance(startup.get("error"), dict) else {}
+    steps = startup.get("steps") if isinstance(startup.get("steps"), dict) else {}
+    step = error.get("step") or next(
+        (name for name, s in steps.items() if isinstance(s, dict) and s.get("state") == "failed"),
+        None,
+    )
+    if step is None and (progress or {}).get("state") == "failed":
+        step = "training"
+    step = step or "unknown"
+    message = str(error.get("message") or (progress or {}).get("error") or "no message")
+    lines = [f"FAILED at step {step!r}: {message}"]
+    log_tail = str(error.get("log_tail") or "").rstrip()
+    if log_tail:
+        lines.append(f"  log tail (last {LOG_TAIL_LINES} lines):")
+        lines += [f"    | {line}" for line in log_tail.splitlines()[-LOG_TAIL_LINES:]]
+    hint = error.get("hint")
+    hint_lines = str(hint).splitlines() if hint else hint_for(step, message, _vm(startup))
+    lines.append(f"  next: {hint_lines[0]}")
+    lines += [f"        {line}" for line in hint_lines[1:]]
+    return lines
+
+
+def render_status(
+    startup: Doc | None, progress: Doc | None, now: datetime, source: str = STATUS_KEY
+) -> str:
+    """The whole status report as text: a pure function of the two documents and the time."""
+    if not startup:
+        return "\n".join(
+            [
+                f"The VM has not reported yet: {source} is missing or empty.",
+                "  A fresh VM reports within a few minutes of `pulumi up` (installing the driver "
+                "takes 5-15 more).",
+                "  If nothing appears after 10 minutes, read the boot log on the serial console:",
+                f"  $ {Vm().serial_console}",
+            ]
+        )
+    updated = _parse_time(startup.get("updated"))
+    age = f", {format_duration((now - updated).total_seconds())} ago" if updated else ""
+    lines = [f"VM phase: {startup.get('phase', '?')} (updated {_clock(updated)} UTC{age})"]
+    steps = startup.get("steps")
+    if isinstance(steps, dict) and steps:
+        lines += _step_rows(steps, now)
+    gpus = startup.get("gpus") or []
+    lines.append(_field("GPUs", ", ".join(map(str, gpus)) if gpus else "none seen yet"))
+    lines.append(_field("Notebook", startup.get("notebook_url") or "not up yet"))
+    if startup.get("tls_sha256"):
+        lines.append(_field("TLS SHA-256", startup["tls_sha256"]))
+        lines.append(
+            "  (self-signed: accept the browser's warning only if the certificate's SHA-256\n"
+            "  fingerprint it shows is this one)"
+        )
+    lines += render_training(startup, progress, now)
+    if _is_failed(startup, progress):
+        lines += render_failure(startup, progress)
+    else:
+        newest = max(
+            (t for t in (updated, _parse_time((progress or {}).get("updated"))) if t),
+            default=None,
+        )
+        if newest and outcome(startup, progress) is None and now - newest > STALE_AFTER:
+            vm = _vm(startup)
+            silence = format_duration((now - newest).total_seconds())
+            lines += [
+                f"No report for {silence}: the VM may be stopped (spot preemption or idle "
+                "shutdown). Check, and start it again (the run resumes):",
+                f"  $ gcloud compute instances describe {vm.instance} --zone {vm.zone} "
+                "--format='value(status)'",
+                f"  $ gcloud compute instances start {vm.instance} --zone {vm.zone}",
+            ]
+    return "\n".join(lines)
+
+
+def parse_doc(data: bytes | None) -> Doc | None:
+    """A status document, or None when it is missing, empty or not a JSON object."""
+    if not data or not data.strip():
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and doc else None
+
+
+def fetch_documents(bucket: str) -> tuple[Doc | None, Doc | None]:
+    """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json."""
+    startup = parse_doc(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
+    run_id = (startup or {}).get("run_id")
+    progress = None
+    if run_id:
+        progress = parse_doc(
+            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/progress.json")
+        )
+    return startup, progress
+
+
+def watch(
+    fetch: Callable[[], tuple[Doc | None, Doc | None]],
+    out: TextIO,
+    interval: float = 30.0,
+    max_seconds: float = 8 * 3600,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clear: bool = False,
+    source: str = STATUS_KEY,
+) -> int:
+    """Prints the status every `interval` seconds until training ends or fails, or `max_seconds`.
+
+    Returns WATCH_EXIT_DONE, WATCH_EXIT_FAILED or WATCH_EXIT_GAVE_UP."""
+    start = clock()
+    while True:
+        startup, progress = fetch()
+        if clear:
+            out.write("\033[H\033[J")
+        out.write(render_status(startup, progress, now(), source) + "\n")
+        result = outcome(startup, progress)
+        if result == "done":
+            return WATCH_EXIT_DONE
+        if result == "failed":
+            return WATCH_EXIT_FAILED
+        if clock() - start + interval > max_seconds:
+            out.write(
+                f"Stopped watching after {format_duration(clock() - start)}; "
+                "the VM carries on. Run `python -m workload status --watch` again to follow it.\n"
+            )
+            return WATCH_EXIT_GAVE_UP
+        out.write(f"(refreshing every {format_duration(interval)}; Ctrl-C stops watching)\n")
+        out.flush()
+        sleep(interval)
