@@ -1,0 +1,160 @@
+"""runs and pull: run summaries from metrics.json or progress.json, downloads (emulator)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from workload import ops_cli, results, storage
+
+from .conftest import run_cli
+
+
+def _write_run(bucket: str, run_id: str, *, done: bool) -> None:
+    base = f"gs://{bucket}/runs/{run_id}"
+    storage.write_json(
+        f"{base}/progress.json",
+        {
+            "version": 1,
+            "state": "done" if done else "running",
+            "epoch": 2,
+            "epochs": 4,
+            "metrics": {"val_accuracy": 0.5, "val_micro_f1": 0.5},
+        },
+    )
+    if done:
+        storage.write_json(f"{base}/metrics.json", {"accuracy": 0.91, "micro_f1": 0.905})
+        storage.write_bytes(f"{base}/submission.csv", b"file,species\nt0.png,Maize\n")
+        storage.write_bytes(f"{base}/plots/curves.png", b"png bytes")
+
+
+def test_summary_prefers_final_metrics_over_progress() -> None:
+    summary = results.summarize_run(
+        "r1",
+        {"accuracy": 0.91, "micro_f1": 0.905},
+        {"state": "done", "metrics": {"val_accuracy": 0.5}},
+    )
+    assert (summary.state, summary.micro_f1, summary.accuracy) == ("done", 0.905, 0.91)
+
+
+def test_summary_of_a_running_run_uses_its_validation_metrics() -> None:
+    summary = results.summarize_run(
+        "r1", None, {"state": "running", "metrics": {"val_accuracy": 0.8, "val_micro_f1": 0.79}}
+    )
+    assert (summary.state, summary.micro_f1, summary.accuracy) == ("running", 0.79, 0.8)
+
+
+def test_summary_without_documents_is_unknown() -> None:
+    summary = results.summarize_run("r1", None, None)
+    assert (summary.state, summary.micro_f1, summary.accuracy) == ("unknown", None, None)
+
+
+def test_runs_lists_every_run_with_its_metrics(gcs_bucket: str) -> None:
+    _write_run(gcs_bucket, "20261127-0900", done=True)
+    _write_run(gcs_bucket, "20261127-1000", done=False)
+    runs = {run.run_id: run for run in results.list_runs(gcs_bucket)}
+    assert set(runs) == {"20261127-0900", "20261127-1000"}
+    assert (runs["20261127-0900"].state, runs["20261127-0900"].micro_f1) == ("done", 0.905)
+    assert runs["20261127-0900"].files == 4
+    assert (runs["20261127-1000"].state, runs["20261127-1000"].accuracy) == ("running", 0.5)
+
+
+def test_runs_command_prints_a_table(
+    gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_run(gcs_bucket, "r-done", done=True)
+    assert run_cli(parser, "runs", "--bucket", gcs_bucket) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["run", "state", "micro-F1", "accuracy"]
+    assert lines[1].split()[:4] == ["r-done", "done", "0.9050", "0.9100"]
+
+
+def test_runs_command_with_no_runs_says_so(
+    gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(parser, "runs", "--bucket", gcs_bucket) == 0
+    assert capsys.readouterr().out.startswith(f"No runs in gs://{gcs_bucket}/runs/ yet")
+
+
+def test_pull_downloads_the_runs_files_and_skips_them_the_second_time(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    _write_run(gcs_bucket, "r1", done=True)
+    run_id, target, stats = results.pull_run(gcs_bucket, "r1", tmp_path / "r1", progress=False)
+    assert (run_id, stats.copied) == ("r1", 4)
+    assert (target / "submission.csv").read_text().startswith("file,species")
+    assert (target / "plots" / "curves.png").read_bytes() == b"png bytes"
+    again = results.pull_run(gcs_bucket, "r1", tmp_path / "r1", progress=False)[2]
+    assert (again.copied, again.skipped) == (0, 4)
+
+
+def test_pull_latest_takes_the_most_recently_updated_run(gcs_bucket: str, tmp_path: Path) -> None:
+    # Named so that sorting by name would pick the wrong one.
+    _write_run(gcs_bucket, "z-old", done=True)
+    time.sleep(1.1)
+    _write_run(gcs_bucket, "a-new", done=False)
+    assert results.resolve_run(gcs_bucket, "latest") == "a-new"
+
+
+def test_pull_of_an_unknown_run_lists_the_runs_there(gcs_bucket: str) -> None:
+    _write_run(gcs_bucket, "r1", done=True)
+    with pytest.raises(results.RunNotFoundError, match=r"'nope' is not in .*runs there: r1"):
+        results.resolve_run(gcs_bucket, "nope")
+
+
+def test_pull_command_defaults_to_runs_run_id(
+    gcs_bucket: str,
+    tmp_path: Path,
+    parser: argparse.ArgumentParser,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _write_run(gcs_bucket, "r1", done=True)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(parser, "pull", "latest", "--bucket", gcs_bucket, "--quiet") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run r1 -> runs/r1: downloaded 4 files")
+    assert "runs/r1/submission.csv" in out
+    assert (tmp_path / "runs" / "r1" / "metrics.json").is_file()
+
+
+def test_pull_command_for_an_unknown_run_exits_2(
+    gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(parser, "pull", "latest", "--bucket", gcs_bucket) == 2
+    assert "no runs in" in capsys.readouterr().err
+
+
+def test_bucket_flag_wins_and_accepts_a_gs_url() -> None:
+    assert ops_cli.resolve_bucket("gs://my-bucket/", which=lambda _: None) == "my-bucket"
+
+
+def test_bucket_comes_from_the_stack_output_when_pulumi_is_there() -> None:
+    calls = []
+
+    def fake_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="kgg-abc123\n", stderr="")
+
+    bucket = ops_cli.resolve_bucket(None, which=lambda _: "/usr/bin/pulumi", run=fake_run)
+    assert bucket == "kgg-abc123"
+    assert calls == [["pulumi", "stack", "output", "bucketName"]]
+
+
+def test_missing_pulumi_cli_says_to_pass_bucket() -> None:
+    with pytest.raises(
+        ops_cli.BucketNotFoundError, match="pulumi CLI is not installed; pass --bucket"
+    ):
+        ops_cli.resolve_bucket(None, which=lambda _: None)
+
+
+def test_stack_without_the_output_says_to_pass_bucket() -> None:
+    def no_stack(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: no stack selected")
+
+    with pytest.raises(ops_cli.BucketNotFoundError, match=r"no stack selected.*pass --bucket"):
+        ops_cli.resolve_bucket(None, which=lambda _: "pulumi", run=no_stack)
