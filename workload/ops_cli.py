@@ -181,10 +181,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     pull = subparsers.add_parser(
         "pull",
         help="download a run's results (model, metrics, plots, submission.csv)",
-        description="Downloads gs://BUCKET/runs/RUN/ to DIR, skipping files already there.",
+        description="Downloads gs://BUCKET/runs/RUN/ to DIR/RUN, skipping files already there.",
     )
     pull.add_argument("run", metavar="RUN", help="run id (see `runs`), or `latest`")
-    pull.add_argument("--to", metavar="DIR", help="local folder (default runs/RUN)")
+    pull.add_argument(
+        "--to", metavar="DIR", default="runs", help="the run goes to DIR/RUN (default runs)"
+    )
     _add_bucket(pull)
     pull.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     pull.add_argument("--quiet", action="store_true", help="no progress bar")

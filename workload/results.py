@@ -160,12 +160,14 @@ def pull_run(
     workers: int = 8,
     progress: bool = True,
 ) -> tuple[str, Path, storage.SyncStats]:
-    """Downloads runs/<run>/ (model, metrics, plots, submission.csv) to `to` (default runs/<run>).
+    """Downloads runs/<run>/ (model, metrics, plots, submission.csv) to `<to>/<run-id>`.
+
+    `to` defaults to ./runs, so runs pulled side by side never mix.
 
     Files already there with the same checksum are skipped, so pulling a running run again only
     fetches what changed. Returns the run id, the local folder and what was copied."""
     run_id = resolve_run(bucket, run)
-    target = Path(to) if to is not None else Path(RUNS_PREFIX, run_id)
+    target = Path(to if to is not None else RUNS_PREFIX, run_id)
     stats = storage.download_tree(
         f"{runs_url(bucket)}/{run_id}", target, workers=workers, progress=progress
     )

@@ -28,6 +28,8 @@ WATCH_EXIT_FAILED = 1
 WATCH_EXIT_GAVE_UP = 3
 
 STEP_STATES = ("done", "running", "pending", "skipped", "failed")
+# Shell substitutions that name the VM from the stack, so a hint's command can be pasted as is.
+INSTANCE_CMD = "$(pulumi stack output instanceName)"
 ZONE_CMD = "$(pulumi config get gcp:zone)"
 
 Doc = dict[str, Any]
@@ -37,7 +39,7 @@ Doc = dict[str, Any]
 class Vm:
     """How hints name the VM: from the status document when it says, else placeholders."""
 
-    instance: str = "INSTANCE"
+    instance: str = INSTANCE_CMD
     zone: str = ZONE_CMD
 
     @property

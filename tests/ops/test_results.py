@@ -84,11 +84,11 @@ def test_pull_downloads_the_runs_files_and_skips_them_the_second_time(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
     _write_run(gcs_bucket, "r1", done=True)
-    run_id, target, stats = results.pull_run(gcs_bucket, "r1", tmp_path / "r1", progress=False)
-    assert (run_id, stats.copied) == ("r1", 4)
+    run_id, target, stats = results.pull_run(gcs_bucket, "r1", tmp_path, progress=False)
+    assert (run_id, target, stats.copied) == ("r1", tmp_path / "r1", 4)
     assert (target / "submission.csv").read_text().startswith("file,species")
     assert (target / "plots" / "curves.png").read_bytes() == b"png bytes"
-    again = results.pull_run(gcs_bucket, "r1", tmp_path / "r1", progress=False)[2]
+    again = results.pull_run(gcs_bucket, "r1", tmp_path, progress=False)[2]
     assert (again.copied, again.skipped) == (0, 4)
 
 

@@ -166,7 +166,12 @@ def test_failed_driver_without_hint_gets_the_serial_console_command() -> None:
         ("gpu-check", "TensorFlow sees no GPU", "instances reset"),
         ("jupyter", "jupyter exited", "journalctl -u google-startup-scripts.service"),
         ("training", "exit 1", "python -m workload pull latest"),
-        ("mystery", "?", "get-serial-port-output INSTANCE --zone $(pulumi config get gcp:zone)"),
+        (
+            "mystery",
+            "?",
+            "get-serial-port-output $(pulumi stack output instanceName) "
+            "--zone $(pulumi config get gcp:zone)",
+        ),
     ],
 )
 def test_each_failing_step_gets_a_next_thing_to_try(step: str, message: str, expected: str) -> None:
@@ -184,7 +189,7 @@ def test_silent_vm_is_flagged_as_possibly_stopped() -> None:
     doc = _startup(updated="2026-11-27T09:00:00Z", training="running")
     text = status.render_status(doc, _progress(updated="2026-11-27T09:01:00Z"), NOW)
     assert "No report for 1h 04m: the VM may be stopped" in text
-    assert "gcloud compute instances start INSTANCE" in text
+    assert "gcloud compute instances start $(pulumi stack output instanceName)" in text
 
 
 @pytest.mark.parametrize(
