@@ -1,0 +1,152 @@
+"""Idle shutdown decision: a pure function of what Jupyter's API and the training job report.
+
+The systemd timer on the VM runs `python -m startup idle-check` every few minutes; that command
+gathers Jupyter's `/api/status` and `/api/kernels`, the training job's state file and the boot
+time, and calls `decide`. Only `decide` makes the call, so every rule is tested here without a VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+# Kernel states that mean a cell is running (or about to): never power off under them.
+BUSY_KERNEL_STATES = frozenset({"busy", "starting", "restarting"})
+# Training job states that count as work in progress. "waiting" (for data) is not: a VM that
+# waits for an upload that never comes must still power off; the job's last data change
+# counts as activity instead (see JobState.activity).
+RUNNING_JOB_STATES = frozenset({"running"})
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The training job as the VM sees it: systemd says whether it runs, its state file says
+    what it does ("waiting", "running", "done", "failed", "off") and when it last saw activity."""
+
+    active: bool
+    state: str = "off"
+    activity: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    shutdown: bool
+    reason: str
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Jupyter's ISO timestamps ("2026-11-27T10:00:00.123456Z"), or None if absent/unparsable."""
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def decide(
+    *,
+    now: datetime,
+    idle_minutes: int,
+    booted: datetime,
+    jupyter_status: Mapping[str, Any] | None,
+    kernels: Sequence[Mapping[str, Any]] | None,
+    job: JobState,
+) -> Decision:
+    """Shut down or not, with the reason.
+
+    `jupyter_status`/`kernels` are None when Jupyter did not answer (not started, crashed): then
+    only the boot time and the job count as activity, so a broken notebook cannot keep a GPU
+    VM running forever. `booted` is a floor for the last activity: a fresh VM gets the full
+    idle window before it can power off.
+    """
+    if idle_minutes <= 0:
+        return Decision(False, "idle shutdown is off (idleShutdownMinutes = 0)")
+    if job.active and job.state in RUNNING_JOB_STATES:
+        return Decision(False, "the training job is running")
+    busy = [k for k in kernels or () if k.get("execution_state") in BUSY_KERNEL_STATES]
+    if busy:
+        return Decision(False, f"{len(busy)} kernel(s) busy")
+    connections = int((jupyter_status or {}).get("connections") or 0)
+    connections += sum(int(k.get("connections") or 0) for k in kernels or ())
+    if connections:
+        return Decision(False, f"{connections} open notebook connection(s)")
+
+    candidates = [booted]
+    if jupyter_status is not None:
+        candidates.append(parse_time(jupyter_status.get("last_activity")))
+        candidates.append(parse_time(jupyter_status.get("started")))
+    candidates.extend(parse_time(k.get("last_activity")) for k in kernels or ())
+    if job.active:
+        candidates.append(job.activity)
+    last = max(t for t in candidates if t is not None)
+    idle_for = now - last
+    window = timedelta(minutes=idle_minutes)
+    minutes = int(idle_for.total_seconds() // 60)
+    if idle_for < window:
+        return Decision(False, f"idle for {minutes} of {idle_minutes} minutes")
+    unreachable = " (Jupyter did not answer)" if jupyter_status is None else ""
+    return Decision(
+        True, f"no training and no notebook activity for {minutes} minutes{unreachable}"
+    )
+
+
+# --- gathering (impure): what `python -m startup idle-check` feeds into `decide` ---------------
+
+
+def read_job_state(path: str | None, active: bool) -> JobState:
+    """The job's state file ({"state": ..., "activity": ISO}) plus systemd's word on it."""
+    import json
+    from pathlib import Path
+
+    if not path or not Path(path).is_file():
+        return JobState(active=active)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return JobState(active=active)
+    return JobState(
+        active=active,
+        state=str(data.get("state") or "off"),
+        activity=parse_time(data.get("activity")),
+    )
+
+
+def boot_time(now: datetime, proc_uptime: str = "/proc/uptime") -> datetime:
+    """When the machine booted, from the kernel's uptime counter."""
+    from pathlib import Path
+
+    seconds = float(Path(proc_uptime).read_text().split()[0])
+    return now - timedelta(seconds=seconds)
+
+
+def fetch_jupyter(
+    base_url: str, token: str, cafile: str | None, timeout: float = 10.0
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """Jupyter's /api/status and /api/kernels, or (None, None) when it does not answer.
+
+    The certificate is self-signed for the VM's public address, so the name is not checked,
+    but the connection is still pinned to that very certificate (cafile)."""
+    import json
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+    context.check_hostname = False
+    if not cafile:
+        context.verify_mode = ssl.CERT_NONE
+
+    def get(path: str) -> Any:
+        request = urllib.request.Request(
+            base_url.rstrip("/") + path, headers={"Authorization": f"token {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return json.load(response)
+
+    try:
+        return get("/api/status"), get("/api/kernels")
+    except (OSError, ValueError):
+        return None, None
