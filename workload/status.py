@@ -31,6 +31,10 @@ STEP_STATES = ("done", "running", "pending", "skipped", "failed")
 # Shell substitutions that name the VM from the stack, so a hint's command can be pasted as is.
 INSTANCE_CMD = "$(pulumi stack output instanceName)"
 ZONE_CMD = "$(pulumi config get gcp:zone)"
+# systemd units of the VM (startup/startup.sh.j2).
+STARTUP_UNIT = "google-startup-scripts.service"
+JUPYTER_UNIT = "kgg-jupyter.service"
+TRAINING_UNIT = "kgg-training.service"
 
 Doc = dict[str, Any]
 
@@ -46,12 +50,15 @@ class Vm:
     def serial_console(self) -> str:
         return f"gcloud compute instances get-serial-port-output {self.instance} --zone {self.zone}"
 
-    @property
-    def startup_log(self) -> str:
+    def journal(self, unit: str) -> str:
         return (
             f"gcloud compute ssh {self.instance} --zone {self.zone} -- "
-            "sudo journalctl -u google-startup-scripts.service --no-pager | tail -n 100"
+            f"sudo journalctl -u {unit} -n 100 --no-pager"
         )
+
+    @property
+    def startup_log(self) -> str:
+        return self.journal(STARTUP_UNIT)
 
     @property
     def rerun_startup(self) -> str:
@@ -112,13 +119,14 @@ def hint_for(step: str, message: str, vm: Vm) -> list[str]:
         ]
     if step in ("jupyter", "notebook", "tls"):
         return [
-            "JupyterLab did not start: read the log",
-            f"$ {vm.startup_log}",
+            "JupyterLab did not start: read its log",
+            f"$ {vm.journal(JUPYTER_UNIT)}",
             "a missing password: `pulumi config set --secret jupyterPassword`, then `pulumi up`",
         ]
     if step in ("data", "training", "train"):
         return [
-            "the training job failed: fetch its log and metrics, and check the data",
+            "the training job failed: read its log, fetch what it wrote, check the data",
+            f"$ {vm.journal(TRAINING_UNIT)}",
             "$ python -m workload pull latest",
             "$ python -m workload upload LOCAL_DIR",
         ]
@@ -194,6 +202,12 @@ def _metric_text(metrics: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _step_state(startup: Doc | None, step: str) -> str | None:
+    steps = (startup or {}).get("steps")
+    entry = steps.get(step) if isinstance(steps, dict) else None
+    return entry.get("state") if isinstance(entry, dict) else None
+
+
 def render_training(startup: Doc | None, progress: Doc | None, now: datetime) -> list[str]:
     """The training part of the status: the startup script's view, then the job's progress."""
     run_id = (startup or {}).get("run_id")
@@ -208,8 +222,10 @@ def render_training(startup: Doc | None, progress: Doc | None, now: datetime) ->
                     "  next: upload the data (LOCAL_DIR holds train/<class>/*.png):\n"
                     "  $ python -m workload upload LOCAL_DIR"
                 )
-        elif vm_view == "off":
+        elif vm_view == "off" and _step_state(startup, "training") in ("done", "skipped"):
             lines.append(_field("Training", "off (runTraining is false): train from the notebook"))
+        elif vm_view == "off":
+            lines.append(_field("Training", "not started yet (after the boot steps)"))
         elif vm_view:
             lines.append(_field("Training", f"{run}{vm_view}; no progress reported yet"))
         else:
@@ -282,8 +298,9 @@ def render_failure(startup: Doc, progress: Doc | None) -> list[str]:
     if log_tail:
         lines.append(f"  log tail (last {LOG_TAIL_LINES} lines):")
         lines += [f"    | {line}" for line in log_tail.splitlines()[-LOG_TAIL_LINES:]]
+    # The VM's own hint knows the exact failure; ours add the commands to look closer.
     hint = error.get("hint")
-    hint_lines = str(hint).splitlines() if hint else hint_for(step, message, _vm(startup))
+    hint_lines = [*(str(hint).splitlines() if hint else []), *hint_for(step, message, _vm(startup))]
     lines.append(f"  next: {hint_lines[0]}")
     lines += [f"        {line}" for line in hint_lines[1:]]
     return lines

@@ -100,6 +100,14 @@ def test_waiting_for_data_tells_to_upload() -> None:
     assert "  $ python -m workload upload LOCAL_DIR" in text
 
 
+def test_training_off_reads_as_not_started_until_the_training_step_ran() -> None:
+    booting = status.render_status(_startup(training="off"), None, NOW)
+    assert "Training:    not started yet" in booting
+    steps = {**_startup()["steps"], "training": {"state": "skipped"}}
+    finished = status.render_status(_startup(training="off", steps=steps), None, NOW)
+    assert "Training:    off (runTraining is false): train from the notebook" in finished
+
+
 def test_ready_vm_shows_gpus_notebook_url_and_fingerprint() -> None:
     doc = _startup(
         phase="training",
@@ -147,7 +155,7 @@ def test_failed_step_shows_message_log_tail_and_the_vms_hint() -> None:
     assert "FAILED at step 'driver': modprobe nvidia failed" in text
     assert "    | line 29" in text
     assert "line 9\n" not in text  # only the last 20 lines
-    assert text.rstrip().endswith("next: try the deeplearning image")
+    assert "  next: try the deeplearning image\n        read the driver install log" in text
 
 
 def test_failed_driver_without_hint_gets_the_serial_console_command() -> None:
@@ -164,8 +172,8 @@ def test_failed_driver_without_hint_gets_the_serial_console_command() -> None:
         ("boot", "ZONE_RESOURCE_POOL_EXHAUSTED", "pulumi config set gcp:zone"),
         ("python", "uv sync failed", "google_metadata_script_runner startup"),
         ("gpu-check", "TensorFlow sees no GPU", "instances reset"),
-        ("jupyter", "jupyter exited", "journalctl -u google-startup-scripts.service"),
-        ("training", "exit 1", "python -m workload pull latest"),
+        ("jupyter", "jupyter exited", "journalctl -u kgg-jupyter.service"),
+        ("training", "exit 1", "journalctl -u kgg-training.service"),
         (
             "mystery",
             "?",
