@@ -323,14 +323,19 @@ def upload_tree(
     url_prefix: str,
     workers: int = 8,
     progress: bool = False,
+    include: Callable[[str], bool] | None = None,
 ) -> SyncStats:
-    """Mirrors the files under `local_dir` to `url_prefix`, skipping objects with the same MD5."""
+    """Mirrors the files under `local_dir` to `url_prefix`, skipping objects with the same MD5.
+
+    `include(relative_name)` may filter files (the job uploads its state file last, on its own)."""
     root = Path(local_dir)
     remote = {info.name: info for info in list_objects(url_prefix)}
     stats = SyncStats()
     jobs: list[Callable[[], None]] = []
     for path in _iter_local(root) if root.is_dir() else []:
         name = path.relative_to(root).as_posix()
+        if include is not None and not include(name):
+            continue
         size = path.stat().st_size
         existing = remote.get(name)
         if existing is not None and existing.size == size:

@@ -1,0 +1,154 @@
+"""`python -m workload train|predict|demo` plus the laptop commands from ops_cli.
+
+Importing this module never imports TensorFlow: the laptop commands must run without it. Each
+command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from workload.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(data="", out="")
+    add = parser.add_argument
+    add(
+        "--recipe",
+        choices=RECIPES,
+        default="fast",
+        help="fast: cached features then fine-tuning (default); guide: the 2018 recipe",
+    )
+    add("--base", choices=BASES, default="vgg16", help="convolutional base (default vgg16)")
+    add(
+        "--weights",
+        default="imagenet",
+        help="imagenet, none, or a weights file (.h5 or .weights.h5, local or gs://)",
+    )
+    add("--image-size", type=int, help="square input size (default 224)")
+    add("--batch-size", type=int, help="batch size (default 32)")
+    add("--val-split", type=float, help=f"validation fraction (default {defaults.val_split})")
+    add("--seed", type=int, help=f"split and initialisation seed (default {defaults.seed})")
+    add("--head-epochs", type=int, help=f"fast: head epochs (default {defaults.head_epochs})")
+    add("--head-lr", type=float, help=f"fast: head learning rate (default {defaults.head_lr})")
+    add(
+        "--finetune-epochs",
+        type=int,
+        help=f"fast: fine-tuning epochs (default {defaults.finetune_epochs})",
+    )
+    add(
+        "--finetune-lr",
+        type=float,
+        help=f"fast: fine-tuning learning rate (default {defaults.finetune_lr})",
+    )
+    add(
+        "--unfreeze-blocks",
+        type=int,
+        help=f"fast: conv blocks to fine-tune (default {defaults.unfreeze_blocks})",
+    )
+    add(
+        "--patience",
+        type=int,
+        help=f"fast: early-stopping patience on val micro-F1 (default {defaults.patience})",
+    )
+    add("--guide-epochs", type=int, help=f"guide: epochs (default {defaults.guide_epochs})")
+    add("--guide-lr", type=float, help=f"guide: SGD learning rate (default {defaults.guide_lr})")
+    add(
+        "--cache-dir",
+        help=f"local cache for data, images and features (default {DEFAULT_CACHE_DIR})",
+    )
+    add("--workers", type=int, help=f"parallel transfers (default {defaults.workers})")
+    add(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bars (logs)",
+    )
+
+
+TRAIN_OPTIONS = (
+    "base", "weights", "image_size", "batch_size", "val_split", "seed", "head_epochs", "head_lr",
+    "finetune_epochs", "finetune_lr", "unfreeze_blocks", "patience", "guide_epochs", "guide_lr",
+    "cache_dir", "workers", "progress",
+)  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The resolved TrainConfig of a parsed `train` (or `demo`) command line."""
+    from workload.config import resolve
+
+    options = {name: getattr(args, name, None) for name in TRAIN_OPTIONS}
+    return resolve(args.recipe, data=args.data, out=args.out, **options)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from workload.train import SimulatedInterruption, train
+
+    try:
+        train(config_from_args(args))
+    except SimulatedInterruption as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: run the same command again
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from workload.predict import predict
+
+    predict(args.model, args.images, args.out, cache_dir=args.cache_dir or str(DEFAULT_CACHE_DIR))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from workload.demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m workload",
+        description="VGG transfer learning on an image folder (local or gs://), and its tools.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    train = subparsers.add_parser(
+        "train", help="train and evaluate; resumable: rerun the same command after a kill"
+    )
+    train.add_argument("--data", required=True, help="folder or gs:// prefix with train/ [test/]")
+    train.add_argument("--out", required=True, help="results folder or gs:// prefix (one per run)")
+    _add_train_options(train)
+    train.set_defaults(func=_train)
+
+    predict = subparsers.add_parser("predict", help="predict species for new images")
+    predict.add_argument(
+        "--model", required=True, help="model.keras, or the run folder / gs:// prefix holding it"
+    )
+    predict.add_argument("--images", required=True, help="image folder or gs:// prefix")
+    predict.add_argument(
+        "--out", required=True, help="CSV file, or a folder / gs:// prefix for predictions.csv"
+    )
+    predict.add_argument("--cache-dir", help="local cache for downloads")
+    predict.set_defaults(func=_predict)
+
+    demo = subparsers.add_parser(
+        "demo", help="local rehearsal: synthetic data in a GCS emulator, the real train command"
+    )
+    demo.add_argument("--keep", help="also copy the demo's results to this local folder")
+    demo.add_argument("--recipe", choices=RECIPES, default="fast")
+    demo.set_defaults(func=_demo)
+
+    from workload import ops_cli
+
+    ops_cli.add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,152 @@
+"""VGG16/VGG19 bases and the two model shapes: the 2018 guide's and the fast recipe's.
+
+`preprocess_input` lives inside the model (as a serializable layer), so model.keras takes plain RGB
+in [0, 255] and `predict` cannot forget it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workload import storage
+
+# keras.applications' "caffe" preprocessing for VGG: RGB -> BGR, minus the ImageNet BGR mean.
+# https://github.com/keras-team/keras/blob/master/keras/src/applications/imagenet_utils.py
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
+
+
+def resolve_weights(spec: str, cache_dir: str | Path) -> str | None:
+    """The `weights` argument for keras.applications: "imagenet", None, or a local file path.
+
+    A gs:// file is copied into the cache first; the suffix is kept because Keras picks the
+    loader (.weights.h5 or legacy .h5) by it."""
+    if spec == "imagenet":
+        return "imagenet"
+    if spec.lower() in {"none", ""}:
+        return None
+    if not spec.lower().endswith(WEIGHT_SUFFIXES):
+        raise ValueError(
+            f"weights {spec!r} must be imagenet, none, or a file ending in {list(WEIGHT_SUFFIXES)}"
+        )
+    if storage.is_gcs(spec):
+        bucket, key = storage.split_gcs(spec)
+        local = Path(cache_dir, "weights", bucket, key)
+        stats = storage.download_tree(
+            spec.rsplit("/", 1)[0], local.parent, progress=False, include=lambda n: n == local.name
+        )
+        if not local.is_file():
+            raise FileNotFoundError(f"weights {spec} not found ({stats.skipped} cached files)")
+        return str(local)
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"weights file {spec} does not exist")
+    return spec
+
+
+def _preprocess_layer() -> Any:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="workload")
+    class VGGPreprocess(keras.layers.Layer):
+        """keras.applications.vgg16.preprocess_input as a layer, so it is saved with the model."""
+
+        def call(self, inputs: Any) -> Any:
+            x = keras.ops.flip(keras.ops.cast(inputs, self.compute_dtype), axis=-1)
+            mean = keras.ops.convert_to_tensor(IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
+            return x - mean
+
+    return VGGPreprocess
+
+
+_PREPROCESS: Any = None
+
+
+def preprocess_layer(**kwargs: Any) -> Any:
+    """A new VGG preprocessing layer; the class is defined once, on first use (lazy Keras)."""
+    global _PREPROCESS
+    if _PREPROCESS is None:
+        _PREPROCESS = _preprocess_layer()
+    return _PREPROCESS(**kwargs)
+
+
+def build_base(base: str, weights: str | None, image_size: int, include_top: bool) -> Any:
+    """keras.applications.VGG16/VGG19; include_top keeps fc1/fc2 (the guide's head)."""
+    import keras
+
+    application = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[base]
+    if include_top and weights is not None and image_size != 224:
+        # fc1's kernel shape depends on the input size: the top weights only fit 224x224.
+        raise ValueError(f"the guide recipe with weights needs image_size 224, got {image_size}")
+    if include_top:
+        # keras.applications refuses include_top with a weight file and classes != 1000:
+        # build with 1000 classes, load, and let the caller replace `predictions`.
+        return application(
+            include_top=True, weights=weights, input_shape=(image_size, image_size, 3)
+        )
+    return application(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+
+
+def build_guide_model(base_model: Any, n_classes: int) -> Any:
+    """The 2018 model: VGG with fc1/fc2 kept, `predictions` replaced by Dense(n, softmax)."""
+    import keras
+
+    features = keras.Model(base_model.input, base_model.get_layer("fc2").output, name="vgg")
+    inputs = keras.Input(base_model.input.shape[1:], name="image")
+    x = preprocess_layer(name="preprocess")(inputs)
+    x = features(x)
+    outputs = keras.layers.Dense(
+        n_classes,
+        activation="softmax",
+        kernel_initializer="glorot_normal",
+        dtype="float32",
+        name="species",
+    )(x)
+    return keras.Model(inputs, outputs, name="guide")
+
+
+def build_feature_extractor(base_model: Any) -> Any:
+    """RGB image -> pooled features of the frozen base (the fast recipe's phase 1 input)."""
+    import keras
+
+    inputs = keras.Input(base_model.input.shape[1:], name="image")
+    x = preprocess_layer(name="preprocess")(inputs)
+    x = base_model(x, training=False)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name="features")
+
+
+def build_head(n_features: int, n_classes: int, dropout: float) -> Any:
+    """Pooled features -> class probabilities; trained on cached features, then reused whole."""
+    import keras
+
+    inputs = keras.Input((n_features,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(inputs)
+    outputs = keras.layers.Dense(
+        n_classes,
+        activation="softmax",
+        kernel_initializer="glorot_normal",
+        dtype="float32",
+        name="species",
+    )(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def build_finetune_model(feature_extractor: Any, head: Any) -> Any:
+    """Image -> features -> head, sharing the layers (and weights) of both."""
+    import keras
+
+    inputs = keras.Input(feature_extractor.input.shape[1:], name="image")
+    return keras.Model(inputs, head(feature_extractor(inputs)), name="fast")
+
+
+def unfreeze_last_blocks(base_model: Any, blocks: int) -> list[str]:
+    """Makes the last `blocks` conv blocks trainable (VGG names them block1..block5)."""
+    trainable_blocks = {f"block{b}" for b in range(6 - blocks, 6)}
+    base_model.trainable = True
+    unfrozen = []
+    for layer in base_model.layers:
+        layer.trainable = layer.name.split("_")[0] in trainable_blocks
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen

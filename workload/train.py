@@ -1,0 +1,601 @@
+"""One training run from data to results, resumable after a kill at any point.
+
+State lives in a local work folder (`<out>/backup` for a local --out; a cache folder mirrored to
+`<out>/backup` every epoch for a gs:// --out): state.json (phase, epochs done, early-stopping
+state, history) plus weight files. Weights are written before state.json, locally and in the
+bucket, so a kill between the two never leaves state pointing at missing weights. A rerun of the
+same command continues from the last finished epoch; a rerun of a finished run changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workload import data as data_lib
+from workload import storage
+from workload.config import TrainConfig
+
+STATE_VERSION = 1
+PROGRESS_VERSION = 1
+# Simulates a kill after this many finished epochs (the features pass counts as one): tests and
+# rehearsals of the resume path.
+FAIL_AFTER_ENV = "KGG_FAIL_AFTER_EPOCHS"
+MONITOR = "val_micro_f1"
+
+
+class SimulatedInterruption(RuntimeError):
+    """Raised after KGG_FAIL_AFTER_EPOCHS epochs, once the epoch's state is safely backed up."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _verbose() -> int:
+    # A live progress bar in a terminal; one line per epoch in logs (journald, Cloud Logging).
+    return 1 if sys.stdout.isatty() else 2
+
+
+def work_dir_for(config: TrainConfig) -> Path:
+    """Local folder for state and weights: under --out when local, in the cache for gs://."""
+    if not storage.is_gcs(config.out):
+        return Path(config.out, "backup")
+    digest = hashlib.sha256(config.out.encode()).hexdigest()[:16]
+    return Path(config.cache_dir, "runs", digest)
+
+
+def is_done(out: str) -> bool:
+    progress = storage.read_json(storage.join(out, "progress.json"))
+    return bool(progress) and progress.get("state") == "done"
+
+
+class Run:
+    """Bookkeeping of one run: state.json, backups, progress.json and the simulated kill."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.work = work_dir_for(config)
+        self.backup_url = storage.join(config.out, "backup")
+        self.remote_backup = storage.is_gcs(config.out)
+        fail_after = os.environ.get(FAIL_AFTER_ENV)
+        self.fail_after = int(fail_after) if fail_after else None
+        self.epochs_this_process = 0
+        self.state = self._load_state()
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    # --- state -----------------------------------------------------------------------------
+    def _new_state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.config.fingerprint(),
+            "phases": {},
+            "history": [],
+        }
+
+    @staticmethod
+    def _score(state: dict[str, Any] | None) -> int:
+        if not state:
+            return -1
+        return sum(p["epochs_done"] + p["done"] for p in state["phases"].values())
+
+    def _load_state(self) -> dict[str, Any]:
+        local = storage.read_json(self.work / "state.json")
+        if self.remote_backup:
+            remote = storage.read_json(storage.join(self.backup_url, "state.json"))
+            if self._score(remote) > self._score(local):
+                # A fresh VM (or a wiped cache): the bucket's backup is ahead; mirror it.
+                storage.download_tree(self.backup_url, self.work, progress=False)
+                local = storage.read_json(self.work / "state.json")
+        if local is None:
+            return self._new_state()
+        if local.get("fingerprint") != self.config.fingerprint():
+            raise ValueError(
+                f"{self.config.out} holds a run started with different options (see its "
+                "config.json); rerun with those options to resume, or choose another --out"
+            )
+        print(f"resuming the run in {self.config.out} ({self._describe(local)})")
+        return local
+
+    @staticmethod
+    def _describe(state: dict[str, Any]) -> str:
+        parts = [
+            f"{name}: {'done' if p['done'] else str(p['epochs_done']) + ' epochs'}"
+            for name, p in state["phases"].items()
+        ]
+        return ", ".join(parts) or "nothing finished yet"
+
+    def phase(self, name: str) -> dict[str, Any]:
+        return self.state["phases"].setdefault(
+            name,
+            {
+                "epochs_done": 0,
+                "done": False,
+                "stopped": False,
+                "best": None,
+                "wait": 0,
+                "seconds": 0.0,
+                "images": 0,
+            },
+        )
+
+    def save(self) -> None:
+        """Writes state.json after the weights it names, then mirrors the folder to the bucket."""
+        storage.write_json(self.work / "state.json", self.state)
+        if self.remote_backup:
+            storage.upload_tree(
+                self.work,
+                self.backup_url,
+                workers=self.config.workers,
+                include=lambda name: name != "state.json",
+            )
+            storage.upload_file(
+                self.work / "state.json", storage.join(self.backup_url, "state.json")
+            )
+
+    def finished_epoch(self) -> None:
+        """Counts an epoch whose state is saved; simulates a kill when asked to."""
+        self.epochs_this_process += 1
+        if self.fail_after is not None and self.epochs_this_process >= self.fail_after:
+            raise SimulatedInterruption(
+                f"{FAIL_AFTER_ENV}={self.fail_after}: stopping after {self.epochs_this_process} "
+                "epoch(s); run the same command again to resume"
+            )
+
+    # --- progress.json ---------------------------------------------------------------------
+    def progress(
+        self,
+        state: str,
+        phase: str,
+        epoch: int,
+        epochs: int,
+        metrics: dict[str, float] | None = None,
+        eta_seconds: float | None = None,
+        images_per_second: float | None = None,
+    ) -> None:
+        """progress.json as docs/ARCHITECTURE.md specifies, for `workload status`."""
+        storage.write_json(
+            storage.join(self.config.out, "progress.json"),
+            {
+                "version": PROGRESS_VERSION,
+                "updated": _now(),
+                "state": state,
+                "recipe": self.config.recipe,
+                "phase": phase,
+                "epoch": epoch,
+                "epochs": epochs,
+                "metrics": metrics or {},
+                "eta_seconds": eta_seconds,
+                "images_per_second": images_per_second,
+            },
+        )
+
+    def put(self, name: str, data: bytes | str) -> None:
+        """Writes one result file under --out."""
+        payload = data.encode() if isinstance(data, str) else data
+        storage.write_bytes(storage.join(self.config.out, name), payload)
+
+
+# --- Keras pieces (TensorFlow imported lazily) -------------------------------------------------
+
+
+def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, *arrays)
+    tmp.replace(path)
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+def _epoch_callback(run: Run, phase: str, epochs: int, n_train: int, eta_extra: float) -> Any:
+    """Per epoch: history row, latest/best weights, early stopping, state, progress, backup."""
+    import keras
+
+    config = run.config
+    ps = run.phase(phase)
+    monitor = phase in {"head", "finetune"}
+    latest = run.work / f"{phase}.latest.weights.h5"
+    best = run.work / f"{phase}.best.weights.h5"
+
+    class EpochKeeper(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            seconds = time.perf_counter() - self.started
+            learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            run.state["history"].append(
+                {
+                    "phase": phase,
+                    "epoch": epoch + 1,
+                    **logs,
+                    "learning_rate": learning_rate,
+                    "seconds": seconds,
+                }
+            )
+            tmp = run.work / f"{phase}.latest.tmp.weights.h5"
+            self.model.save_weights(tmp)
+            tmp.replace(latest)
+            ps["epochs_done"] = epoch + 1
+            ps["seconds"] += seconds
+            ps["images"] += n_train
+            if monitor:
+                value = logs.get(MONITOR, 0.0)
+                if ps["best"] is None or value > ps["best"]:
+                    ps["best"], ps["wait"] = value, 0
+                    self.model.save_weights(tmp)
+                    tmp.replace(best)
+                else:
+                    ps["wait"] += 1
+                    if ps["wait"] >= config.patience:
+                        ps["stopped"] = True
+                        self.model.stop_training = True
+                        print(f"{phase}: {MONITOR} did not improve for {config.patience} epochs")
+            run.save()
+            remaining = 0 if ps["stopped"] else epochs - ps["epochs_done"]
+            mean = ps["seconds"] / ps["epochs_done"] if ps["epochs_done"] else 0.0
+            keys = ("loss", "accuracy", "val_loss", "val_accuracy", MONITOR)
+            run.progress(
+                "running",
+                phase,
+                ps["epochs_done"],
+                epochs,
+                {k: logs[k] for k in keys if k in logs},
+                eta_seconds=round(remaining * mean + eta_extra, 1),
+                images_per_second=round(ps["images"] / ps["seconds"], 2) if ps["seconds"] else None,
+            )
+            run.finished_epoch()
+
+    return EpochKeeper()
+
+
+def _compile(model: Any, optimizer: Any) -> None:
+    import keras
+
+    model.compile(
+        optimizer=optimizer,
+        loss="categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.F1Score(average="micro", name="micro_f1")],
+    )
+
+
+def _fit_phase(
+    run: Run,
+    runtime: Any,
+    phase: str,
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    n_train: int,
+    eta_extra: float = 0.0,
+) -> None:
+    """Fits one phase from where the backup left it; restores the best epoch when monitored."""
+    ps = run.phase(phase)
+    done_path = run.work / f"{phase}.done.npz"
+    if ps["done"]:
+        model.set_weights(_load_arrays(done_path))
+        return
+    latest = run.work / f"{phase}.latest.weights.h5"
+    if ps["epochs_done"] and latest.is_file():
+        with runtime.strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(latest)
+        print(f"{phase}: continuing after epoch {ps['epochs_done']}/{epochs}")
+    if ps["epochs_done"] < epochs and not ps["stopped"]:
+        print(f"{phase}: {epochs} epochs on {n_train} images")
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=ps["epochs_done"],
+            callbacks=[_epoch_callback(run, phase, epochs, n_train, eta_extra)],
+            verbose=_verbose(),
+        )
+    best = run.work / f"{phase}.best.weights.h5"
+    if phase != "guide" and best.is_file():
+        model.load_weights(best)
+        print(f"{phase}: restored the best epoch ({MONITOR} {ps['best']:.4f})")
+    _save_arrays(done_path, model.get_weights())
+    ps["done"] = True
+    run.save()
+
+
+def _features(run: Run, extractor: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    ds = data_lib.make_dataset(images, np.zeros(len(images), np.int64), 1, batch_size)
+    return extractor.predict(ds.map(lambda x, y: x), verbose=_verbose()).astype(np.float32)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Runs (or resumes) the whole job and writes every result under config.out; returns metrics."""
+    if is_done(config.out):
+        metrics = storage.read_json(storage.join(config.out, "metrics.json")) or {}
+        print(
+            f"{config.out} is already done (validation micro-F1 "
+            f"{metrics.get('micro_f1', float('nan')):.4f}); nothing to do. "
+            "Use another --out for a new run."
+        )
+        return metrics
+    run = Run(config)
+    current = {"phase": "features" if config.recipe == "fast" else "guide"}
+    try:
+        return _train(run, current)
+    except SimulatedInterruption:
+        raise
+    except Exception:
+        phase = current["phase"]
+        run.progress("failed", phase, run.phase(phase)["epochs_done"], 0)
+        raise
+
+
+def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
+    from workload import model as model_lib
+    from workload import runtime as runtime_lib
+
+    config = run.config
+    started = time.perf_counter()
+    runtime = runtime_lib.configure(config.seed)
+    print(f"devices: {runtime.describe()}")
+    run.put("config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+    local_data = data_lib.fetch_data(config.data, config.cache_dir, config.workers, config.progress)
+    dataset, class_names = data_lib.load_train(
+        local_data, config.image_size, config.cache_dir, config.progress
+    )
+    test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
+    run.put("class_names.json", json.dumps(class_names, indent=2) + "\n")
+    n_classes = len(class_names)
+    train_idx, val_idx = data_lib.stratified_split(dataset.labels, config.val_split, config.seed)
+    x_train, y_train = dataset.images[train_idx], dataset.labels[train_idx]
+    x_val, y_val = dataset.images[val_idx], dataset.labels[val_idx]
+    weights = data_lib.class_weights(y_train, n_classes)
+    print(
+        f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation images, "
+        f"{len(dataset.skipped)} skipped, test: {len(test.files) if test else 'none'}"
+    )
+    resolved = model_lib.resolve_weights(config.weights, config.cache_dir)
+
+    import keras
+
+    if config.recipe == "guide":
+        current["phase"] = "guide"
+        ps = run.phase("guide")
+        fresh = not ps["done"] and not ps["epochs_done"]
+        with runtime.strategy.scope():
+            base = model_lib.build_base(
+                config.base, resolved if fresh else None, config.image_size, include_top=True
+            )
+            model = model_lib.build_guide_model(base, n_classes)
+            # Keras 2's `decay=1e-6`: lr / (1 + decay * iterations), as a schedule in Keras 3.
+            schedule = keras.optimizers.schedules.InverseTimeDecay(
+                config.guide_lr, decay_steps=1, decay_rate=config.guide_decay
+            )
+            _compile(
+                model,
+                keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
+            )
+        train_ds = data_lib.make_dataset(
+            x_train, y_train, n_classes, config.batch_size, shuffle=True, seed=config.seed
+        )
+        val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
+        _fit_phase(
+            run, runtime, "guide", model, train_ds, val_ds, config.guide_epochs, len(x_train)
+        )
+    else:
+        model = _train_fast(
+            run, runtime, current, resolved, x_train, y_train, x_val, y_val, weights, n_classes
+        )
+
+    current["phase"] = "evaluate"
+    run.progress("running", "evaluate", 0, 1)
+    evaluated = time.perf_counter()
+    val_probs = model.predict(
+        data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size), verbose=0
+    )
+    inference_seconds = time.perf_counter() - evaluated
+    from workload.metrics import classification_metrics
+
+    metrics = classification_metrics(y_val, np.argmax(val_probs, axis=1), class_names)
+    submission = None
+    if test is not None and len(test.files):
+        test_probs = model.predict(
+            data_lib.make_dataset(
+                test.images, np.zeros(len(test.files), np.int64), n_classes, config.batch_size
+            ),
+            verbose=0,
+        )
+        from workload.report import predictions_csv
+
+        submission = predictions_csv(test.files, test_probs, class_names)
+    _write_results(
+        run,
+        model,
+        metrics,
+        class_names,
+        dataset,
+        test,
+        submission,
+        len(x_val) / max(inference_seconds, 1e-9),
+        time.perf_counter() - started,
+    )
+    return metrics
+
+
+def _train_fast(
+    run: Run,
+    runtime: Any,
+    current: dict[str, str],
+    resolved: str | None,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    class_weights: np.ndarray,
+    n_classes: int,
+) -> Any:
+    """Phase 1 on cached features of the frozen base, phase 2 fine-tuning its last block(s)."""
+    import keras
+
+    from workload import model as model_lib
+
+    config = run.config
+    ps = run.phase("features")
+    base_path, features_path = run.work / "base.npz", run.work / "features.npz"
+    with runtime.strategy.scope():
+        base = model_lib.build_base(
+            config.base, None if ps["done"] else resolved, config.image_size, include_top=False
+        )
+        base.trainable = False
+        extractor = model_lib.build_feature_extractor(base)
+    if ps["done"]:
+        base.set_weights(_load_arrays(base_path))
+        with np.load(features_path) as cached:
+            f_train, f_val = cached["train"], cached["val"]
+    else:
+        run.progress("running", "features", 0, 1)
+        started = time.perf_counter()
+        print(
+            f"features: one pass of the frozen {config.base} over "
+            f"{len(x_train) + len(x_val)} images"
+        )
+        f_train = _features(run, extractor, x_train, config.batch_size)
+        f_val = _features(run, extractor, x_val, config.batch_size)
+        seconds = time.perf_counter() - started
+        _save_arrays(base_path, base.get_weights())
+        tmp = features_path.with_name(".features.tmp.npz")
+        np.savez(tmp, train=f_train, val=f_val)
+        tmp.replace(features_path)
+        ps.update(done=True, epochs_done=1, seconds=seconds, images=len(x_train) + len(x_val))
+        run.save()
+        run.progress(
+            "running", "features", 1, 1, images_per_second=round(ps["images"] / seconds, 2)
+        )
+        run.finished_epoch()
+    features_ips = ps["images"] / max(ps["seconds"], 1e-9)
+    # A fine-tuning epoch costs about a forward pass over validation plus ~3 passes over train.
+    finetune_epoch_estimate = (3 * len(x_train) + len(x_val)) / features_ips
+
+    current["phase"] = "head"
+    train_weights = class_weights[y_train]
+    with runtime.strategy.scope():
+        head = model_lib.build_head(f_train.shape[1], n_classes, config.head_dropout)
+        _compile(head, keras.optimizers.Adam(config.head_lr))
+    head_train = data_lib.make_dataset(
+        f_train,
+        y_train,
+        n_classes,
+        config.batch_size,
+        train_weights,
+        shuffle=True,
+        seed=config.seed,
+    )
+    head_val = data_lib.make_dataset(f_val, y_val, n_classes, config.batch_size)
+    _fit_phase(
+        run,
+        runtime,
+        "head",
+        head,
+        head_train,
+        head_val,
+        config.head_epochs,
+        len(f_train),
+        eta_extra=config.finetune_epochs * finetune_epoch_estimate,
+    )
+
+    current["phase"] = "finetune"
+    with runtime.strategy.scope():
+        unfrozen = model_lib.unfreeze_last_blocks(base, config.unfreeze_blocks)
+        model = model_lib.build_finetune_model(extractor, head)
+        _compile(model, keras.optimizers.Adam(config.finetune_lr))
+    print(f"finetune: trainable {unfrozen}")
+    train_ds = data_lib.make_dataset(
+        x_train,
+        y_train,
+        n_classes,
+        config.batch_size,
+        train_weights,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
+    if config.finetune_epochs > 0:
+        _fit_phase(
+            run, runtime, "finetune", model, train_ds, val_ds, config.finetune_epochs, len(x_train)
+        )
+    return model
+
+
+def _write_results(
+    run: Run,
+    model: Any,
+    metrics: dict[str, Any],
+    class_names: list[str],
+    dataset: data_lib.Dataset,
+    test: data_lib.Dataset | None,
+    submission: str | None,
+    inference_ips: float,
+    seconds_this_process: float,
+) -> None:
+    """Every result file, then progress.json "done" LAST: it is the finished-run marker."""
+    from workload import report
+
+    config = run.config
+    skipped = dataset.skipped + (test.skipped if test else [])
+    phases = run.state["phases"]
+    metrics.update(
+        class_names=class_names,
+        skipped_files={"count": len(skipped), "files": skipped},
+        images_per_second={
+            **{
+                name: round(p["images"] / p["seconds"], 2)
+                for name, p in phases.items()
+                if p["seconds"]
+            },
+            "inference": round(inference_ips, 2),
+        },
+        wall_seconds={
+            **{name: round(p["seconds"], 2) for name, p in phases.items()},
+            "this_process": round(seconds_this_process, 2),
+        },
+        epochs={name: p["epochs_done"] for name, p in phases.items()},
+        test_images=len(test.files) if test else 0,
+    )
+    with tempfile.TemporaryDirectory(prefix="kgg-results-") as staging:
+        results = Path(staging)
+        model.save(results / "model.keras")
+        report.plot_confusion_matrix(
+            metrics["confusion_matrix"], class_names, results / "confusion_matrix.png"
+        )
+        report.plot_training_curves(run.state["history"], results / "training_curves.png")
+        for name in ("model.keras", "confusion_matrix.png", "training_curves.png"):
+            storage.upload_file(results / name, storage.join(config.out, name))
+    run.put("history.csv", report.history_csv(run.state["history"]))
+    if submission is not None:
+        run.put("submission.csv", submission)
+    run.put("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    run.state["done"] = True
+    run.save()
+    last = run.state["history"][-1] if run.state["history"] else {}
+    run.progress(
+        "done",
+        "done",
+        last.get("epoch", 0),
+        last.get("epoch", 0),
+        {k: metrics[k] for k in ("accuracy", "micro_f1", "macro_f1")},
+        eta_seconds=0.0,
+        images_per_second=metrics["images_per_second"].get("inference"),
+    )
