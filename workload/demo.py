@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +108,8 @@ def run_demo(args: argparse.Namespace) -> None:
     """Generates the data, serves it from an emulator bucket and runs the VM's train command."""
     from workload.cli import main
 
+    # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kgg-demo-") as scratch:
         scratch_dir = Path(scratch)

@@ -121,7 +121,10 @@ def build_head(n_features: int, n_classes: int, dropout: float) -> Any:
     import keras
 
     inputs = keras.Input((n_features,), name="features")
-    x = keras.layers.Dropout(dropout, name="dropout")(inputs)
+    # Pooled VGG activations span orders of magnitude between channels (and are tiny with random
+    # weights): standardising them lets one learning rate fit every feature.
+    x = keras.layers.BatchNormalization(name="standardize")(inputs)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",
@@ -130,6 +133,15 @@ def build_head(n_features: int, n_classes: int, dropout: float) -> Any:
         name="species",
     )(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def inference_copy(model: Any) -> Any:
+    """The same network and weights without optimizer state: half the size of model.keras."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def build_finetune_model(feature_extractor: Any, head: Any) -> Any:

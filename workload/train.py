@@ -304,6 +304,7 @@ def _fit_phase(
             initial_epoch=ps["epochs_done"],
             callbacks=[_epoch_callback(run, phase, epochs, n_train, eta_extra)],
             verbose=_verbose(),
+            shuffle=False,  # the tf.data pipeline shuffles
         )
     best = run.work / f"{phase}.best.weights.h5"
     if phase != "guide" and best.is_file():
@@ -551,6 +552,7 @@ def _write_results(
     seconds_this_process: float,
 ) -> None:
     """Every result file, then progress.json "done" LAST: it is the finished-run marker."""
+    from workload import model as model_lib
     from workload import report
 
     config = run.config
@@ -576,7 +578,7 @@ def _write_results(
     )
     with tempfile.TemporaryDirectory(prefix="kgg-results-") as staging:
         results = Path(staging)
-        model.save(results / "model.keras")
+        model_lib.inference_copy(model).save(results / "model.keras")
         report.plot_confusion_matrix(
             metrics["confusion_matrix"], class_names, results / "confusion_matrix.png"
         )

@@ -1,0 +1,144 @@
+"""data: discovery, robust decoding, the image cache, the gs:// mirror, split and class weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.workload.conftest import png_bytes, write_tiny_data
+from workload import data, storage
+
+
+def _write(path: Path, payload: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "fmt"),
+    [
+        ("rgba.png", np.full((20, 30, 4), 200, np.uint8), "PNG"),
+        ("gray.png", np.full((20, 20), 90, np.uint8), "PNG"),
+        ("deep.png", np.full((20, 20), 65535, np.uint16), "PNG"),
+        ("photo.JPG", np.full((50, 40, 3), 120, np.uint8), "JPEG"),
+        ("dot.png", np.full((1, 1, 3), 10, np.uint8), "PNG"),
+        ("huge.png", np.zeros((3000, 4000, 3), np.uint8), "PNG"),
+    ],
+)
+def test_decode_gives_rgb_uint8_of_the_asked_size(
+    tmp_path: Path, name: str, array: np.ndarray, fmt: str
+) -> None:
+    path = _write(tmp_path / name, png_bytes(array, fmt))
+    decoded = data.decode_image(path, 32)
+    assert decoded.shape == (32, 32, 3)
+    assert decoded.dtype == np.uint8
+
+
+def test_sixteen_bit_white_stays_white(tmp_path: Path) -> None:
+    path = _write(tmp_path / "deep.png", png_bytes(np.full((8, 8), 65535, np.uint16)))
+    assert data.decode_image(path, 32).min() == 255
+
+
+def test_corrupt_and_non_image_files_are_skipped_and_listed(tmp_path: Path) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    _write(root / "train/Maize/notes.txt", b"not an image")
+    _write(root / "train/Maize/cut.png", png_bytes(np.zeros((30, 30, 3), np.uint8))[:60])
+    dataset, classes = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    assert len(dataset.files) == 18
+    assert sorted(s["file"] for s in dataset.skipped) == [
+        "train/Maize/cut.png",
+        "train/Maize/notes.txt",
+    ]
+    assert classes == ["Charlock", "Maize", "Sugar beet"]
+
+
+def test_train_and_test_folders_match_case_insensitively(tmp_path: Path) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    (root / "train").rename(root / "Train")
+    (root / "test").rename(root / "Test")
+    train, test = data.find_split_dirs(root)
+    assert (train.name, test.name if test else None) == ("Train", "Test")
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    (root / "train/Empty").mkdir()
+    with pytest.raises(data.DataError, match="Empty"):
+        data.load_train(root, 32, tmp_path / "cache", progress=False)
+
+
+def test_a_single_class_is_an_error(tmp_path: Path) -> None:
+    root = write_tiny_data(tmp_path / "data", classes=("Maize",))
+    with pytest.raises(data.DataError, match="need at least 2"):
+        data.load_train(root, 32, tmp_path / "cache", progress=False)
+
+
+def test_no_readable_image_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    _write(tmp_path / "data/train/a/x.png", b"junk")
+    _write(tmp_path / "data/train/b/y.png", b"junk")
+    with pytest.raises(data.DataError, match="train"):
+        data.load_train(tmp_path / "data", 32, tmp_path / "cache", progress=False)
+
+
+def test_missing_train_folder_is_an_error_naming_the_root(tmp_path: Path) -> None:
+    (tmp_path / "data/pictures").mkdir(parents=True)
+    with pytest.raises(data.DataError, match=str(tmp_path / "data")):
+        data.find_split_dirs(tmp_path / "data")
+
+
+def test_decoded_images_are_cached_and_never_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    first, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data, "decode_image", no_decoding)
+    second, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(first.images, second.images)
+
+
+def test_stratified_split_keeps_class_proportions_and_is_reproducible() -> None:
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    train, val = data.stratified_split(labels, 0.2, seed=7)
+    assert np.bincount(labels[val]).tolist() == [10, 6, 4]
+    assert sorted([*train, *val]) == list(range(100))
+    again_train, again_val = data.stratified_split(labels, 0.2, seed=7)
+    np.testing.assert_array_equal(val, again_val)
+    np.testing.assert_array_equal(train, again_train)
+
+
+def test_stratified_split_keeps_one_of_each_class_on_both_sides() -> None:
+    train, val = data.stratified_split(np.array([0, 0, 1, 1, 1, 1]), 0.1, seed=0)
+    assert len(val) == 2
+    assert len(train) == 4
+
+
+def test_class_weights_balance_the_classes() -> None:
+    labels = np.array([0] * 600 + [1] * 200)
+    weights = data.class_weights(labels, 3)
+    np.testing.assert_allclose(weights, [800 / (2 * 600), 800 / (2 * 200), 0.0])
+    # each present class contributes the same total weight
+    assert weights[0] * 600 == pytest.approx(weights[1] * 200)
+
+
+def test_gs_data_is_mirrored_without_manifest_and_unchanged_files_are_not_copied(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(root, url)
+    storage.write_json(f"{url}/_upload_manifest.json", {"version": 1})
+    local = data.fetch_data(url, tmp_path / "cache", progress=False)
+    assert not (local / "_upload_manifest.json").exists()
+    assert len(list(local.rglob("*.png"))) == 22
+    storage.write_bytes(f"{url}/train/Maize/0.png", (root / "train/Maize/1.png").read_bytes())
+    stats = storage.download_tree(
+        url, local, progress=False, include=lambda n: not n.startswith("_")
+    )
+    assert (stats.copied, stats.skipped) == (1, 21)
