@@ -1,0 +1,58 @@
+"""cli and config: options resolve to the recipe's defaults, and laptop commands need no TF."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workload.cli import build_parser, config_from_args
+from workload.config import TrainConfig, resolve
+
+
+def _config(*argv: str) -> TrainConfig:
+    return config_from_args(
+        build_parser().parse_args(["train", "--data", "d", "--out", "o", *argv])
+    )
+
+
+def test_guide_recipe_reproduces_2018_settings() -> None:
+    config = _config("--recipe", "guide")
+    assert (config.image_size, config.batch_size, config.guide_epochs) == (224, 32, 20)
+    assert (config.guide_lr, config.guide_momentum, config.guide_decay) == (1e-3, 0.9, 1e-6)
+    assert not config.augment
+    assert [phase for phase, _ in config.phases()] == ["guide"]
+
+
+def test_fast_recipe_is_the_default_with_three_phases() -> None:
+    config = _config("--image-size", "64", "--head-epochs", "3", "--weights", "none")
+    assert config.recipe == "fast"
+    assert config.phases() == [("features", 1), ("head", 3), ("finetune", 10)]
+    assert (config.image_size, config.weights) == (64, "none")
+    assert config.augment
+
+
+def test_fingerprint_ignores_where_results_go_but_not_what_is_trained() -> None:
+    a = resolve(data="d", out="o1", cache_dir="/x")
+    assert a.fingerprint() == resolve(data="d", out="o2", cache_dir="/y").fingerprint()
+    assert a.fingerprint() != resolve(data="d", out="o1", seed=1).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"recipe": "slow"}, "recipe 'slow'"), ({"val_split": 1.5}, "val_split"),
+     ({"base": "resnet"}, "base 'resnet'"), ({"image_size": 8}, "image_size")],
+)  # fmt: skip
+def test_bad_options_are_rejected_naming_the_value(option: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(data="d", out="o", **option)
+
+
+def test_cli_and_storage_import_without_tensorflow() -> None:
+    code = (
+        "import sys, workload.cli, workload.storage, workload.train, workload.demo;"
+        "workload.cli.build_parser();"
+        "assert not [m for m in sys.modules if m.startswith(('tensorflow', 'keras'))]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
