@@ -43,14 +43,15 @@ STUBS="__STUBS__"
 STATE="${STUBS}/state"
 __record() {
   local IFS=$'\x1f'
-  printf '%s\n' "${0##*/}${IFS}$*" >>"${STUBS}/calls.log"
+  printf '%s\n' "${0##*/}${*:+${IFS}$*}" >>"${STUBS}/calls.log"
 }
 __should_fail() {
   local rules="${STUBS}/fail/${0##*/}" joined="$*" tmp count pattern hit=1
   [[ -f "${rules}" ]] || return 1
   tmp="$(mktemp)"
   while read -r count pattern; do
-    if ((hit == 1)) && [[ "${joined}" == *"${pattern}"* ]] && [[ "${count}" == "*" || "${count}" -gt 0 ]]; then
+    if ((hit == 1)) && [[ "${joined}" == *"${pattern}"* ]] &&
+      [[ "${count}" == "*" || "${count}" -gt 0 ]]; then
       hit=0
       [[ "${count}" == "*" ]] || count=$((count - 1))
     fi
@@ -70,7 +71,7 @@ _STUBS: dict[str, str] = {
     "update-initramfs": "exit 0\n",
     "shutdown": 'touch "${STATE}/shutdown"\n',
     "reboot": 'touch "${STATE}/reboot"\n',
-    "uname": 'if [[ "${1:-}" == -r ]]; then cat "${STATE}/kernel"; else exec /usr/bin/uname "$@"; fi\n',
+    "uname": '[[ "${1:-}" == -r ]] && exec cat "${STATE}/kernel"\nexec /usr/bin/uname "$@"\n',
     "id": '[[ -f "${STATE}/user-${2:-}" ]]\n',
     "useradd": 'touch "${STATE}/user-${!#}"\n',
     "runuser": 'while [[ $# -gt 0 && "$1" != -- ]]; do shift; done\nshift\nexec "$@"\n',
@@ -129,7 +130,7 @@ esac
 """,
     # The metadata server and GCS, from files: stubs/metadata/<path>, stubs/gcs/<object>.
     # Uploads are also kept in order under stubs/uploads/ to check the status at every step.
-    "curl": r"""if __should_fail "$@"; then echo "curl: (7) Failed to connect (stub)" >&2; exit 7; fi
+    "curl": r"""if __should_fail "$@"; then echo "curl: (7) Failed to connect" >&2; exit 7; fi
 out="" write="" data="" url=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -179,8 +180,12 @@ chmod +x "${UV_PROJECT_ENVIRONMENT}/bin/python" "${UV_PROJECT_ENVIRONMENT}/bin/j
     "venv-python": r"""if __should_fail "$@"; then echo "stub python failure" >&2; exit 1; fi
 case "$*" in
   *"import tensorflow"*) echo "TF log line" >&2; cat "${STATE}/tf-gpus" 2>/dev/null || echo 1 ;;
-  *"-m workload train"*) echo "epoch 1/1" ; exit "$(cat "${STATE}/train-rc" 2>/dev/null || echo 0)" ;;
-  *"-m startup idle-check"*) echo "stub idle reason"; exit "$(cat "${STATE}/idle-rc" 2>/dev/null || echo 10)" ;;
+  *"-m workload train"*)
+    echo "epoch 1/1"
+    exit "$(cat "${STATE}/train-rc" 2>/dev/null || echo 0)" ;;
+  *"-m startup idle-check"*)
+    echo "stub idle reason"
+    exit "$(cat "${STATE}/idle-rc" 2>/dev/null || echo 10)" ;;
   *) exit 0 ;;
 esac
 """,
@@ -231,8 +236,7 @@ class FakeVm:
         for folder in (self.root / "etc", self.state, self.bin, self.stubs / "fail"):
             folder.mkdir(parents=True, exist_ok=True)
         (self.root / "etc/os-release").write_text(
-            os_release
-            or 'PRETTY_NAME="Ubuntu 22.04.5 LTS"\nID=ubuntu\nVERSION_ID="22.04"\n'
+            os_release or 'PRETTY_NAME="Ubuntu 22.04.5 LTS"\nID=ubuntu\nVERSION_ID="22.04"\n'
         )
         (self.state / "kernel").write_text(KERNEL + "\n")
         self._install_stubs()

@@ -1,0 +1,393 @@
+"""The rendered startup script, run with bash on a fake VM (tests/startup/harness.py)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.startup.harness import (
+    BUCKET,
+    EXTERNAL_IP,
+    FINGERPRINT,
+    KERNEL,
+    PASSWORD_HASH,
+    RUN_ID,
+    FakeVm,
+    settings_for,
+)
+
+UNITS = "etc/systemd/system"
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> FakeVm:
+    return FakeVm(tmp_path, settings_for())
+
+
+def booted_after_driver_reboot(vm: FakeVm) -> FakeVm:
+    assert vm.boot().returncode == 0
+    vm.reboot()
+    second = vm.boot()
+    assert second.returncode == 0, second.stderr
+    return vm
+
+
+def test_first_boot_installs_the_pinned_driver_and_reboots(vm: FakeVm) -> None:
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert vm.calls("reboot") == [["reboot"]]
+    installed = vm.apt_installed()
+    assert "nvidia-headless-no-dkms-580-server" in installed
+    assert "linux-modules-nvidia-580-server-gcp" in installed
+    assert "linux-image-gcp" in installed
+    assert vm.calls("uv") == []
+    status = vm.status()
+    assert status["phase"] == "driver"
+    assert status["steps"]["driver"]["state"] == "running"
+    assert status["steps"]["driver"]["detail"].startswith("rebooting")
+    assert status["steps"]["python"]["state"] == "pending"
+
+
+def test_driver_loads_without_reboot_when_modules_exist_for_the_running_kernel(
+    vm: FakeVm,
+) -> None:
+    vm.flag("apt-available", f"linux-modules-nvidia-580-server-{KERNEL}\n")
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert vm.calls("reboot") == []
+    assert f"linux-modules-nvidia-580-server-{KERNEL}" in vm.apt_installed()
+    assert "linux-image-gcp" not in vm.apt_installed()
+    assert vm.status()["steps"]["driver"]["state"] == "done"
+
+
+def test_boot_after_the_driver_reboot_brings_everything_up(vm: FakeVm) -> None:
+    booted_after_driver_reboot(vm)
+
+    assert vm.apt_installed() == []
+    syncs = [call for call in vm.calls("uv") if "sync" in call]
+    assert syncs == [["uv", "sync", "--frozen", "--no-dev", "--extra", "vm"]]
+    status = vm.status()
+    assert {name: step["state"] for name, step in status["steps"].items()} == {
+        "preflight": "done",
+        "driver": "done",
+        "python": "done",
+        "gpu-check": "done",
+        "jupyter": "done",
+        "training": "done",
+        "idle": "done",
+    }
+    assert status["phase"] == "training"
+    assert status["gpus"] == ["Tesla T4"]
+    assert status["notebook_url"] == f"https://{EXTERNAL_IP}:8888"
+    assert status["tls_sha256"] == FINGERPRINT
+    assert status["run_id"] == RUN_ID
+    assert status["error"] is None
+    assert vm.flagged("active-kgg-jupyter.service")
+    assert vm.flagged("active-kgg-training.service")
+    assert vm.flagged("active-kgg-idle-check.timer")
+
+
+def test_status_document_is_uploaded_at_every_step(vm: FakeVm) -> None:
+    booted_after_driver_reboot(vm)
+
+    running = {
+        name
+        for doc in vm.status_history()
+        for name, step in doc["steps"].items()
+        if step["state"] == "running"
+    }
+    assert running == {"preflight", "driver", "python", "gpu-check", "jupyter", "training", "idle"}
+
+
+def test_a_further_boot_repeats_no_install(vm: FakeVm) -> None:
+    booted_after_driver_reboot(vm)
+    vm.reboot()
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert vm.apt_installed() == []
+    assert [call for call in vm.calls("uv") if "sync" in call] == []
+    assert vm.calls("useradd") == []
+    assert [call for call in vm.calls("openssl") if call[1] == "req"] == []
+    assert vm.calls("reboot") == []
+    assert ["systemctl", "restart", "kgg-jupyter.service"] not in vm.calls("systemctl")
+    assert ["systemctl", "start", "kgg-jupyter.service"] in vm.calls("systemctl")
+    assert vm.status()["steps"]["python"]["detail"].startswith("environment matches")
+
+
+def test_a_new_archive_hash_reinstalls_the_python_env_and_restarts_jupyter(vm: FakeVm) -> None:
+    booted_after_driver_reboot(vm)
+    vm.put_gcs("code/workload-new.tar.gz", b"new archive")
+    import hashlib
+
+    vm.set_metadata(
+        {
+            "instance/attributes/kgg-workload-object": "code/workload-new.tar.gz",
+            "instance/attributes/kgg-workload-sha256": hashlib.sha256(b"new archive").hexdigest(),
+        }
+    )
+    vm.reboot()
+
+    boot = vm.boot()
+
+    # b"new archive" is no tarball: the download verifies, the extraction fails.
+    assert boot.returncode != 0
+    assert vm.status()["error"]["step"] == "python"
+
+
+def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(vm: FakeVm) -> None:
+    booted_after_driver_reboot(vm)
+
+    root = vm.root
+    unit = (root / UNITS / "kgg-jupyter.service").read_text()
+    assert "User=jupyter" in unit
+    assert "jupyter lab --config=" in unit
+    config = (root / "etc/keras-gpu-gcp/jupyter/jupyter_server_config.py").read_text()
+    assert "c.ServerApp.certfile" in config
+    assert "c.ServerApp.port = 8888" in config
+    hash_file = root / "etc/keras-gpu-gcp/jupyter/password.hash"
+    assert hash_file.read_text().strip() == PASSWORD_HASH
+    assert stat.S_IMODE(hash_file.stat().st_mode) == 0o640
+    env_file = root / "etc/keras-gpu-gcp/jupyter.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert f"KGG_DATA=gs://{BUCKET}/data/plant-seedlings" in env_file.read_text()
+    key = root / "etc/keras-gpu-gcp/jupyter/tls/jupyter.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (root / "home/jupyter/work/walkthrough.ipynb").is_file()
+    req = next(call for call in vm.calls("openssl") if call[1] == "req")
+    assert f"subjectAltName=IP:{EXTERNAL_IP}" in req
+
+
+def test_failing_step_stops_the_script_and_the_status_names_it(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("uv", "sync")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    status = vm.status()
+    assert status["phase"] == "failed"
+    assert status["steps"]["python"]["state"] == "failed"
+    assert status["steps"]["gpu-check"]["state"] == "pending"
+    assert status["error"]["step"] == "python"
+    assert "uv" in status["error"]["message"]
+    assert "stub uv failure" in status["error"]["log_tail"]
+    assert status["error"]["hint"]
+    # bounded retries: KGG_RETRY_ATTEMPTS=3
+    assert len([call for call in vm.calls("uv") if "sync" in call]) == 3
+
+
+def test_gpu_count_mismatch_fails_with_the_driver_log(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.flag("tf-gpus", "0\n")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "gpu-check"
+    assert error["message"] == "TensorFlow sees 0 GPU(s); expected 1 NVIDIA T4"
+    assert "NVRM: test kernel log line" in error["log_tail"]
+
+
+def test_flaky_network_call_succeeds_on_retry(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("curl", "kgg-bucket", times=2)
+    vm.fail("curl", "alt=media", times=1)
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert len([call for call in vm.calls("curl") if any("kgg-bucket" in a for a in call)]) == 3
+    assert vm.status()["steps"]["python"]["state"] == "done"
+    assert "retrying" in boot.stderr
+
+
+def test_network_that_stays_down_fails_preflight_after_bounded_retries(vm: FakeVm) -> None:
+    vm.fail("curl", "kgg-workload-object")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    assert vm.status()["error"]["step"] == "preflight"
+    attempts = [c for c in vm.calls("curl") if any("kgg-workload-object" in a for a in c)]
+    assert len(attempts) == 3
+
+
+def test_unsupported_os_fails_preflight_naming_the_os(tmp_path: Path) -> None:
+    vm = FakeVm(
+        tmp_path,
+        settings_for(),
+        os_release='PRETTY_NAME="CentOS Stream 9"\nID=centos\nVERSION_ID="9"\n',
+    )
+
+    boot = vm.boot()
+
+    assert boot.returncode == 3
+    error = vm.status()["error"]
+    assert error["step"] == "preflight"
+    assert "unsupported OS: CentOS Stream 9" in error["message"]
+    assert vm.calls("apt-get") == []
+
+
+def test_deeplearning_image_uses_its_own_driver(tmp_path: Path) -> None:
+    vm = FakeVm(tmp_path, settings_for(image="deeplearning"))
+    vm.flag("driver-loaded")
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert vm.calls("apt-get") == []
+    assert vm.calls("reboot") == []
+
+
+def test_deeplearning_image_without_a_driver_fails_with_a_hint(tmp_path: Path) -> None:
+    vm = FakeVm(tmp_path, settings_for(image="deeplearning"))
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "driver"
+    assert "install-nvidia-driver" in error["hint"]
+    assert vm.calls("apt-get") == []
+
+
+def test_driver_that_never_loads_fails_after_two_reboots(vm: FakeVm) -> None:
+    for _ in range(3):
+        vm.boot()
+        vm.clear_calls()  # a reboot that does NOT load the driver
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    assert vm.status()["error"]["step"] == "driver"
+    assert vm.calls("reboot") == []
+
+
+def test_training_off_skips_the_job(tmp_path: Path) -> None:
+    vm = FakeVm(tmp_path, settings_for(runTraining=False, idleShutdownMinutes=0))
+    vm.flag("driver-loaded")
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    status = vm.status()
+    assert status["steps"]["training"]["state"] == "skipped"
+    assert status["steps"]["idle"]["state"] == "skipped"
+    assert status["training"] == "off"
+    assert status["phase"] == "done"
+    assert not vm.flagged("active-kgg-training.service")
+    assert not (vm.root / UNITS / "kgg-idle-check.timer").exists()
+
+
+def test_training_job_waits_for_data_then_runs_the_workload_command(tmp_path: Path) -> None:
+    vm = FakeVm(tmp_path, settings_for(trainingArgs=["--recipe", "guide", "--epochs", "2 3"]))
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+
+    job = vm.run("training-job")
+
+    assert job.returncode == 0, job.stderr
+    python = [call[1:] for call in vm.calls("python")]
+    wait = next(call for call in python if "wait-for-data" in call)
+    assert wait[wait.index("--bucket") + 1] == BUCKET
+    train = next(call for call in python if "train" in call)
+    assert train == [
+        "-m", "workload", "train",
+        "--data", f"gs://{BUCKET}/data/plant-seedlings",
+        "--out", f"gs://{BUCKET}/runs/{RUN_ID}",
+        "--recipe", "guide", "--epochs", "2 3",
+    ]  # fmt: skip
+    assert vm.calls("runuser")[0][:4] == ["runuser", "-u", "jupyter", "--"]
+    history = [doc["training"] for doc in vm.status_history()]
+    assert f"waiting for data at gs://{BUCKET}/data/plant-seedlings/" in history
+    assert "running" in history
+    assert vm.status()["training"] == "done"
+    assert vm.status()["phase"] == "done"
+    assert not vm.flagged("shutdown")
+
+
+def test_finished_run_is_not_started_again_at_the_next_boot(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    assert vm.run("training-job").returncode == 0
+    vm.reboot()
+
+    assert vm.boot().returncode == 0
+
+    assert ["systemctl", "start", "kgg-training.service"] not in vm.calls("systemctl")
+    assert vm.status()["training"] == "done"
+    assert vm.status()["phase"] == "done"
+
+
+def test_failed_training_is_reported_and_powers_off_with_shutdown_after_training(
+    tmp_path: Path,
+) -> None:
+    vm = FakeVm(tmp_path, settings_for(shutdownAfterTraining=True))
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("train-rc", "3\n")
+
+    job = vm.run("training-job")
+
+    assert job.returncode == 3
+    status = vm.status()
+    assert status["training"] == "failed"
+    assert status["error"]["step"] == "training"
+    assert "epoch 1/1" in status["error"]["log_tail"]
+    assert vm.flagged("shutdown")
+
+
+def test_successful_training_powers_off_with_shutdown_after_training(tmp_path: Path) -> None:
+    vm = FakeVm(tmp_path, settings_for(shutdownAfterTraining=True))
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+
+    assert vm.run("training-job").returncode == 0
+
+    assert vm.flagged("shutdown")
+    assert vm.status()["training"] == "done"
+
+
+def test_idle_check_powers_off_when_the_decision_says_so(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("idle-rc", "0\n")
+
+    assert vm.run("idle-check").returncode == 0
+
+    assert vm.flagged("shutdown")
+    assert vm.status()["phase"] == "idle"
+    assert "stub idle reason" in vm.status()["steps"]["idle"]["detail"]
+
+
+def test_idle_check_stays_up_when_the_decision_says_so(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+
+    assert vm.run("idle-check").returncode == 0
+
+    assert not vm.flagged("shutdown")
+    idle_call = next(c for c in vm.calls("python") if "idle-check" in c)
+    assert idle_call[idle_call.index("--idle-minutes") + 1] == "60"
+
+
+def test_uv_download_with_a_wrong_hash_fails_the_python_step(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    (vm.root / "opt/keras-gpu-gcp/bin/uv").unlink()
+    (vm.stubs / "files").mkdir()
+    (vm.stubs / "files/uv.whl").write_bytes(b"not the pinned wheel")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "python"
+    assert "pinned SHA-256" in error["message"]
