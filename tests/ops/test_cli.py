@@ -1,0 +1,62 @@
+"""The laptop commands through the real `python -m workload` entry point, without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workload import storage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Runs the CLI in a fresh interpreter and reports whether anything imported TensorFlow.
+PROBE = (
+    "import sys; from workload.cli import main; code = main(sys.argv[1:]); "
+    "print('TENSORFLOW IMPORTED' if 'tensorflow' in sys.modules else 'no tensorflow'); "
+    "sys.exit(code)"
+)
+
+
+def _workload(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_upload_status_runs_and_pull_from_the_command_line_never_import_tensorflow(
+    gcs_bucket: str, dataset_dir: Path, tmp_path: Path
+) -> None:
+    upload = _workload("upload", str(dataset_dir), "--bucket", gcs_bucket, cwd=tmp_path)
+    assert upload.returncode == 0, upload.stderr
+    assert "3 classes, 9 images" in upload.stdout
+
+    storage.write_json(
+        f"gs://{gcs_bucket}/status/startup.json",
+        {"version": 1, "phase": "training", "steps": {}, "run_id": "r1", "training": "running"},
+    )
+    storage.write_bytes(
+        f"gs://{gcs_bucket}/runs/r1/progress.json",
+        json.dumps({"state": "done", "phase": "done", "metrics": {"micro_f1": 0.97}}).encode(),
+    )
+    status = _workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "micro_f1 0.9700" in status.stdout
+
+    runs = _workload("runs", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert runs.stdout.splitlines()[1].split()[:3] == ["r1", "done", "0.9700"]
+
+    pull = _workload("pull", "latest", "--bucket", gcs_bucket, "--to", "results", cwd=tmp_path)
+    assert pull.returncode == 0, pull.stderr
+    assert (tmp_path / "results" / "r1" / "progress.json").is_file()
+
+    for result in (upload, status, runs, pull):
+        assert result.stdout.rstrip().endswith("no tensorflow")
