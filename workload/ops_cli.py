@@ -68,7 +68,12 @@ def _upload(args: argparse.Namespace) -> int:
 
     bucket = resolve_bucket(args.bucket)
     report = upload.upload_dataset(
-        args.local_dir, bucket, prefix=args.prefix, workers=args.workers, progress=not args.quiet
+        args.local_dir,
+        bucket,
+        prefix=args.prefix,
+        workers=args.workers,
+        progress=not args.quiet,
+        delete_extra=args.delete_extra,
     )
     print(upload.format_report(report))
     return 0
@@ -82,14 +87,18 @@ def _status(args: argparse.Namespace) -> int:
     bucket = resolve_bucket(args.bucket)
     source = f"gs://{bucket}/{status.STATUS_KEY}"
     if args.watch:
-        return status.watch(
-            lambda: status.fetch_documents(bucket),
-            sys.stdout,
-            interval=args.interval,
-            max_seconds=args.max_minutes * 60,
-            clear=sys.stdout.isatty(),
-            source=source,
-        )
+        try:
+            return status.watch(
+                lambda: status.fetch_documents(bucket),
+                sys.stdout,
+                interval=args.interval,
+                max_seconds=args.max_minutes * 60,
+                clear=sys.stdout.isatty(),
+                source=source,
+            )
+        except KeyboardInterrupt:
+            print("\nstopped watching; the VM carries on")
+            return 130
     startup, progress = status.fetch_documents(bucket)
     print(status.render_status(startup, progress, datetime.now(UTC), source))
     return status.WATCH_EXIT_FAILED if status.outcome(startup, progress) == "failed" else 0
@@ -154,6 +163,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     upload.add_argument("--workers", type=int, default=16, help="parallel uploads (default 16)")
     upload.add_argument("--quiet", action="store_true", help="no progress bar")
+    upload.add_argument(
+        "--delete-extra",
+        action="store_true",
+        help="delete objects under the prefix that are not in LOCAL_DIR (else only reported)",
+    )
     upload.set_defaults(func=_guarded(_upload))
 
     status = subparsers.add_parser(

@@ -394,12 +394,21 @@ def watch(
 
     Returns WATCH_EXIT_DONE, WATCH_EXIT_FAILED or WATCH_EXIT_GAVE_UP."""
     start = clock()
+    last_good: tuple[Doc | None, Doc | None] | None = None
     while True:
-        startup, progress = fetch()
+        problem = None
+        try:
+            last_good = fetch()
+        except storage.StorageError as error:
+            # A watch runs for hours over laptop networks: one failed read is not the VM's fault.
+            problem = f"could not read the status this time ({error}); showing the last one"
+        startup, progress = last_good or (None, None)
         if clear:
             out.write("\033[H\033[J")
         out.write(render_status(startup, progress, now(), source) + "\n")
-        result = outcome(startup, progress)
+        if problem:
+            out.write(problem + "\n")
+        result = outcome(startup, progress) if problem is None else None
         if result == "done":
             return WATCH_EXIT_DONE
         if result == "failed":

@@ -69,6 +69,8 @@ class UploadReport:
     bytes_uploaded: int
     manifest_written: bool
     ignored: int
+    extra: list[str] = field(default_factory=list)
+    deleted: int = 0
 
 
 def _is_image(path: Path) -> bool:
@@ -189,8 +191,12 @@ def upload_dataset(
     prefix: str = DEFAULT_PREFIX,
     workers: int = 8,
     progress: bool = True,
+    delete_extra: bool = False,
 ) -> UploadReport:
-    """Validates the layout, uploads what is missing or changed in parallel, then the manifest."""
+    """Validates the layout, uploads what is missing or changed in parallel, then the manifest.
+
+    Objects under the prefix that are not in `local_dir` (a renamed class, an old dataset) would be
+    trained on too: they are reported, and deleted when `delete_extra` is set."""
     dataset = scan_dataset(local_dir)
     base = data_url(bucket, prefix)
     manifest_url = f"{base}/{MANIFEST_NAME}"
@@ -211,8 +217,11 @@ def upload_dataset(
         ):
             md5s[local.relpath] = md5
     pending = [f for f in files if not same_in_bucket(f, md5s[f.relpath])]
+    local_names = {f.relpath for f in files}
+    extra = sorted(n for n in remote if n not in local_names and not n.startswith("_"))
+    deleted = 0
 
-    if pending:
+    if pending or (extra and delete_extra):
         _delete_object(manifest_url)
         bar = None
         if progress:
@@ -236,11 +245,16 @@ def upload_dataset(
                     bar.update(futures[future].size)
         if bar is not None:
             bar.close()
+    if extra and delete_extra:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(lambda name: _delete_object(f"{base}/{name}"), extra))
+        deleted = len(extra)
 
     manifest = build_manifest(dataset, md5s)
     previous = storage.read_json(manifest_url)
     unchanged = (
         not pending
+        and not deleted
         and isinstance(previous, dict)
         and {k: previous.get(k) for k in ("classes", "test", "files")}
         == {k: manifest[k] for k in ("classes", "test", "files")}
@@ -256,6 +270,8 @@ def upload_dataset(
         bytes_uploaded=sum(f.size for f in uploaded),
         manifest_written=not unchanged,
         ignored=len(dataset.ignored),
+        extra=extra,
+        deleted=deleted,
     )
 
 
@@ -275,6 +291,15 @@ def format_report(report: UploadReport) -> str:
     )
     if report.ignored:
         lines.append(f"ignored {report.ignored} files that are not .png/.jpg/.jpeg images")
+    if report.deleted:
+        lines.append(f"deleted {report.deleted} objects that are not in the local folder")
+    elif report.extra:
+        examples = ", ".join(report.extra[:3]) + (", ..." if len(report.extra) > 3 else "")
+        lines.append(
+            f"WARNING: {len(report.extra)} objects under {report.url} are not in the local folder "
+            f"({examples}); the training job reads them too. Run again with --delete-extra to "
+            "remove them."
+        )
     manifest_state = "written" if report.manifest_written else "unchanged"
     lines.append(f"manifest {report.url}/{MANIFEST_NAME} {manifest_state}: the data is complete")
     return "\n".join(lines)

@@ -306,3 +306,20 @@ def test_status_watch_command_ends_when_the_run_is_done(
     code = run_cli(parser, "status", "--bucket", gcs_bucket, "--watch", "--interval", "0.01")
     assert code == 0
     assert "next: python -m workload pull run-1" in capsys.readouterr().out
+
+
+def test_watch_survives_a_failed_read_and_keeps_going() -> None:
+    fake, out = FakeTime(), io.StringIO()
+    running = (_startup(training="running"), _progress())
+    done = (_startup(training="done"), _progress(state="done"))
+    replies: list[object] = [running, storage.StorageError("gs://b: ConnectionError"), done]
+
+    def fetch() -> tuple[dict | None, dict | None]:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply  # type: ignore[return-value]
+
+    code = status.watch(fetch, out, interval=5, sleep=fake.sleep, clock=fake.clock, now=lambda: NOW)
+    assert (code, fake.sleeps) == (status.WATCH_EXIT_DONE, [5, 5])
+    assert "could not read the status this time (gs://b: ConnectionError)" in out.getvalue()

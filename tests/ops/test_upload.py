@@ -200,3 +200,39 @@ def test_upload_command_reports_a_bad_layout_in_one_line(
     assert code == 2
     assert err.startswith(f"error: {tmp_path} has no train/ folder")
     assert storage.list_objects(f"gs://{gcs_bucket}") == []
+
+
+def test_all_files_there_but_no_manifest_writes_only_the_manifest(
+    gcs_bucket: str, dataset_dir: Path
+) -> None:
+    # Interrupted between the last file and the manifest.
+    upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
+    upload._delete_object(f"gs://{gcs_bucket}/{PREFIX}/{upload.MANIFEST_NAME}")
+    report = upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
+    assert (report.uploaded, report.manifest_written) == (0, True)
+    assert upload.MANIFEST_NAME in _bucket_objects(gcs_bucket)
+
+
+def test_objects_not_in_the_local_folder_are_reported_not_deleted(
+    gcs_bucket: str, dataset_dir: Path
+) -> None:
+    storage.write_bytes(f"gs://{gcs_bucket}/{PREFIX}/train/Old name/1.png", b"stale")
+    report = upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
+    assert report.extra == ["train/Old name/1.png"]
+    assert "WARNING: 1 objects" in upload.format_report(report)
+    assert "--delete-extra" in upload.format_report(report)
+    assert "train/Old name/1.png" in _bucket_objects(gcs_bucket)
+
+
+def test_delete_extra_removes_stale_objects_and_rewrites_the_manifest(
+    gcs_bucket: str, dataset_dir: Path
+) -> None:
+    upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
+    storage.write_bytes(f"gs://{gcs_bucket}/{PREFIX}/train/Old name/1.png", b"stale")
+    report = upload.upload_dataset(
+        dataset_dir, gcs_bucket, PREFIX, progress=False, delete_extra=True
+    )
+    assert (report.deleted, report.manifest_written) == (1, True)
+    names = set(_bucket_objects(gcs_bucket))
+    assert "train/Old name/1.png" not in names
+    assert upload.MANIFEST_NAME in names
