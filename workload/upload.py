@@ -120,6 +120,11 @@ def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
                 f"{root} has no train/ folder but looks like one (its sub-folders hold images); "
                 f"pass its parent folder instead. {expected}"
             )
+        nested = sorted(d for d in subdirs if _child_dir(d, TRAIN_DIR) is not None)
+        if nested:
+            raise LayoutError(
+                f"{root} has no train/ folder, but {nested[0]} has: pass that folder instead"
+            )
         raise LayoutError(f"{root} has no train/ folder; {expected}")
     loose = sorted(p.name for p in train.iterdir() if _is_image(p))
     if loose:

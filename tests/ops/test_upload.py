@@ -236,3 +236,8 @@ def test_delete_extra_removes_stale_objects_and_rewrites_the_manifest(
     names = set(_bucket_objects(gcs_bucket))
     assert "train/Old name/1.png" not in names
     assert upload.MANIFEST_NAME in names
+
+
+def test_scan_of_the_folder_above_the_dataset_points_at_it(dataset_dir: Path) -> None:
+    with pytest.raises(upload.LayoutError, match=f"but {dataset_dir} has: pass that folder"):
+        upload.scan_dataset(dataset_dir.parent)
