@@ -199,7 +199,7 @@ def settings_for(**overrides: Any) -> StackSettings:
     return settings_for_stack("dev", {"allowedSourceRanges": ["203.0.113.7/32"], **overrides})
 
 
-def workload_archive() -> bytes:
+def workload_archive(notebook: str = '{"cells": []}\n') -> bytes:
     """A small code archive with the layout infra/archive.py produces."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
@@ -208,7 +208,7 @@ def workload_archive() -> bytes:
             "uv.lock": "version = 1\n",
             "startup/__init__.py": "",
             "workload/__init__.py": "",
-            "workload/notebooks/walkthrough.ipynb": '{"cells": []}\n',
+            "workload/notebooks/walkthrough.ipynb": notebook,
         }.items():
             data = text.encode()
             info = tarfile.TarInfo(name)

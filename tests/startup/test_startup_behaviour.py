@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.startup.harness import (
     RUN_ID,
     FakeVm,
     settings_for,
+    workload_archive,
 )
 
 UNITS = "etc/systemd/system"
@@ -31,6 +33,21 @@ def booted_after_driver_reboot(vm: FakeVm) -> FakeVm:
     vm.reboot()
     second = vm.boot()
     assert second.returncode == 0, second.stderr
+    return vm
+
+
+@pytest.fixture(scope="module")
+def up_vm(tmp_path_factory: pytest.TempPathFactory) -> FakeVm:
+    """One VM through the driver reboot and up, shared by the tests that only look at it."""
+    return booted_after_driver_reboot(FakeVm(tmp_path_factory.mktemp("up"), settings_for()))
+
+
+def booted_with_driver(vm: FakeVm) -> FakeVm:
+    """A VM whose driver already works (skips the reboot), booted once and rebooted."""
+    vm.flag("driver-loaded")
+    boot = vm.boot()
+    assert boot.returncode == 0, boot.stderr
+    vm.reboot()
     return vm
 
 
@@ -65,8 +82,8 @@ def test_driver_loads_without_reboot_when_modules_exist_for_the_running_kernel(
     assert vm.status()["steps"]["driver"]["state"] == "done"
 
 
-def test_boot_after_the_driver_reboot_brings_everything_up(vm: FakeVm) -> None:
-    booted_after_driver_reboot(vm)
+def test_boot_after_the_driver_reboot_brings_everything_up(up_vm: FakeVm) -> None:
+    vm = up_vm
 
     assert vm.apt_installed() == []
     syncs = [call for call in vm.calls("uv") if "sync" in call]
@@ -92,12 +109,10 @@ def test_boot_after_the_driver_reboot_brings_everything_up(vm: FakeVm) -> None:
     assert vm.flagged("active-kgg-idle-check.timer")
 
 
-def test_status_document_is_uploaded_at_every_step(vm: FakeVm) -> None:
-    booted_after_driver_reboot(vm)
-
+def test_status_document_is_uploaded_at_every_step(up_vm: FakeVm) -> None:
     running = {
         name
-        for doc in vm.status_history()
+        for doc in up_vm.status_history()
         for name, step in doc["steps"].items()
         if step["state"] == "running"
     }
@@ -105,8 +120,7 @@ def test_status_document_is_uploaded_at_every_step(vm: FakeVm) -> None:
 
 
 def test_a_further_boot_repeats_no_install(vm: FakeVm) -> None:
-    booted_after_driver_reboot(vm)
-    vm.reboot()
+    booted_with_driver(vm)
 
     boot = vm.boot()
 
@@ -122,27 +136,41 @@ def test_a_further_boot_repeats_no_install(vm: FakeVm) -> None:
 
 
 def test_a_new_archive_hash_reinstalls_the_python_env_and_restarts_jupyter(vm: FakeVm) -> None:
-    booted_after_driver_reboot(vm)
-    vm.put_gcs("code/workload-new.tar.gz", b"new archive")
-    import hashlib
-
+    booted_with_driver(vm)
+    archive = workload_archive(notebook='{"cells": [], "new": true}\n')
+    vm.put_gcs("code/workload-new.tar.gz", archive)
     vm.set_metadata(
         {
             "instance/attributes/kgg-workload-object": "code/workload-new.tar.gz",
-            "instance/attributes/kgg-workload-sha256": hashlib.sha256(b"new archive").hexdigest(),
+            "instance/attributes/kgg-workload-sha256": hashlib.sha256(archive).hexdigest(),
         }
     )
-    vm.reboot()
 
     boot = vm.boot()
 
-    # b"new archive" is no tarball: the download verifies, the extraction fails.
+    assert boot.returncode == 0, boot.stderr
+    assert [call for call in vm.calls("uv") if "sync" in call]
+    assert ["systemctl", "restart", "kgg-jupyter.service"] in vm.calls("systemctl")
+    notebook = vm.root / "opt/keras-gpu-gcp/app/workload/notebooks/walkthrough.ipynb"
+    assert '"new": true' in notebook.read_text()
+    # the user's copy in the workspace is theirs: not overwritten
+    assert '"new"' not in (vm.root / "home/jupyter/work/walkthrough.ipynb").read_text()
+
+
+def test_archive_that_does_not_match_its_hash_fails_the_python_step(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.put_gcs(f"code/workload-{vm.archive_sha256[:16]}.tar.gz", b"tampered")
+
+    boot = vm.boot()
+
     assert boot.returncode != 0
-    assert vm.status()["error"]["step"] == "python"
+    error = vm.status()["error"]
+    assert error["step"] == "python"
+    assert "does not match kgg-workload-sha256" in error["message"]
 
 
-def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(vm: FakeVm) -> None:
-    booted_after_driver_reboot(vm)
+def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(up_vm: FakeVm) -> None:
+    vm = up_vm
 
     root = vm.root
     unit = (root / UNITS / "kgg-jupyter.service").read_text()
@@ -318,6 +346,7 @@ def test_finished_run_is_not_started_again_at_the_next_boot(vm: FakeVm) -> None:
     vm.flag("driver-loaded")
     assert vm.boot().returncode == 0
     assert vm.run("training-job").returncode == 0
+    assert (vm.root / f"var/lib/keras-gpu-gcp/markers/training-done-{RUN_ID}").is_file()
     vm.reboot()
 
     assert vm.boot().returncode == 0
