@@ -98,11 +98,14 @@ def wait_for_data(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], Any] = time.sleep,
     max_polls: int | None = None,
+    client: Any = None,
 ) -> Check:
-    """Poll the bucket until the data is complete; returns the deciding check."""
-    from google.cloud import storage
+    """Poll the bucket until the data is complete (or max_polls); returns the last check.
+    `client` is a google.cloud.storage.Client; by default one with the VM's credentials."""
+    if client is None:
+        from google.cloud import storage
 
-    client = storage.Client()
+        client = storage.Client()
     prefix = data_path.strip("/")
     previous: Check | None = None
     polls = 0
