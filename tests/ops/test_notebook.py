@@ -66,6 +66,8 @@ def test_walkthrough_runs_top_to_bottom_on_tiny_data(
     monkeypatch.setenv("KGG_NOTEBOOK_OUT", str(out))
     monkeypatch.setenv("KGG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("KGG_TINY", "1")
+    monkeypatch.delenv("KGG_RUNS", raising=False)  # no unattended run to follow: train here
+    monkeypatch.delenv("KGG_RUN_ID", raising=False)
     monkeypatch.setenv("KGG_RECIPE", "fast")
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
