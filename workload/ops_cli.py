@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 STACK_BUCKET_OUTPUT = "bucketName"
+STACK_DATA_PATH_KEY = "dataPath"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,10 +22,19 @@ class BucketNotFoundError(RuntimeError):
     """No --bucket and no Pulumi stack output to take it from."""
 
 
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _pulumi(argv: list[str], run: Runner) -> subprocess.CompletedProcess[str]:
+    """Runs the pulumi CLI in the project folder (where Pulumi.yaml is), output captured."""
+    cwd = PROJECT_ROOT if (PROJECT_ROOT / "Pulumi.yaml").is_file() else None
+    return run(["pulumi", *argv], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
 def resolve_bucket(
     explicit: str | None,
     which: Callable[[str], str | None] = shutil.which,
-    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    run: Runner = subprocess.run,
 ) -> str:
     """`--bucket`, else the current Pulumi stack's `bucketName` output."""
     if explicit:
@@ -32,16 +42,8 @@ def resolve_bucket(
     fix = "pass --bucket BUCKET (the bucket name `pulumi up` printed as bucketName)"
     if which("pulumi") is None:
         raise BucketNotFoundError(f"no --bucket given and the pulumi CLI is not installed; {fix}")
-    cwd = PROJECT_ROOT if (PROJECT_ROOT / "Pulumi.yaml").is_file() else None
     try:
-        result = run(
-            ["pulumi", "stack", "output", STACK_BUCKET_OUTPUT],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _pulumi(["stack", "output", STACK_BUCKET_OUTPUT], run)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise BucketNotFoundError(
             f"`pulumi stack output {STACK_BUCKET_OUTPUT}` failed ({error}); {fix}"
@@ -56,6 +58,20 @@ def resolve_bucket(
     return bucket
 
 
+def stack_data_path(
+    which: Callable[[str], str | None] = shutil.which, run: Runner = subprocess.run
+) -> str | None:
+    """The stack's `dataPath` when it was set (`pulumi config get` fails for a default)."""
+    if which("pulumi") is None:
+        return None
+    try:
+        result = _pulumi(["config", "get", STACK_DATA_PATH_KEY], run)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = result.stdout.strip()
+    return value if result.returncode == 0 and value else None
+
+
 def _add_bucket(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bucket",
@@ -67,10 +83,13 @@ def _upload(args: argparse.Namespace) -> int:
     from workload import upload
 
     bucket = resolve_bucket(args.bucket)
+    # With the bucket from the stack, the prefix must be the stack's dataPath too, or the VM
+    # waits for data that went elsewhere.
+    prefix = args.prefix or (None if args.bucket else stack_data_path()) or upload.DEFAULT_PREFIX
     report = upload.upload_dataset(
         args.local_dir,
         bucket,
-        prefix=args.prefix,
+        prefix=prefix,
         workers=args.workers,
         progress=not args.quiet,
         delete_extra=args.delete_extra,
@@ -158,8 +177,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_bucket(upload)
     upload.add_argument(
         "--prefix",
-        default=DEFAULT_PREFIX,
-        help=f"prefix in the bucket; must match the stack's dataPath (default {DEFAULT_PREFIX})",
+        help=(
+            "prefix in the bucket; must match the stack's dataPath (default: the stack's dataPath "
+            f"when --bucket is not given, else {DEFAULT_PREFIX})"
+        ),
     )
     upload.add_argument("--workers", type=int, default=16, help="parallel uploads (default 16)")
     upload.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -158,3 +158,19 @@ def test_stack_without_the_output_says_to_pass_bucket() -> None:
 
     with pytest.raises(ops_cli.BucketNotFoundError, match=r"no stack selected.*pass --bucket"):
         ops_cli.resolve_bucket(None, which=lambda _: "pulumi", run=no_stack)
+
+
+def test_data_path_comes_from_the_stack_config_when_set() -> None:
+    def config_get(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        assert argv == ["pulumi", "config", "get", "dataPath"]
+        return subprocess.CompletedProcess(argv, 0, stdout="data/my-seedlings\n", stderr="")
+
+    assert ops_cli.stack_data_path(which=lambda _: "pulumi", run=config_get) == "data/my-seedlings"
+
+
+def test_data_path_left_at_its_default_gives_none() -> None:
+    def not_set(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: missing key")
+
+    assert ops_cli.stack_data_path(which=lambda _: "pulumi", run=not_set) is None
+    assert ops_cli.stack_data_path(which=lambda _: None) is None
