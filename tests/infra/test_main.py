@@ -1,0 +1,38 @@
+"""`__main__.py`, the file `pulumi up` runs, wired end to end under mocks."""
+
+from __future__ import annotations
+
+import runpy
+
+import pulumi
+
+from infra.stack_config import PROJECT_ROOT
+from tests.infra.harness import start
+
+EXPECTED_OUTPUTS = {
+    "bucketName", "bucketUrl", "externalIp", "notebookUrl", "instanceName", "zone",
+    "sshCommand", "statusUrl", "runsUrl", "estimatedHourlyUsd", "gpu",
+}  # fmt: skip
+
+
+@pulumi.runtime.test
+def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch):
+    exported = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.setdefault(name, value))
+    mocks = start({"gpuType": "nvidia-l4", "spot": True})
+    runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
+
+    def check(notebook_url):
+        assert set(exported) == EXPECTED_OUTPUTS
+        assert exported["gpu"] == "1x nvidia-l4"
+        assert notebook_url.startswith("https://") and notebook_url.endswith(":8888")
+        created = sorted(r.type.split(":")[-1] for r in mocks.resources)
+        assert created == sorted([
+            "GpuNotebook", "Bucket", "BucketObject", "Account", "BucketIAMMember", "IAMMember",
+            "IAMMember", "Network", "Subnetwork", "Firewall", "Firewall", "Address",
+            "RandomBytes", "Instance",
+        ])  # fmt: skip
+
+    return pulumi.Output.all(exported["notebookUrl"], exported["instanceName"]).apply(
+        lambda values: check(values[0])
+    )
