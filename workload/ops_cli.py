@@ -135,10 +135,12 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from workload import results
+    from workload import results, status, storage
 
     bucket = resolve_bucket(args.bucket)
-    print(results.render_runs(results.list_runs(bucket), bucket))
+    startup = status.parse_doc(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
+    current = (startup or {}).get("run_id")
+    print(results.render_runs(results.list_runs(bucket), bucket, current))
     return 0
 
 

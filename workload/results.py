@@ -109,8 +109,8 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def render_runs(runs: list[RunSummary], bucket: str) -> str:
-    """The `runs` table: one line per run, newest last, with where to pull it from."""
+def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None) -> str:
+    """The `runs` table: one line per run, newest last; `current` (the VM's run) is starred."""
     if not runs:
         return (
             f"No runs in {runs_url(bucket)}/ yet. The VM starts one once the data is uploaded "
@@ -119,7 +119,7 @@ def render_runs(runs: list[RunSummary], bucket: str) -> str:
     header = ("run", "state", "micro-F1", "accuracy", "updated (UTC)", "files", "MB")
     rows = [header] + [
         (
-            run.run_id,
+            f"{run.run_id} *" if run.run_id == current else run.run_id,
             run.state,
             _score(run.micro_f1),
             _score(run.accuracy),
@@ -133,6 +133,8 @@ def render_runs(runs: list[RunSummary], bucket: str) -> str:
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
     ]
+    if current in {run.run_id for run in runs}:
+        lines.append("* the VM's current run (kgg-run-id)")
     lines.append(f"pull one with: python -m workload pull RUN (or `pull {LATEST}`)")
     return "\n".join(lines)
 

@@ -52,7 +52,7 @@ def test_upload_status_runs_and_pull_from_the_command_line_never_import_tensorfl
     assert "micro_f1 0.9700" in status.stdout
 
     runs = _workload("runs", "--bucket", gcs_bucket, cwd=tmp_path)
-    assert runs.stdout.splitlines()[1].split()[:3] == ["r1", "done", "0.9700"]
+    assert runs.stdout.splitlines()[1].split()[:4] == ["r1", "*", "done", "0.9700"]
 
     pull = _workload("pull", "latest", "--bucket", gcs_bucket, "--to", "results", cwd=tmp_path)
     assert pull.returncode == 0, pull.stderr

@@ -174,3 +174,16 @@ def test_data_path_left_at_its_default_gives_none() -> None:
 
     assert ops_cli.stack_data_path(which=lambda _: "pulumi", run=not_set) is None
     assert ops_cli.stack_data_path(which=lambda _: None) is None
+
+
+def test_runs_command_stars_the_vms_current_run(
+    gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_run(gcs_bucket, "r-old", done=True)
+    _write_run(gcs_bucket, "r-now", done=False)
+    storage.write_json(f"gs://{gcs_bucket}/status/startup.json", {"version": 1, "run_id": "r-now"})
+    assert run_cli(parser, "runs", "--bucket", gcs_bucket) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[:2] for line in out.splitlines() if line.startswith("r-")]
+    assert sorted(rows) == [["r-now", "*"], ["r-old", "done"]]
+    assert "* the VM's current run" in out
