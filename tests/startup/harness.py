@@ -344,6 +344,7 @@ class FakeVm:
             "KGG_RETRY_ATTEMPTS": "3",
             "KGG_RETRY_BASE_SECONDS": "0",
             "KGG_DLVM_DRIVER_WAIT_SECONDS": "0",
+            "KGG_JUPYTER_START_SECONDS": "0",
         }
         result = subprocess.run(
             ["bash", str(self.script), *args],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 from pathlib import Path
 
@@ -190,6 +191,27 @@ def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(up_vm: F
     assert (root / "home/jupyter/work/walkthrough.ipynb").is_file()
     req = next(call for call in vm.calls("openssl") if call[1] == "req")
     assert f"subjectAltName=IP:{EXTERNAL_IP}" in req
+
+
+def test_jupyter_api_token_is_random_and_root_only(up_vm: FakeVm) -> None:
+    token_file = up_vm.root / "etc/keras-gpu-gcp/jupyter-api-token"
+    assert re.fullmatch(r"[0-9a-f]{64}", token_file.read_text())
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    env = (up_vm.root / "etc/keras-gpu-gcp/jupyter.env").read_text()
+    assert f"JUPYTER_TOKEN={token_file.read_text()}\n" in env
+
+
+def test_jupyter_that_never_answers_fails_its_step(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("curl", "https://127.0.0.1:8888")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "jupyter"
+    assert "does not answer" in error["message"]
+    assert "journalctl -u kgg-jupyter.service" in error["hint"]
 
 
 def test_failing_step_stops_the_script_and_the_status_names_it(vm: FakeVm) -> None:
