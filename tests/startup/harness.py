@@ -252,6 +252,8 @@ class FakeVm:
                 "instance/attributes/kgg-jupyter-password-hash": PASSWORD_HASH,
                 "instance/attributes/kgg-run-id": RUN_ID,
                 "instance/network-interfaces/0/access-configs/0/external-ip": EXTERNAL_IP,
+                "instance/name": "kgg-dev-vm",
+                "instance/zone": "projects/123456/zones/us-central1-a",
                 "instance/service-accounts/default/token": json.dumps(
                     {"access_token": "test-token", "expires_in": 3599}
                 ),

@@ -104,6 +104,8 @@ def test_boot_after_the_driver_reboot_brings_everything_up(up_vm: FakeVm) -> Non
     assert status["notebook_url"] == f"https://{EXTERNAL_IP}:8888"
     assert status["tls_sha256"] == FINGERPRINT
     assert status["run_id"] == RUN_ID
+    assert status["instance"] == "kgg-dev-vm"
+    assert status["zone"] == "us-central1-a"
     assert status["error"] is None
     assert vm.flagged("active-kgg-jupyter.service")
     assert vm.flagged("active-kgg-training.service")
