@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workload import storage
 
 # keras.applications' "caffe" preprocessing for VGG: RGB -> BGR, minus the ImageNet BGR mean.
@@ -116,14 +118,18 @@ def build_feature_extractor(base_model: Any) -> Any:
     return keras.Model(inputs, outputs, name="features")
 
 
-def build_head(n_features: int, n_classes: int, dropout: float) -> Any:
-    """Pooled features -> class probabilities; trained on cached features, then reused whole."""
+def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
+    """Pooled features -> class probabilities; trained on cached features, then reused whole.
+
+    Pooled VGG activations span orders of magnitude between channels (and are tiny with random
+    weights): standardising them with the training features' fixed mean and variance lets one
+    learning rate fit every feature, with no batch-statistics drift between train and eval."""
     import keras
 
-    inputs = keras.Input((n_features,), name="features")
-    # Pooled VGG activations span orders of magnitude between channels (and are tiny with random
-    # weights): standardising them lets one learning rate fit every feature.
-    x = keras.layers.BatchNormalization(name="standardize")(inputs)
+    inputs = keras.Input((features.shape[1],), name="features")
+    x = keras.layers.Normalization(
+        mean=features.mean(axis=0), variance=features.var(axis=0), name="standardize"
+    )(inputs)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
         n_classes,
@@ -139,9 +145,8 @@ def inference_copy(model: Any) -> Any:
     """The same network and weights without optimizer state: half the size of model.keras."""
     import keras
 
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
+    # A new, uncompiled Model over the same layers: `clone_model` would recompile and keep them.
+    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def build_finetune_model(feature_extractor: Any, head: Any) -> Any:

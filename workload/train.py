@@ -282,14 +282,24 @@ def _fit_phase(
     epochs: int,
     n_train: int,
     eta_extra: float = 0.0,
+    baseline: float | None = None,
 ) -> None:
-    """Fits one phase from where the backup left it; restores the best epoch when monitored."""
+    """Fits one phase from where the backup left it; restores the best epoch when monitored.
+
+    `baseline` is the monitored value of the weights the phase starts from: fine-tuning that
+    never beats the head alone ends with the head's weights, not with a worse model."""
     ps = run.phase(phase)
     done_path = run.work / f"{phase}.done.npz"
     if ps["done"]:
         model.set_weights(_load_arrays(done_path))
         return
     latest = run.work / f"{phase}.latest.weights.h5"
+    best = run.work / f"{phase}.best.weights.h5"
+    if baseline is not None and ps["best"] is None:
+        with runtime.strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+        model.save_weights(best)
+        ps["best"] = baseline
     if ps["epochs_done"] and latest.is_file():
         with runtime.strategy.scope():
             model.optimizer.build(model.trainable_variables)
@@ -306,7 +316,6 @@ def _fit_phase(
             verbose=_verbose(),
             shuffle=False,  # the tf.data pipeline shuffles
         )
-    best = run.work / f"{phase}.best.weights.h5"
     if phase != "guide" and best.is_file():
         model.load_weights(best)
         print(f"{phase}: restored the best epoch ({MONITOR} {ps['best']:.4f})")
@@ -492,7 +501,7 @@ def _train_fast(
     current["phase"] = "head"
     train_weights = class_weights[y_train]
     with runtime.strategy.scope():
-        head = model_lib.build_head(f_train.shape[1], n_classes, config.head_dropout)
+        head = model_lib.build_head(f_train, n_classes, config.head_dropout)
         _compile(head, keras.optimizers.Adam(config.head_lr))
     head_train = data_lib.make_dataset(
         f_train,
@@ -535,7 +544,15 @@ def _train_fast(
     val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
     if config.finetune_epochs > 0:
         _fit_phase(
-            run, runtime, "finetune", model, train_ds, val_ds, config.finetune_epochs, len(x_train)
+            run,
+            runtime,
+            "finetune",
+            model,
+            train_ds,
+            val_ds,
+            config.finetune_epochs,
+            len(x_train),
+            baseline=run.phase("head")["best"],
         )
     return model
 
