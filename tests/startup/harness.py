@@ -182,6 +182,7 @@ case "$*" in
   *"import tensorflow"*) echo "TF log line" >&2; cat "${STATE}/tf-gpus" 2>/dev/null || echo 1 ;;
   *"-m workload train"*)
     echo "epoch 1/1"
+    if [[ -f "${STATE}/train-sleep" ]]; then sleep "$(cat "${STATE}/train-sleep")"; fi
     exit "$(cat "${STATE}/train-rc" 2>/dev/null || echo 0)" ;;
   *"-m startup idle-check"*)
     echo "stub idle reason"
@@ -333,8 +334,8 @@ class FakeVm:
             self.flag("driver-loaded")
         self.clear_calls()
 
-    def run(self, *args: str, timeout: float = 60) -> Boot:
-        env = {
+    def env(self) -> dict[str, str]:
+        return {
             "PATH": f"{self.bin}:{os.environ['PATH']}",
             "HOME": str(self.base),
             "LANG": "C.UTF-8",
@@ -348,9 +349,22 @@ class FakeVm:
             "KGG_DLVM_DRIVER_WAIT_SECONDS": "0",
             "KGG_JUPYTER_START_SECONDS": "0",
         }
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """The script in the background, in its own process group (like a systemd unit)."""
+        return subprocess.Popen(
+            ["bash", str(self.script), *args],
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, *args: str, timeout: float = 60) -> Boot:
         result = subprocess.run(
             ["bash", str(self.script), *args],
-            env=env,
+            env=self.env(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -444,3 +447,60 @@ def test_uv_download_with_a_wrong_hash_fails_the_python_step(vm: FakeVm) -> None
     error = vm.status()["error"]
     assert error["step"] == "python"
     assert "pinned SHA-256" in error["message"]
+
+
+def test_loaded_nouveau_is_blacklisted_and_needs_a_reboot(vm: FakeVm) -> None:
+    vm.flag("apt-available", f"linux-modules-nvidia-580-server-{KERNEL}\n")
+    (vm.root / "sys/module/nouveau").mkdir(parents=True)
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    blacklist = vm.root / "etc/modprobe.d/blacklist-nouveau.conf"
+    assert "blacklist nouveau" in blacklist.read_text()
+    assert vm.calls("update-initramfs") == [["update-initramfs", "-u"]]
+    assert vm.calls("reboot") == [["reboot"]]
+
+
+def test_debian_12_installs_the_dkms_driver_from_non_free_and_reboots(tmp_path: Path) -> None:
+    vm = FakeVm(
+        tmp_path,
+        settings_for(),
+        os_release='PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n',
+    )
+    sources = vm.root / "etc/apt/sources.list.d/debian.sources"
+    sources.parent.mkdir(parents=True)
+    sources.write_text("Types: deb\nURIs: https://deb.debian.org/debian\nComponents: main\n")
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert "Components: main contrib non-free non-free-firmware" in sources.read_text()
+    installed = vm.apt_installed()
+    assert {"nvidia-kernel-dkms", "linux-image-cloud-amd64", "linux-headers-cloud-amd64"} <= set(
+        installed
+    )
+    assert vm.calls("reboot") == [["reboot"]]
+
+
+def test_preempted_training_is_recorded_as_interrupted_and_starts_again_next_boot(
+    vm: FakeVm,
+) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("train-sleep", "30\n")
+
+    job = vm.start("training-job")
+    deadline = time.monotonic() + 20
+    while "running" not in vm.status()["training"]:
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGTERM)  # systemd stops the whole unit at shutdown
+    job.wait(timeout=20)
+
+    assert job.returncode == 0
+    assert vm.status()["training"].startswith("interrupted")
+    vm.reboot()
+    assert vm.boot().returncode == 0
+    assert ["systemctl", "start", "kgg-training.service"] in vm.calls("systemctl")
