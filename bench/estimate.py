@@ -1,0 +1,69 @@
+"""End-to-end time of each recipe on the full-size data, composed from measured rates.
+
+Pure arithmetic, so every term is visible and tested: decode once (train + test), the training
+phases at their measured rates, a validation pass per epoch, and the final evaluation (validation
++ test predictions). Early stopping (fast recipe, patience 3) can only make the fast run shorter;
+the estimate uses the full default phase lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    train: int
+    val: int
+    test: int
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Measured rates: images/s, except head_epoch_s (seconds per head epoch)."""
+
+    decode_ips: float
+    forward_ips: float
+    guide_ips: float
+    features_ips: float
+    head_epoch_s: float
+    finetune_ips: float
+
+
+def decode_seconds(sizes: Sizes, rates: Rates) -> float:
+    return (sizes.train + sizes.val + sizes.test) / rates.decode_ips
+
+
+def evaluate_seconds(sizes: Sizes, rates: Rates) -> float:
+    return (sizes.val + sizes.test) / rates.forward_ips
+
+
+def guide_epoch_seconds(sizes: Sizes, rates: Rates) -> float:
+    """One guide epoch: full training over train, one forward pass over validation."""
+    return sizes.train / rates.guide_ips + sizes.val / rates.forward_ips
+
+
+def finetune_epoch_seconds(sizes: Sizes, rates: Rates) -> float:
+    return sizes.train / rates.finetune_ips + sizes.val / rates.forward_ips
+
+
+def guide_seconds(sizes: Sizes, rates: Rates, epochs: int) -> dict[str, float]:
+    parts = {
+        "decode": decode_seconds(sizes, rates),
+        "guide": epochs * guide_epoch_seconds(sizes, rates),
+        "evaluate": evaluate_seconds(sizes, rates),
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def fast_seconds(
+    sizes: Sizes, rates: Rates, head_epochs: int, finetune_epochs: int
+) -> dict[str, float]:
+    parts = {
+        "decode": decode_seconds(sizes, rates),
+        "features": (sizes.train + sizes.val) / rates.features_ips,
+        "head": head_epochs * rates.head_epoch_s,
+        "finetune": finetune_epochs * finetune_epoch_seconds(sizes, rates),
+        "evaluate": evaluate_seconds(sizes, rates),
+    }
+    return {**parts, "total": sum(parts.values())}

@@ -1,0 +1,277 @@
+"""The timed measurements, each on the project's own code paths (workload.data, workload.model,
+workload.train), and on keras.applications.VGG16 for the FLOP/s figures.
+
+Long phases are timed on a fixed number of steps after one warm-up step (which pays for tracing)
+and extrapolated by the callers. TensorFlow is imported only inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workload import data as data_lib
+
+IMAGE_SIZE = 224
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Seconds per step (mean over the timed steps, warm-up excluded) and images per second."""
+
+    seconds_per_step: float
+    steps: int
+    batch: int
+    # Wall-clock (time.time) span of the timed steps: GPU utilisation samples are cut to it.
+    window: tuple[float, float] | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch / self.seconds_per_step
+
+
+def _clear() -> None:
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def _batch_clock() -> Any:
+    import keras
+
+    class BatchClock(keras.callbacks.Callback):
+        """End time of every training batch; reading the loss forces the step to finish (GPU)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.ends: list[float] = []
+            self.walls: list[float] = []
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if logs and "loss" in logs:
+                float(logs["loss"])
+            self.ends.append(time.perf_counter())
+            self.walls.append(time.time())
+
+    return BatchClock()
+
+
+def fit_steps(model: Any, dataset: Any, steps: int, batch: int) -> Steps:
+    """Times `steps` training steps of model.fit after one warm-up step (the job's fit path)."""
+    clock = _batch_clock()
+    model.fit(dataset.take(steps + 1), epochs=1, verbose=0, callbacks=[clock])
+    ends = clock.ends
+    if len(ends) < 2:
+        raise ValueError(f"fit ran {len(ends)} steps; need at least 2 (warm-up + 1 timed)")
+    window = (clock.walls[0], clock.walls[-1])
+    return Steps((ends[-1] - ends[0]) / (len(ends) - 1), len(ends) - 1, batch, window)
+
+
+# --- 1. input pipeline --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    images: int
+    first_epoch_s: float
+    cache_load_s: float
+    cached_epoch_s: float
+    augmented_epoch_s: float
+
+
+def input_pipeline(
+    data_root: Path, cache_dir: Path, n_classes: int
+) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
+    """First epoch = the job's decode+resize of every training image into its cache
+    (data.load_images on a cold cache); cached epoch = reloading that cache plus one pass of the
+    job's tf.data pipeline (data.make_dataset: shuffle, batch, cast) over it, as training reads it.
+
+    Returns the figures and the decoded images and labels for the later measurements."""
+    train_dir, _ = data_lib.find_split_dirs(data_root)
+    files, labels, _, _ = data_lib.discover_train(train_dir)
+    shutil.rmtree(cache_dir / "images", ignore_errors=True)
+    started = time.perf_counter()
+    images, ok, _ = data_lib.load_images(train_dir, files, IMAGE_SIZE, cache_dir, progress=False)
+    first = time.perf_counter() - started
+    del images
+    gc.collect()
+
+    started = time.perf_counter()
+    images, ok, _ = data_lib.load_images(train_dir, files, IMAGE_SIZE, cache_dir, progress=False)
+    cache_load = time.perf_counter() - started
+    y = np.asarray(labels, np.int64)[ok]
+
+    def one_pass(augment: bool) -> float:
+        began = time.perf_counter()
+        ds = data_lib.make_dataset(
+            images, y, n_classes, BATCH, shuffle=True, augment=augment, seed=0
+        )
+        for _ in ds:
+            pass
+        return time.perf_counter() - began
+
+    one_pass(False)  # the first pass pays for TensorFlow's start-up, not the pipeline
+    cached = one_pass(False)
+    augmented = one_pass(True)
+    return PipelineResult(len(ok), first, cache_load, cached, augmented), images, y
+
+
+# --- 2. training throughput on the job's models -------------------------------------------------
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, **kwargs: Any) -> Any:
+    return data_lib.make_dataset(images, labels, n_classes, BATCH, seed=0, **kwargs)
+
+
+def _repeat_to(images: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    index = np.arange(count) % len(images)
+    return images[index], labels[index]
+
+
+def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int) -> Steps:
+    """The guide recipe's training step: VGG16 with fc1/fc2, every layer trainable, SGD+nesterov,
+    built and compiled by the job's own functions (weights=None: speed does not depend on them)."""
+    import keras
+
+    from workload import model as model_lib
+    from workload import train as train_lib
+
+    x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
+    model = model_lib.build_guide_model(
+        model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=True), n_classes
+    )
+    schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
+    train_lib._compile(model, keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True))
+    result = fit_steps(model, _dataset(x, y, n_classes, shuffle=True), steps, BATCH)
+    del model
+    _clear()
+    return result
+
+
+def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Any]:
+    """Phase 1 exactly as the job runs it (train._features: model.predict of the frozen base's
+    extractor over make_dataset batches), on steps x 32 images after a one-batch warm-up."""
+    from workload import model as model_lib
+    from workload import train as train_lib
+
+    base = model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=False)
+    base.trainable = False
+    extractor = model_lib.build_feature_extractor(base)
+    x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
+    # The job prints one progress line per predict when stdout is not a terminal: keep it out.
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_lib._features(None, extractor, images[:BATCH], BATCH)
+        started = time.perf_counter()
+        features = train_lib._features(None, extractor, x, BATCH)
+        seconds = time.perf_counter() - started
+    if features.shape[0] != len(x):
+        raise ValueError(f"features for {features.shape[0]} images, expected {len(x)}")
+    return Steps(seconds / steps, steps, BATCH), (base, extractor)
+
+
+def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> float:
+    """Seconds of one head epoch on cached features (the job's build_head, Adam, class weights,
+    validation on n_val), on full-size random features; the second epoch is timed."""
+    import keras
+
+    from workload import model as model_lib
+    from workload import train as train_lib
+
+    rng = np.random.default_rng(0)
+    f_train = rng.random((n_train, n_features), np.float32)
+    f_val = rng.random((n_val, n_features), np.float32)
+    y_train = rng.integers(0, n_classes, n_train)
+    y_val = rng.integers(0, n_classes, n_val)
+    weights = data_lib.class_weights(y_train, n_classes)[y_train]
+    head = model_lib.build_head(n_features, n_classes, 0.3)
+    train_lib._compile(head, keras.optimizers.Adam(1e-3))
+    ends: list[float] = []
+    clock = time.perf_counter
+    head.fit(
+        _dataset(f_train, y_train, n_classes, sample_weights=weights, shuffle=True),
+        validation_data=_dataset(f_val, y_val, n_classes),
+        epochs=3,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: ends.append(clock()))],
+    )
+    del head
+    _clear()
+    return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
+def finetune_steps(
+    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, unfreeze_blocks: int = 1
+) -> Steps:
+    """Phase 2 as the job builds it: extractor + head, the last conv block(s) unfrozen, Adam 1e-5,
+    augmented, class-weighted batches."""
+    import keras
+
+    from workload import model as model_lib
+    from workload import train as train_lib
+
+    base = model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=False)
+    base.trainable = False
+    extractor = model_lib.build_feature_extractor(base)
+    head = model_lib.build_head(extractor.output.shape[-1], n_classes, 0.3)
+    model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
+    model = model_lib.build_finetune_model(extractor, head)
+    train_lib._compile(model, keras.optimizers.Adam(1e-5))
+    x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
+    weights = data_lib.class_weights(y, n_classes)[y]
+    ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)
+    result = fit_steps(model, ds, steps, BATCH)
+    del model, base, extractor, head
+    _clear()
+    return result
+
+
+# --- 4. the standard VGG16 against the machine's peak -------------------------------------------
+
+
+def vgg16_forward(steps: int) -> Steps:
+    """keras.applications.VGG16(weights=None), include_top, inference on batches of 32 through a
+    compiled tf.function (no input pipeline): the raw speed of the model on this machine."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.applications.VGG16(weights=None)
+    x = tf.constant(
+        np.random.default_rng(0).uniform(0, 255, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)), tf.float32
+    )
+    forward = tf.function(model.__call__)
+    forward(x, training=False).numpy()
+    started = time.perf_counter()
+    for _ in range(steps):
+        forward(x, training=False).numpy()
+    seconds = time.perf_counter() - started
+    del model
+    _clear()
+    return Steps(seconds / steps, steps, BATCH)
+
+
+def vgg16_training(steps: int) -> Steps:
+    """keras.applications.VGG16(weights=None) trained end to end (SGD, momentum) with model.fit on
+    an in-memory batch repeated: forward + backward + update, no input pipeline cost."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.applications.VGG16(weights=None)
+    model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    y = np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, BATCH)]
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    result = fit_steps(model, ds, steps, BATCH)
+    del model
+    _clear()
+    return result

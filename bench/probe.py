@@ -1,0 +1,64 @@
+"""Runs the real training job (`python -m workload train`) on the full-size data with every fit
+and predict cut to a few steps, so the parent can read its peak resident memory in minutes.
+
+Everything that takes memory runs as in a real run: cold-cache decoding of train/ and test/, the
+train/validation copies, the tf.data pipelines over them, the models and optimizer state, one
+training step's activations, the results written. Only the number of steps is bounded:
+`keras.Model.fit` gets steps_per_epoch/validation_steps, and `predict` runs a few batches and
+repeats their rows to the full length (features of repeated rows cost no extra memory to speak of).
+
+Usage: python -m bench.probe STEPS -- <workload train arguments>
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def bound_keras(steps: int) -> None:
+    """Patches keras.Model.fit and predict in this process only (the job's code is untouched)."""
+    import keras
+    import tensorflow as tf
+
+    fit, predict = keras.Model.fit, keras.Model.predict
+
+    def bounded_fit(self: Any, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
+        kwargs["steps_per_epoch"] = steps
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_steps"] = 1
+        # Repeat so that `steps` steps per epoch never run out of data.
+        if isinstance(x, tf.data.Dataset):
+            x = x.repeat()
+        return fit(self, x, y, **kwargs)
+
+    def bounded_predict(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(x, tf.data.Dataset):
+            return predict(self, x, *args, **kwargs)
+
+        def count(rows: Any, element: Any) -> Any:
+            return rows + tf.cast(tf.shape(tf.nest.flatten(element)[0])[0], tf.int64)
+
+        rows = int(x.reduce(np.int64(0), count))
+        part = predict(self, x.take(steps), *args, **kwargs)
+        index = np.arange(rows) % len(part)
+        return part[index]
+
+    keras.Model.fit = bounded_fit
+    keras.Model.predict = bounded_predict
+
+
+def main(argv: list[str]) -> int:
+    steps = int(argv[0])
+    if argv[1] != "--":
+        raise SystemExit("usage: python -m bench.probe STEPS -- <workload train arguments>")
+    bound_keras(steps)
+    from workload.cli import main as workload_main
+
+    return workload_main(["train", *argv[2:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

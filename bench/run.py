@@ -1,0 +1,458 @@
+"""`uv run python bench/run.py [--quick] [--gpu]`: the benchmark of issue 6.
+
+Generates the synthetic data once (bench/.cache), measures the job's input pipeline, training
+phases, end-to-end time and peak memory of each recipe, and VGG16 against the machine's peak
+FLOP/s; prints a table and writes bench/results/latest.{json,md} (a full CPU run also writes
+docs/BENCHMARKS.md). `--gpu` measures the same on a GPU in float32 and mixed_float16.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in {None, ""}:
+    # Run as a script (`python bench/run.py`): make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from bench import dataset, estimate, flops, hardware
+from bench import report as report_lib
+from bench.report import Report, Target
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / ".cache"
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "BENCHMARKS.md"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: dataset size and the number of timed steps per phase."""
+
+    name: str
+    train_images: int
+    test_images: int
+    guide_steps: int
+    feature_steps: int
+    finetune_steps: int
+    forward_steps: int
+    training_steps: int
+    probe_steps: int
+
+
+FULL = Plan("full", dataset.REAL_TRAIN_IMAGES, dataset.REAL_TEST_IMAGES, 3, 4, 4, 4, 3, 2)
+QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1)
+# --quick measures the fast recipe's memory only (the target); a child costs about a minute.
+PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
+GPU_STEPS = 30
+
+# From the job's TrainConfig defaults (workload/config.py); read at run time where possible.
+SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
+SECTION_TRAIN = "2. Training throughput, 224x224, batch 32 (job's models)"
+SECTION_E2E = "3. End to end on the full-size data, and peak memory"
+SECTION_FLOPS = "4. VGG16 (keras.applications, weights=None) against the machine's peak"
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_description(cpu: hardware.CpuInfo, peak: hardware.Peak) -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    simd = [f for f in ("avx512f", "avx512_bf16", "avx2", "fma") if f in cpu.flags]
+    return {
+        "summary": f"{cpu.model_name}, {cpu.logical_cpus} CPUs, TF {tf.__version__}",
+        "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "cpu": f"{cpu.model_name} ({cpu.vendor}, family {cpu.family})",
+        "cpus": (
+            f"{cpu.logical_cpus} logical = {cpu.physical_cores} cores x "
+            f"{cpu.threads_per_core} thread(s)" + (", KVM/VM guest" if cpu.hypervisor else "")
+        ),
+        "simd flags": " ".join(simd),
+        "clock": f"{peak.clock_ghz:.3f} GHz ({peak.clock_source})",
+        "peak fp32": peak.formula(),
+        "peak assumptions": "; ".join(peak.assumptions),
+        "memory": f"{memory_kib / 1024**2:.1f} GiB",
+        "software": (
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras "
+            f"{keras.__version__}, oneDNN "
+            f"{'off' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '0' else 'on'}"
+        ),
+    }
+
+
+# --- peak RSS of the real job, one subprocess per recipe ----------------------------------------
+
+
+def probe_recipe(recipe: str, data_root: Path, steps: int) -> tuple[float | None, float, str]:
+    """Runs the real `workload train` on the full data with fits/predicts cut to `steps` steps, in
+    a child process with a cold image cache; returns its peak RSS in bytes (ru_maxrss of that
+    child, from wait4), its wall seconds, and the tail of its log."""
+    cache = CACHE / f"probe-{recipe}"
+    out = CACHE / f"probe-{recipe}-out"
+    for path in (cache, out):
+        shutil.rmtree(path, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_path = RESULTS / f"probe-{recipe}.log"
+    args = [
+        sys.executable, "-m", "bench.probe", str(steps), "--",
+        "--data", str(data_root), "--out", str(out), "--recipe", recipe, "--weights", "none",
+        "--cache-dir", str(cache), "--no-progress",
+        "--guide-epochs", "1", "--head-epochs", "1", "--finetune-epochs", "1",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    with log_path.open("w") as log_file:
+        child = subprocess.Popen(args, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    if child.returncode != 0:
+        return None, seconds, tail
+    # Linux reports ru_maxrss in KiB.
+    return usage.ru_maxrss * 1024.0, seconds, tail
+
+
+# --- the CPU run ---------------------------------------------------------------------------------
+
+
+def data_root_for(plan: Plan) -> Path:
+    return CACHE / f"plant-seedlings-{plan.train_images}"
+
+
+def split_sizes(labels: np.ndarray, test: int) -> estimate.Sizes:
+    """Train/validation/test counts as the job splits them (its own stratified_split)."""
+    from workload import data as data_lib
+    from workload.config import TrainConfig
+
+    config = TrainConfig(data="", out="")
+    train_idx, val_idx = data_lib.stratified_split(labels, config.val_split, config.seed)
+    return estimate.Sizes(len(train_idx), len(val_idx), test)
+
+
+def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
+    """The split of the full-size data (the real class counts), whatever size was measured."""
+    counts = list(dataset.REAL_CLASS_COUNTS.values())
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return split_sizes(labels, test)
+
+
+def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
+    from bench import measure
+    from workload.config import TrainConfig
+
+    defaults = TrainConfig(data="", out="")
+    log(f"dataset: {plan.train_images} train + {plan.test_images} test images (once, cached)")
+    started = time.perf_counter()
+    summary = dataset.ensure(data_root_for(plan), plan.train_images, plan.test_images)
+    report.notes.append(
+        f"Synthetic data ({data_root_for(plan).relative_to(ROOT)}): {summary['train']} train "
+        f"images in 12 classes {sorted(summary['classes'].values())}, {summary['test']} test, "
+        f"sides {summary['side_px']['min']}..{summary['side_px']['max']} px (median "
+        f"{summary['side_px']['median']}), {summary['rgba']} RGBA, {summary['megapixels']} Mpx, "
+        f"{summary['bytes'] / 1e9:.2f} GB of PNG; ready in {time.perf_counter() - started:.0f} s."
+    )
+
+    rss: dict[str, float | None] = {"guide": None}
+    for recipe in PROBED[plan.name]:
+        log(f"peak memory: the real job, recipe {recipe}, {plan.probe_steps} step(s) per phase")
+        peak_rss, seconds, tail = probe_recipe(recipe, data_root_for(plan), plan.probe_steps)
+        rss[recipe] = peak_rss
+        how = (
+            f"peak RSS of `python -m workload train --recipe {recipe}` in a child (wait4 "
+            f"ru_maxrss), cold image cache, every fit/predict cut to {plan.probe_steps} step(s); "
+            f"child ran {seconds:.0f} s"
+        )
+        if peak_rss is None:
+            report.not_measured.append(f"peak RSS of the {recipe} recipe: the job failed:\n{tail}")
+        report.add(SECTION_E2E, f"peak RSS, {recipe} recipe", _gib(peak_rss), "GiB", how)
+
+    log("input pipeline: cold decode+resize of every training image, then cached epochs")
+    n_classes = 12
+    pipe, images, labels = measure.input_pipeline(
+        data_root_for(plan), CACHE / "pipeline", n_classes
+    )
+    first_ips = pipe.images / pipe.first_epoch_s
+    cached_ips = pipe.images / pipe.cached_epoch_s
+    report.add(
+        SECTION_PIPE,
+        "first epoch: decode+resize to 224",
+        first_ips,
+        "img/s",
+        f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, thread pool, into the .npy cache",
+    )
+    report.add(
+        SECTION_PIPE,
+        "reload of the decoded cache",
+        pipe.cache_load_s,
+        "s",
+        f"np.load of {pipe.images} x 224x224x3 uint8 ({pipe.images * 224 * 224 * 3 / 1e6:.0f} MB)",
+    )
+    report.add(
+        SECTION_PIPE,
+        "cached epoch",
+        cached_ips,
+        "img/s",
+        f"make_dataset pass (shuffle, batch 32, cast), {pipe.cached_epoch_s:.2f} s",
+    )
+    report.add(
+        SECTION_PIPE,
+        "cached epoch with augmentation",
+        pipe.images / pipe.augmented_epoch_s,
+        "img/s",
+        f"flips + rot90 as in fine-tuning, {pipe.augmented_epoch_s:.2f} s",
+    )
+    report.add(SECTION_PIPE, "cached / first epoch", cached_ips / first_ips, "x", "")
+    report.targets.append(
+        Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
+    )
+
+    sizes = split_sizes(labels, plan.test_images)
+    log(f"phase 1: features, {plan.feature_steps} batches")
+    features, _ = measure.feature_steps(images, plan.feature_steps)
+    measure._clear()
+    log("head epoch on cached features (full size)")
+    head_s = measure.head_epoch(sizes.train, sizes.val, 512, n_classes)
+    log(f"phase 2: fine-tuning, {plan.finetune_steps} steps")
+    finetune = measure.finetune_steps(
+        images, labels, n_classes, plan.finetune_steps, defaults.unfreeze_blocks
+    )
+    log(f"guide recipe: {plan.guide_steps} steps")
+    guide = measure.guide_steps(images, labels, n_classes, plan.guide_steps)
+    del images
+
+    vgg = flops.vgg16_layers(224)
+    guide_layers = flops.vgg16_layers(224, top=True, classes=n_classes)
+    features_flops = flops.forward_flops(vgg)
+    finetune_flops = flops.training_flops(
+        vgg, flops.block_layers(vgg, set(range(6 - defaults.unfreeze_blocks, 6)))
+    )
+    guide_flops = flops.training_flops(guide_layers)
+
+    def how(steps: measure.Steps, what: str, flop_per_image: int) -> str:
+        return (
+            f"{what}; {steps.steps} timed step(s) of 32 after 1 warm-up, "
+            f"{steps.seconds_per_step:.2f} s/step, "
+            f"{steps.images_per_second * flop_per_image / 1e9:.0f} GFLOP/s"
+        )
+
+    rates = _rates(first_ips, features, guide, head_s, finetune)
+    report.add(
+        SECTION_TRAIN,
+        "guide recipe (all layers, SGD)",
+        guide.images_per_second,
+        "img/s",
+        how(guide, "build_guide_model + model.fit", guide_flops),
+    )
+    report.add(
+        SECTION_TRAIN,
+        "phase 1: feature extraction",
+        features.images_per_second,
+        "img/s",
+        how(features, "train._features (model.predict)", features_flops),
+    )
+    report.add(
+        SECTION_TRAIN,
+        "phase 1: head epoch on cached features",
+        head_s,
+        "s",
+        f"build_head + Adam, {sizes.train} train / {sizes.val} val rows, epoch 2-3 mean",
+    )
+    report.add(
+        SECTION_TRAIN,
+        f"phase 2: fine-tuning (last {defaults.unfreeze_blocks} block)",
+        finetune.images_per_second,
+        "img/s",
+        how(finetune, "build_finetune_model, augmented batches", finetune_flops),
+    )
+    full = full_sizes()
+    report.add(
+        SECTION_TRAIN,
+        f"guide epoch ({full.train} train + {full.val} val)",
+        estimate.guide_epoch_seconds(full, rates),
+        "s",
+        "extrapolated; the 2018 guide: ~6000 s/epoch on CPU, ~130 s on a K80",
+    )
+
+    guide_total = estimate.guide_seconds(full, rates, defaults.guide_epochs)
+    fast_total = estimate.fast_seconds(full, rates, defaults.head_epochs, defaults.finetune_epochs)
+    report.add(
+        SECTION_E2E,
+        f"guide recipe, {defaults.guide_epochs} epochs",
+        guide_total["total"],
+        "s",
+        "extrapolated: " + _parts(guide_total),
+    )
+    report.add(
+        SECTION_E2E,
+        f"fast recipe, {defaults.head_epochs} head + {defaults.finetune_epochs} fine-tune epochs",
+        fast_total["total"],
+        "s",
+        "extrapolated (no early stop): " + _parts(fast_total),
+    )
+    speedup = guide_total["total"] / fast_total["total"]
+    report.add(SECTION_E2E, "fast vs guide", speedup, "x", "guide time / fast time")
+    report.targets.append(
+        Target(
+            "fast recipe end to end vs guide",
+            speedup,
+            ">=",
+            10,
+            "x",
+            _speedup_why(fast_total, guide_total),
+        )
+    )
+    report.targets.append(Target("fast recipe peak RSS", _gib(rss["fast"]), "<=", 6, "GiB"))
+
+    log(f"VGG16 forward: {plan.forward_steps} batches; training: {plan.training_steps} steps")
+    forward = measure.vgg16_forward(plan.forward_steps)
+    training = measure.vgg16_training(plan.training_steps)
+    top = flops.vgg16_layers(224, top=True)
+    forward_rate = forward.images_per_second * flops.forward_flops(top)
+    training_rate = training.images_per_second * flops.training_flops(top)
+    report.add(
+        SECTION_FLOPS,
+        "forward",
+        forward.images_per_second,
+        "img/s",
+        f"tf.function call, {forward.steps} batches of 32; "
+        f"{flops.forward_flops(top) / 1e9:.1f} GFLOP/img (15.5 GMACs)",
+    )
+    report.add(
+        SECTION_FLOPS,
+        "forward achieved",
+        forward_rate / 1e9,
+        "GFLOP/s",
+        f"{100 * forward_rate / peak.flops:.0f}% of peak {peak.flops / 1e9:.0f} GFLOP/s",
+    )
+    report.add(
+        SECTION_FLOPS,
+        "training step",
+        training.images_per_second,
+        "img/s",
+        f"model.fit, SGD, {training.steps} steps of 32; "
+        f"{flops.training_flops(top) / 1e9:.1f} GFLOP/img",
+    )
+    report.add(
+        SECTION_FLOPS,
+        "training achieved",
+        training_rate / 1e9,
+        "GFLOP/s",
+        f"{100 * training_rate / peak.flops:.0f}% of peak",
+    )
+    report.add(SECTION_FLOPS, "machine peak fp32", peak.flops / 1e9, "GFLOP/s", peak.formula())
+    report.targets.append(
+        Target("VGG16 forward vs machine peak", 100 * forward_rate / peak.flops, ">=", 50, "%")
+    )
+    report.notes.append(
+        "Measured on a 2-core machine per GCP_FACTS (TF 2.20): VGG16 forward ~10.5 img/s, "
+        f"training ~3.7 img/s; here {forward.images_per_second:.1f} and "
+        f"{training.images_per_second:.1f}."
+    )
+    no_gpu = "no GPU here: run `bench/run.py --gpu` on a GPU VM"
+    report.targets += [
+        Target("GPU utilisation in phase 2", None, ">=", 90, "%", no_gpu),
+        Target("mixed_float16 vs float32 (CC >= 7.0)", None, ">=", 2, "x", no_gpu),
+    ]
+
+
+def _rates(
+    first_ips: float, features: object, guide: object, head_s: float, finetune: object
+) -> estimate.Rates:
+    return estimate.Rates(
+        decode_ips=first_ips,
+        forward_ips=features.images_per_second,  # type: ignore[attr-defined]
+        guide_ips=guide.images_per_second,  # type: ignore[attr-defined]
+        features_ips=features.images_per_second,  # type: ignore[attr-defined]
+        head_epoch_s=head_s,
+        finetune_ips=finetune.images_per_second,  # type: ignore[attr-defined]
+    )
+
+
+def _parts(parts: dict[str, float]) -> str:
+    return ", ".join(
+        f"{k} {report_lib.format_duration(v)}" for k, v in parts.items() if k != "total"
+    )
+
+
+def _speedup_why(fast: dict[str, float], guide: dict[str, float]) -> str:
+    largest = max((k for k in fast if k != "total"), key=lambda k: fast[k])
+    share = 100 * fast[largest] / fast["total"]
+    return f"fast time is {share:.0f}% {largest}"
+
+
+def _gib(value: float | None) -> float | None:
+    return None if value is None else value / GIB
+
+
+def write_outputs(report: Report, docs: bool, stem: str = "latest") -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(report_lib.to_json(report))
+    (RESULTS / f"{stem}.md").write_text(report_lib.format_markdown(report))
+    if docs:
+        DOCS.write_text(
+            "# Benchmarks\n\n"
+            "The last full run of `uv run python bench/run.py` (issue 6), with the machine it ran "
+            "on. Rerun it to refresh this page; `--quick` checks the benchmark itself in minutes, "
+            "`--gpu` measures a GPU VM. Rates marked extrapolated were timed on a fixed number of "
+            "steps after a warm-up step and scaled to the full data.\n\n"
+            + report_lib.format_markdown(report)
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, one step per phase")
+    parser.add_argument("--gpu", action="store_true", help="GPU figures (skipped without a GPU)")
+    parser.add_argument(
+        "--no-docs", dest="docs", action="store_false", help="do not rewrite docs/BENCHMARKS.md"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    plan = QUICK if args.quick else FULL
+    if args.gpu:
+        from bench import gpu
+
+        return gpu.main(plan, data_root_for(plan))
+    cpu, peak = hardware.read_cpu()
+    report = Report(mode=plan.name, machine=machine_description(cpu, peak))
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    run_cpu(plan, report, peak)
+    load_after = os.getloadavg()[0]
+    report.machine["load average (1 min)"] = f"{load_before:.2f} at start, {load_after:.2f} at end"
+    report.notes.append(f"The benchmark itself ran {time.perf_counter() - started:.0f} s.")
+    if max(load_before, load_after) > cpu.logical_cpus + 0.5:
+        report.notes.append(
+            f"Other processes were running (load {load_before:.1f}/{load_after:.1f} on "
+            f"{cpu.logical_cpus} CPUs): rates are lower than on an idle machine."
+        )
+    print(report_lib.format_text(report))
+    write_outputs(report, docs=args.docs and plan is FULL)
+    log(f"wrote {RESULTS.relative_to(ROOT)}/latest.json and latest.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
