@@ -112,6 +112,8 @@ case "${args[0]:-}" in
   start | restart) touch "${STATE}/active-${args[1]}" ;;
   enable) if [[ "$*" == *--now* ]]; then touch "${STATE}/active-${args[1]}"; fi ;;
   stop | disable) rm -f "${STATE}/active-${args[1]}" ;;
+  show)
+    if [[ -f "${STATE}/activating-${args[-1]}" ]]; then echo activating; else echo inactive; fi ;;
   *) exit 0 ;;
 esac
 """,
@@ -184,6 +186,9 @@ case "$*" in
     echo "epoch 1/1"
     if [[ -f "${STATE}/train-sleep" ]]; then sleep "$(cat "${STATE}/train-sleep")"; fi
     exit "$(cat "${STATE}/train-rc" 2>/dev/null || echo 0)" ;;
+  *"-m startup wait-for-data"*)
+    if [[ -f "${STATE}/wait-sleep" ]]; then sleep "$(cat "${STATE}/wait-sleep")"; fi
+    exit "$(cat "${STATE}/wait-rc" 2>/dev/null || echo 0)" ;;
   *"-m startup idle-check"*)
     echo "stub idle reason"
     exit "$(cat "${STATE}/idle-rc" 2>/dev/null || echo 10)" ;;

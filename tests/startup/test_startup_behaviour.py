@@ -483,6 +483,51 @@ def test_debian_12_installs_the_dkms_driver_from_non_free_and_reboots(tmp_path: 
     assert vm.calls("reboot") == [["reboot"]]
 
 
+def test_vm_stopping_while_waiting_for_data_is_no_failure(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("wait-sleep", "30\n")
+
+    job = vm.start("training-job")
+    deadline = time.monotonic() + 20
+    while "waiting" not in vm.status()["training"]:
+        assert time.monotonic() < deadline, "the job never waited for data"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGTERM)
+    job.wait(timeout=20)
+
+    assert job.returncode == 0
+    assert vm.status()["training"].startswith("interrupted")
+    assert vm.status()["error"] is None
+
+
+def test_failure_while_waiting_for_data_is_reported(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("wait-rc", "1\n")
+
+    job = vm.run("training-job")
+
+    assert job.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "training"
+    assert "waiting for the data" in error["message"]
+    assert [c for c in vm.calls("python") if "train" in c and "workload" in c] == []
+
+
+def test_idle_check_waits_while_the_startup_script_runs(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    vm.flag("idle-rc", "0\n")
+    vm.flag("activating-google-startup-scripts.service")
+
+    assert vm.run("idle-check").returncode == 0
+
+    assert not vm.flagged("shutdown")
+    assert [c for c in vm.calls("python") if "idle-check" in c] == []
+
+
 def test_preempted_training_is_recorded_as_interrupted_and_starts_again_next_boot(
     vm: FakeVm,
 ) -> None:
