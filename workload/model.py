@@ -146,7 +146,7 @@ def inference_copy(model: Any) -> Any:
     import keras
 
     # A new, uncompiled Model over the same layers: `clone_model` would recompile and keep them.
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def build_finetune_model(feature_extractor: Any, head: Any) -> Any:

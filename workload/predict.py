@@ -42,7 +42,7 @@ def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
     with tempfile.TemporaryDirectory(prefix="kgg-predict-") as scratch:
         local_model, class_names = _model_file(model, Path(scratch))
         network = keras.models.load_model(local_model, compile=False)
-        size = int(network.input.shape[1])
+        size = int(network.inputs[0].shape[1])
         folder = data_lib.fetch_data(images, cache_dir)
         files = data_lib.discover_test(folder)
         pixels, ok, skipped = data_lib.load_images(folder, files, size, cache_dir)
