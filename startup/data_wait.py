@@ -124,7 +124,8 @@ def wait_for_data(
         )
         if previous is None or result.changed_at != previous.changed_at:
             write_job_state(state_file, "waiting", result.changed_at or clock())
-        print(f"data at gs://{bucket}/{prefix}: {result.reason}", file=sys.stderr, flush=True)
+        if previous is None or result.reason != previous.reason:
+            print(f"data at gs://{bucket}/{prefix}: {result.reason}", file=sys.stderr, flush=True)
         polls += 1
         if result.ready or (max_polls is not None and polls >= max_polls):
             return result
