@@ -1,0 +1,38 @@
+"""demo data and device policy: pure parts, no TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from workload import data
+from workload.demo import IMAGES_PER_CLASS, SPECIES, TEST_IMAGES, make_dataset
+from workload.runtime import wants_mixed_precision
+
+
+def test_demo_data_has_twelve_imbalanced_classes_odd_formats_and_corrupt_files(
+    tmp_path: Path,
+) -> None:
+    counts = make_dataset(tmp_path)
+    assert counts == dict(zip(SPECIES, IMAGES_PER_CLASS, strict=True))
+    files = [p for p in (tmp_path / "train").rglob("*") if p.is_file()]
+    modes = {Image.open(p).mode for p in files if p.suffix.lower() in {".png", ".jpg"}}
+    assert {"RGB", "RGBA", "L"} <= modes
+    assert any(p.suffix == ".JPG" for p in files)
+    sizes = {Image.open(p).size for p in files if p.suffix == ".png"}
+    assert len(sizes) > 10
+    images, ok, skipped = data.load_images(
+        tmp_path / "test", data.discover_test(tmp_path / "test"), 32, tmp_path / "c", progress=False
+    )
+    assert (len(ok), [s["file"] for s in skipped]) == (TEST_IMAGES, ["test/truncated.png"])
+    assert images.dtype == np.uint8
+
+
+def test_mixed_precision_only_when_every_gpu_has_tensor_cores() -> None:
+    assert wants_mixed_precision([(7, 5)])  # T4
+    assert wants_mixed_precision([(8, 0), (8, 0)])  # A100 x2
+    assert not wants_mixed_precision([(3, 7)])  # K80, the 2018 guide's GPU
+    assert not wants_mixed_precision([(7, 0), (6, 0)])
+    assert not wants_mixed_precision([])  # CPU
