@@ -65,6 +65,7 @@ __record "$@"
 
 _STUBS: dict[str, str] = {
     "logger": "exit 0\n",
+    "cloud-init": "exit 0\n",
     "sync": "exit 0\n",
     "dmesg": 'echo "NVRM: test kernel log line"\n',
     "chown": 'if __should_fail "$@"; then exit 1; fi\nexit 0\n',

@@ -65,6 +65,8 @@ def test_first_boot_installs_the_pinned_driver_and_reboots(vm: FakeVm) -> None:
     assert "linux-modules-nvidia-580-server-gcp" in installed
     assert "linux-image-gcp" in installed
     assert vm.calls("uv") == []
+    order = [call[0] for call in vm.calls() if call[0] in ("cloud-init", "apt-get")]
+    assert order[0] == "cloud-init"  # apt waits for cloud-init's own package installs
     status = vm.status()
     assert status["phase"] == "driver"
     assert status["steps"]["driver"]["state"] == "running"
