@@ -518,6 +518,19 @@ def test_failure_while_waiting_for_data_is_reported(vm: FakeVm) -> None:
     assert [c for c in vm.calls("python") if "train" in c and "workload" in c] == []
 
 
+def test_running_the_script_again_keeps_the_running_jobs_status(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode == 0
+    (vm.root / "var/lib/keras-gpu-gcp/training-job.json").write_text(
+        '{"state": "waiting", "activity": "2026-11-27T10:00:00Z"}\n'
+    )
+
+    assert vm.boot().returncode == 0  # sudo google_metadata_script_runner startup
+
+    assert vm.status()["training"] == f"waiting for data at gs://{BUCKET}/data/plant-seedlings/"
+    assert vm.calls("systemctl").count(["systemctl", "start", "kgg-training.service"]) == 1
+
+
 def test_idle_check_waits_while_the_startup_script_runs(vm: FakeVm) -> None:
     vm.flag("driver-loaded")
     assert vm.boot().returncode == 0
