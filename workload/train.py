@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -618,3 +619,8 @@ def _write_results(
         eta_seconds=0.0,
         images_per_second=metrics["images_per_second"].get("inference"),
     )
+    # The backup only serves resuming; a finished run keeps its results, not hundreds of MB of
+    # checkpoints. Removed after the "done" marker, so a kill in between only leaves litter.
+    if run.remote_backup:
+        storage.delete_prefix(run.backup_url)
+    shutil.rmtree(run.work, ignore_errors=True)

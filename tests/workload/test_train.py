@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def test_fast_recipe_writes_every_result_file(fast_run: tuple[TrainConfig, dict]
     assert set(p.name for p in Path(config.out).iterdir()) >= RESULT_FILES
     progress = json.loads(Path(config.out, "progress.json").read_text())
     assert (progress["state"], progress["phase"], progress["recipe"]) == ("done", "done", "fast")
+    assert not Path(config.out, "backup").exists()  # checkpoints only serve resuming
     assert json.loads(Path(config.out, "class_names.json").read_text()) == [
         "Charlock",
         "Maize",
@@ -203,8 +205,6 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
         train(config)
     assert storage.read_json(f"{out}/backup/state.json")["phases"]["head"]["epochs_done"] == 2
     monkeypatch.delenv(FAIL_AFTER_ENV)
-    import shutil
-
     shutil.rmtree(tmp_path / "cache")  # a new VM: nothing local, only the bucket
     capsys.readouterr()
     metrics = train(config)
@@ -214,6 +214,7 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     assert _history(out) == [("head", 1), ("head", 2), ("finetune", 1)]
     names = {info.name for info in storage.list_objects(out)}
     assert names >= RESULT_FILES
+    assert not [name for name in names if name.startswith("backup/")]
     assert storage.read_json(f"{out}/progress.json")["state"] == "done"
     assert 0.0 <= metrics["micro_f1"] <= 1.0
     assert np.isclose(metrics["micro_f1"], metrics["accuracy"])
