@@ -110,7 +110,11 @@ def _wait_for_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m startup", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m startup",
+        description="The VM's startup script: print it for a stack (render); the helpers it "
+        "runs on the VM (idle-check, wait-for-data).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     render = commands.add_parser(
