@@ -33,6 +33,9 @@ class Steps:
     batch: int
     # Wall-clock (time.time) span of the timed steps: GPU utilisation samples are cut to it.
     window: tuple[float, float] | None = None
+    # CPU seconds this process got per wall second while timed: below the core count means
+    # other processes took a share of the machine (or the step does not use every core).
+    cpus_used: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -56,12 +59,14 @@ def _batch_clock() -> Any:
             super().__init__()
             self.ends: list[float] = []
             self.walls: list[float] = []
+            self.cpu: list[float] = []
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             if logs and "loss" in logs:
                 float(logs["loss"])
             self.ends.append(time.perf_counter())
             self.walls.append(time.time())
+            self.cpu.append(time.process_time())
 
     return BatchClock()
 
@@ -74,7 +79,8 @@ def fit_steps(model: Any, dataset: Any, steps: int, batch: int) -> Steps:
     if len(ends) < 2:
         raise ValueError(f"fit ran {len(ends)} steps; need at least 2 (warm-up + 1 timed)")
     window = (clock.walls[0], clock.walls[-1])
-    return Steps((ends[-1] - ends[0]) / (len(ends) - 1), len(ends) - 1, batch, window)
+    cpus = (clock.cpu[-1] - clock.cpu[0]) / (ends[-1] - ends[0])
+    return Steps((ends[-1] - ends[0]) / (len(ends) - 1), len(ends) - 1, batch, window, cpus)
 
 
 # --- 1. input pipeline --------------------------------------------------------------------------
@@ -90,7 +96,7 @@ class PipelineResult:
 
 
 def input_pipeline(
-    data_root: Path, cache_dir: Path, n_classes: int
+    data_root: Path, cache_dir: Path, n_classes: int, size: int = IMAGE_SIZE
 ) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
     (data.load_images on a cold cache); cached epoch = reloading that cache plus one pass of the
@@ -101,13 +107,13 @@ def input_pipeline(
     files, labels, _, _ = data_lib.discover_train(train_dir)
     shutil.rmtree(cache_dir / "images", ignore_errors=True)
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, IMAGE_SIZE, cache_dir, progress=False)
+    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     first = time.perf_counter() - started
     del images
     gc.collect()
 
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, IMAGE_SIZE, cache_dir, progress=False)
+    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     cache_load = time.perf_counter() - started
     y = np.asarray(labels, np.int64)[ok]
 
@@ -141,6 +147,7 @@ def _repeat_to(images: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.n
 def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int) -> Steps:
     """The guide recipe's training step: VGG16 with fc1/fc2, every layer trainable, SGD+nesterov,
     built and compiled by the job's own functions (weights=None: speed does not depend on them)."""
+    size = images.shape[1]
     import keras
 
     from workload import model as model_lib
@@ -148,7 +155,7 @@ def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: i
 
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     model = model_lib.build_guide_model(
-        model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=True), n_classes
+        model_lib.build_base("vgg16", None, size, include_top=True), n_classes
     )
     schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
     train_lib._compile(model, keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True))
@@ -164,19 +171,20 @@ def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Any]:
     from workload import model as model_lib
     from workload import train as train_lib
 
-    base = model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=False)
+    base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
     extractor = model_lib.build_feature_extractor(base)
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
         train_lib._features(None, extractor, images[:BATCH], BATCH)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         features = train_lib._features(None, extractor, x, BATCH)
         seconds = time.perf_counter() - started
+        cpus = (time.process_time() - cpu) / seconds
     if features.shape[0] != len(x):
         raise ValueError(f"features for {features.shape[0]} images, expected {len(x)}")
-    return Steps(seconds / steps, steps, BATCH), (base, extractor)
+    return Steps(seconds / steps, steps, BATCH, cpus_used=cpus), (base, extractor)
 
 
 def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> float:
@@ -193,7 +201,7 @@ def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> flo
     y_train = rng.integers(0, n_classes, n_train)
     y_val = rng.integers(0, n_classes, n_val)
     weights = data_lib.class_weights(y_train, n_classes)[y_train]
-    head = model_lib.build_head(n_features, n_classes, 0.3)
+    head = model_lib.build_head(f_train, n_classes, 0.3)
     train_lib._compile(head, keras.optimizers.Adam(1e-3))
     ends: list[float] = []
     clock = time.perf_counter
@@ -219,10 +227,12 @@ def finetune_steps(
     from workload import model as model_lib
     from workload import train as train_lib
 
-    base = model_lib.build_base("vgg16", None, IMAGE_SIZE, include_top=False)
+    base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
     extractor = model_lib.build_feature_extractor(base)
-    head = model_lib.build_head(extractor.output.shape[-1], n_classes, 0.3)
+    # The head standardises with the training features' statistics: any features will do here.
+    features = np.random.default_rng(0).random((BATCH, extractor.output.shape[-1]), np.float32)
+    head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
     model = model_lib.build_finetune_model(extractor, head)
     train_lib._compile(model, keras.optimizers.Adam(1e-5))
@@ -238,37 +248,36 @@ def finetune_steps(
 # --- 4. the standard VGG16 against the machine's peak -------------------------------------------
 
 
-def vgg16_forward(steps: int) -> Steps:
+def vgg16_forward(steps: int, size: int = IMAGE_SIZE) -> Steps:
     """keras.applications.VGG16(weights=None), include_top, inference on batches of 32 through a
     compiled tf.function (no input pipeline): the raw speed of the model on this machine."""
     import keras
     import tensorflow as tf
 
-    model = keras.applications.VGG16(weights=None)
-    x = tf.constant(
-        np.random.default_rng(0).uniform(0, 255, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)), tf.float32
-    )
+    model = keras.applications.VGG16(weights=None, input_shape=(size, size, 3))
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH, size, size, 3)), tf.float32)
     forward = tf.function(model.__call__)
     forward(x, training=False).numpy()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         forward(x, training=False).numpy()
     seconds = time.perf_counter() - started
+    cpus = (time.process_time() - cpu) / seconds
     del model
     _clear()
-    return Steps(seconds / steps, steps, BATCH)
+    return Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
 
 
-def vgg16_training(steps: int) -> Steps:
+def vgg16_training(steps: int, size: int = IMAGE_SIZE) -> Steps:
     """keras.applications.VGG16(weights=None) trained end to end (SGD, momentum) with model.fit on
     an in-memory batch repeated: forward + backward + update, no input pipeline cost."""
     import keras
     import tensorflow as tf
 
-    model = keras.applications.VGG16(weights=None)
+    model = keras.applications.VGG16(weights=None, input_shape=(size, size, 3))
     model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    x = rng.uniform(0, 255, (BATCH, size, size, 3)).astype(np.float32)
     y = np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, BATCH)]
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     result = fit_steps(model, ds, steps, BATCH)

@@ -97,6 +97,11 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2f} s"
 
 
+def _by_section(figures: list[Figure]) -> list[Figure]:
+    """Figures grouped by section in section order ("1. ...", "2. ..."), each in its own order."""
+    return sorted(figures, key=lambda f: f.section)
+
+
 def _cell(figure: Figure) -> str:
     text = format_value(figure.value)
     if figure.unit == "s" and figure.value is not None and figure.value >= 120:
@@ -115,13 +120,14 @@ def target_line(target: Target) -> str:
 
 def format_text(report: Report) -> str:
     """A fixed-width table for the terminal, grouped by section, then the targets."""
-    rows = [(f.name, _cell(f), f.unit, f.how) for f in report.figures]
+    figures = _by_section(report.figures)
+    rows = [(f.name, _cell(f), f.unit, f.how) for f in figures]
     widths = [
         max([len(r[i]) for r in rows] + [len(h)]) for i, h in enumerate(("figure", "value", "unit"))
     ]
     lines = [f"benchmark ({report.mode}) on {report.machine.get('summary', 'this machine')}"]
     section = None
-    for figure, row in zip(report.figures, rows, strict=True):
+    for figure, row in zip(figures, rows, strict=True):
         if figure.section != section:
             section = figure.section
             lines.append(f"\n[{section}]")
@@ -151,7 +157,7 @@ def format_markdown(report: Report) -> str:
         if key != "summary":
             lines.append(f"- **{key}**: {_md_escape(str(value))}")
     section = None
-    for figure in report.figures:
+    for figure in _by_section(report.figures):
         if figure.section != section:
             section = figure.section
             lines += [

@@ -50,17 +50,19 @@ class Plan:
     forward_steps: int
     training_steps: int
     probe_steps: int
+    image_size: int = 224
 
 
 FULL = Plan("full", dataset.REAL_TRAIN_IMAGES, dataset.REAL_TEST_IMAGES, 3, 4, 4, 4, 3, 2)
-QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1)
+# Checks that every part runs, in minutes: 112 px (4x fewer FLOPs), figures not comparable.
+QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112)
 # --quick measures the fast recipe's memory only (the target); a child costs about a minute.
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
 GPU_STEPS = 30
 
 # From the job's TrainConfig defaults (workload/config.py); read at run time where possible.
 SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
-SECTION_TRAIN = "2. Training throughput, 224x224, batch 32 (job's models)"
+SECTION_TRAIN = "2. Training throughput, batch 32 (job's models)"
 SECTION_E2E = "3. End to end on the full-size data, and peak memory"
 SECTION_FLOPS = "4. VGG16 (keras.applications, weights=None) against the machine's peak"
 
@@ -103,7 +105,9 @@ def machine_description(cpu: hardware.CpuInfo, peak: hardware.Peak) -> dict[str,
 # --- peak RSS of the real job, one subprocess per recipe ----------------------------------------
 
 
-def probe_recipe(recipe: str, data_root: Path, steps: int) -> tuple[float | None, float, str]:
+def probe_recipe(
+    recipe: str, data_root: Path, steps: int, image_size: int
+) -> tuple[float | None, float, str]:
     """Runs the real `workload train` on the full data with fits/predicts cut to `steps` steps, in
     a child process with a cold image cache; returns its peak RSS in bytes (ru_maxrss of that
     child, from wait4), its wall seconds, and the tail of its log."""
@@ -116,7 +120,7 @@ def probe_recipe(recipe: str, data_root: Path, steps: int) -> tuple[float | None
     args = [
         sys.executable, "-m", "bench.probe", str(steps), "--",
         "--data", str(data_root), "--out", str(out), "--recipe", recipe, "--weights", "none",
-        "--cache-dir", str(cache), "--no-progress",
+        "--cache-dir", str(cache), "--no-progress", "--image-size", str(image_size),
         "--guide-epochs", "1", "--head-epochs", "1", "--finetune-epochs", "1",
     ]  # fmt: skip
     started = time.perf_counter()
@@ -177,7 +181,9 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     rss: dict[str, float | None] = {"guide": None}
     for recipe in PROBED[plan.name]:
         log(f"peak memory: the real job, recipe {recipe}, {plan.probe_steps} step(s) per phase")
-        peak_rss, seconds, tail = probe_recipe(recipe, data_root_for(plan), plan.probe_steps)
+        peak_rss, seconds, tail = probe_recipe(
+            recipe, data_root_for(plan), plan.probe_steps, plan.image_size
+        )
         rss[recipe] = peak_rss
         how = (
             f"peak RSS of `python -m workload train --recipe {recipe}` in a child (wait4 "
@@ -191,13 +197,13 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     log("input pipeline: cold decode+resize of every training image, then cached epochs")
     n_classes = 12
     pipe, images, labels = measure.input_pipeline(
-        data_root_for(plan), CACHE / "pipeline", n_classes
+        data_root_for(plan), CACHE / "pipeline", n_classes, plan.image_size
     )
     first_ips = pipe.images / pipe.first_epoch_s
     cached_ips = pipe.images / pipe.cached_epoch_s
     report.add(
         SECTION_PIPE,
-        "first epoch: decode+resize to 224",
+        f"first epoch: decode+resize to {plan.image_size}",
         first_ips,
         "img/s",
         f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, thread pool, into the .npy cache",
@@ -207,7 +213,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         "reload of the decoded cache",
         pipe.cache_load_s,
         "s",
-        f"np.load of {pipe.images} x 224x224x3 uint8 ({pipe.images * 224 * 224 * 3 / 1e6:.0f} MB)",
+        f"np.load of {pipe.images} decoded uint8 images ({images.nbytes / 1e6:.0f} MB)",
     )
     report.add(
         SECTION_PIPE,
@@ -228,12 +234,12 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
     )
 
-    sizes = split_sizes(labels, plan.test_images)
     log(f"phase 1: features, {plan.feature_steps} batches")
     features, _ = measure.feature_steps(images, plan.feature_steps)
     measure._clear()
     log("head epoch on cached features (full size)")
-    head_s = measure.head_epoch(sizes.train, sizes.val, 512, n_classes)
+    full = full_sizes()
+    head_s = measure.head_epoch(full.train, full.val, 512, n_classes)
     log(f"phase 2: fine-tuning, {plan.finetune_steps} steps")
     finetune = measure.finetune_steps(
         images, labels, n_classes, plan.finetune_steps, defaults.unfreeze_blocks
@@ -242,8 +248,9 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     guide = measure.guide_steps(images, labels, n_classes, plan.guide_steps)
     del images
 
-    vgg = flops.vgg16_layers(224)
-    guide_layers = flops.vgg16_layers(224, top=True, classes=n_classes)
+    size = plan.image_size
+    vgg = flops.vgg16_layers(size)
+    guide_layers = flops.vgg16_layers(size, top=True, classes=n_classes)
     features_flops = flops.forward_flops(vgg)
     finetune_flops = flops.training_flops(
         vgg, flops.block_layers(vgg, set(range(6 - defaults.unfreeze_blocks, 6)))
@@ -254,7 +261,8 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         return (
             f"{what}; {steps.steps} timed step(s) of 32 after 1 warm-up, "
             f"{steps.seconds_per_step:.2f} s/step, "
-            f"{steps.images_per_second * flop_per_image / 1e9:.0f} GFLOP/s"
+            f"{steps.images_per_second * flop_per_image / 1e9:.0f} GFLOP/s, "
+            f"{steps.cpus_used:.2f} CPUs busy"
         )
 
     rates = _rates(first_ips, features, guide, head_s, finetune)
@@ -277,7 +285,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         "phase 1: head epoch on cached features",
         head_s,
         "s",
-        f"build_head + Adam, {sizes.train} train / {sizes.val} val rows, epoch 2-3 mean",
+        f"build_head + Adam, {full.train} train / {full.val} val rows, epoch 2-3 mean",
     )
     report.add(
         SECTION_TRAIN,
@@ -286,7 +294,6 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         "img/s",
         how(finetune, "build_finetune_model, augmented batches", finetune_flops),
     )
-    full = full_sizes()
     report.add(
         SECTION_TRAIN,
         f"guide epoch ({full.train} train + {full.val} val)",
@@ -326,9 +333,9 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     report.targets.append(Target("fast recipe peak RSS", _gib(rss["fast"]), "<=", 6, "GiB"))
 
     log(f"VGG16 forward: {plan.forward_steps} batches; training: {plan.training_steps} steps")
-    forward = measure.vgg16_forward(plan.forward_steps)
-    training = measure.vgg16_training(plan.training_steps)
-    top = flops.vgg16_layers(224, top=True)
+    forward = measure.vgg16_forward(plan.forward_steps, size)
+    training = measure.vgg16_training(plan.training_steps, size)
+    top = flops.vgg16_layers(size, top=True)
     forward_rate = forward.images_per_second * flops.forward_flops(top)
     training_rate = training.images_per_second * flops.training_flops(top)
     report.add(
@@ -337,7 +344,8 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         forward.images_per_second,
         "img/s",
         f"tf.function call, {forward.steps} batches of 32; "
-        f"{flops.forward_flops(top) / 1e9:.1f} GFLOP/img (15.5 GMACs)",
+        f"{flops.forward_flops(top) / 1e9:.1f} GFLOP/img at {size} px; "
+        f"{forward.cpus_used:.2f} CPUs busy",
     )
     report.add(
         SECTION_FLOPS,
@@ -352,7 +360,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         training.images_per_second,
         "img/s",
         f"model.fit, SGD, {training.steps} steps of 32; "
-        f"{flops.training_flops(top) / 1e9:.1f} GFLOP/img",
+        f"{flops.training_flops(top) / 1e9:.1f} GFLOP/img; {training.cpus_used:.2f} CPUs busy",
     )
     report.add(
         SECTION_FLOPS,
