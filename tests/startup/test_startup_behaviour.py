@@ -200,6 +200,18 @@ def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(up_vm: F
     assert f"subjectAltName=IP:{EXTERNAL_IP}" in req
 
 
+def test_units_call_the_installed_copy_of_the_script(up_vm: FakeVm) -> None:
+    units = up_vm.root / UNITS
+    copy = up_vm.root / "opt/keras-gpu-gcp/bin/keras-gpu-gcp-startup"
+    assert copy.read_text() == up_vm.script.read_text()
+    assert f"ExecStart={copy} training-job\n" in (units / "kgg-training.service").read_text()
+    assert f"ExecStart={copy} idle-check\n" in (units / "kgg-idle-check.service").read_text()
+    timer = (units / "kgg-idle-check.timer").read_text()
+    assert "OnUnitActiveSec=5min" in timer
+    assert "WantedBy=timers.target" in timer
+    assert ["systemctl", "enable", "--now", "kgg-idle-check.timer"] in up_vm.calls("systemctl")
+
+
 def test_jupyter_api_token_is_random_and_root_only(up_vm: FakeVm) -> None:
     token_file = up_vm.root / "etc/keras-gpu-gcp/jupyter-api-token"
     assert re.fullmatch(r"[0-9a-f]{64}", token_file.read_text())
