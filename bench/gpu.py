@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import dataset, estimate, hardware
 from bench import report as report_lib
 from bench.report import Report, Target
+
+if TYPE_CHECKING:
+    from bench.run import Plan
 
 PRECISIONS = ("float32", "mixed_float16")
 
@@ -33,7 +37,7 @@ def prices(gpu_name: str) -> tuple[str | None, float | None, float | None]:
     )
 
 
-def main(plan: object, data_root: Path) -> int:
+def main(plan: Plan, data_root: Path) -> int:
     gpus = hardware.list_gpus()
     if not gpus:
         print("skipped: no GPU (nvidia-smi is missing or lists no GPU); nothing measured")
@@ -50,13 +54,16 @@ def main(plan: object, data_root: Path) -> int:
     steps = run.GPU_STEPS
     gpu = gpus[0]
     cpu, peak = hardware.read_cpu()
-    report = Report(mode=f"gpu ({plan.name} data)", machine=run.machine_description(cpu, peak))  # type: ignore[attr-defined]
+    report = Report(mode=f"gpu ({plan.name} data)", machine=run.machine_description(cpu, peak))
     report.machine["gpu"] = (
         f"{len(gpus)} x {gpu.name}, compute capability {gpu.compute_capability}, "
         f"{gpu.memory_mib} MiB, driver {gpu.driver}"
     )
-    summary = dataset.ensure(data_root, plan.train_images, plan.test_images)  # type: ignore[attr-defined]
+    summary = dataset.ensure(data_root, plan.train_images, plan.test_images)
     report.notes.append(f"Synthetic data: {summary['train']} train, {summary['test']} test images.")
+    report.not_measured.append(
+        "peak RSS on the GPU VM (the CPU run measures it; host memory does not depend on the GPU)"
+    )
     pipe, images, labels = measure.input_pipeline(data_root, run.CACHE / "pipeline", 12)
     first_ips = pipe.images / pipe.first_epoch_s
     section_pipe = "1. Input pipeline (CPU side of the GPU VM)"

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from bench import dataset, estimate, flops, hardware
+from bench import dataset, estimate, flops, hardware, measure
 from bench import report as report_lib
 from bench.report import Report, Target
 
@@ -163,7 +163,6 @@ def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
 
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
-    from bench import measure
     from workload.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -386,15 +385,20 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
 
 
 def _rates(
-    first_ips: float, features: object, guide: object, head_s: float, finetune: object
+    first_ips: float,
+    features: measure.Steps,
+    guide: measure.Steps,
+    head_s: float,
+    finetune: measure.Steps,
 ) -> estimate.Rates:
+    # Validation and evaluation passes run the same frozen-base forward as phase 1.
     return estimate.Rates(
         decode_ips=first_ips,
-        forward_ips=features.images_per_second,  # type: ignore[attr-defined]
-        guide_ips=guide.images_per_second,  # type: ignore[attr-defined]
-        features_ips=features.images_per_second,  # type: ignore[attr-defined]
+        forward_ips=features.images_per_second,
+        guide_ips=guide.images_per_second,
+        features_ips=features.images_per_second,
         head_epoch_s=head_s,
-        finetune_ips=finetune.images_per_second,  # type: ignore[attr-defined]
+        finetune_ips=finetune.images_per_second,
     )
 
 
