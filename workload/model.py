@@ -127,8 +127,12 @@ def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
     import keras
 
     inputs = keras.Input((features.shape[1],), name="features")
+    variance = features.var(axis=0)
+    # Channels that are (nearly) dead on the training set would be divided by ~0 and explode as
+    # soon as fine-tuning wakes them up: floor their variance at a fraction of the typical one.
+    variance = np.maximum(variance, 1e-2 * float(np.mean(variance)) + 1e-12)
     x = keras.layers.Normalization(
-        mean=features.mean(axis=0), variance=features.var(axis=0), name="standardize"
+        mean=features.mean(axis=0), variance=variance, name="standardize"
     )(inputs)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
