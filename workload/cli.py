@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 from workload.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
 
+EXIT_USAGE = 2  # bad data, path or option: fix and rerun
+EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted; the same command resumes
+
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(data="", out="")
@@ -86,13 +89,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from workload.data import DataError
+    from workload.storage import StorageError
     from workload.train import SimulatedInterruption, train
 
     try:
         train(config_from_args(args))
     except SimulatedInterruption as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
-        return 75  # EX_TEMPFAIL: run the same command again
+        return EXIT_RETRY
+    except (DataError, StorageError, FileNotFoundError, ValueError) as error:
+        # Problems the user fixes (paths, options, data): a message, not a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

@@ -348,7 +348,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise
     except Exception:
         phase = current["phase"]
-        run.progress("failed", phase, run.phase(phase)["epochs_done"], 0)
+        epochs = dict(run.config.phases()).get(phase, 1)
+        run.progress("failed", phase, run.phase(phase)["epochs_done"], epochs)
         raise
 
 
@@ -358,8 +359,6 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
 
     config = run.config
     started = time.perf_counter()
-    runtime = runtime_lib.configure(config.seed)
-    print(f"devices: {runtime.describe()}")
     run.put("config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     local_data = data_lib.fetch_data(config.data, config.cache_dir, config.workers, config.progress)
@@ -378,6 +377,9 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
         f"{len(dataset.skipped)} skipped, test: {len(test.files) if test else 'none'}"
     )
     resolved = model_lib.resolve_weights(config.weights, config.cache_dir)
+    # TensorFlow only now: a bad data folder or weights path fails in seconds, not after its import.
+    runtime = runtime_lib.configure(config.seed)
+    print(f"devices: {runtime.describe()}")
 
     import keras
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from workload.cli import build_parser, config_from_args
+from tests.workload.conftest import write_tiny_data
+from workload.cli import build_parser, config_from_args, main
 from workload.config import TrainConfig, resolve
 
 
@@ -56,3 +59,15 @@ def test_cli_and_storage_import_without_tensorflow() -> None:
         "assert not [m for m in sys.modules if m.startswith(('tensorflow', 'keras'))]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_with_an_empty_class_folder_fails_fast_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tiny_data(tmp_path / "data")
+    (tmp_path / "data/train/Cleavers").mkdir()
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    assert "Cleavers" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out/progress.json").read_text())["state"] == "failed"
