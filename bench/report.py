@@ -214,6 +214,21 @@ def to_json(report: Report) -> str:
     return json.dumps(_finite(payload), indent=1, allow_nan=False, default=str) + "\n"
 
 
+def from_json(text: str) -> Report:
+    """The Report a to_json text holds (to re-render docs from a saved run)."""
+    payload = json.loads(text)
+    return Report(
+        mode=payload["mode"],
+        machine=payload["machine"],
+        figures=[Figure(**f) for f in payload["figures"]],
+        targets=[
+            Target(**{k: v for k, v in t.items() if k != "status"}) for t in payload["targets"]
+        ],
+        not_measured=payload["not_measured"],
+        notes=payload["notes"],
+    )
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """numerator / denominator, None when either is missing or the denominator is 0."""
     if numerator is None or denominator is None or denominator == 0:

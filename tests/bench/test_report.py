@@ -92,3 +92,8 @@ def test_ratio_is_none_when_a_side_is_missing_or_zero():
     assert report_lib.ratio(30.0, 10.0) == 3.0
     assert report_lib.ratio(None, 10.0) is None
     assert report_lib.ratio(3.0, 0.0) is None
+
+
+def test_a_saved_json_report_reads_back_to_the_same_report():
+    report = sample()
+    assert report_lib.from_json(report_lib.to_json(report)) == report
