@@ -1,22 +1,17 @@
 """One training run from data to results, resumable after a kill at any point.
 
-State lives in a local work folder (`<out>/backup` for a local --out; a cache folder mirrored to
-`<out>/backup` every epoch for a gs:// --out): state.json (phase, epochs done, early-stopping
-state, history) plus weight files. Weights are written before state.json, locally and in the
-bucket, so a kill between the two never leaves state pointing at missing weights. A rerun of the
-same command continues from the last finished epoch; a rerun of a finished run changes nothing.
+The phases (features, head, finetune for the fast recipe; guide for the 2018 one) checkpoint every
+epoch through workload.runstate. A rerun of the same command continues from the last finished
+epoch; a rerun of a finished run changes nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,165 +20,14 @@ import numpy as np
 from workload import data as data_lib
 from workload import storage
 from workload.config import TrainConfig
+from workload.runstate import Run, SimulatedInterruption, is_done
 
-STATE_VERSION = 1
-PROGRESS_VERSION = 1
-# Simulates a kill after this many finished epochs (the features pass counts as one): tests and
-# rehearsals of the resume path.
-FAIL_AFTER_ENV = "KGG_FAIL_AFTER_EPOCHS"
 MONITOR = "val_micro_f1"
-
-
-class SimulatedInterruption(RuntimeError):
-    """Raised after KGG_FAIL_AFTER_EPOCHS epochs, once the epoch's state is safely backed up."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _verbose() -> int:
     # A live progress bar in a terminal; one line per epoch in logs (journald, Cloud Logging).
     return 1 if sys.stdout.isatty() else 2
-
-
-def work_dir_for(config: TrainConfig) -> Path:
-    """Local folder for state and weights: under --out when local, in the cache for gs://."""
-    if not storage.is_gcs(config.out):
-        return Path(config.out, "backup")
-    digest = hashlib.sha256(config.out.encode()).hexdigest()[:16]
-    return Path(config.cache_dir, "runs", digest)
-
-
-def is_done(out: str) -> bool:
-    progress = storage.read_json(storage.join(out, "progress.json"))
-    return bool(progress) and progress.get("state") == "done"
-
-
-class Run:
-    """Bookkeeping of one run: state.json, backups, progress.json and the simulated kill."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.work = work_dir_for(config)
-        self.backup_url = storage.join(config.out, "backup")
-        self.remote_backup = storage.is_gcs(config.out)
-        fail_after = os.environ.get(FAIL_AFTER_ENV)
-        self.fail_after = int(fail_after) if fail_after else None
-        self.epochs_this_process = 0
-        self.state = self._load_state()
-        self.work.mkdir(parents=True, exist_ok=True)
-
-    # --- state -----------------------------------------------------------------------------
-    def _new_state(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "fingerprint": self.config.fingerprint(),
-            "phases": {},
-            "history": [],
-        }
-
-    @staticmethod
-    def _score(state: dict[str, Any] | None) -> int:
-        if not state:
-            return -1
-        return sum(p["epochs_done"] + p["done"] for p in state["phases"].values())
-
-    def _load_state(self) -> dict[str, Any]:
-        local = storage.read_json(self.work / "state.json")
-        if self.remote_backup:
-            remote = storage.read_json(storage.join(self.backup_url, "state.json"))
-            if self._score(remote) > self._score(local):
-                # A fresh VM (or a wiped cache): the bucket's backup is ahead; mirror it.
-                storage.download_tree(self.backup_url, self.work, progress=False)
-                local = storage.read_json(self.work / "state.json")
-        if local is None:
-            return self._new_state()
-        if local.get("fingerprint") != self.config.fingerprint():
-            raise ValueError(
-                f"{self.config.out} holds a run started with different options (see its "
-                "config.json); rerun with those options to resume, or choose another --out"
-            )
-        print(f"resuming the run in {self.config.out} ({self._describe(local)})")
-        return local
-
-    @staticmethod
-    def _describe(state: dict[str, Any]) -> str:
-        parts = [
-            f"{name}: {'done' if p['done'] else str(p['epochs_done']) + ' epochs'}"
-            for name, p in state["phases"].items()
-        ]
-        return ", ".join(parts) or "nothing finished yet"
-
-    def phase(self, name: str) -> dict[str, Any]:
-        return self.state["phases"].setdefault(
-            name,
-            {
-                "epochs_done": 0,
-                "done": False,
-                "stopped": False,
-                "best": None,
-                "wait": 0,
-                "seconds": 0.0,
-                "images": 0,
-            },
-        )
-
-    def save(self) -> None:
-        """Writes state.json after the weights it names, then mirrors the folder to the bucket."""
-        storage.write_json(self.work / "state.json", self.state)
-        if self.remote_backup:
-            storage.upload_tree(
-                self.work,
-                self.backup_url,
-                workers=self.config.workers,
-                include=lambda name: name != "state.json",
-            )
-            storage.upload_file(
-                self.work / "state.json", storage.join(self.backup_url, "state.json")
-            )
-
-    def finished_epoch(self) -> None:
-        """Counts an epoch whose state is saved; simulates a kill when asked to."""
-        self.epochs_this_process += 1
-        if self.fail_after is not None and self.epochs_this_process >= self.fail_after:
-            raise SimulatedInterruption(
-                f"{FAIL_AFTER_ENV}={self.fail_after}: stopping after {self.epochs_this_process} "
-                "epoch(s); run the same command again to resume"
-            )
-
-    # --- progress.json ---------------------------------------------------------------------
-    def progress(
-        self,
-        state: str,
-        phase: str,
-        epoch: int,
-        epochs: int,
-        metrics: dict[str, float] | None = None,
-        eta_seconds: float | None = None,
-        images_per_second: float | None = None,
-    ) -> None:
-        """progress.json as docs/ARCHITECTURE.md specifies, for `workload status`."""
-        storage.write_json(
-            storage.join(self.config.out, "progress.json"),
-            {
-                "version": PROGRESS_VERSION,
-                "updated": _now(),
-                "state": state,
-                "recipe": self.config.recipe,
-                "phase": phase,
-                "epoch": epoch,
-                "epochs": epochs,
-                "metrics": metrics or {},
-                "eta_seconds": eta_seconds,
-                "images_per_second": images_per_second,
-            },
-        )
-
-    def put(self, name: str, data: bytes | str) -> None:
-        """Writes one result file under --out."""
-        payload = data.encode() if isinstance(data, str) else data
-        storage.write_bytes(storage.join(self.config.out, name), payload)
 
 
 # --- Keras pieces (TensorFlow imported lazily) -------------------------------------------------
@@ -381,32 +225,9 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     runtime = runtime_lib.configure(config.seed)
     print(f"devices: {runtime.describe()}")
 
-    import keras
-
     if config.recipe == "guide":
         current["phase"] = "guide"
-        ps = run.phase("guide")
-        fresh = not ps["done"] and not ps["epochs_done"]
-        with runtime.strategy.scope():
-            base = model_lib.build_base(
-                config.base, resolved if fresh else None, config.image_size, include_top=True
-            )
-            model = model_lib.build_guide_model(base, n_classes)
-            # Keras 2's `decay=1e-6`: lr / (1 + decay * iterations), as a schedule in Keras 3.
-            schedule = keras.optimizers.schedules.InverseTimeDecay(
-                config.guide_lr, decay_steps=1, decay_rate=config.guide_decay
-            )
-            _compile(
-                model,
-                keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
-            )
-        train_ds = data_lib.make_dataset(
-            x_train, y_train, n_classes, config.batch_size, shuffle=True, seed=config.seed
-        )
-        val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
-        _fit_phase(
-            run, runtime, "guide", model, train_ds, val_ds, config.guide_epochs, len(x_train)
-        )
+        model = _train_guide(run, runtime, resolved, x_train, y_train, x_val, y_val, n_classes)
     else:
         model = _train_fast(
             run, runtime, current, resolved, x_train, y_train, x_val, y_val, weights, n_classes
@@ -445,6 +266,45 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
         time.perf_counter() - started,
     )
     return metrics
+
+
+def _train_guide(
+    run: Run,
+    runtime: Any,
+    resolved: str | None,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+) -> Any:
+    """The 2018 recipe: VGG with fc1/fc2, all layers trained with SGD, no augmentation."""
+    import keras
+
+    from workload import model as model_lib
+
+    config = run.config
+    ps = run.phase("guide")
+    fresh = not ps["done"] and not ps["epochs_done"]
+    with runtime.strategy.scope():
+        base = model_lib.build_base(
+            config.base, resolved if fresh else None, config.image_size, include_top=True
+        )
+        model = model_lib.build_guide_model(base, n_classes)
+        # Keras 2's `decay=1e-6`: lr / (1 + decay * iterations), as a schedule in Keras 3.
+        schedule = keras.optimizers.schedules.InverseTimeDecay(
+            config.guide_lr, decay_steps=1, decay_rate=config.guide_decay
+        )
+        _compile(
+            model,
+            keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
+        )
+    train_ds = data_lib.make_dataset(
+        x_train, y_train, n_classes, config.batch_size, shuffle=True, seed=config.seed
+    )
+    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
+    _fit_phase(run, runtime, "guide", model, train_ds, val_ds, config.guide_epochs, len(x_train))
+    return model
 
 
 def _train_fast(

@@ -15,7 +15,8 @@ import pytest
 from tests.workload.conftest import TINY, write_tiny_data
 from workload import data, storage
 from workload.config import TrainConfig, resolve
-from workload.train import FAIL_AFTER_ENV, SimulatedInterruption, train
+from workload.runstate import FAIL_AFTER_ENV, SimulatedInterruption
+from workload.train import train
 
 TINY_OPTIONS: dict[str, Any] = {
     "weights": "none",
