@@ -147,23 +147,26 @@ class Run:
         metrics: dict[str, float] | None = None,
         eta_seconds: float | None = None,
         images_per_second: float | None = None,
+        error: str | None = None,
     ) -> None:
-        """progress.json as docs/ARCHITECTURE.md specifies, for `workload status`."""
-        storage.write_json(
-            storage.join(self.config.out, "progress.json"),
-            {
-                "version": PROGRESS_VERSION,
-                "updated": _now(),
-                "state": state,
-                "recipe": self.config.recipe,
-                "phase": phase,
-                "epoch": epoch,
-                "epochs": epochs,
-                "metrics": metrics or {},
-                "eta_seconds": eta_seconds,
-                "images_per_second": images_per_second,
-            },
-        )
+        """progress.json as docs/ARCHITECTURE.md specifies, for `workload status`.
+
+        A failed run adds `error` (the exception's message), which `workload status` shows."""
+        document: dict[str, Any] = {
+            "version": PROGRESS_VERSION,
+            "updated": _now(),
+            "state": state,
+            "recipe": self.config.recipe,
+            "phase": phase,
+            "epoch": epoch,
+            "epochs": epochs,
+            "metrics": metrics or {},
+            "eta_seconds": eta_seconds,
+            "images_per_second": images_per_second,
+        }
+        if error is not None:
+            document["error"] = error
+        storage.write_json(storage.join(self.config.out, "progress.json"), document)
 
     def put(self, name: str, data: bytes | str) -> None:
         """Writes one result file under --out."""

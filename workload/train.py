@@ -190,10 +190,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         return _train(run, current)
     except SimulatedInterruption:
         raise
-    except Exception:
+    except Exception as error:
         phase = current["phase"]
         epochs = dict(run.config.phases()).get(phase, 1)
-        run.progress("failed", phase, run.phase(phase)["epochs_done"], epochs)
+        message = f"{type(error).__name__}: {error}"
+        run.progress("failed", phase, run.phase(phase)["epochs_done"], epochs, error=message)
         raise
 
 

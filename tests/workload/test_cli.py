@@ -70,4 +70,6 @@ def test_train_with_an_empty_class_folder_fails_fast_naming_it(
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
     assert main(argv) == 2
     assert "Cleavers" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out/progress.json").read_text())["state"] == "failed"
+    progress = json.loads((tmp_path / "out/progress.json").read_text())
+    assert progress["state"] == "failed"
+    assert "Cleavers" in progress["error"]
