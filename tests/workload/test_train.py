@@ -219,3 +219,12 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     assert storage.read_json(f"{out}/progress.json")["state"] == "done"
     assert 0.0 <= metrics["micro_f1"] <= 1.0
     assert np.isclose(metrics["micro_f1"], metrics["accuracy"])
+
+
+def test_final_model_is_the_best_monitored_epoch_across_head_and_finetune(
+    fast_run: tuple[TrainConfig, dict],
+) -> None:
+    config, metrics = fast_run
+    rows = list(csv.DictReader(io.StringIO(Path(config.out, "history.csv").read_text())))
+    best = max(float(row["val_micro_f1"]) for row in rows)
+    assert metrics["micro_f1"] == pytest.approx(best, abs=1e-4)
