@@ -482,6 +482,10 @@ def _write_results(
         eta_seconds=0.0,
         images_per_second=metrics["images_per_second"].get("inference"),
     )
+    print(
+        f"done: validation accuracy {metrics['accuracy']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, "
+        f"macro-F1 {metrics['macro_f1']:.4f}; results in {config.out}"
+    )
     # The backup only serves resuming; a finished run keeps its results, not hundreds of MB of
     # checkpoints. Removed after the "done" marker, so a kill in between only leaves litter.
     if run.remote_backup:

@@ -228,3 +228,25 @@ def test_final_model_is_the_best_monitored_epoch_across_head_and_finetune(
     rows = list(csv.DictReader(io.StringIO(Path(config.out, "history.csv").read_text())))
     best = max(float(row["val_micro_f1"]) for row in rows)
     assert metrics["micro_f1"] == pytest.approx(best, abs=1e-4)
+
+
+def test_predict_reads_model_and_images_from_gs_and_writes_there(
+    fast_run: tuple[TrainConfig, dict], gcs_bucket: str, tmp_path: Path
+) -> None:
+    from workload.predict import predict
+
+    config, _ = fast_run
+    for name in ("model.keras", "class_names.json"):
+        storage.upload_file(Path(config.out, name), f"gs://{gcs_bucket}/runs/r/{name}")
+    storage.upload_tree(Path(config.data, "test"), f"gs://{gcs_bucket}/new")
+    target = predict(
+        f"gs://{gcs_bucket}/runs/r",
+        f"gs://{gcs_bucket}/new",
+        f"gs://{gcs_bucket}/out",
+        str(tmp_path),
+    )
+    assert target == f"gs://{gcs_bucket}/out/predictions.csv"
+    rows = list(csv.reader((storage.read_bytes(target) or b"").decode().splitlines()))
+    assert rows[0] == ["file", "species", "confidence"]
+    assert len(rows) == 5
+    assert all(0.0 < float(row[2]) <= 1.0 for row in rows[1:])
