@@ -52,7 +52,7 @@ def _epoch_callback(run: Run, phase: str, epochs: int, n_train: int, eta_extra: 
     ps = run.phase(phase)
     monitor = phase in {"head", "finetune"}
     latest = run.work / f"{phase}.latest.weights.h5"
-    best = run.work / f"{phase}.best.weights.h5"
+    best = run.work / f"{phase}.best.npz"
 
     class EpochKeeper(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -81,8 +81,8 @@ def _epoch_callback(run: Run, phase: str, epochs: int, n_train: int, eta_extra: 
                 value = logs.get(MONITOR, 0.0)
                 if ps["best"] is None or value > ps["best"]:
                     ps["best"], ps["wait"] = value, 0
-                    self.model.save_weights(tmp)
-                    tmp.replace(best)
+                    # Model weights only (no optimizer state): half the bytes to back up.
+                    _save_arrays(best, self.model.get_weights())
                 else:
                     ps["wait"] += 1
                     if ps["wait"] >= config.patience:
@@ -139,11 +139,9 @@ def _fit_phase(
         model.set_weights(_load_arrays(done_path))
         return
     latest = run.work / f"{phase}.latest.weights.h5"
-    best = run.work / f"{phase}.best.weights.h5"
+    best = run.work / f"{phase}.best.npz"
     if baseline is not None and ps["best"] is None:
-        with runtime.strategy.scope():
-            model.optimizer.build(model.trainable_variables)
-        model.save_weights(best)
+        _save_arrays(best, model.get_weights())
         ps["best"] = baseline
     if ps["epochs_done"] and latest.is_file():
         with runtime.strategy.scope():
@@ -162,7 +160,7 @@ def _fit_phase(
             shuffle=False,  # the tf.data pipeline shuffles
         )
     if phase != "guide" and best.is_file():
-        model.load_weights(best)
+        model.set_weights(_load_arrays(best))
         print(f"{phase}: restored the best epoch ({MONITOR} {ps['best']:.4f})")
     _save_arrays(done_path, model.get_weights())
     ps["done"] = True
