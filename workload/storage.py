@@ -98,14 +98,11 @@ def _client_for(emulator_host: str | None) -> gcs.Client:
         ) from error
 
 
-_client = client
-
-
 def _blob(url: str) -> gcs.Blob:
     bucket, key = split_gcs(url)
     if not key:
         raise ValueError(f"{url!r} names a bucket, not an object; expected gs://BUCKET/PATH")
-    return _client().bucket(bucket).blob(key)
+    return client().bucket(bucket).blob(key)
 
 
 def _explain(url: str, error: Exception) -> StorageError:
@@ -232,7 +229,7 @@ def list_objects(url_prefix: str | os.PathLike[str]) -> list[ObjectInfo]:
                 md5=blob.md5_hash,
                 updated=blob.updated,
             )
-            for blob in _client().list_blobs(bucket, prefix=prefix)
+            for blob in client().list_blobs(bucket, prefix=prefix)
             if not blob.name.endswith("/")
         ]
 
@@ -364,7 +361,7 @@ def delete_prefix(url_prefix: str) -> int:
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
 
     def delete() -> int:
-        blobs = list(_client().list_blobs(bucket, prefix=prefix))
+        blobs = list(client().list_blobs(bucket, prefix=prefix))
         for blob in blobs:
             blob.delete()
         return len(blobs)
