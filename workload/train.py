@@ -167,7 +167,8 @@ def _fit_phase(
     run.save()
 
 
-def _features(run: Run, extractor: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+def _features(extractor: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Pooled features of the frozen base, one forward pass (phase 1 trains on these)."""
     ds = data_lib.make_dataset(images, np.zeros(len(images), np.int64), 1, batch_size)
     return extractor.predict(ds.map(lambda x, y: x), verbose=_verbose()).astype(np.float32)
 
@@ -343,8 +344,8 @@ def _train_fast(
             f"features: one pass of the frozen {config.base} over "
             f"{len(x_train) + len(x_val)} images"
         )
-        f_train = _features(run, extractor, x_train, config.batch_size)
-        f_val = _features(run, extractor, x_val, config.batch_size)
+        f_train = _features(extractor, x_train, config.batch_size)
+        f_val = _features(extractor, x_val, config.batch_size)
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
         tmp = features_path.with_name(".features.tmp.npz")
