@@ -131,8 +131,9 @@ def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
     # Channels that are (nearly) dead on the training set would be divided by ~0 and explode as
     # soon as fine-tuning wakes them up: floor their variance at a fraction of the typical one.
     variance = np.maximum(variance, 1e-2 * float(np.mean(variance)) + 1e-12)
+    # float32 even under mixed precision: float16 would round tiny variances to zero.
     x = keras.layers.Normalization(
-        mean=features.mean(axis=0), variance=variance, name="standardize"
+        mean=features.mean(axis=0), variance=variance, name="standardize", dtype="float32"
     )(inputs)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(

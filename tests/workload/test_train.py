@@ -250,3 +250,29 @@ def test_predict_reads_model_and_images_from_gs_and_writes_there(
     assert rows[0] == ["file", "species", "confidence"]
     assert len(rows) == 5
     assert all(0.0 < float(row[2]) <= 1.0 for row in rows[1:])
+
+
+def test_fast_recipe_runs_under_mixed_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU path's dtypes (float16 compute, float32 output and standardisation), on the CPU."""
+    import keras
+
+    from workload import runtime
+
+    configure = runtime.configure
+
+    def mixed(seed: int) -> runtime.Runtime:
+        default = configure(seed)
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return runtime.Runtime(default.strategy, ["pretend T4"], mixed_precision=True)
+
+    monkeypatch.setattr(runtime, "configure", mixed)
+    write_tiny_data(tmp_path / "data")
+    try:
+        metrics = train(_config(tmp_path))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(metrics["micro_f1"])
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path, "out/history.csv").read_text())))
+    assert all(np.isfinite(float(row["loss"])) for row in rows)
