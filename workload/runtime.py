@@ -17,6 +17,17 @@ class Runtime:
     gpus: list[str]
     mixed_precision: bool
 
+    @property
+    def replicas(self) -> int:
+        return int(getattr(self.strategy, "num_replicas_in_sync", 1))
+
+    def batch(self, batch_size: int) -> int:
+        """The global batch, rounded up to a multiple of the replicas.
+
+        Keras 3 with MirroredStrategy fails when the first batch does not split evenly across
+        replicas (e.g. batch 32 on 3 GPUs); rounding up keeps every full batch even."""
+        return -(-batch_size // self.replicas) * self.replicas
+
     def describe(self) -> str:
         if not self.gpus:
             return "CPU only (float32, no distribution strategy)"

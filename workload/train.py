@@ -237,7 +237,7 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     run.progress("running", "evaluate", 0, 1)
     evaluated = time.perf_counter()
     val_probs = model.predict(
-        data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size), verbose=0
+        data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size)), verbose=0
     )
     inference_seconds = time.perf_counter() - evaluated
     from workload.metrics import classification_metrics
@@ -247,7 +247,10 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     if test is not None and len(test.files):
         test_probs = model.predict(
             data_lib.make_dataset(
-                test.images, np.zeros(len(test.files), np.int64), n_classes, config.batch_size
+                test.images,
+                np.zeros(len(test.files), np.int64),
+                n_classes,
+                runtime.batch(config.batch_size),
             ),
             verbose=0,
         )
@@ -300,9 +303,14 @@ def _train_guide(
             keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
         )
     train_ds = data_lib.make_dataset(
-        x_train, y_train, n_classes, config.batch_size, shuffle=True, seed=config.seed
+        x_train,
+        y_train,
+        n_classes,
+        runtime.batch(config.batch_size),
+        shuffle=True,
+        seed=config.seed,
     )
-    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
+    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size))
     _fit_phase(run, runtime, "guide", model, train_ds, val_ds, config.guide_epochs, len(x_train))
     return model
 
@@ -344,8 +352,8 @@ def _train_fast(
             f"features: one pass of the frozen {config.base} over "
             f"{len(x_train) + len(x_val)} images"
         )
-        f_train = _features(extractor, x_train, config.batch_size)
-        f_val = _features(extractor, x_val, config.batch_size)
+        f_train = _features(extractor, x_train, runtime.batch(config.batch_size))
+        f_val = _features(extractor, x_val, runtime.batch(config.batch_size))
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
         tmp = features_path.with_name(".features.tmp.npz")
@@ -370,12 +378,12 @@ def _train_fast(
         f_train,
         y_train,
         n_classes,
-        config.batch_size,
+        runtime.batch(config.batch_size),
         train_weights,
         shuffle=True,
         seed=config.seed,
     )
-    head_val = data_lib.make_dataset(f_val, y_val, n_classes, config.batch_size)
+    head_val = data_lib.make_dataset(f_val, y_val, n_classes, runtime.batch(config.batch_size))
     _fit_phase(
         run,
         runtime,
@@ -398,13 +406,13 @@ def _train_fast(
         x_train,
         y_train,
         n_classes,
-        config.batch_size,
+        runtime.batch(config.batch_size),
         train_weights,
         shuffle=True,
         augment=config.augment,
         seed=config.seed,
     )
-    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, config.batch_size)
+    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size))
     if config.finetune_epochs > 0:
         _fit_phase(
             run,
