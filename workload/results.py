@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
+from workload.runstate import BACKUP_DIR
 
 RUNS_PREFIX = "runs"
 LATEST = "latest"
@@ -164,6 +165,9 @@ def pull_run(
 ) -> tuple[str, Path, storage.SyncStats]:
     """Downloads runs/<run>/ (model, metrics, plots, submission.csv) to `<to>/<run-id>`.
 
+    The resume checkpoints under backup/ (hundreds of MB while a run trains) are left behind:
+    they serve only the VM's own restart.
+
     `to` defaults to ./runs, so runs pulled side by side never mix.
 
     Files already there with the same checksum are skipped, so pulling a running run again only
@@ -171,7 +175,11 @@ def pull_run(
     run_id = resolve_run(bucket, run)
     target = Path(to if to is not None else RUNS_PREFIX, run_id)
     stats = storage.download_tree(
-        f"{runs_url(bucket)}/{run_id}", target, workers=workers, progress=progress
+        f"{runs_url(bucket)}/{run_id}",
+        target,
+        workers=workers,
+        progress=progress,
+        include=lambda name: not name.startswith(f"{BACKUP_DIR}/"),
     )
     return run_id, target, stats
 

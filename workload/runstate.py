@@ -28,6 +28,10 @@ class SimulatedInterruption(RuntimeError):
     """Raised after KGG_FAIL_AFTER_EPOCHS epochs, once the epoch's state is safely backed up."""
 
 
+# Resume checkpoints live under <out>/backup; `pull` leaves them behind.
+BACKUP_DIR = "backup"
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -35,7 +39,7 @@ def _now() -> str:
 def work_dir_for(config: TrainConfig) -> Path:
     """Local folder for state and weights: under --out when local, in the cache for gs://."""
     if not storage.is_gcs(config.out):
-        return Path(config.out, "backup")
+        return Path(config.out, BACKUP_DIR)
     digest = hashlib.sha256(config.out.encode()).hexdigest()[:16]
     return Path(config.cache_dir, "runs", digest)
 
@@ -51,7 +55,7 @@ class Run:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.work = work_dir_for(config)
-        self.backup_url = storage.join(config.out, "backup")
+        self.backup_url = storage.join(config.out, BACKUP_DIR)
         self.remote_backup = storage.is_gcs(config.out)
         fail_after = os.environ.get(FAIL_AFTER_ENV)
         self.fail_after = int(fail_after) if fail_after else None

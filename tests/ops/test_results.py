@@ -92,6 +92,14 @@ def test_pull_downloads_the_runs_files_and_skips_them_the_second_time(
     assert (again.copied, again.skipped) == (0, 4)
 
 
+def test_pull_leaves_the_resume_checkpoints_behind(gcs_bucket: str, tmp_path: Path) -> None:
+    _write_run(gcs_bucket, "r1", done=False)
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/backup/state.json", b"{}")
+    _, target, stats = results.pull_run(gcs_bucket, "r1", tmp_path, progress=False)
+    assert stats.copied >= 1
+    assert not (target / "backup").exists()
+
+
 def test_pull_latest_takes_the_most_recently_updated_run(gcs_bucket: str, tmp_path: Path) -> None:
     # Named so that sorting by name would pick the wrong one.
     _write_run(gcs_bucket, "z-old", done=True)
