@@ -177,9 +177,9 @@ def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Any]:
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
-        train_lib._features(None, extractor, images[:BATCH], BATCH)
+        train_lib._features(extractor, images[:BATCH], BATCH)
         started, cpu = time.perf_counter(), time.process_time()
-        features = train_lib._features(None, extractor, x, BATCH)
+        features = train_lib._features(extractor, x, BATCH)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
     if features.shape[0] != len(x):
