@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from workload.timestamps import parse_time
 
 # Kernel states that mean a cell is running (or about to): never power off under them.
 BUSY_KERNEL_STATES = frozenset({"busy", "starting", "restarting"})
@@ -34,17 +36,6 @@ class JobState:
 class Decision:
     shutdown: bool
     reason: str
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Jupyter's ISO timestamps ("2026-11-27T10:00:00.123456Z"), or None if absent/unparsable."""
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def decide(

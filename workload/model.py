@@ -97,14 +97,22 @@ def build_guide_model(base_model: Any, n_classes: int) -> Any:
     inputs = keras.Input(base_model.input.shape[1:], name="image")
     x = preprocess_layer(name="preprocess")(inputs)
     x = features(x)
-    outputs = keras.layers.Dense(
+    outputs = species_output(n_classes)(x)
+    return keras.Model(inputs, outputs, name="guide")
+
+
+def species_output(n_classes: int) -> Any:
+    """The new classifier: softmax over the species, glorot_normal as in the guide, float32
+    even under mixed precision so the probabilities stay exact."""
+    import keras
+
+    return keras.layers.Dense(
         n_classes,
         activation="softmax",
         kernel_initializer="glorot_normal",
         dtype="float32",
         name="species",
-    )(x)
-    return keras.Model(inputs, outputs, name="guide")
+    )
 
 
 def build_feature_extractor(base_model: Any) -> Any:
@@ -136,13 +144,7 @@ def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
         mean=features.mean(axis=0), variance=variance, name="standardize", dtype="float32"
     )(inputs)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        n_classes,
-        activation="softmax",
-        kernel_initializer="glorot_normal",
-        dtype="float32",
-        name="species",
-    )(x)
+    outputs = species_output(n_classes)(x)
     return keras.Model(inputs, outputs, name="head")
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
+from workload.timestamps import parse_time
 
 STATUS_KEY = "status/startup.json"
 RUNS_PREFIX = "runs"
@@ -133,16 +134,6 @@ def hint_for(step: str, message: str, vm: Vm) -> list[str]:
     return ["read the startup log on the serial console:", f"$ {vm.serial_console}"]
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def format_duration(seconds: float) -> str:
     """`75` -> `1m 15s`, `3725` -> `1h 02m`: short enough for a table cell."""
     seconds = max(0, round(seconds))
@@ -168,8 +159,8 @@ def _step_rows(steps: dict[str, Any], now: datetime) -> list[str]:
     for name, step in steps.items():
         step = step if isinstance(step, dict) else {}
         state = str(step.get("state") or "pending")
-        started = _parse_time(step.get("started"))
-        finished = _parse_time(step.get("finished"))
+        started = parse_time(step.get("started"))
+        finished = parse_time(step.get("finished"))
         if started and finished:
             took = format_duration((finished - started).total_seconds())
         elif started and state == "running":
@@ -245,7 +236,7 @@ def render_training(startup: Doc | None, progress: Doc | None, now: datetime) ->
     if isinstance(progress.get("images_per_second"), int | float):
         speed.append(f"{progress['images_per_second']:.1f} img/s")
     eta = progress.get("eta_seconds")
-    updated = _parse_time(progress.get("updated"))
+    updated = parse_time(progress.get("updated"))
     if state == "running" and isinstance(eta, int | float):
         remaining = eta - ((now - updated).total_seconds() if updated else 0)
         finish = (updated or now) + timedelta(seconds=eta)
@@ -320,7 +311,7 @@ def render_status(
                 f"  $ {Vm().serial_console}",
             ]
         )
-    updated = _parse_time(startup.get("updated"))
+    updated = parse_time(startup.get("updated"))
     age = f", {format_duration((now - updated).total_seconds())} ago" if updated else ""
     lines = [f"VM phase: {startup.get('phase', '?')} (updated {_clock(updated)} UTC{age})"]
     steps = startup.get("steps")
@@ -340,7 +331,7 @@ def render_status(
         lines += render_failure(startup, progress)
     else:
         newest = max(
-            (t for t in (updated, _parse_time((progress or {}).get("updated"))) if t),
+            (t for t in (updated, parse_time((progress or {}).get("updated"))) if t),
             default=None,
         )
         if newest and outcome(startup, progress) is None and now - newest > STALE_AFTER:
