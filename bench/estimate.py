@@ -67,3 +67,13 @@ def fast_seconds(
         "evaluate": evaluate_seconds(sizes, rates),
     }
     return {**parts, "total": sum(parts.values())}
+
+
+def max_finetune_epochs(
+    sizes: Sizes, rates: Rates, guide_total: float, head_epochs: int, speedup: float = 10.0
+) -> int:
+    """The most fine-tuning epochs the fast recipe can run and still be `speedup` times faster
+    than the guide recipe at these rates (0 when even none would do)."""
+    without = fast_seconds(sizes, rates, head_epochs, 0)["total"]
+    budget = guide_total / speedup - without
+    return max(0, int(budget // finetune_epoch_seconds(sizes, rates)))

@@ -326,7 +326,15 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
             ">=",
             10,
             "x",
-            _speedup_why(fast_total, guide_total),
+            _speedup_why(
+                fast_total,
+                guide_total,
+                defaults.finetune_epochs,
+                estimate.max_finetune_epochs(
+                    full, rates, guide_total["total"], defaults.head_epochs
+                ),
+                defaults.unfreeze_blocks,
+            ),
         )
     )
     report.targets.append(Target("fast recipe peak RSS", _gib(rss["fast"]), "<=", 6, "GiB"))
@@ -383,9 +391,10 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
             "of peak are upper bounds."
         )
     report.notes.append(
-        "Measured on a 2-core machine per GCP_FACTS (TF 2.20): VGG16 forward ~10.5 img/s, "
-        f"training ~3.7 img/s; here {forward.images_per_second:.1f} and "
-        f"{training.images_per_second:.1f}."
+        "GCP_FACTS records VGG16 forward ~10.5 img/s and training ~3.7 img/s on another 2-core "
+        f"machine (TF 2.20); here {forward.images_per_second:.1f} and "
+        f"{training.images_per_second:.1f}. 10.5 img/s is 325 GFLOP/s, which 2 cores reach only "
+        "with two 512-bit FMA units (64 FLOPs/cycle): that machine had a different CPU."
     )
     no_gpu = "no GPU here: run `bench/run.py --gpu` on a GPU VM"
     report.targets += [
@@ -418,10 +427,23 @@ def _parts(parts: dict[str, float]) -> str:
     )
 
 
-def _speedup_why(fast: dict[str, float], guide: dict[str, float]) -> str:
+def _speedup_why(
+    fast: dict[str, float],
+    guide: dict[str, float],
+    finetune_epochs: int,
+    max_epochs: int,
+    unfreeze_blocks: int,
+) -> str:
     largest = max((k for k in fast if k != "total"), key=lambda k: fast[k])
     share = 100 * fast[largest] / fast["total"]
-    return f"fast time is {share:.0f}% {largest}"
+    why = f"{share:.0f}% of the fast time is {largest}"
+    if largest == "finetune":
+        why += (
+            f"; every phase-2 step runs the whole frozen VGG16 forward again to train the last "
+            f"{unfreeze_blocks} block(s) and the head; at these rates 10x allows at most "
+            f"{max_epochs} of the {finetune_epochs} fine-tuning epochs"
+        )
+    return why
 
 
 def _gib(value: float | None) -> float | None:
@@ -431,9 +453,10 @@ def _gib(value: float | None) -> float | None:
 DOCS_HEADER = """# Benchmarks
 
 The last full run of `uv run python bench/run.py` (issue 6) and the machine it ran on. Rerun it
-to refresh this page (about 15-25 minutes on 2 cores; the synthetic data is generated once into
-`bench/.cache/`, 6 minutes and 2.9 GB); `--quick` checks that every part runs in under 3 minutes
-(112 px, figures not comparable); `--gpu` measures a GPU VM and prints `skipped: no GPU` elsewhere.
+to refresh this page: about 10 minutes on an idle 2-core machine, 15 when it is shared, plus 6
+minutes once to generate the synthetic data (2.9 GB in `bench/.cache/`). `--quick` checks that
+every part runs in under 3 minutes (112 px, 120 images: figures not comparable); `--gpu` measures
+a GPU VM and prints `skipped: no GPU` elsewhere.
 
 How the figures are obtained:
 - **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into

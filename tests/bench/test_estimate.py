@@ -29,6 +29,14 @@ def test_fast_time_adds_one_feature_pass_head_epochs_and_finetune_epochs():
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
+def test_max_finetune_epochs_is_the_largest_count_that_keeps_the_speedup():
+    guide = estimate.guide_seconds(SIZES, RATES, 20)["total"]
+    epochs = estimate.max_finetune_epochs(SIZES, RATES, guide, head_epochs=12)
+    fast = estimate.fast_seconds(SIZES, RATES, 12, epochs)["total"]
+    slower = estimate.fast_seconds(SIZES, RATES, 12, epochs + 1)["total"]
+    assert guide / fast >= 10 > guide / slower
+
+
 def test_t4_prices_come_from_the_catalogue_for_its_default_machine():
     machine, on_demand, spot = gpu.prices("Tesla T4")
     assert machine == "n1-highmem-4"
