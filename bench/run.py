@@ -174,7 +174,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         f"images in 12 classes {sorted(summary['classes'].values())}, {summary['test']} test, "
         f"sides {summary['side_px']['min']}..{summary['side_px']['max']} px (median "
         f"{summary['side_px']['median']}), {summary['rgba']} RGBA, {summary['megapixels']} Mpx, "
-        f"{summary['bytes'] / 1e9:.2f} GB of PNG; ready in {time.perf_counter() - started:.0f} s."
+        f"{summary['bytes'] / 1e9:.2f} GB of PNG; {_generated(time.perf_counter() - started)}."
     )
 
     rss: dict[str, float | None] = {"guide": None}
@@ -444,6 +444,10 @@ def _speedup_why(
             f"{max_epochs} of the {finetune_epochs} fine-tuning epochs"
         )
     return why
+
+
+def _generated(seconds: float) -> str:
+    return "reused from the cache" if seconds < 5 else f"generated in {seconds:.0f} s"
 
 
 def _gib(value: float | None) -> float | None:
