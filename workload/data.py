@@ -199,7 +199,13 @@ def load_images(
         for i, r in enumerate(results)
         if isinstance(r, str)
     ]
-    images = np.stack([results[i] for i in ok]) if ok else np.zeros((0, size, size, 3), np.uint8)
+    # Filled in place, each decoded image released once copied: np.stack would hold two copies
+    # of the whole set (715 MB each at full size) at its peak.
+    images = np.empty((len(ok), size, size, 3), np.uint8)
+    for row, index in enumerate(ok):
+        images[row] = results[index]
+        results[index] = ""
+    del results
     cache.mkdir(parents=True, exist_ok=True)
     tmp = array_path.with_name(f".{array_path.name}.tmp.npy")
     np.save(tmp, images)
@@ -275,24 +281,52 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     seed: int = 0,
+    views: int = 1,
 ) -> Any:
     """A tf.data pipeline of (float32 images in [0, 255], one-hot labels[, sample weights]).
 
+    Rows are gathered from `images` by index, batch by batch: the array is never copied into the
+    pipeline (from_tensor_slices would copy it, and a full shuffle buffer would hold another copy).
+    `views` > 1: `images` holds `views` blocks of len(labels) rows (precomputed augmented views of
+    the same samples, such as cached feature maps of flipped images), and each batch takes every
+    sample from one view drawn at random per sample and per epoch.
     Augmentation (flips and 90-degree rotations: seedlings photographed from above have no up)
     runs on whole batches in a parallel map, only when asked (training batches)."""
     import tensorflow as tf
 
+    n = len(labels)
+    if len(images) != views * n:
+        raise ValueError(f"{len(images)} rows for {views} view(s) of {n} samples")
     one_hot = np.eye(n_classes, dtype=np.float32)[labels]
-    parts: tuple[Any, ...] = (images, one_hot)
-    if sample_weights is not None:
-        parts = (*parts, sample_weights.astype(np.float32))
-    ds = tf.data.Dataset.from_tensor_slices(parts)
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    weights = None if sample_weights is None else sample_weights.astype(np.float32)
+    row_shape = images.shape[1:]
+    dtype = tf.as_dtype(images.dtype)
 
-    def prepare(x: Any, *rest: Any) -> tuple[Any, ...]:
+    def gather(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        samples = rows % n
+        parts = (images[rows], one_hot[samples])
+        return parts if weights is None else (*parts, weights[samples])
+
+    out_types = (dtype, tf.float32) if weights is None else (dtype, tf.float32, tf.float32)
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if views > 1:
+
+        def pick_views(rows: Any) -> Any:
+            drawn = tf.random.uniform(tf.shape(rows), 0, views, dtype=tf.int64, seed=seed)
+            return rows + n * drawn
+
+        ds = ds.map(pick_views)
+
+    def prepare(rows: Any) -> tuple[Any, ...]:
+        x, *rest = tf.numpy_function(gather, [rows], out_types, stateful=False)
         x = tf.cast(x, tf.float32)
+        x.set_shape((None, *row_shape))
+        rest[0].set_shape((None, n_classes))
+        if weights is not None:
+            rest[1].set_shape((None,))
         if augment:
             x = tf.image.random_flip_left_right(x)
             x = tf.image.random_flip_up_down(x)

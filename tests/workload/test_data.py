@@ -142,3 +142,38 @@ def test_gs_data_is_mirrored_without_manifest_and_unchanged_files_are_not_copied
         url, local, progress=False, include=lambda n: not n.startswith("_")
     )
     assert (stats.copied, stats.skipped) == (1, 21)
+
+
+def test_make_dataset_gathers_rows_with_their_labels_and_weights_in_order() -> None:
+    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    labels = np.array([0, 1, 2, 0, 1])
+    batches = list(data.make_dataset(images, labels, 3, 2, sample_weights=np.arange(5.0) / 10))
+    rows = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _, _ in batches])
+    assert rows.tolist() == [0, 1, 2, 3, 4]
+    assert np.concatenate([y.numpy() for _, y, _ in batches]).argmax(1).tolist() == [0, 1, 2, 0, 1]
+    weights = np.concatenate([w.numpy() for _, _, w in batches])
+    assert weights == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_each_epoch_draws_every_sample_once_from_one_of_its_cached_views() -> None:
+    n, views = 8, 2
+    # Row v * n + i is view v of sample i; its value says which: 100 * v + i.
+    values = np.concatenate([np.arange(n) + 100 * v for v in range(views)]).astype(np.float16)
+    labels = np.arange(n) % 3
+    ds = data.make_dataset(values[:, None], labels, 3, 3, shuffle=True, views=views, seed=1)
+    seen_views = set()
+    for _ in range(4):
+        drawn = np.concatenate([x.numpy()[:, 0] for x, y in ds]).astype(int)
+        assert sorted(drawn % 100) == list(range(n))
+        seen_views |= set(drawn // 100)
+    assert seen_views == {0, 1}
+
+
+def test_view_rows_keep_the_label_of_their_sample() -> None:
+    n = 6
+    values = np.concatenate([np.arange(n), np.arange(n) + 100]).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    ds = data.make_dataset(values[:, None], labels, 3, 4, shuffle=True, views=2, seed=3)
+    for x, y in ds:
+        samples = x.numpy()[:, 0].astype(int) % 100
+        assert y.numpy().argmax(1).tolist() == labels[samples].tolist()
