@@ -126,6 +126,35 @@ def build_feature_extractor(base_model: Any) -> Any:
     return keras.Model(inputs, outputs, name="features")
 
 
+# The frozen part of the cached fine-tuning path ends here; the last block (block5) is trained.
+FROZEN_OUTPUT = "block4_pool"
+
+
+def build_frozen_trunk(base_model: Any) -> Any:
+    """RGB image -> `block4_pool` maps of the frozen base: what fine-tuning the last block alone
+    never changes, so the job computes it once per image (and per augmented view)."""
+    import keras
+
+    trunk = keras.Model(base_model.input, base_model.get_layer(FROZEN_OUTPUT).output)
+    inputs = keras.Input(base_model.input.shape[1:], name="image")
+    x = preprocess_layer(name="preprocess")(inputs)
+    return keras.Model(inputs, trunk(x, training=False), name="trunk")
+
+
+def build_last_block(base_model: Any) -> Any:
+    """`block4_pool` maps -> pooled features through the base's own block5 layers (shared, so
+    training this model trains the base; the full image model sees the same weights)."""
+    import keras
+
+    frozen = base_model.get_layer(FROZEN_OUTPUT)
+    inputs = keras.Input(frozen.output.shape[1:], name="maps")
+    x = inputs
+    for layer in base_model.layers[base_model.layers.index(frozen) + 1 :]:
+        x = layer(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name="last_block")
+
+
 def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
     """Pooled features -> class probabilities; trained on cached features, then reused whole.
 
@@ -162,6 +191,14 @@ def build_finetune_model(feature_extractor: Any, head: Any) -> Any:
 
     inputs = keras.Input(feature_extractor.input.shape[1:], name="image")
     return keras.Model(inputs, head(feature_extractor(inputs)), name="fast")
+
+
+def build_maps_model(last_block: Any, head: Any) -> Any:
+    """`block4_pool` maps -> last block -> head: phase 2 of the fast recipe on cached maps."""
+    import keras
+
+    inputs = keras.Input(last_block.input.shape[1:], name="maps")
+    return keras.Model(inputs, head(last_block(inputs)), name="fast_last_block")
 
 
 def unfreeze_last_blocks(base_model: Any, blocks: int) -> list[str]:

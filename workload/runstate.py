@@ -30,6 +30,9 @@ class SimulatedInterruption(RuntimeError):
 
 # Resume checkpoints live under <out>/backup; `pull` leaves them behind.
 BACKUP_DIR = "backup"
+# Files in this folder of the work dir are never mirrored to the bucket: cached feature maps
+# (~2 GB at full size) that a resumed run on a fresh machine recomputes in one forward pass.
+LOCAL_ONLY_DIR = "local"
 
 
 def _now() -> str:
@@ -62,6 +65,13 @@ class Run:
         self.epochs_this_process = 0
         self.state = self._load_state()
         self.work.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def local_only(self) -> Path:
+        """A folder of the work dir that is not backed up (see LOCAL_ONLY_DIR)."""
+        folder = self.work / LOCAL_ONLY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     # --- state -----------------------------------------------------------------------------
     def _new_state(self) -> dict[str, Any]:
@@ -126,7 +136,9 @@ class Run:
                 self.work,
                 self.backup_url,
                 workers=self.config.workers,
-                include=lambda name: name != "state.json",
+                include=lambda name: (
+                    name != "state.json" and not name.startswith(f"{LOCAL_ONLY_DIR}/")
+                ),
             )
             storage.upload_file(
                 self.work / "state.json", storage.join(self.backup_url, "state.json")

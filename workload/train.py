@@ -23,6 +23,11 @@ from workload.config import TrainConfig
 from workload.runstate import Run, SimulatedInterruption, is_done
 
 MONITOR = "val_micro_f1"
+# block5's share of VGG16's forward FLOPs (any input size; bench/flops.py counts them): the cost
+# of a fine-tuning step on cached block4 maps relative to one on images, for the ETA.
+LAST_BLOCK_SHARE = 0.1
+# Block4 maps are predicted this many batches at a time: bounded float32 output per predict.
+MAPS_CHUNK_BATCHES = 8
 
 
 def _verbose() -> int:
@@ -168,9 +173,35 @@ def _fit_phase(
 
 
 def _features(extractor: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pooled features of the frozen base, one forward pass (phase 1 trains on these)."""
+    """Pooled features of the frozen base, one forward pass (phase 1 trains on these).
+
+    `images` may also be cached block4 maps, with `extractor` the last block + pooling."""
     ds = data_lib.make_dataset(images, np.zeros(len(images), np.int64), 1, batch_size)
     return extractor.predict(ds.map(lambda x, y: x), verbose=_verbose()).astype(np.float32)
+
+
+def _block4_maps(
+    trunk: Any, images: np.ndarray, batch_size: int, path: Path, views: int = 1
+) -> None:
+    """Writes the frozen trunk's maps of `images` (view 1: as they are, view 2: flipped left to
+    right) to `path` as one float16 .npy, chunk by chunk: at full size the float32 output of one
+    predict over the training set would be 1.5 GB, the float16 file is half that per view."""
+    shape = (views * len(images), *trunk.output.shape[1:])
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+              "fortran_order": False, "shape": shape}  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    chunk = MAPS_CHUNK_BATCHES * batch_size
+    with tmp.open("wb") as handle:
+        np.lib.format.write_array_header_2_0(handle, header)
+        for view in range(views):
+            for start in range(0, len(images), chunk):
+                part = images[start : start + chunk]
+                if view == 1:
+                    part = part[:, :, ::-1]
+                ds = data_lib.make_dataset(part, np.zeros(len(part), np.int64), 1, batch_size)
+                out = trunk.predict(ds.map(lambda x, y: x), verbose=0)
+                handle.write(out.astype(np.float16).tobytes())
+    tmp.replace(path)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -215,6 +246,10 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     train_idx, val_idx = data_lib.stratified_split(dataset.labels, config.val_split, config.seed)
     x_train, y_train = dataset.images[train_idx], dataset.labels[train_idx]
     x_val, y_val = dataset.images[val_idx], dataset.labels[val_idx]
+    # The split copied every image: drop the original (715 MB at full size) instead of holding
+    # it until the results are written (only dataset.skipped is used from here on).
+    # (A slice such as images[:0] would be a view keeping the whole buffer alive.)
+    dataset.images = np.empty((0, *dataset.images.shape[1:]), dataset.images.dtype)
     weights = data_lib.class_weights(y_train, n_classes)
     print(
         f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation images, "
@@ -327,12 +362,22 @@ def _train_fast(
     class_weights: np.ndarray,
     n_classes: int,
 ) -> Any:
-    """Phase 1 on cached features of the frozen base, phase 2 fine-tuning its last block(s)."""
+    """Phase 1 on cached features of the frozen base, phase 2 fine-tuning its last block(s).
+
+    With one block unfrozen (the default), nothing below block5 ever changes: the features phase
+    caches the `block4_pool` maps of every image once, and phase 2 trains block5 + head on them
+    (~5x faster per step than rerunning the frozen forward). Its augmentation is exact but
+    limited to horizontal flips, cached as a second view of every training image: each further
+    view (a vertical flip, a rotation) would cost one more frozen forward over the training set,
+    and random rotations per step cannot be cached at all. With more blocks unfrozen, phase 2
+    trains on images with flips and 90-degree rotations."""
     import keras
 
     from workload import model as model_lib
 
     config = run.config
+    on_maps = config.unfreeze_blocks == 1
+    views = 2 if config.augment else 1
     ps = run.phase("features")
     base_path, features_path = run.work / "base.npz", run.work / "features.npz"
     with runtime.strategy.scope():
@@ -341,6 +386,22 @@ def _train_fast(
         )
         base.trainable = False
         extractor = model_lib.build_feature_extractor(base)
+        trunk = model_lib.build_frozen_trunk(base) if on_maps else None
+        last_block = model_lib.build_last_block(base) if on_maps else None
+    batch = runtime.batch(config.batch_size)
+    maps: dict[str, np.ndarray] = {}
+
+    def load_maps() -> dict[str, np.ndarray]:
+        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine)."""
+        if not maps:
+            for name, images, n_views in (("train", x_train, views), ("val", x_val, 1)):
+                path = run.local_only / f"maps.{name}.npy"
+                if not path.is_file():
+                    print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
+                    _block4_maps(trunk, images, batch, path, n_views)
+                maps[name] = np.load(path)
+        return maps
+
     if ps["done"]:
         base.set_weights(_load_arrays(base_path))
         with np.load(features_path) as cached:
@@ -352,22 +413,32 @@ def _train_fast(
             f"features: one pass of the frozen {config.base} over "
             f"{len(x_train) + len(x_val)} images"
         )
-        f_train = _features(extractor, x_train, runtime.batch(config.batch_size))
-        f_val = _features(extractor, x_val, runtime.batch(config.batch_size))
+        if on_maps:
+            load_maps()
+            # Unaugmented features for the head: the first view, block5 + pooling on the maps.
+            f_train = _features(last_block, maps["train"][: len(x_train)], batch)
+            f_val = _features(last_block, maps["val"], batch)
+            images = views * len(x_train) + len(x_val)
+        else:
+            f_train = _features(extractor, x_train, batch)
+            f_val = _features(extractor, x_val, batch)
+            images = len(x_train) + len(x_val)
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
         tmp = features_path.with_name(".features.tmp.npz")
         np.savez(tmp, train=f_train, val=f_val)
         tmp.replace(features_path)
-        ps.update(done=True, epochs_done=1, seconds=seconds, images=len(x_train) + len(x_val))
+        ps.update(done=True, epochs_done=1, seconds=seconds, images=images)
         run.save()
         run.progress(
             "running", "features", 1, 1, images_per_second=round(ps["images"] / seconds, 2)
         )
         run.finished_epoch()
     features_ips = ps["images"] / max(ps["seconds"], 1e-9)
-    # A fine-tuning epoch costs about a forward pass over validation plus ~3 passes over train.
-    finetune_epoch_estimate = (3 * len(x_train) + len(x_val)) / features_ips
+    # A fine-tuning epoch costs about a forward pass over validation plus ~3 passes over train,
+    # of the last block only on cached maps.
+    share = LAST_BLOCK_SHARE if on_maps else 1.0
+    finetune_epoch_estimate = share * (3 * len(x_train) + len(x_val)) / features_ips
 
     current["phase"] = "head"
     train_weights = class_weights[y_train]
@@ -375,15 +446,9 @@ def _train_fast(
         head = model_lib.build_head(f_train, n_classes, config.head_dropout)
         _compile(head, keras.optimizers.Adam(config.head_lr))
     head_train = data_lib.make_dataset(
-        f_train,
-        y_train,
-        n_classes,
-        runtime.batch(config.batch_size),
-        train_weights,
-        shuffle=True,
-        seed=config.seed,
+        f_train, y_train, n_classes, batch, train_weights, shuffle=True, seed=config.seed
     )
-    head_val = data_lib.make_dataset(f_val, y_val, n_classes, runtime.batch(config.batch_size))
+    head_val = data_lib.make_dataset(f_val, y_val, n_classes, batch)
     _fit_phase(
         run,
         runtime,
@@ -399,32 +464,40 @@ def _train_fast(
     current["phase"] = "finetune"
     with runtime.strategy.scope():
         unfrozen = model_lib.unfreeze_last_blocks(base, config.unfreeze_blocks)
+        # The full image -> probabilities model: evaluated and saved, whichever path trains it.
         model = model_lib.build_finetune_model(extractor, head)
-        _compile(model, keras.optimizers.Adam(config.finetune_lr))
-    print(f"finetune: trainable {unfrozen}")
-    train_ds = data_lib.make_dataset(
-        x_train,
-        y_train,
-        n_classes,
-        runtime.batch(config.batch_size),
-        train_weights,
-        shuffle=True,
-        augment=config.augment,
-        seed=config.seed,
-    )
-    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size))
+        trained = model_lib.build_maps_model(last_block, head) if on_maps else model
+        _compile(trained, keras.optimizers.Adam(config.finetune_lr))
+    print(f"finetune: trainable {unfrozen}" + (" on cached block4 maps" if on_maps else ""))
     if config.finetune_epochs > 0:
+        needs_data = not run.phase("finetune")["done"]
+        if on_maps and needs_data:
+            load_maps()
+            train_ds = data_lib.make_dataset(
+                maps["train"], y_train, n_classes, batch, train_weights,
+                shuffle=True, seed=config.seed, views=views,
+            )  # fmt: skip
+            val_ds = data_lib.make_dataset(maps["val"], y_val, n_classes, batch)
+        elif needs_data:
+            train_ds = data_lib.make_dataset(
+                x_train, y_train, n_classes, batch, train_weights,
+                shuffle=True, augment=config.augment, seed=config.seed,
+            )  # fmt: skip
+            val_ds = data_lib.make_dataset(x_val, y_val, n_classes, batch)
+        else:
+            train_ds = val_ds = None
         _fit_phase(
             run,
             runtime,
             "finetune",
-            model,
+            trained,
             train_ds,
             val_ds,
             config.finetune_epochs,
             len(x_train),
             baseline=run.phase("head")["best"],
         )
+    maps.clear()
     return model
 
 

@@ -191,6 +191,37 @@ def test_killed_run_resumes_at_the_next_epoch_and_refuses_other_options(
     assert _history(config.out) == [("head", 1), ("head", 2), ("head", 3), ("finetune", 1)]
 
 
+def test_run_killed_while_fine_tuning_on_cached_maps_resumes_at_the_next_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tiny_data(tmp_path / "data")
+    config = _config(tmp_path, head_epochs=1, finetune_epochs=3)
+    monkeypatch.setenv(FAIL_AFTER_ENV, "3")  # features, head 1, finetune 1
+    with pytest.raises(SimulatedInterruption):
+        train(config)
+    progress = json.loads(Path(config.out, "progress.json").read_text())
+    assert (progress["phase"], progress["epoch"]) == ("finetune", 1)
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+    capsys.readouterr()
+    train(config)
+    output = capsys.readouterr().out
+    assert "finetune: continuing after epoch 1/3" in output
+    assert "block4 maps of" not in output  # the cached maps were kept locally
+    assert _history(config.out) == [("head", 1), ("finetune", 1), ("finetune", 2), ("finetune", 3)]
+
+
+def test_unfreezing_two_blocks_fine_tunes_on_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tiny_data(tmp_path / "data", per_class=4, test_images=1)
+    config = _config(tmp_path, head_epochs=1, unfreeze_blocks=2)
+    train(config)
+    output = capsys.readouterr().out
+    assert "block4_conv1" in output
+    assert "block4 maps" not in output
+    assert _history(config.out) == [("head", 1), ("finetune", 1)]
+
+
 def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     gcs_bucket: str,
     tmp_path: Path,
@@ -205,6 +236,8 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     with pytest.raises(SimulatedInterruption):
         train(config)
     assert storage.read_json(f"{out}/backup/state.json")["phases"]["head"]["epochs_done"] == 2
+    backed_up = {info.name for info in storage.list_objects(f"{out}/backup")}
+    assert not [name for name in backed_up if "maps" in name]  # ~2 GB at full size: local only
     monkeypatch.delenv(FAIL_AFTER_ENV)
     shutil.rmtree(tmp_path / "cache")  # a new VM: nothing local, only the bucket
     capsys.readouterr()
@@ -212,6 +245,7 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     output = capsys.readouterr().out
     assert "resuming the run" in output
     assert "features: one pass" not in output
+    assert "features: block4 maps of" in output  # recomputed for fine-tuning
     assert _history(out) == [("head", 1), ("head", 2), ("finetune", 1)]
     names = {info.name for info in storage.list_objects(out)}
     assert names >= RESULT_FILES
