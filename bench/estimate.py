@@ -20,7 +20,13 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Rates:
-    """Measured rates: images/s, except head_epoch_s (seconds per head epoch)."""
+    """Measured rates: images/s, except head_epoch_s (seconds per head epoch).
+
+    With `last_block_ips` (fine-tuning the last block on cached block4 maps, the default), the
+    features phase computes `views` maps per training image and one per validation image at
+    features_ips, then block5 + pooling over train and validation at last_block_ips; fine-tuning
+    validates on the maps at that rate too. Without it, phase 2 runs on images (more blocks
+    unfrozen): one pooled-feature pass at features_ips, validation at forward_ips."""
 
     decode_ips: float
     forward_ips: float
@@ -28,6 +34,8 @@ class Rates:
     features_ips: float
     head_epoch_s: float
     finetune_ips: float
+    last_block_ips: float | None = None
+    views: int = 1
 
 
 def decode_seconds(sizes: Sizes, rates: Rates) -> float:
@@ -44,7 +52,15 @@ def guide_epoch_seconds(sizes: Sizes, rates: Rates) -> float:
 
 
 def finetune_epoch_seconds(sizes: Sizes, rates: Rates) -> float:
-    return sizes.train / rates.finetune_ips + sizes.val / rates.forward_ips
+    validation_ips = rates.last_block_ips or rates.forward_ips
+    return sizes.train / rates.finetune_ips + sizes.val / validation_ips
+
+
+def features_seconds(sizes: Sizes, rates: Rates) -> float:
+    if rates.last_block_ips is None:
+        return (sizes.train + sizes.val) / rates.features_ips
+    maps = (rates.views * sizes.train + sizes.val) / rates.features_ips
+    return maps + (sizes.train + sizes.val) / rates.last_block_ips
 
 
 def guide_seconds(sizes: Sizes, rates: Rates, epochs: int) -> dict[str, float]:
@@ -61,7 +77,7 @@ def fast_seconds(
 ) -> dict[str, float]:
     parts = {
         "decode": decode_seconds(sizes, rates),
-        "features": (sizes.train + sizes.val) / rates.features_ips,
+        "features": features_seconds(sizes, rates),
         "head": head_epochs * rates.head_epoch_s,
         "finetune": finetune_epochs * finetune_epoch_seconds(sizes, rates),
         "evaluate": evaluate_seconds(sizes, rates),

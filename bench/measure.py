@@ -165,26 +165,43 @@ def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: i
     return result
 
 
-def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Any]:
-    """Phase 1 exactly as the job runs it (train._features: model.predict of the frozen base's
-    extractor over make_dataset batches), on steps x 32 images after a one-batch warm-up."""
+def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Steps, np.ndarray]:
+    """Phase 1 exactly as the job runs it with one block to fine-tune: train._block4_maps (the
+    frozen trunk's block4_pool maps, chunked model.predict into a float16 .npy) on steps x 32
+    images after a one-batch warm-up, then train._features of block5 + pooling on those maps.
+
+    Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
+    import tempfile
+
     from workload import model as model_lib
     from workload import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
-    extractor = model_lib.build_feature_extractor(base)
+    trunk, last_block = model_lib.build_frozen_trunk(base), model_lib.build_last_block(base)
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
-    # The job prints one progress line per predict when stdout is not a terminal: keep it out.
-    with contextlib.redirect_stdout(io.StringIO()):
-        train_lib._features(extractor, images[:BATCH], BATCH)
+    with tempfile.TemporaryDirectory(prefix="bench-maps-") as folder:
+        path = Path(folder, "maps.npy")
+        train_lib._block4_maps(trunk, images[:BATCH], BATCH, path)
         started, cpu = time.perf_counter(), time.process_time()
-        features = train_lib._features(extractor, x, BATCH)
+        train_lib._block4_maps(trunk, x, BATCH, path)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
-    if features.shape[0] != len(x):
-        raise ValueError(f"features for {features.shape[0]} images, expected {len(x)}")
-    return Steps(seconds / steps, steps, BATCH, cpus_used=cpus), (base, extractor)
+        maps = np.load(path)
+    if maps.shape[0] != len(x):
+        raise ValueError(f"maps of {maps.shape[0]} images, expected {len(x)}")
+    maps_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
+    # The job prints one progress line per predict when stdout is not a terminal: keep it out.
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_lib._features(last_block, maps[:BATCH], BATCH)
+        started, cpu = time.perf_counter(), time.process_time()
+        train_lib._features(last_block, maps, BATCH)
+        seconds = time.perf_counter() - started
+        cpus = (time.process_time() - cpu) / seconds
+    last_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
+    del base, trunk, last_block
+    _clear()
+    return maps_steps, last_steps, maps
 
 
 def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> float:
@@ -218,10 +235,44 @@ def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> flo
 
 
 def finetune_steps(
-    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, unfreeze_blocks: int = 1
+    maps: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, views: int = 2
 ) -> Steps:
-    """Phase 2 as the job builds it: extractor + head, the last conv block(s) unfrozen, Adam 1e-5,
-    augmented, class-weighted batches."""
+    """Phase 2 as the job runs it with one block unfrozen: block5 + head on cached block4 maps
+    (build_last_block + build_maps_model), Adam 1e-5, class-weighted batches drawing one of
+    `views` cached views per image (the rows of `maps` repeated to fill them)."""
+    import keras
+
+    from workload import model as model_lib
+    from workload import train as train_lib
+
+    size = maps.shape[1] * 16  # block4_pool is the image downsampled 16x
+    base = model_lib.build_base("vgg16", None, size, include_top=False)
+    base.trainable = False
+    last_block = model_lib.build_last_block(base)
+    # The head standardises with the training features' statistics: any features will do here.
+    features = np.random.default_rng(0).random((BATCH, last_block.output.shape[-1]), np.float32)
+    head = model_lib.build_head(features, n_classes, 0.3)
+    model_lib.unfreeze_last_blocks(base, 1)
+    model = model_lib.build_maps_model(last_block, head)
+    train_lib._compile(model, keras.optimizers.Adam(1e-5))
+    n = (steps + 1) * BATCH
+    rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
+    y = labels[np.arange(n) % len(labels)]
+    weights = data_lib.class_weights(y, n_classes)[y]
+    ds = data_lib.make_dataset(
+        rows, y, n_classes, BATCH, sample_weights=weights, shuffle=True, seed=0, views=views
+    )
+    result = fit_steps(model, ds, steps, BATCH)
+    del model, base, last_block, head
+    _clear()
+    return result
+
+
+def finetune_steps_on_images(
+    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, unfreeze_blocks: int
+) -> Steps:
+    """Phase 2 as the job runs it with more than one block unfrozen: extractor + head on
+    augmented images, Adam 1e-5, class-weighted batches."""
     import keras
 
     from workload import model as model_lib
@@ -230,7 +281,6 @@ def finetune_steps(
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
     extractor = model_lib.build_feature_extractor(base)
-    # The head standardises with the training features' statistics: any features will do here.
     features = np.random.default_rng(0).random((BATCH, extractor.output.shape[-1]), np.float32)
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)

@@ -163,6 +163,7 @@ def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
 
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
+    from workload import train as train_lib
     from workload.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -234,15 +235,22 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     )
 
     log(f"phase 1: features, {plan.feature_steps} batches")
-    features, _ = measure.feature_steps(images, plan.feature_steps)
+    features, last_block, maps = measure.feature_steps(images, plan.feature_steps)
     measure._clear()
     log("head epoch on cached features (full size)")
     full = full_sizes()
     head_s = measure.head_epoch(full.train, full.val, 512, n_classes)
     log(f"phase 2: fine-tuning, {plan.finetune_steps} steps")
-    finetune = measure.finetune_steps(
-        images, labels, n_classes, plan.finetune_steps, defaults.unfreeze_blocks
-    )
+    on_maps = defaults.unfreeze_blocks == 1
+    if on_maps:
+        finetune = measure.finetune_steps(
+            maps, labels, n_classes, plan.finetune_steps, train_lib.MAPS_VIEWS
+        )
+    else:
+        finetune = measure.finetune_steps_on_images(
+            images, labels, n_classes, plan.finetune_steps, defaults.unfreeze_blocks
+        )
+    del maps
     log(f"guide recipe: {plan.guide_steps} steps")
     guide = measure.guide_steps(images, labels, n_classes, plan.guide_steps)
     del images
@@ -250,9 +258,12 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     size = plan.image_size
     vgg = flops.vgg16_layers(size)
     guide_layers = flops.vgg16_layers(size, top=True, classes=n_classes)
-    features_flops = flops.forward_flops(vgg)
-    finetune_flops = flops.training_flops(
-        vgg, flops.block_layers(vgg, set(range(6 - defaults.unfreeze_blocks, 6)))
+    unfrozen = flops.block_layers(vgg, set(range(6 - defaults.unfreeze_blocks, 6)))
+    block5 = [layer for layer in vgg if layer.name in flops.block_layers(vgg, {5})]
+    trunk_flops = flops.forward_flops([layer for layer in vgg if layer not in block5])
+    last_block_flops = flops.forward_flops(block5)
+    finetune_flops = (
+        flops.training_flops(block5) if on_maps else flops.training_flops(vgg, unfrozen)
     )
     guide_flops = flops.training_flops(guide_layers)
 
@@ -264,7 +275,9 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
             f"{steps.cpus_used:.2f} CPUs busy"
         )
 
-    rates = _rates(first_ips, features, guide, head_s, finetune)
+    rates = _rates(
+        first_ips, features, last_block, guide, head_s, finetune, train_lib.MAPS_VIEWS, on_maps
+    )
     report.add(
         SECTION_TRAIN,
         "guide recipe (all layers, SGD)",
@@ -274,10 +287,17 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
     )
     report.add(
         SECTION_TRAIN,
-        "phase 1: feature extraction",
+        "phase 1: block4 maps (frozen blocks 1-4)",
         features.images_per_second,
         "img/s",
-        how(features, "train._features (model.predict)", features_flops),
+        how(features, "train._block4_maps (chunked model.predict, float16 .npy)", trunk_flops),
+    )
+    report.add(
+        SECTION_TRAIN,
+        "phase 1: block5 + pooling on the maps",
+        last_block.images_per_second,
+        "img/s",
+        how(last_block, "train._features of build_last_block", last_block_flops),
     )
     report.add(
         SECTION_TRAIN,
@@ -286,12 +306,18 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         "s",
         f"build_head + Adam, {full.train} train / {full.val} val rows, epoch 2-3 mean",
     )
+    what = (
+        f"build_maps_model on cached block4 maps, {train_lib.MAPS_VIEWS} views"
+        if on_maps
+        else "build_finetune_model, augmented batches"
+    )
     report.add(
         SECTION_TRAIN,
-        f"phase 2: fine-tuning (last {defaults.unfreeze_blocks} block)",
+        f"phase 2: fine-tuning (last {defaults.unfreeze_blocks} block"
+        + (", on cached maps)" if on_maps else ")"),
         finetune.images_per_second,
         "img/s",
-        how(finetune, "build_finetune_model, augmented batches", finetune_flops),
+        how(finetune, what, finetune_flops),
     )
     report.add(
         SECTION_TRAIN,
@@ -406,18 +432,25 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
 def _rates(
     first_ips: float,
     features: measure.Steps,
+    last_block: measure.Steps,
     guide: measure.Steps,
     head_s: float,
     finetune: measure.Steps,
+    views: int,
+    on_maps: bool,
 ) -> estimate.Rates:
-    # Validation and evaluation passes run the same frozen-base forward as phase 1.
+    # Validation and evaluation passes of the image model run the whole frozen-base forward:
+    # blocks 1-4 at the maps' rate, then block5 + pooling at its own.
+    forward_ips = 1 / (1 / features.images_per_second + 1 / last_block.images_per_second)
     return estimate.Rates(
         decode_ips=first_ips,
-        forward_ips=features.images_per_second,
+        forward_ips=forward_ips,
         guide_ips=guide.images_per_second,
-        features_ips=features.images_per_second,
+        features_ips=features.images_per_second if on_maps else forward_ips,
         head_epoch_s=head_s,
         finetune_ips=finetune.images_per_second,
+        last_block_ips=last_block.images_per_second if on_maps else None,
+        views=views if on_maps else 1,
     )
 
 
@@ -437,12 +470,22 @@ def _speedup_why(
     largest = max((k for k in fast if k != "total"), key=lambda k: fast[k])
     share = 100 * fast[largest] / fast["total"]
     why = f"{share:.0f}% of the fast time is {largest}"
-    if largest == "finetune":
+    if largest == "finetune" and unfreeze_blocks > 1:
         why += (
             f"; every phase-2 step runs the whole frozen VGG16 forward again to train the last "
-            f"{unfreeze_blocks} block(s) and the head; at these rates 10x allows at most "
-            f"{max_epochs} of the {finetune_epochs} fine-tuning epochs"
+            f"{unfreeze_blocks} block(s) and the head"
         )
+    elif largest == "finetune":
+        why += "; phase 2 trains block5 and the head on cached block4 maps"
+    elif largest == "features":
+        why += (
+            "; the frozen forward over every image, plus each extra cached view of the training "
+            "images for fine-tuning"
+        )
+    why += (
+        f"; at these rates 10x allows at most {max_epochs} fine-tuning epochs "
+        f"(the recipe runs {finetune_epochs})"
+    )
     return why
 
 
@@ -465,17 +508,24 @@ a GPU VM and prints `skipped: no GPU` elsewhere.
 How the figures are obtained:
 - **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into
   the `.npy` cache), `workload.data.make_dataset` (tf.data), `workload.model.build_*` and
-  `workload.train._compile` / `_features`. VGG16 weights are random (`weights=None`): speed does
-  not depend on their values.
+  `workload.train._compile` / `_block4_maps` / `_features`. VGG16 weights are random
+  (`weights=None`): speed does not depend on their values.
+- **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's
+  `block4_pool` maps once: of every training image as is and flipped left-right (its phase-2
+  augmentation), and of every validation image; block5 + pooling on those maps gives the head's
+  features, and phase 2 trains block5 + head on the maps. The saved model is the full image model.
 - **Rates** are timed on a fixed number of batches of 32 after one warm-up batch (which pays for
   tracing); times for the full data are **extrapolated** from those rates: decode train + test,
-  then each phase's images at its rate, a validation pass per epoch at the phase-1 forward rate,
-  and the final evaluation of validation + test. The fast recipe is costed at its full default
-  length (12 head + 10 fine-tuning epochs); early stopping can only shorten it.
+  then each phase's images at its rate (the features phase: the maps of each view, then block5 on
+  train + validation), a validation pass per epoch (the guide: the whole forward; fine-tuning:
+  block5 on the cached maps), and the final evaluation of validation + test through the whole
+  image model. The fast recipe is costed at its full default length (12 head + 10 fine-tuning
+  epochs); early stopping can only shorten it.
 - **Peak RSS** is the `ru_maxrss` of a child process (`os.wait4`) running the real
   `python -m workload train` on the full-size data from a cold image cache, with every fit and
-  predict cut to a few steps (bench/probe.py): the decoded arrays, their copies, the tf.data
-  pipelines, the models and optimizer state are all full size; only the step count is bounded.
+  predict cut to a few steps (bench/probe.py): the decoded arrays, their copies, the cached maps
+  (written and loaded at full size), the tf.data pipelines, the models and optimizer state are
+  all full size; only the step count is bounded.
 - **Peak FLOP/s** = cores x clock x fp32 FLOPs/cycle from `/proc/cpuinfo` (assumptions below);
   FLOPs per image are counted from VGG16's layer shapes (bench/flops.py), a training step as
   forward + weight gradients of trainable layers + input gradients above the first trainable one.

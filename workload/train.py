@@ -28,6 +28,8 @@ MONITOR = "val_micro_f1"
 LAST_BLOCK_SHARE = 0.1
 # Block4 maps are predicted this many batches at a time: bounded float32 output per predict.
 MAPS_CHUNK_BATCHES = 8
+# Cached views of each training image for fine-tuning on block4 maps: as is, flipped left-right.
+MAPS_VIEWS = 2
 
 
 def _verbose() -> int:
@@ -377,7 +379,7 @@ def _train_fast(
 
     config = run.config
     on_maps = config.unfreeze_blocks == 1
-    views = 2 if config.augment else 1
+    views = MAPS_VIEWS if config.augment else 1
     ps = run.phase("features")
     base_path, features_path = run.work / "base.npz", run.work / "features.npz"
     with runtime.strategy.scope():

@@ -29,6 +29,17 @@ def test_fast_time_adds_one_feature_pass_head_epochs_and_finetune_epochs():
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
+def test_fast_time_on_cached_maps_pays_each_view_once_and_validates_on_the_maps():
+    rates = estimate.Rates(
+        decode_ips=100.0, forward_ips=5.0, guide_ips=2.0, features_ips=5.0, head_epoch_s=1.5,
+        finetune_ips=20.0, last_block_ips=50.0, views=2,
+    )  # fmt: skip
+    parts = estimate.fast_seconds(SIZES, rates, head_epochs=12, finetune_epochs=10)
+    assert parts["features"] == pytest.approx((2 * 3800 + 950) / 5 + 4750 / 50)
+    assert parts["finetune"] == pytest.approx(10 * (3800 / 20 + 950 / 50))
+    assert parts["evaluate"] == pytest.approx((950 + 794) / 5)  # the full image model
+
+
 def test_max_finetune_epochs_is_the_largest_count_that_keeps_the_speedup():
     guide = estimate.guide_seconds(SIZES, RATES, 20)["total"]
     epochs = estimate.max_finetune_epochs(SIZES, RATES, guide, head_epochs=12)
