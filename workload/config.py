@@ -70,7 +70,9 @@ class TrainConfig:
 
     @property
     def augment(self) -> bool:
-        """The guide trained without augmentation; the fast recipe augments while fine-tuning."""
+        """The guide trained without augmentation; the fast recipe augments while fine-tuning:
+        left-right flips from cached block4 maps with one block unfrozen, flips and 90-degree
+        rotations of the images with more (see train._train_fast)."""
         return self.recipe == "fast"
 
     def phases(self) -> list[tuple[str, int]]:
