@@ -126,17 +126,20 @@ class GpuNotebook(pulumi.ComponentResource):
                 lambda values: jupyter_password_hash(values[0], values[1])
             )
         )
+        # Rendered once, now: a template error stops the preview instead of hiding in an apply.
+        known_metadata = specs.static_metadata(settings, render_startup_script(settings)) | {
+            "kgg-workload-sha256": archive.sha256,
+            "kgg-run-id": specs.run_id(archive.sha256, settings),
+        }
         metadata = pulumi.Output.all(
             bucket=self.bucket.name, workload_object=self.workload.name, password_hash=password_hash
         ).apply(
             lambda values: (
-                specs.static_metadata(settings, render_startup_script(settings))
+                known_metadata
                 | {
                     "kgg-bucket": values["bucket"],
                     "kgg-workload-object": values["workload_object"],
-                    "kgg-workload-sha256": archive.sha256,
                     "kgg-jupyter-password-hash": values["password_hash"],
-                    "kgg-run-id": specs.run_id(archive.sha256, settings),
                 }
             )
         )

@@ -7,7 +7,14 @@ import json
 
 import pulumi
 
-from infra.settings import CONFIG_KEYS, SettingsError, StackSettings, parse_settings
+from infra.settings import (
+    ALLOW_MY_ADDRESS,
+    CONFIG_KEYS,
+    OPEN_TO_WORLD,
+    SettingsError,
+    StackSettings,
+    parse_settings,
+)
 
 OBJECT_KEYS = {"allowedSourceRanges", "trainingArgs", "labels"}
 
@@ -33,12 +40,10 @@ def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
             "  pulumi config set --secret jupyterPassword"
         )
     if settings.open_to_world:
+        world = [cidr for cidr in settings.allowed_source_ranges if cidr in OPEN_TO_WORLD]
         pulumi.log.warn(
-            "allowedSourceRanges contains "
-            f"{[c for c in settings.allowed_source_ranges if c in ('0.0.0.0/0', '::/0')]}: "
-            f"the notebook port {settings.notebook_port} is open to the WHOLE INTERNET, guarded "
-            "only by the password. Prefer your own address: "
-            "pulumi config set --path 'allowedSourceRanges[0]' \"$(curl -s "
-            'https://checkip.amazonaws.com)/32"'
+            f"allowedSourceRanges contains {world}: the notebook port {settings.notebook_port} "
+            "is open to the WHOLE INTERNET, guarded only by the password. Prefer your own "
+            f"address: {ALLOW_MY_ADDRESS}"
         )
     return settings, password

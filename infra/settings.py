@@ -18,6 +18,7 @@ from infra.catalogue import CURRENT_GPUS, GPUS, IMAGES, GpuSpec, looks_like_mach
 
 # Where `pulumi config set allowedSourceRanges` gets the caller's own address from.
 MY_IP_COMMAND = "curl -s https://checkip.amazonaws.com"
+ALLOW_MY_ADDRESS = f"pulumi config set --path 'allowedSourceRanges[0]' \"$({MY_IP_COMMAND})/32\""
 OPEN_TO_WORLD = {"0.0.0.0/0", "::/0"}
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -177,7 +178,7 @@ def _source_ranges(values: list[Any]) -> tuple[str, ...]:
         raise SettingsError(
             "allowedSourceRanges is empty: say who may reach the notebook. To allow only "
             "your own address:\n"
-            f"  pulumi config set --path 'allowedSourceRanges[0]' \"$({MY_IP_COMMAND})/32\""
+            f"  {ALLOW_MY_ADDRESS}"
         )
     cidrs = []
     for value in values:
