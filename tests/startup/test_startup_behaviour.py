@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -497,19 +498,26 @@ def test_debian_12_installs_the_dkms_driver_from_non_free_and_reboots(tmp_path: 
     assert vm.calls("reboot") == [["reboot"]]
 
 
+def _stop_training_job_once(vm: FakeVm, training_state: str) -> subprocess.Popen[str]:
+    """Starts the training unit, waits until the status says `training_state`, then stops it
+    the way systemd does at shutdown (SIGTERM to the whole unit); returns the finished job."""
+    job = vm.start("training-job")
+    deadline = time.monotonic() + 20
+    while training_state not in vm.status()["training"]:
+        assert time.monotonic() < deadline, f"the job never reached {training_state!r}"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.killpg(job.pid, signal.SIGTERM)
+    job.wait(timeout=20)
+    return job
+
+
 def test_vm_stopping_while_waiting_for_data_is_no_failure(vm: FakeVm) -> None:
     vm.flag("driver-loaded")
     assert vm.boot().returncode == 0
     vm.flag("wait-sleep", "30\n")
 
-    job = vm.start("training-job")
-    deadline = time.monotonic() + 20
-    while "waiting" not in vm.status()["training"]:
-        assert time.monotonic() < deadline, "the job never waited for data"
-        time.sleep(0.1)
-    time.sleep(0.3)
-    os.killpg(job.pid, signal.SIGTERM)
-    job.wait(timeout=20)
+    job = _stop_training_job_once(vm, "waiting")
 
     assert job.returncode == 0
     assert vm.status()["training"].startswith("interrupted")
@@ -562,14 +570,7 @@ def test_preempted_training_is_recorded_as_interrupted_and_starts_again_next_boo
     assert vm.boot().returncode == 0
     vm.flag("train-sleep", "30\n")
 
-    job = vm.start("training-job")
-    deadline = time.monotonic() + 20
-    while "running" not in vm.status()["training"]:
-        assert time.monotonic() < deadline, "the job never started training"
-        time.sleep(0.1)
-    time.sleep(0.3)
-    os.killpg(job.pid, signal.SIGTERM)  # systemd stops the whole unit at shutdown
-    job.wait(timeout=20)
+    job = _stop_training_job_once(vm, "running")
 
     assert job.returncode == 0
     assert vm.status()["training"].startswith("interrupted")
