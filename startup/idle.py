@@ -131,8 +131,11 @@ def fetch_jupyter(
         context.verify_mode = ssl.CERT_NONE
 
     def get(path: str) -> Any:
+        # Jupyter Server counts every authenticated API request as activity unless it says
+        # no_track_activity: without it, each check would reset the idle time it measures.
         request = urllib.request.Request(
-            base_url.rstrip("/") + path, headers={"Authorization": f"token {token}"}
+            f"{base_url.rstrip('/')}{path}?no_track_activity=1",
+            headers={"Authorization": f"token {token}"},
         )
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.load(response)

@@ -161,3 +161,30 @@ def test_idle_check_reads_the_api_with_the_token_over_pinned_tls(server: Server)
 
 def test_idle_check_with_a_wrong_token_gets_nothing(server: Server) -> None:
     assert fetch_jupyter(server.url, "wrong-token", server.cert) == (None, None)
+
+
+def test_idle_check_does_not_count_as_notebook_activity(server: Server) -> None:
+    """The idle check reads the very activity time it must not move (it did: the VM never
+    powered off while JupyterLab ran)."""
+    before, _ = fetch_jupyter(server.url, server.token, server.cert)
+    time.sleep(1.1)  # Jupyter's timestamps have sub-second resolution; leave no doubt
+    fetch_jupyter(server.url, server.token, server.cert)
+    after, _ = fetch_jupyter(server.url, server.token, server.cert)
+    assert before is not None and after is not None
+    assert after["last_activity"] == before["last_activity"]
+
+
+def test_a_tracked_api_call_does_move_the_activity_time(server: Server) -> None:
+    """The other side of the test above: the server does track ordinary API requests."""
+    before, _ = fetch_jupyter(server.url, server.token, server.cert)
+    time.sleep(1.1)
+    response = requests.get(
+        f"{server.url}/api/kernels",
+        headers={"Authorization": f"token {server.token}"},
+        verify=server.cert,
+        timeout=REQUEST_SECONDS,
+    )
+    assert response.status_code == 200
+    after, _ = fetch_jupyter(server.url, server.token, server.cert)
+    assert before is not None and after is not None
+    assert after["last_activity"] > before["last_activity"]
