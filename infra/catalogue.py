@@ -212,12 +212,32 @@ MACHINE_PRICES: MappingProxyType[str, tuple[float, float]] = MappingProxyType(
     }
 )
 
-# Boot images: (project, family). The Deep Learning VM image brings the NVIDIA driver when the
-# instance metadata says install-nvidia-driver=True.
-IMAGES: MappingProxyType[str, tuple[str, str]] = MappingProxyType(
+
+@dataclass(frozen=True)
+class BootImage:
+    """A GCE image family the startup script supports, and the python3 it ships (the script uses
+    it for the Python env when uv.lock's wheels support it, else uv downloads one)."""
+
+    project: str
+    family: str
+    system_python: str
+    # Unsigned (DKMS-built) kernel modules load only with Secure Boot off.
+    needs_secure_boot_off: bool = False
+
+
+# The Deep Learning VM image brings the NVIDIA driver when the instance metadata says
+# install-nvidia-driver=True. Debian 12 builds Debian's 535 driver with DKMS at first boot.
+IMAGES: MappingProxyType[str, BootImage] = MappingProxyType(
     {
-        "ubuntu-2204": ("ubuntu-os-cloud", "ubuntu-2204-lts"),
-        "deeplearning": ("deeplearning-platform-release", "common-cu128-ubuntu-2204-nvidia-570"),
+        "ubuntu-2204": BootImage("ubuntu-os-cloud", "ubuntu-2204-lts", system_python="3.10"),
+        "debian-12": BootImage(
+            "debian-cloud", "debian-12", system_python="3.11", needs_secure_boot_off=True
+        ),
+        "deeplearning": BootImage(
+            "deeplearning-platform-release",
+            "common-cu128-ubuntu-2204-nvidia-570",
+            system_python="3.10",
+        ),
     }
 )
 

@@ -163,6 +163,7 @@ class GpuNotebook(pulumi.ComponentResource):
             ],
             guest_accelerators=specs.guest_accelerators(settings),
             scheduling=specs.scheduling(settings),
+            shielded_instance_config=specs.shielded_instance_config(settings) or None,
             service_account={
                 "email": self.service_account.email,
                 # Access is limited by IAM (the grants above), as Google recommends.

@@ -48,8 +48,16 @@ def guest_accelerators(settings: StackSettings) -> list[dict[str, Any]]:
 
 
 def boot_image(settings: StackSettings) -> str:
-    project, family = IMAGES[settings.image]
-    return f"projects/{project}/global/images/family/{family}"
+    image = IMAGES[settings.image]
+    return f"projects/{image.project}/global/images/family/{image.family}"
+
+
+def shielded_instance_config(settings: StackSettings) -> dict[str, bool]:
+    """Secure Boot refuses the unsigned modules DKMS builds (Debian's driver); Ubuntu's
+    precompiled modules are signed, so the GCE default (off) is only pinned where it matters."""
+    if IMAGES[settings.image].needs_secure_boot_off:
+        return {"enable_secure_boot": False}
+    return {}
 
 
 def labels(settings: StackSettings, stack: str) -> dict[str, str]:

@@ -339,3 +339,21 @@ def test_labels_reach_every_labelled_resource(tmp_path):
         assert bucket_labels == expected, urn
 
     return _check(notebook.instance, notebook.instance.labels, notebook.bucket.labels, check=check)
+
+
+@pulumi.runtime.test
+def test_debian_12_image_boots_with_secure_boot_off_for_the_dkms_driver(tmp_path):
+    notebook, _, _ = build(tmp_path, {"image": "debian-12"})
+
+    def check(urn, disk, shielded):
+        assert disk["initialize_params"]["image"] == (
+            "projects/debian-cloud/global/images/family/debian-12"
+        ), urn
+        assert shielded == {"enable_secure_boot": False}, urn
+
+    return _check(
+        notebook.instance,
+        notebook.instance.boot_disk,
+        notebook.instance.shielded_instance_config,
+        check=check,
+    )
