@@ -32,6 +32,16 @@ UV_WHEEL_URL = (
 )
 UV_WHEEL_SHA256 = "d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19"
 
+# The CPython minors every wheel the VM installs from uv.lock exists for (TensorFlow 2.21: cp311 to
+# cp313); pyproject.toml's requires-python says the same. The image's python3 is used when it is
+# one of them (Debian 12: 3.11), else uv downloads MANAGED_PYTHON (Ubuntu 22.04 ships 3.10).
+PYTHON_MIN = "3.11"
+PYTHON_MAX = "3.13"
+MANAGED_PYTHON = "3.12"
+
+# The idle timer's period: a VM powers off at most this long after its idle window has passed.
+IDLE_CHECK_SECONDS = 300
+
 # Kernels idle this long are shut down by Jupyter when idle shutdown is off; with idle shutdown
 # on, they are culled after the same idle window that powers the VM off.
 DEFAULT_CULL_MINUTES = 120
@@ -84,7 +94,9 @@ def render_jupyter_config(settings: StackSettings) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def template_context(settings: StackSettings) -> dict[str, Any]:
+def template_context(
+    settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
+) -> dict[str, Any]:
     gpu = settings.gpu
     jupyter_config = render_jupyter_config(settings)
     if JUPYTER_CONFIG_DELIMITER in jupyter_config:
@@ -100,6 +112,7 @@ def template_context(settings: StackSettings) -> dict[str, Any]:
         "spot": settings.spot,
         "notebook_port": settings.notebook_port,
         "idle_shutdown_minutes": settings.idle_shutdown_minutes,
+        "idle_check_seconds": idle_check_seconds,
         "shutdown_after_training": settings.shutdown_after_training,
         "run_training": settings.run_training,
         "data_path": settings.data_path,
@@ -107,12 +120,19 @@ def template_context(settings: StackSettings) -> dict[str, Any]:
         "uv_version": UV_VERSION,
         "uv_wheel_url": UV_WHEEL_URL,
         "uv_wheel_sha256": UV_WHEEL_SHA256,
+        "python_min": PYTHON_MIN,
+        "python_max": PYTHON_MAX,
+        "managed_python": MANAGED_PYTHON,
         "jupyter_config": jupyter_config,
         "jupyter_config_delimiter": JUPYTER_CONFIG_DELIMITER,
     }
 
 
-def render_startup_script(settings: StackSettings) -> str:
-    """The bash startup script for the VM's `startup-script` metadata."""
-    text = _environment().get_template("startup.sh.j2").render(template_context(settings))
+def render_startup_script(
+    settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
+) -> str:
+    """The bash startup script for the VM's `startup-script` metadata. `idle_check_seconds`
+    shortens the idle timer for the real-boot tests; stacks always get IDLE_CHECK_SECONDS."""
+    context = template_context(settings, idle_check_seconds=idle_check_seconds)
+    text = _environment().get_template("startup.sh.j2").render(context)
     return text if text.endswith("\n") else text + "\n"

@@ -133,7 +133,11 @@ esac
 """,
     # The metadata server and GCS, from files: stubs/metadata/<path>, stubs/gcs/<object>.
     # Uploads are also kept in order under stubs/uploads/ to check the status at every step.
-    "curl": r"""if __should_fail "$@"; then echo "curl: (7) Failed to connect" >&2; exit 7; fi
+    "curl": r"""if __should_fail "$@"; then
+  sleep "$(cat "${STATE}/curl-fail-seconds" 2>/dev/null || echo 0)"
+  echo "curl: (7) Failed to connect to gcs.test port 80 after 0 ms: Couldn't connect to server" >&2
+  exit 7
+fi
 out="" write="" data="" url=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -175,6 +179,8 @@ esac
     # with a python stub that answers the TF GPU check, the data wait, training and idle-check.
     "uv": r"""if [[ "${1:-}" == --version ]]; then echo "uv 0.13.9 (stub)"; exit 0; fi
 if __should_fail "$@"; then echo "error: stub uv failure" >&2; exit 2; fi
+[[ "${1:-}" == cache ]] && exit 0
+env | grep -E '^UV_' | sort >"${STATE}/uv-env"
 mkdir -p "${UV_PROJECT_ENVIRONMENT}/bin"
 cp "${STUBS}/venv-python" "${UV_PROJECT_ENVIRONMENT}/bin/python"
 cp "${STUBS}/venv-python" "${UV_PROJECT_ENVIRONMENT}/bin/jupyter"
@@ -367,10 +373,10 @@ class FakeVm:
             start_new_session=True,
         )
 
-    def run(self, *args: str, timeout: float = 60) -> Boot:
+    def run(self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None) -> Boot:
         result = subprocess.run(
             ["bash", str(self.script), *args],
-            env=self.env(),
+            env=self.env() | dict(env or {}),
             capture_output=True,
             text=True,
             timeout=timeout,

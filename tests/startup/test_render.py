@@ -126,7 +126,7 @@ def test_rendering_is_a_pure_function_of_the_settings() -> None:
 def test_catalogue_values_reach_the_script() -> None:
     text = render_startup_script(settings_for(gpuType="nvidia-l4", machineType="g2-standard-24"))
     assert "readonly DRIVER_BRANCH=580\n" in text
-    assert "readonly EXPECTED_GPUS=2\n" in text
+    assert 'readonly EXPECTED_GPUS="${KGG_EXPECTED_GPUS:-"2"}"\n' in text
     assert "readonly GPU_NAME='NVIDIA L4'\n" in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -94,7 +95,8 @@ def test_boot_after_the_driver_reboot_brings_everything_up(up_vm: FakeVm) -> Non
 
     assert vm.apt_installed() == []
     syncs = [call for call in vm.calls("uv") if "sync" in call]
-    assert syncs == [["uv", "sync", "--frozen", "--no-dev", "--extra", "vm"]]
+    app = str(vm.root / "opt/keras-gpu-gcp/app")
+    assert syncs == [["uv", "sync", "--directory", app, "--frozen", "--no-dev", "--extra", "vm"]]
     status = vm.status()
     assert {name: step["state"] for name, step in status["steps"].items()} == {
         "preflight": "done",
@@ -208,7 +210,7 @@ def test_units_call_the_installed_copy_of_the_script(up_vm: FakeVm) -> None:
     assert f"ExecStart={copy} training-job\n" in (units / "kgg-training.service").read_text()
     assert f"ExecStart={copy} idle-check\n" in (units / "kgg-idle-check.service").read_text()
     timer = (units / "kgg-idle-check.timer").read_text()
-    assert "OnUnitActiveSec=5min" in timer
+    assert "OnUnitActiveSec=300s" in timer
     assert "WantedBy=timers.target" in timer
     assert ["systemctl", "enable", "--now", "kgg-idle-check.timer"] in up_vm.calls("systemctl")
 
@@ -577,3 +579,132 @@ def test_preempted_training_is_recorded_as_interrupted_and_starts_again_next_boo
     vm.reboot()
     assert vm.boot().returncode == 0
     assert ["systemctl", "start", "kgg-training.service"] in vm.calls("systemctl")
+
+
+def test_failed_download_reports_curls_own_error(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("curl", "alt=media")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "python"
+    object_name = f"code/workload-{vm.archive_sha256[:16]}.tar.gz"
+    assert error["message"].startswith(f"could not download gs://{BUCKET}/{object_name}: curl ")
+    assert "Failed to connect to gcs.test port 80" in error["message"]
+    assert "return 1" not in error["message"]
+    assert "Failed to connect to gcs.test port 80" in error["log_tail"]
+
+
+def test_a_failing_rerun_keeps_what_earlier_boots_reported(vm: FakeVm) -> None:
+    """A later failure names its step; the steps it did not reach keep their last state."""
+    booted_with_driver(vm)
+    assert vm.boot().returncode == 0
+    before = vm.status()
+    new_archive = workload_archive('{"cells": [], "new": true}\n')
+    new_sha = hashlib.sha256(new_archive).hexdigest()
+    vm.set_metadata({"instance/attributes/kgg-workload-sha256": new_sha})  # object unchanged
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    after = vm.status()
+    assert after["phase"] == "failed"
+    assert after["error"]["step"] == "python"
+    assert after["steps"]["python"]["state"] == "failed"
+    for step in ("jupyter", "training", "idle"):
+        assert after["steps"][step] == before["steps"][step], step
+    for field in ("notebook_url", "tls_sha256", "training"):
+        assert after[field] == before[field], field
+
+
+def test_unwritable_bucket_costs_the_boot_a_bounded_time(vm: FakeVm) -> None:
+    """Status uploads that keep failing stop after their budget; the boot itself goes on."""
+    vm.flag("driver-loaded")
+    vm.fail("curl", "uploadType=media")
+    vm.flag("curl-fail-seconds", "1\n")
+    env = {"KGG_STATUS_UPLOAD_BUDGET_SECONDS": "3"}
+
+    started = time.monotonic()
+    boot = vm.run(env=env)
+    elapsed = time.monotonic() - started
+
+    assert boot.returncode == 0, boot.stderr
+    uploads = [c for c in vm.calls("curl") if any("uploadType=media" in a for a in c)]
+    # two tries per update until 3 s of failures are spent: at most 2 updates x 2 tries
+    assert 2 <= len(uploads) <= 4
+    assert elapsed < 20
+    assert "no more uploads from this run" in boot.stderr
+    local = json.loads((vm.root / "var/lib/keras-gpu-gcp/status.json").read_text())
+    assert local["phase"] == "training"  # the job started; nothing failed
+    assert {step["state"] for step in local["steps"].values()} == {"done"}
+
+
+def test_image_python_in_the_locked_range_is_used(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    fake_python(vm, "3.11")
+
+    assert vm.boot().returncode == 0
+
+    env = vm.state.joinpath("uv-env").read_text()
+    assert f"UV_PYTHON={vm.root}/usr/bin/python3\n" in env
+    assert "UV_PYTHON_PREFERENCE=only-system\n" in env
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.14"])
+def test_image_python_outside_the_locked_range_gets_a_managed_one(vm: FakeVm, version) -> None:
+    vm.flag("driver-loaded")
+    fake_python(vm, version)
+
+    assert vm.boot().returncode == 0
+
+    env = vm.state.joinpath("uv-env").read_text()
+    assert "UV_PYTHON=3.12\n" in env
+    assert "UV_PYTHON_PREFERENCE=only-managed\n" in env
+
+
+def test_uv_cache_shares_the_venvs_files_instead_of_copying_them(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+
+    assert vm.boot().returncode == 0
+
+    env = vm.state.joinpath("uv-env").read_text()
+    assert "UV_LINK_MODE=hardlink\n" in env
+    assert f"UV_CACHE_DIR={vm.root}/var/cache/keras-gpu-gcp/uv\n" in env
+    assert ["uv", "cache", "prune"] in vm.calls("uv")
+
+
+def test_debian_12_with_a_one_line_sources_list_gets_non_free(tmp_path: Path) -> None:
+    vm = FakeVm(
+        tmp_path,
+        settings_for(image="debian-12"),
+        os_release='PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n',
+    )
+    sources = vm.root / "etc/apt/sources.list"
+    sources.parent.mkdir(parents=True)
+    sources.write_text(
+        "deb http://deb.debian.org/debian bookworm main\n"
+        "deb [signed-by=/k.gpg] http://deb.debian.org/debian-security bookworm-security"
+        " main contrib\n"
+        "deb https://packages.cloud.google.com/apt cloud-sdk main\n"
+    )
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert sources.read_text() == (
+        "deb http://deb.debian.org/debian bookworm main contrib non-free non-free-firmware\n"
+        "deb [signed-by=/k.gpg] http://deb.debian.org/debian-security bookworm-security"
+        " main contrib non-free non-free-firmware\n"
+        "deb https://packages.cloud.google.com/apt cloud-sdk main\n"
+    )
+    assert "nvidia-kernel-dkms" in vm.apt_installed()
+
+
+def fake_python(vm: FakeVm, version: str) -> None:
+    """The image's /usr/bin/python3, answering the version query the script asks."""
+    python = vm.root / "usr/bin/python3"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f"#!/bin/sh\necho {version}\n")
+    python.chmod(0o755)
