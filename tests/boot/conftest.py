@@ -1,0 +1,48 @@
+"""The real-boot suite runs where it can (root, systemd-nspawn, debootstrap, nsenter) and skips in
+one line where it cannot; with KGG_REQUIRE_BOOT_SUITE=1 (CI) a missing piece is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.boot.phases import NOTES, PHASES
+
+REQUIRED_ENV = "KGG_REQUIRE_BOOT_SUITE"
+TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "nsenter": "util-linux",
+}
+
+
+def missing_prerequisites() -> list[str]:
+    missing = [f"{tool} (apt install {package})" for tool, package in TOOLS.items()
+               if shutil.which(tool) is None]  # fmt: skip
+    if os.geteuid() != 0:
+        missing.insert(0, "root")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def boot_prerequisites() -> None:
+    missing = missing_prerequisites()
+    if not missing:
+        return
+    message = f"real-boot suite needs {', '.join(missing)}"
+    if os.environ.get(REQUIRED_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRED_ENV}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not PHASES:
+        return
+    terminalreporter.section("real-boot phases")
+    for name, seconds in PHASES:
+        terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
+    terminalreporter.write_line(f"{sum(s for _, s in PHASES):7.1f} s  in all")
+    for note in NOTES:
+        terminalreporter.write_line(note)

@@ -1,0 +1,369 @@
+"""The rendered startup script on a real Debian 12 system: booted with systemd as PID 1, real apt
+(DKMS builds Debian's driver), real uv and the locked environment, a real JupyterLab and the
+training job, against a fake metadata server and the GCS emulator. Only the GPU is faked.
+
+The tests are the VM's life in order (one machine for the module): first boot and the driver
+reboot, the boot that brings everything up, training once the data arrives, a no-op reboot,
+failures, and idle shutdown. Each test needs the ones before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra import specs
+from infra.archive import WorkloadArchive, build_archive
+from infra.password import jupyter_password_hash
+from infra.settings import StackSettings
+from infra.stack_config import PROJECT_ROOT, settings_for_stack
+from startup.render import render_startup_script
+from tests.boot.cloud import MetadataServer, free_port, gcs_emulator, read_json, storage_client
+from tests.boot.image import METADATA_ADDRESS, build_image
+from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
+from tests.boot.phases import NOTES, phase
+from tests.workload.conftest import write_tiny_data
+
+pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("boot_prerequisites")]
+
+BUCKET = "kgg-boot-test"
+PASSWORD = "correct horse battery staple"
+SALT = base64.b64encode(b"boot-suite-salt!").decode()
+DATA_PATH = "data/plant-seedlings"
+TRAINING_ARGS = [
+    "--weights", "none", "--image-size", "32", "--batch-size", "4", "--head-epochs", "1",
+    "--finetune-epochs", "1", "--no-progress",
+]  # fmt: skip
+IDLE_CHECK_SECONDS = 20  # the idle timer's period in the idle-shutdown test
+STATE = "var/lib/keras-gpu-gcp"
+GIB = 1024**3
+
+
+@dataclass
+class Vm:
+    """The machine, its fake cloud, and what infra/ would have given it."""
+
+    machine: Machine
+    metadata: MetadataServer
+    gcs_url: str
+    storage: Any
+    archive: WorkloadArchive
+    port: int
+    environment: dict[str, str] = field(default_factory=dict)
+    tmp: Path = Path()
+
+    def settings(self, **overrides: Any) -> StackSettings:
+        return settings_for_stack(
+            "dev",
+            {
+                "allowedSourceRanges": ["203.0.113.7/32"],
+                "image": "debian-12",
+                "notebookPort": self.port,
+                "trainingArgs": TRAINING_ARGS,
+                **overrides,
+            },
+        )
+
+    def give_metadata(self, settings: StackSettings, idle_check_seconds: int = 300) -> None:
+        """The instance metadata `pulumi up` sets, made by the project's own code."""
+        script = render_startup_script(settings, idle_check_seconds=idle_check_seconds)
+        attributes = specs.static_metadata(settings, script) | {
+            "kgg-bucket": BUCKET,
+            "kgg-workload-object": self.archive.object_name,
+            "kgg-workload-sha256": self.archive.sha256,
+            "kgg-jupyter-password-hash": jupyter_password_hash(PASSWORD, SALT),
+            "kgg-run-id": specs.run_id(self.archive.sha256, settings),
+        }
+        self.metadata.values.update(
+            {f"instance/attributes/{key}": value for key, value in attributes.items()}
+        )
+
+    def attribute(self, key: str) -> str:
+        return self.metadata.values[f"instance/attributes/{key}"]
+
+    def status(self) -> dict[str, Any] | None:
+        """status/startup.json as uploaded to the bucket."""
+        return read_json(self.storage, BUCKET, "status/startup.json")
+
+    def local_status(self) -> dict[str, Any]:
+        """The VM's own copy (what it could not upload too)."""
+        return json.loads((self.machine.root / STATE / "status.json").read_text())
+
+    def startup_journal(self) -> str:
+        """The startup script's last lines in the machine's journal (for failure messages)."""
+        return self.machine.journal("--unit=google-startup-scripts.service", "--lines=60")
+
+
+@pytest.fixture(scope="module")
+def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+    tmp = tmp_path_factory.mktemp("boot")
+    with phase("image: debootstrap Debian 12 (cached between runs)"):
+        image = build_image()
+    values = {
+        "instance/name": "kgg-boot-test-vm",
+        "instance/zone": "projects/123456/zones/us-central1-a",
+        # The notebook URL and the certificate's address: loopback, so the tests can check both.
+        "instance/network-interfaces/0/access-configs/0/external-ip": "127.0.0.1",
+        "instance/service-accounts/default/token": json.dumps(
+            {"access_token": "test-token", "expires_in": 3599, "token_type": "Bearer"}
+        ),
+    }
+    with (
+        MetadataServer(METADATA_ADDRESS, values) as metadata,
+        gcs_emulator(BUCKET, tmp / "gcs.log") as gcs_url,
+    ):
+        archive = build_archive()
+        storage = storage_client(gcs_url)
+        storage.bucket(BUCKET).blob(archive.object_name).upload_from_string(archive.data)
+        with phase("machine: copy of the image"):
+            machine = Machine(image, tmp / "root", tmp / "console.log")
+        test_vm = Vm(machine, metadata, gcs_url, storage, archive, free_port(), tmp=tmp)
+        test_vm.environment = {
+            # The fakes' endpoints; every unit the script writes inherits them.
+            "KGG_GCS_API_URL": f"{gcs_url}/storage/v1",
+            "KGG_GCS_UPLOAD_URL": f"{gcs_url}/upload/storage/v1",
+            "STORAGE_EMULATOR_HOST": gcs_url,
+            # No GPU here: TensorFlow sees none (nvidia-smi's stand-in shows the T4).
+            "KGG_EXPECTED_GPUS": "0",
+            "KGG_DATA_POLL_SECONDS": "2",
+            # uv trusts its own roots, not the system's: give it the system's (proxy CA).
+            "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+        }
+        machine.set_environment(test_vm.environment)
+        test_vm.give_metadata(test_vm.settings())
+        try:
+            yield test_vm
+        finally:
+            machine.kill()
+            shutil.rmtree(machine.root, ignore_errors=True)
+
+
+def steps(status: dict[str, Any]) -> dict[str, str]:
+    return {name: step["state"] for name, step in status["steps"].items()}
+
+
+def ended_training(vm: Vm) -> dict[str, Any] | None:
+    status = vm.status()
+    return status if status and status["training"] in ("done", "failed") else None
+
+
+def test_first_boot_builds_the_dkms_driver_for_the_cloud_kernel_and_reboots(vm: Vm) -> None:
+    with phase("boot 1: Debian's driver with DKMS (apt, kernel, headers), then reboot"):
+        vm.machine.boot()
+        exit_status = vm.machine.wait_exit(timeout=1200)
+
+    assert exit_status == EXIT_REBOOT, vm.startup_journal()
+    status = vm.status()
+    assert status is not None
+    assert steps(status)["preflight"] == "done"
+    assert status["steps"]["driver"]["state"] == "running"
+    assert status["steps"]["driver"]["detail"].startswith("rebooting: driver installed")
+    modules = sorted(
+        vm.machine.root.glob("lib/modules/*-cloud-amd64/updates/dkms/nvidia-current.ko*")
+    )
+    assert modules, "DKMS built no nvidia module for the cloud kernel"
+    sources = (vm.machine.root / "etc/apt/sources.list").read_text()
+    assert "main contrib non-free non-free-firmware" in sources
+    assert status["run_id"] == vm.attribute("kgg-run-id")
+
+
+def test_next_boot_brings_every_step_up(vm: Vm) -> None:
+    with phase("boot 2: Python env (uv, locked wheels), JupyterLab, training unit"):
+        vm.machine.boot()
+        run = vm.machine.wait_startup_run(timeout=900)
+
+    assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
+    status = vm.status()
+    assert status is not None
+    assert steps(status) == dict.fromkeys(
+        ("preflight", "driver", "python", "gpu-check", "jupyter", "training", "idle"), "done"
+    )
+    assert status["phase"] == "training"
+    assert status["error"] is None
+    assert status["gpus"] == ["Tesla T4"]
+    assert status["steps"]["driver"]["detail"] == "driver present: Tesla T4"
+    # Debian 12's own python3 satisfies the pin: nothing is downloaded from outside PyPI.
+    assert "with Python 3.11." in status["steps"]["python"]["detail"]
+    assert status["steps"]["python"]["detail"].endswith("(system)")
+    assert status["training"] == f"waiting for data at gs://{BUCKET}/{DATA_PATH}/"
+
+
+def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
+    status = vm.status()
+    assert status is not None
+    url = f"https://127.0.0.1:{vm.port}"
+    assert status["notebook_url"] == url
+    pem = ssl.get_server_certificate(("127.0.0.1", vm.port))
+    fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    assert status["tls_sha256"] == ":".join(
+        fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)
+    )
+    cert = vm.tmp / "jupyter.crt"
+    cert.write_text(pem)
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(cert)  # the certificate names the external IP (here 127.0.0.1)
+
+    assert session.get(f"{url}/api/status", timeout=10).status_code == 403
+    session.get(f"{url}/login", timeout=10)
+    wrong = session.post(
+        f"{url}/login",
+        data={"password": "not the password", "_xsrf": session.cookies.get("_xsrf", "")},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert wrong.status_code == 401
+    right = session.post(
+        f"{url}/login",
+        data={"password": PASSWORD, "_xsrf": session.cookies.get("_xsrf", "")},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert right.status_code == 302
+    assert session.get(f"{url}/api/status", timeout=10).status_code == 200
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{vm.port}/api/status", timeout=10)
+    processes = vm.machine.exec("ps", "-ww", "-o", "args=", "-u", "jupyter").stdout
+    assert "/opt/keras-gpu-gcp/venv/bin/jupyter-lab --config=" in processes
+
+
+def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) -> None:
+    data = write_tiny_data(vm.tmp / "data", per_class=8)
+    upload = subprocess.run(
+        [sys.executable, "-m", "workload", "upload", str(data), "--bucket", BUCKET,
+         "--prefix", DATA_PATH, "--quiet"],
+        cwd=PROJECT_ROOT, env={**os.environ, "STORAGE_EMULATOR_HOST": vm.gcs_url},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert upload.returncode == 0, upload.stderr
+
+    with phase("training: the job on the uploaded data (CPU, 32 px)"):
+        final = wait_for(
+            lambda: ended_training(vm), timeout=900, what="the end of the training run", every=3
+        )
+
+    assert final["training"] == "done", final.get("error")
+    assert final["phase"] == "done"
+    run = f"runs/{vm.attribute('kgg-run-id')}/"
+    written = {blob.name.removeprefix(run) for blob in vm.storage.list_blobs(BUCKET, prefix=run)}
+    assert {"model.keras", "metrics.json", "history.csv", "submission.csv"} <= written
+    metrics = read_json(vm.storage, BUCKET, f"{run}metrics.json")
+    assert metrics is not None
+    assert len(metrics["class_names"]) == 3
+    assert (
+        vm.machine.root / STATE / f"markers/training-done-{vm.attribute('kgg-run-id')}"
+    ).exists()
+
+
+def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
+    with phase("boot 3: nothing to do"):
+        vm.machine.reboot()
+        run = vm.machine.wait_startup_run(timeout=300)
+
+    assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
+    assert run.seconds < 30
+    status = vm.status()
+    assert status is not None
+    assert status["steps"]["python"]["detail"].startswith("environment matches archive")
+    assert status["steps"]["training"]["detail"].endswith("finished at an earlier boot")
+    assert status["training"] == "done"
+    # uv's cache shares the venv's files: the wheels take their room once.
+    venv = vm.machine.disk_usage_bytes("opt/keras-gpu-gcp/venv")
+    both = vm.machine.disk_usage_bytes("opt/keras-gpu-gcp/venv", "var/cache/keras-gpu-gcp/uv")
+    assert both < venv * 1.05
+    total = vm.machine.disk_usage_bytes()
+    NOTES.append(
+        f"disk after boot: root {total / GIB:.2f} GiB, venv {venv / GIB:.2f} GiB, "
+        f"uv cache adds {(both - venv) / GIB:.2f} GiB; no-op boot {run.seconds} s"
+    )
+
+
+def test_an_archive_that_does_not_match_its_hash_fails_the_python_step(vm: Vm) -> None:
+    before = vm.status()
+    assert before is not None
+    vm.metadata.values["instance/attributes/kgg-workload-sha256"] = "0" * 64
+
+    with phase("boot 4: wrong archive hash"):
+        vm.machine.reboot()
+        run = vm.machine.wait_startup_run(timeout=300)
+
+    assert run.exit_status != 0
+    status = vm.status()
+    assert status is not None
+    assert status["phase"] == "failed"
+    assert status["error"]["step"] == "python"
+    assert "does not match kgg-workload-sha256" in status["error"]["message"]
+    # What the failed boot did not re-run keeps its last report.
+    for step in ("jupyter", "training", "idle"):
+        assert status["steps"][step] == before["steps"][step], step
+    assert status["training"] == "done"
+
+
+def test_unreachable_gcs_names_the_step_and_curls_own_error(vm: Vm) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    vm.machine.set_environment(
+        vm.environment
+        | {
+            "KGG_GCS_API_URL": f"{closed}/storage/v1",
+            "KGG_GCS_UPLOAD_URL": f"{closed}/upload/storage/v1",
+        }
+    )
+
+    with phase("boot 5: GCS unreachable"):
+        vm.machine.reboot()
+        run = vm.machine.wait_startup_run(timeout=600)
+
+    assert run.exit_status != 0
+    # Five download tries (30 s of backoff) and at most 60 s of status uploads, not minutes each.
+    assert run.seconds < 150
+    error = vm.local_status()["error"]
+    assert error["step"] == "python"
+    assert error["message"].startswith("could not download gs://")
+    assert "Failed to connect to 127.0.0.1" in error["message"]
+    assert "Failed to connect to 127.0.0.1" in error["log_tail"]
+    vm.machine.set_environment(vm.environment)
+    vm.metadata.values["instance/attributes/kgg-workload-sha256"] = vm.archive.sha256
+
+
+def test_idle_vm_powers_itself_off_while_jupyterlab_runs(vm: Vm) -> None:
+    vm.give_metadata(vm.settings(idleShutdownMinutes=1), idle_check_seconds=IDLE_CHECK_SECONDS)
+    vm.machine.reboot()
+    run = vm.machine.wait_startup_run(timeout=300)
+    up_since = time.monotonic()
+    assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
+    assert vm.machine.running()
+    status = vm.status()
+    assert status is not None
+    assert status["steps"]["idle"]["detail"] == "powers off after 1 idle minutes"
+    answer = requests.get(
+        f"https://127.0.0.1:{vm.port}/api/status", verify=str(vm.tmp / "jupyter.crt"), timeout=10
+    )
+    assert answer.status_code == 403  # up, and the test's request is no activity (no login)
+
+    with phase("idle shutdown: 1 idle minute, checked every 20 s"):
+        exit_status = vm.machine.wait_exit(timeout=60 + 3 * IDLE_CHECK_SECONDS + 60)
+        waited = time.monotonic() - up_since
+
+    assert exit_status == EXIT_POWEROFF
+    # The idle window, then at most three timer periods.
+    assert waited <= 60 + 3 * IDLE_CHECK_SECONDS
+    status = vm.status()
+    assert status is not None
+    assert status["phase"] == "idle"
+    assert status["steps"]["idle"]["detail"].startswith(
+        "powered off: no training and no notebook activity"
+    )
