@@ -223,3 +223,14 @@ def test_pull_refuses_a_run_id_that_climbs_out_of_the_target(
     assert pull.returncode == 2
     assert "error: object name '..'" in pull.stderr
     assert not (tmp_path / "planted.txt").exists()
+
+
+def test_runs_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_json(
+        f"gs://{gcs_bucket}/runs/r\x1b[2J1/metrics.json",
+        {"state": "done\x1b]52;c;Y3VybA==\x07", "micro_f1": 0.9},
+    )
+    runs = run_workload("runs", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert runs.returncode == 0, runs.stderr
+    assert "\x1b" not in runs.stdout and "\x07" not in runs.stdout
+    assert runs.stdout.splitlines()[1].split()[:3] == ["r[2J1", "done]52;c;Y3VybA==", "0.9000"]
