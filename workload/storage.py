@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workload.terminal import printable
+
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
 
@@ -323,7 +325,8 @@ def download_tree(
             target = local_path(root, info.name)
         except UnsafeNameError as error:
             # Whoever can write the bucket must not be able to write outside `local_dir`.
-            print(f"warning: not downloading from {url_prefix}: {error}", file=sys.stderr)
+            warning = f"warning: not downloading from {url_prefix}: {error}"
+            print(printable(warning), file=sys.stderr)
             stats.refused += 1
             continue
         md5 = info.md5
