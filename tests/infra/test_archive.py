@@ -59,8 +59,10 @@ def test_archive_leaves_out_git_ignored_files(tmp_path):
     assert "workload/train.py" in archive.files  # new, not yet committed: shipped
 
 
-def test_archive_outside_a_git_checkout_says_to_use_one(tmp_path):
+def test_archive_outside_a_git_checkout_says_to_use_one(tmp_path, monkeypatch):
+    # Even where the temporary folder sits inside some other checkout.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     (tmp_path / "workload").mkdir()
     (tmp_path / "workload" / "train.py").write_text("print('train')\n")
-    with pytest.raises(ArchiveError, match="git ls-files.*run pulumi from a git clone"):
+    with pytest.raises(ArchiveError, match=r"git ls-files.*run pulumi from a git clone"):
         build_archive(tmp_path)
