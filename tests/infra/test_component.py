@@ -75,6 +75,34 @@ def test_g2_vm_brings_its_l4_without_guest_accelerators(tmp_path):
     )
 
 
+def test_vm_is_deleted_before_its_replacement_is_created(tmp_path, monkeypatch):
+    # A replacement needs the static IP the old VM holds (and its GPU quota). delete_before_replace
+    # is a resource option, which mocks do not echo back: watch it being passed.
+    import pulumi_gcp as gcp
+
+    options = {}
+
+    class WatchedInstance(gcp.compute.Instance):
+        def __init__(self, name, *args, opts=None, **kwargs):
+            options[name] = opts.delete_before_replace
+            super().__init__(name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(gcp.compute, "Instance", WatchedInstance)
+    build(tmp_path, {"spot": True})
+    assert options == {"kg-vm": True}
+
+
+@pulumi.runtime.test
+def test_boot_disk_carries_the_stack_labels(tmp_path):
+    notebook, _, _ = build(tmp_path, {"labels": {"team": "vision"}})
+
+    def check(urn, disk):
+        expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
+        assert disk["initialize_params"]["labels"] == expected, urn
+
+    return _check(notebook.instance, notebook.instance.boot_disk, check=check)
+
+
 @pulumi.runtime.test
 def test_vm_uses_the_static_ip(tmp_path):
     notebook, _, _ = build(tmp_path)
@@ -416,31 +444,3 @@ def test_labels_reach_every_labelled_resource(tmp_path):
         assert bucket_labels == expected, urn
 
     return _check(notebook.instance, notebook.instance.labels, notebook.bucket.labels, check=check)
-
-
-def test_vm_is_deleted_before_its_replacement_is_created(tmp_path, monkeypatch):
-    # A replacement needs the static IP the old VM holds (and its GPU quota). delete_before_replace
-    # is a resource option, which mocks do not echo back: watch it being passed.
-    import pulumi_gcp as gcp
-
-    options = {}
-
-    class WatchedInstance(gcp.compute.Instance):
-        def __init__(self, name, *args, opts=None, **kwargs):
-            options[name] = opts.delete_before_replace
-            super().__init__(name, *args, opts=opts, **kwargs)
-
-    monkeypatch.setattr(gcp.compute, "Instance", WatchedInstance)
-    build(tmp_path, {"spot": True})
-    assert options == {"kg-vm": True}
-
-
-@pulumi.runtime.test
-def test_boot_disk_carries_the_stack_labels(tmp_path):
-    notebook, _, _ = build(tmp_path, {"labels": {"team": "vision"}})
-
-    def check(urn, disk):
-        expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
-        assert disk["initialize_params"]["labels"] == expected, urn
-
-    return _check(notebook.instance, notebook.instance.boot_disk, check=check)
