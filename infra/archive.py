@@ -1,7 +1,9 @@
 """The workload archive: the code the VM runs, packed deterministically.
 
 Same sources give the same bytes (sorted entries, fixed mtimes, owners and modes, no caches), so
-its SHA-256 changes only when the code does, and the VM reinstalls only then.
+its SHA-256 changes only when the code does, and the VM reinstalls only then. The files are the
+ones git lists: a git-ignored file next to the code (`workload/.env`, a key) never reaches the
+bucket, where every notebook user can read it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,10 @@ ARCHIVED_DIRS = ("workload", "startup")
 ARCHIVED_FILES = ("pyproject.toml", "uv.lock")
 _SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
 _SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+
+
+class ArchiveError(RuntimeError):
+    """The code archive cannot be built; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -32,16 +39,36 @@ class WorkloadArchive:
         return f"code/workload-{self.sha256[:16]}.tar.gz"
 
 
+def _git_files(root: Path, pathspecs: tuple[str, ...]) -> list[str]:
+    """Files under `pathspecs` that git tracks, or would track: new files count, ignored do not."""
+    command = ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others"]
+    try:
+        listed = subprocess.run(
+            [*command, "--exclude-standard", "--", *pathspecs],
+            capture_output=True,
+            check=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        raise ArchiveError(
+            f"cannot list the code to ship with `git ls-files` in {root} ({detail.strip()}); "
+            "run pulumi from a git clone of the project, with git installed"
+        ) from None
+    return [name for name in listed.stdout.split("\0") if name]
+
+
 def archived_files(root: Path = PROJECT_ROOT) -> list[str]:
-    """Relative paths that go into the archive, sorted."""
-    paths = [name for name in ARCHIVED_FILES if (root / name).is_file()]
-    for folder in ARCHIVED_DIRS:
-        for path in (root / folder).rglob("*"):
-            relative = path.relative_to(root)
-            if path.is_file() and not (
-                _SKIPPED_PARTS & set(relative.parts) or path.suffix in _SKIPPED_SUFFIXES
-            ):
-                paths.append(relative.as_posix())
+    """Relative paths that go into the archive, sorted: `git ls-files` under ARCHIVED_DIRS plus
+    ARCHIVED_FILES, without caches."""
+    paths: set[str] = set()
+    for name in _git_files(root, (*ARCHIVED_DIRS, *ARCHIVED_FILES)):
+        relative = Path(name)
+        # A tracked file deleted in the work tree is listed too.
+        if (root / relative).is_file() and not (
+            _SKIPPED_PARTS & set(relative.parts) or relative.suffix in _SKIPPED_SUFFIXES
+        ):
+            paths.add(relative.as_posix())
     return sorted(paths)
 
 

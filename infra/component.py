@@ -1,5 +1,5 @@
 """The stack's one ComponentResource: bucket, code archive, network, firewalls, service account,
-static IP and the GPU VM, all children of it."""
+the password secret, static IP and the GPU VM, all children of it."""
 
 from __future__ import annotations
 
@@ -65,9 +65,11 @@ class GpuNotebook(pulumi.ComponentResource):
             opts=child,
         )
 
+        # Created once and kept in the state: the ids below stay the same on every `up`.
+        suffix = random.RandomId(f"{name}-id-suffix", byte_length=specs.ID_SUFFIX_BYTES, opts=child)
         self.service_account = gcp.serviceaccount.Account(
             f"{name}-sa",
-            account_id=specs.service_account_id(stack),
+            account_id=suffix.hex.apply(lambda hex_: specs.service_account_id(stack, hex_)),
             display_name=f"keras-gpu-gcp VM ({stack})",
             opts=child,
         )
@@ -126,20 +128,47 @@ class GpuNotebook(pulumi.ComponentResource):
                 lambda values: jupyter_password_hash(values[0], values[1])
             )
         )
+        # The hash goes to Secret Manager, readable by the VM's account alone: metadata is open to
+        # every project Viewer and to every process on the VM.
+        self.password_secret = gcp.secretmanager.Secret(
+            f"{name}-jupyter-password",
+            secret_id=suffix.hex.apply(lambda hex_: specs.password_secret_id(stack, hex_)),
+            replication={"auto": {}},
+            labels=labels,
+            opts=child,
+        )
+        self.password_version = gcp.secretmanager.SecretVersion(
+            f"{name}-jupyter-password-hash",
+            secret=self.password_secret.id,
+            secret_data=password_hash,
+            opts=child,
+        )
+        grants.append(
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-jupyter-password-access",
+                secret_id=self.password_secret.id,
+                role=specs.SECRET_ROLE,
+                member=member,
+                opts=child,
+            )
+        )
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
         known_metadata = specs.static_metadata(settings, render_startup_script(settings)) | {
             "kgg-workload-sha256": archive.sha256,
             "kgg-run-id": specs.run_id(archive.sha256, settings),
         }
+        # Nothing secret in here, so a preview shows the startup script's diff in the clear.
         metadata = pulumi.Output.all(
-            bucket=self.bucket.name, workload_object=self.workload.name, password_hash=password_hash
+            bucket=self.bucket.name,
+            workload_object=self.workload.name,
+            password_secret=self.password_secret.name,
         ).apply(
             lambda values: (
                 known_metadata
                 | {
                     "kgg-bucket": values["bucket"],
                     "kgg-workload-object": values["workload_object"],
-                    "kgg-jupyter-password-hash": values["password_hash"],
+                    specs.PASSWORD_SECRET_KEY: values["password_secret"],
                 }
             )
         )
@@ -153,6 +182,9 @@ class GpuNotebook(pulumi.ComponentResource):
                     "image": specs.boot_image(settings),
                     "size": settings.boot_disk_size_gb,
                     "type": "pd-balanced",
+                    # Billed while the VM is stopped: cost reports must find the disk. Labels
+                    # update in place (magic-modules#15081); the fields above recreate the VM.
+                    "labels": labels,
                 }
             },
             network_interfaces=[
@@ -173,7 +205,14 @@ class GpuNotebook(pulumi.ComponentResource):
             tags=[specs.NETWORK_TAG],
             labels=labels,
             allow_stopping_for_update=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=grants),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The VM reads the secret at boot: its version and the grant come first.
+                depends_on=[*grants, self.password_version],
+                # The replacement needs the static IP (and the GPU quota) the old VM holds. It
+                # takes the boot disk with it: README "Settings that recreate the VM".
+                delete_before_replace=True,
+            ),
         )
 
         self.bucket_name = self.bucket.name

@@ -1,5 +1,5 @@
 """Reads the stack's Pulumi config once into StackSettings (the only place that touches
-pulumi.Config), warning loudly where the user opened the notebook to the world."""
+pulumi.Config), warning loudly where the notebook is open to a large part of the internet."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 
 import pulumi
 
+from infra.password import check_password
 from infra.settings import (
     ALLOW_MY_ADDRESS,
     CONFIG_KEYS,
-    OPEN_TO_WORLD,
+    IPV4_ADDRESSES,
     SettingsError,
     StackSettings,
     parse_settings,
@@ -20,7 +21,10 @@ OBJECT_KEYS = {"allowedSourceRanges", "trainingArgs", "labels"}
 
 
 def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
-    """The settings and the Jupyter password (a secret Output). Raises SettingsError."""
+    """The settings and the Jupyter password (a secret Output).
+
+    Raises SettingsError, or PasswordError for a short password: here, before any resource is
+    declared, so a new stack's `pulumi up` fails before it creates anything."""
     config = pulumi.Config()
     gcp_config = pulumi.Config("gcp")
     raw: dict[str, object] = {}
@@ -33,17 +37,24 @@ def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
         region=gcp_config.get("region") or "",
         zone=gcp_config.get("zone") or "",
     )
-    password = config.get_secret("jupyterPassword")
+    # Config values are plain strings in the program (get_secret only wraps them): checking the
+    # length here does not depend on any resource, unlike a check inside an apply.
+    password = config.get("jupyterPassword")
     if password is None:
         raise SettingsError(
             "jupyterPassword is not set; the notebook needs one. Set it as a secret:\n"
             "  pulumi config set --secret jupyterPassword"
         )
-    if settings.open_to_world:
-        world = [cidr for cidr in settings.allowed_source_ranges if cidr in OPEN_TO_WORLD]
-        pulumi.log.warn(
-            f"allowedSourceRanges contains {world}: the notebook port {settings.notebook_port} "
-            "is open to the WHOLE INTERNET, guarded only by the password. Prefer your own "
-            f"address: {ALLOW_MY_ADDRESS}"
+    check_password(password)
+    if settings.widely_open:
+        reach = (
+            "the WHOLE INTERNET"
+            if settings.reachable_addresses == IPV4_ADDRESSES
+            else f"{settings.reachable_addresses:,} addresses, more than a /8"
         )
-    return settings, password
+        pulumi.log.warn(
+            f"allowedSourceRanges {list(settings.allowed_source_ranges)} open the notebook port "
+            f"{settings.notebook_port} to {reach}, guarded only by the password. Prefer your "
+            f"own address: {ALLOW_MY_ADDRESS}"
+        )
+    return settings, pulumi.Output.secret(password)

@@ -19,9 +19,12 @@ from infra.catalogue import CURRENT_GPUS, GPUS, IMAGES, GpuSpec, looks_like_mach
 # Where `pulumi config set allowedSourceRanges` gets the caller's own address from.
 MY_IP_COMMAND = "curl -s https://checkip.amazonaws.com"
 ALLOW_MY_ADDRESS = f"pulumi config set --path 'allowedSourceRanges[0]' \"$({MY_IP_COMMAND})/32\""
-OPEN_TO_WORLD = {"0.0.0.0/0", "::/0"}
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+# Ranges that together reach more addresses than a /8 (16.7 million) open the notebook to a
+# large part of the internet: worth a loud warning even when no single range is 0.0.0.0/0.
+WIDE_OPEN_ADDRESSES = 2**24
+IPV4_ADDRESSES = 2**32
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 
 
 class SettingsError(ValueError):
@@ -59,8 +62,16 @@ class StackSettings:
         return self.gpu.gpus_in(self.machine_type, self.gpu_count)
 
     @property
-    def open_to_world(self) -> bool:
-        return any(cidr in OPEN_TO_WORLD for cidr in self.allowed_source_ranges)
+    def reachable_addresses(self) -> int:
+        """How many addresses the notebook firewall admits (overlapping ranges counted once)."""
+        networks = ipaddress.collapse_addresses(
+            ipaddress.IPv4Network(cidr) for cidr in self.allowed_source_ranges
+        )
+        return sum(network.num_addresses for network in networks)
+
+    @property
+    def widely_open(self) -> bool:
+        return self.reachable_addresses > WIDE_OPEN_ADDRESSES
 
 
 def _require(raw: Mapping[str, Any], key: str) -> Any:
@@ -183,12 +194,19 @@ def _source_ranges(values: list[Any]) -> tuple[str, ...]:
     cidrs = []
     for value in values:
         try:
-            cidrs.append(str(ipaddress.ip_network(str(value).strip(), strict=True)))
+            network = ipaddress.ip_network(str(value).strip(), strict=True)
         except ValueError as error:
             raise SettingsError(
                 f"allowedSourceRanges entry {value!r} is not a CIDR range "
                 f"such as 203.0.113.7/32 ({error})"
             ) from None
+        if network.version != 4:
+            # The VM has only an IPv4 address, and GCE refuses a rule that mixes both families.
+            raise SettingsError(
+                f"allowedSourceRanges entry {value!r} is IPv6; the VM is reachable over IPv4 "
+                f"only, so give your IPv4 address: {ALLOW_MY_ADDRESS}"
+            )
+        cidrs.append(str(network))
     return tuple(cidrs)
 
 
@@ -201,11 +219,22 @@ def _zone_in_region(region: str, zone: str) -> None:
         )
 
 
+def _refuse_control_characters(key: str, value: str) -> str:
+    """`value` unchanged when it holds no control characters: a newline in a value that reaches
+    the VM's scripts or env files would start a line of its own there (`LD_PRELOAD=...`)."""
+    if not value.isprintable():
+        raise SettingsError(
+            f"{key} {value!r} contains a control character (newline, tab, escape, ...); remove it"
+        )
+    return value
+
+
 def _labels(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     labels = []
     for key, value in sorted(values.items()):
         text = str(value)
-        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(text):
+        # fullmatch: `$` in match() would let a trailing newline through.
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(text):
             raise SettingsError(
                 f"label {key!r}={text!r} is not a valid GCE label: lower-case "
                 "letters, digits, '-' and '_', keys start with a letter"
@@ -215,7 +244,7 @@ def _labels(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _data_path(value: str) -> str:
-    path = value.strip().strip("/")
+    path = _refuse_control_characters("dataPath", value).strip().strip("/")
     if not path or path.startswith("gs:") or ".." in path.split("/"):
         raise SettingsError(
             f"dataPath {value!r} must be a prefix inside the stack's bucket, "
@@ -254,7 +283,10 @@ def parse_settings(
         shutdown_after_training=_as_bool(raw, "shutdownAfterTraining"),
         run_training=_as_bool(raw, "runTraining"),
         data_path=_data_path(str(_require(raw, "dataPath"))),
-        training_args=tuple(str(arg) for arg in _as_list(raw, "trainingArgs")),
+        training_args=tuple(
+            _refuse_control_characters("trainingArgs entry", str(arg))
+            for arg in _as_list(raw, "trainingArgs")
+        ),
         keep_bucket_on_destroy=_as_bool(raw, "keepBucketOnDestroy"),
         labels=_labels(_as_mapping(raw, "labels")),
     )

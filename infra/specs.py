@@ -17,9 +17,16 @@ NETWORK_TAG = "keras-gpu-notebook"
 # The VM's own subnet in the stack's dedicated network.
 SUBNET_RANGE = "10.42.0.0/24"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-# Project roles the VM's service account gets besides objectAdmin on its own bucket.
-PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+# Project roles the VM's service account gets besides objectAdmin on its own bucket: the
+# startup script's runner writes to Cloud Logging. Nothing on the VM writes metrics.
+PROJECT_ROLES = ("roles/logging.logWriter",)
 BUCKET_ROLE = "roles/storage.objectAdmin"
+# On the one secret that holds the Jupyter password hash, for the VM's service account only.
+SECRET_ROLE = "roles/secretmanager.secretAccessor"
+# Metadata key naming that secret (`projects/P/secrets/S`); the hash itself is never metadata.
+PASSWORD_SECRET_KEY = "kgg-jupyter-password-secret"
+# Bytes of the random suffix that keeps the stack's account and secret ids unique in a project.
+ID_SUFFIX_BYTES = 3
 
 
 def scheduling(settings: StackSettings) -> dict[str, Any]:
@@ -69,11 +76,18 @@ def _label_value(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
 
 
-def service_account_id(stack: str) -> str:
-    """A 6-30 character account id unique to the stack: `kgg-<stack>` plus a short hash."""
-    digest = hashlib.sha256(stack.encode()).hexdigest()[:6]
+def service_account_id(stack: str, suffix: str) -> str:
+    """A 6-30 character account id: `kgg-<stack>-<suffix>`.
+
+    `suffix` is random and kept in the stack's state (6 hex digits): two `dev` stacks in one
+    project, from two people or two backends, never collide, and one stack keeps its id."""
     stem = re.sub(r"[^a-z0-9]+", "-", stack.lower())[:19].strip("-") or "stack"
-    return f"kgg-{stem}-{digest}"
+    return f"kgg-{stem}-{suffix}"
+
+
+def password_secret_id(stack: str, suffix: str) -> str:
+    """The Secret Manager id of the Jupyter password hash, unique like the service account's."""
+    return f"{service_account_id(stack, suffix)}-jupyter-password"
 
 
 def run_id(workload_sha256: str, settings: StackSettings) -> str:
@@ -103,7 +117,8 @@ def iap_ssh_firewall() -> dict[str, Any]:
 
 def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, str]:
     """Metadata known before deployment; the program adds the cloud-assigned keys
-    (kgg-bucket, kgg-workload-*, kgg-jupyter-password-hash, kgg-run-id)."""
+    (kgg-bucket, kgg-workload-*, kgg-jupyter-password-secret, kgg-run-id). Nothing in metadata
+    is secret: every project Viewer and every process on the VM can read it."""
     # `startup-script` updates in place; the `metadata_startup_script` argument would replace
     # the VM on every change.
     metadata = {"startup-script": startup_script, "enable-oslogin": "TRUE"}

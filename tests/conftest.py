@@ -21,10 +21,34 @@ def gcs_emulator() -> Iterator[str]:
 @pytest.fixture
 def gcs_bucket(gcs_emulator: str) -> Iterator[str]:
     """TEST_BUCKET emptied before the test, so tests do not see each other's objects."""
+    _empty(TEST_BUCKET)
+    yield TEST_BUCKET
+
+
+def _empty(bucket: str) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     client = storage.Client(project="local", credentials=AnonymousCredentials())
-    for blob in client.list_blobs(TEST_BUCKET):
+    for blob in client.list_blobs(bucket):
         blob.delete()
-    yield TEST_BUCKET
+
+
+@pytest.fixture
+def gcs_bucket_like_real_gcs(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """TEST_BUCKET, with the emulator storing object names that have `..` segments, as GCS does.
+
+    gcp-storage-emulator refuses such names only because its store also maps names onto file
+    paths; its in-memory store is a dict keyed by that path, so a normaliser that keeps `..`
+    (and still drops empty and `.` segments, as the original does) is safe here. The names
+    still travel through the real JSON API: upload, listing and download."""
+    from gcp_storage_emulator.storage import _FileStore
+
+    def keep_dot_dot(path: str) -> str:
+        parts = path.replace("\\", "/").split("/")
+        return "/".join(part for part in parts if part and part != ".")
+
+    monkeypatch.setattr(_FileStore, "_norm", staticmethod(keep_dot_dot))
+    yield gcs_bucket
+    # While the normaliser still keeps `..`: the next test's clean-up could not delete them.
+    _empty(gcs_bucket)

@@ -149,12 +149,18 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     def run(args: argparse.Namespace) -> int:
         from workload.results import RunNotFoundError
-        from workload.storage import StorageError
+        from workload.storage import StorageError, UnsafeNameError
         from workload.upload import LayoutError
 
         try:
             return command(args)
-        except (BucketNotFoundError, LayoutError, RunNotFoundError, StorageError) as error:
+        except (
+            BucketNotFoundError,
+            LayoutError,
+            RunNotFoundError,
+            StorageError,
+            UnsafeNameError,
+        ) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from workload import storage
 from workload.runstate import BACKUP_DIR
+from workload.terminal import printable
 
 RUNS_PREFIX = "runs"
 LATEST = "latest"
@@ -118,10 +119,11 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
             "(`python -m workload status` shows where it stands)."
         )
     header = ("run", "state", "micro-F1", "accuracy", "updated (UTC)", "files", "MB")
+    # Run ids are object names and states come from the runs' documents: the bucket's text.
     rows = [header] + [
         (
-            f"{run.run_id} *" if run.run_id == current else run.run_id,
-            run.state,
+            printable(f"{run.run_id} *" if run.run_id == current else run.run_id),
+            printable(run.state),
             _score(run.micro_f1),
             _score(run.accuracy),
             run.updated.strftime("%Y-%m-%d %H:%M") if run.updated else "-",
@@ -149,7 +151,7 @@ def resolve_run(bucket: str, run: str) -> str:
             raise RunNotFoundError(f"no runs in {runs_url(bucket)}/ yet; nothing to pull")
         return runs[-1].run_id
     if run not in known:
-        listing = ", ".join(known) if known else "none yet"
+        listing = printable(", ".join(known)) if known else "none yet"
         raise RunNotFoundError(
             f"run {run!r} is not in {runs_url(bucket)}/; runs there: {listing} (or `{LATEST}`)"
         )
@@ -173,7 +175,8 @@ def pull_run(
     Files already there with the same checksum are skipped, so pulling a running run again only
     fetches what changed. Returns the run id, the local folder and what was copied."""
     run_id = resolve_run(bucket, run)
-    target = Path(to if to is not None else RUNS_PREFIX, run_id)
+    # The run id is an object name: `..` must not turn `--to` into its parent.
+    target = storage.local_path(to if to is not None else RUNS_PREFIX, run_id)
     stats = storage.download_tree(
         f"{runs_url(bucket)}/{run_id}",
         target,
@@ -189,8 +192,14 @@ def render_pull(run_id: str, target: Path, stats: storage.SyncStats) -> str:
         f"run {run_id} -> {target}: downloaded {stats.copied} files "
         f"({stats.bytes / 1e6:.1f} MB), {stats.skipped} already up to date"
     ]
+    if stats.refused:
+        lines.append(
+            f"  refused {stats.refused} objects whose names lead outside {target} (warnings "
+            "above); this tool never writes such names: check who can write the bucket"
+        )
     for name in ("metrics.json", "submission.csv", "progress.json"):
         path = target / name
         if path.is_file():
             lines.append(f"  {path}")
-    return "\n".join(lines)
+    # The run id (and so the folder) is an object name: the bucket's text.
+    return "\n".join(printable(line) for line in lines)

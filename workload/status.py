@@ -3,11 +3,16 @@
 Two documents drive it (schemas in docs/ARCHITECTURE.md): `status/startup.json`, written by the
 startup script at every step, and `runs/<run-id>/progress.json`, written by the training job every
 epoch. `render_status` is a pure function of the two; `watch` repeats it until the run ends.
+
+Whoever can write the bucket writes these documents: `parse_doc` strips terminal escapes from
+them, and the commands built for the user take only names GCE itself could have given.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
+from workload.terminal import clean_document
 from workload.timestamps import parse_time
 
 STATUS_KEY = "status/startup.json"
@@ -32,6 +38,9 @@ STEP_STATES = ("done", "running", "pending", "skipped", "failed")
 # Shell substitutions that name the VM from the stack, so a hint's command can be pasted as is.
 INSTANCE_CMD = "$(pulumi stack output instanceName)"
 ZONE_CMD = "$(pulumi config get gcp:zone)"
+# GCE instance and zone names (RFC 1035 labels):
+# https://cloud.google.com/compute/docs/naming-resources#resource-name-format
+GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # systemd units of the VM (startup/startup.sh.j2).
 STARTUP_UNIT = "google-startup-scripts.service"
 JUPYTER_UNIT = "kgg-jupyter.service"
@@ -73,10 +82,19 @@ class Vm:
         return f"gcloud compute instances reset {self.instance} --zone {self.zone}"
 
 
+def _shell_name(value: Any, placeholder: str) -> str:
+    """A GCE name from the status document as one shell word; anything else, the placeholder.
+
+    The hints are pasted into a shell: `kgg-vm; curl ... | sh` must never become a command."""
+    if isinstance(value, str) and GCE_NAME.fullmatch(value):
+        return shlex.quote(value)
+    return placeholder
+
+
 def _vm(startup: Doc) -> Vm:
-    instance = startup.get("instance") or Vm.instance
-    zone = startup.get("zone") or Vm.zone
-    return Vm(str(instance), str(zone))
+    return Vm(
+        _shell_name(startup.get("instance"), Vm.instance), _shell_name(startup.get("zone"), Vm.zone)
+    )
 
 
 def hint_for(step: str, message: str, vm: Vm) -> list[str]:
@@ -244,7 +262,7 @@ def render_training(startup: Doc | None, progress: Doc | None, now: datetime) ->
     if speed:
         lines.append("  " + ", ".join(speed))
     if state == "done" and run_id:
-        lines.append(f"  next: python -m workload pull {run_id}")
+        lines.append(f"  next: python -m workload pull {shlex.quote(str(run_id))}")
     if state == "failed" and progress.get("error"):
         lines.append(f"  error: {progress['error']}")
     return lines
@@ -348,14 +366,17 @@ def render_status(
 
 
 def parse_doc(data: bytes | None) -> Doc | None:
-    """A status document, or None when it is missing, empty or not a JSON object."""
+    """A status document, or None when it is missing, empty or not a JSON object.
+
+    Every string in it comes back printable (workload.terminal): the bucket's writers are not
+    trusted with the user's terminal."""
     if not data or not data.strip():
         return None
     try:
         doc = json.loads(data)
     except ValueError:
         return None
-    return doc if isinstance(doc, dict) and doc else None
+    return clean_document(doc) if isinstance(doc, dict) and doc else None
 
 
 def fetch_documents(bucket: str) -> tuple[Doc | None, Doc | None]:

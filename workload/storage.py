@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from workload.terminal import printable
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -30,6 +33,10 @@ CREDENTIALS_FIX = "gcloud auth application-default login"
 
 class StorageError(RuntimeError):
     """A bucket or object cannot be reached: the message names the URL and what to check."""
+
+
+class UnsafeNameError(ValueError):
+    """An object name that would land outside the folder it is downloaded into."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,13 @@ class ObjectInfo:
 
 @dataclass
 class SyncStats:
-    """What a tree sync did: files copied, files skipped as already identical, bytes copied."""
+    """What a tree sync did: files copied, files skipped as already identical, bytes copied, and
+    objects refused because their name would land outside the target folder."""
 
     copied: int = 0
     skipped: int = 0
     bytes: int = 0
+    refused: int = 0
 
 
 def is_gcs(path: str | os.PathLike[str]) -> bool:
@@ -70,6 +79,21 @@ def join(base: str, *parts: str) -> str:
     if is_gcs(base):
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
     return str(Path(base, *parts))
+
+
+def local_path(root: str | os.PathLike[str], name: str) -> Path:
+    """`root/name` for an object name read from a bucket, which nothing guarantees is harmless.
+
+    GCS accepts names with `..`, `.` and empty segments (`runs/r1/../../x`, `runs/r1//etc/x`);
+    joined as they are, they land outside `root` or at an absolute path. Raises UnsafeNameError
+    for those, and for names that resolve outside `root` through a symlink already there."""
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeNameError(f"object name {name!r} has an empty, '.' or '..' segment")
+    target = Path(root, *parts)
+    if not target.resolve().is_relative_to(Path(root).resolve()):
+        raise UnsafeNameError(f"object name {name!r} resolves outside {str(root)!r}")
+    return target
 
 
 def client() -> gcs.Client:
@@ -288,14 +312,23 @@ def download_tree(
 ) -> SyncStats:
     """Mirrors every object under `url_prefix` into `local_dir`, skipping identical files.
 
-    `include(relative_name)` may filter objects. A local `url_prefix` is copied the same way."""
+    `include(relative_name)` may filter objects. A local `url_prefix` is copied the same way.
+    Objects whose name would land outside `local_dir` are refused with a warning (see
+    `local_path`) and counted in `refused`."""
     root = Path(local_dir)
     stats = SyncStats()
     jobs: list[Callable[[], None]] = []
     for info in list_objects(url_prefix):
         if include is not None and not include(info.name):
             continue
-        target = root / info.name
+        try:
+            target = local_path(root, info.name)
+        except UnsafeNameError as error:
+            # Whoever can write the bucket must not be able to write outside `local_dir`.
+            warning = f"warning: not downloading from {url_prefix}: {error}"
+            print(printable(warning), file=sys.stderr)
+            stats.refused += 1
+            continue
         md5 = info.md5
         if md5 is None and not is_gcs(url_prefix):
             source = Path(url_prefix, info.name)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
+from workload.terminal import printable
 
 MANIFEST_NAME = "_upload_manifest.json"
 MANIFEST_VERSION = 1
@@ -47,6 +48,8 @@ class Dataset:
     classes: dict[str, list[LocalFile]]
     test: list[LocalFile]
     ignored: list[Path] = field(default_factory=list)
+    # Symbolic links that lead outside the root: skipped, never uploaded.
+    outside: list[Path] = field(default_factory=list)
 
     @property
     def files(self) -> list[LocalFile]:
@@ -69,6 +72,7 @@ class UploadReport:
     bytes_uploaded: int
     manifest_written: bool
     ignored: int
+    outside: int = 0
     extra: list[str] = field(default_factory=list)
     deleted: int = 0
 
@@ -88,11 +92,30 @@ def _child_dir(root: Path, name: str) -> Path | None:
     return matches[0] if matches else None
 
 
+class _Root:
+    """The dataset root, resolved once, and the links found leading out of it.
+
+    A downloaded dataset archive can hold `train/a/x.png -> ~/.ssh/id_rsa`: following it would
+    copy the laptop's file into the bucket. Links that stay inside the root are fine."""
+
+    def __init__(self, root: Path) -> None:
+        self.real = root.resolve()
+        self.outside: list[Path] = []
+
+    def leads_outside(self, path: Path) -> bool:
+        if path.resolve().is_relative_to(self.real):
+            return False
+        self.outside.append(path)
+        return True
+
+
 def _images(
-    folder: Path, relpath_of: Callable[[Path], str], ignored: list[Path]
+    folder: Path, relpath_of: Callable[[Path], str], ignored: list[Path], root: _Root
 ) -> list[LocalFile]:
     files = []
     for path in sorted(folder.iterdir()):
+        if root.leads_outside(path):
+            continue
         if _is_image(path):
             files.append(LocalFile(path, relpath_of(path), path.stat().st_size))
         else:
@@ -133,12 +156,23 @@ def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
             f"{', ...' if len(loose) > 3 else ''}); "
             f"expected one sub-folder per class: {train}/<class>/*.png"
         )
+    inside = _Root(root)
+    test_dir = _child_dir(root, TEST_DIR)
+    for folder in (train, test_dir):
+        if folder is not None and inside.leads_outside(folder):
+            raise LayoutError(
+                f"{folder} is a symbolic link to {folder.resolve()}, outside {root}; "
+                f"upload links only within the dataset folder: pass {folder.resolve().parent} "
+                "or copy the files in"
+            )
     ignored: list[Path] = []
     classes: dict[str, list[LocalFile]] = {}
     for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
-        if class_dir.name.startswith("."):
+        if class_dir.name.startswith(".") or inside.leads_outside(class_dir):
             continue
-        files = _images(class_dir, lambda p, c=class_dir.name: f"{TRAIN_DIR}/{c}/{p.name}", ignored)
+        files = _images(
+            class_dir, lambda p, c=class_dir.name: f"{TRAIN_DIR}/{c}/{p.name}", ignored, inside
+        )
         if not files:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise LayoutError(
@@ -152,11 +186,12 @@ def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
             f"{train} has {len(classes)} class folder(s) ({found}); a classifier needs at least 2: "
             f"{train}/<class>/*.png"
         )
-    test_dir = _child_dir(root, TEST_DIR)
     test = (
-        _images(test_dir, lambda p: f"{TEST_DIR}/{p.name}", ignored) if test_dir is not None else []
+        _images(test_dir, lambda p: f"{TEST_DIR}/{p.name}", ignored, inside)
+        if test_dir is not None
+        else []
     )
-    return Dataset(root=root, classes=classes, test=test, ignored=ignored)
+    return Dataset(root=root, classes=classes, test=test, ignored=ignored, outside=inside.outside)
 
 
 def build_manifest(
@@ -275,6 +310,7 @@ def upload_dataset(
         bytes_uploaded=sum(f.size for f in uploaded),
         manifest_written=not unchanged,
         ignored=len(dataset.ignored),
+        outside=len(dataset.outside),
         extra=extra,
         deleted=deleted,
     )
@@ -296,10 +332,18 @@ def format_report(report: UploadReport) -> str:
     )
     if report.ignored:
         lines.append(f"ignored {report.ignored} files that are not .png/.jpg/.jpeg images")
+    if report.outside:
+        lines.append(
+            f"skipped {report.outside} symbolic links that lead outside the dataset folder "
+            "(never uploaded)"
+        )
     if report.deleted:
         lines.append(f"deleted {report.deleted} objects that are not in the local folder")
     elif report.extra:
-        examples = ", ".join(report.extra[:3]) + (", ..." if len(report.extra) > 3 else "")
+        # Object names: the bucket's text.
+        examples = printable(
+            ", ".join(report.extra[:3]) + (", ..." if len(report.extra) > 3 else "")
+        )
         lines.append(
             f"WARNING: {len(report.extra)} objects under {report.url} are not in the local folder "
             f"({examples}); the training job reads them too. Run again with --delete-extra to "

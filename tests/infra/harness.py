@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from infra.stack_config import PROJECT, resolve_config
 CANARY_PASSWORD = "canary-Pa55word-7f3e"
 MY_RANGE = "203.0.113.7/32"
 FAKE_IP = "198.51.100.20"
+FAKE_PROJECT_NUMBER = "123456789012"
 
 
 @dataclass
@@ -42,6 +44,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == "random:index/randomBytes:RandomBytes":
             outputs["base64"] = "AAECAwQFBgcICQoLDA0ODw=="
             outputs["hex"] = "000102030405060708090a0b0c0d0e0f"
+        if args.typ == "random:index/randomId:RandomId":
+            # Random as the provider's: each program run here is a new stack.
+            outputs["hex"] = secrets.token_hex(int(args.inputs["byteLength"]))
+        if args.typ == "gcp:secretmanager/secret:Secret":
+            name = f"projects/{FAKE_PROJECT_NUMBER}/secrets/{args.inputs['secretId']}"
+            outputs["name"] = name
+            return name, outputs
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import subprocess
 import tarfile
 
-from infra.archive import build_archive
+import pytest
+
+from infra.archive import ArchiveError, build_archive
 
 
 def _tree(root):
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
     (root / "workload" / "__pycache__").mkdir(parents=True)
     (root / "startup").mkdir()
     (root / "workload" / "train.py").write_text("print('train')\n")
@@ -41,3 +46,23 @@ def test_archive_holds_code_and_lock_without_caches(tmp_path):
         assert all(member.mtime == 0 and member.uid == 0 for member in tar.getmembers())
     assert names == ["pyproject.toml", "startup/boot.sh.j2", "uv.lock", "workload/train.py"]
     assert archive.object_name == f"code/workload-{archive.sha256[:16]}.tar.gz"
+
+
+def test_archive_leaves_out_git_ignored_files(tmp_path):
+    _tree(tmp_path)
+    (tmp_path / ".gitignore").write_text(".env\n*.key\n")
+    (tmp_path / "workload" / ".env").write_text("WANDB_API_KEY=canary-5e3f\n")
+    (tmp_path / "startup" / "sa.key").write_text("canary-5e3f\n")
+    archive = build_archive(tmp_path)
+    assert "workload/.env" not in archive.files and "startup/sa.key" not in archive.files
+    assert b"canary-5e3f" not in gzip.decompress(archive.data)
+    assert "workload/train.py" in archive.files  # new, not yet committed: shipped
+
+
+def test_archive_outside_a_git_checkout_says_to_use_one(tmp_path, monkeypatch):
+    # Even where the temporary folder sits inside some other checkout.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    (tmp_path / "workload").mkdir()
+    (tmp_path / "workload" / "train.py").write_text("print('train')\n")
+    with pytest.raises(ArchiveError, match=r"git ls-files.*run pulumi from a git clone"):
+        build_archive(tmp_path)

@@ -63,5 +63,5 @@ def test_unknown_price_gives_no_estimate_rather_than_a_guess():
 def test_service_account_id_is_valid_for_any_stack(stack):
     import re
 
-    account = service_account_id(stack)
+    account = service_account_id(stack, "0a1b2c")
     assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account), account

@@ -9,7 +9,7 @@ import pytest
 
 from infra import specs
 from infra.password import jupyter_password_hash
-from tests.infra.harness import CANARY_PASSWORD, FAKE_IP, MY_RANGE, build
+from tests.infra.harness import CANARY_PASSWORD, FAKE_IP, FAKE_PROJECT_NUMBER, MY_RANGE, build
 
 
 def _check(resource: pulumi.Resource, *values, check):
@@ -73,6 +73,34 @@ def test_g2_vm_brings_its_l4_without_guest_accelerators(tmp_path):
         notebook.instance.guest_accelerators,
         check=check,
     )
+
+
+def test_vm_is_deleted_before_its_replacement_is_created(tmp_path, monkeypatch):
+    # A replacement needs the static IP the old VM holds (and its GPU quota). delete_before_replace
+    # is a resource option, which mocks do not echo back: watch it being passed.
+    import pulumi_gcp as gcp
+
+    options = {}
+
+    class WatchedInstance(gcp.compute.Instance):
+        def __init__(self, name, *args, opts=None, **kwargs):
+            options[name] = opts.delete_before_replace
+            super().__init__(name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(gcp.compute, "Instance", WatchedInstance)
+    build(tmp_path, {"spot": True})
+    assert options == {"kg-vm": True}
+
+
+@pulumi.runtime.test
+def test_boot_disk_carries_the_stack_labels(tmp_path):
+    notebook, _, _ = build(tmp_path, {"labels": {"team": "vision"}})
+
+    def check(urn, disk):
+        expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
+        assert disk["initialize_params"]["labels"] == expected, urn
+
+    return _check(notebook.instance, notebook.instance.boot_disk, check=check)
 
 
 @pulumi.runtime.test
@@ -191,10 +219,6 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
         assert [
             (g.inputs["bucket"], g.inputs["role"], g.inputs["member"]) for g in bucket_grants
         ] == [(bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{email}")], urn
-        project_roles = sorted(
-            g.inputs["role"] for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
-        )
-        assert project_roles == ["roles/logging.logWriter", "roles/monitoring.metricWriter"], urn
         assert not mocks.of_type("gcp:storage/bucketIAMBinding:BucketIAMBinding"), urn
 
     return _check(
@@ -202,6 +226,38 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
         notebook.bucket.name,
         notebook.service_account.email,
         notebook.instance.urn,  # the VM waits for every grant
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_service_account_gets_only_the_project_roles_the_vm_uses(tmp_path):
+    notebook, _, mocks = build(tmp_path)
+
+    def check(urn, _instance_urn):
+        grants = mocks.of_type("gcp:projects/iAMMember:IAMMember")
+        # The startup script's runner logs to Cloud Logging; nothing writes metrics.
+        assert [g.inputs["role"] for g in grants] == ["roles/logging.logWriter"], urn
+
+    return _check(notebook.service_account, notebook.instance.urn, check=check)
+
+
+@pulumi.runtime.test
+def test_two_dev_stacks_in_one_project_get_different_service_accounts(tmp_path):
+    first, _, first_mocks = build(tmp_path / "a")
+    second, _, _ = build(tmp_path / "b")
+
+    def check(urn, first_id, second_id):
+        assert first_id != second_id, urn
+        assert first_id.startswith("kgg-dev-") and second_id.startswith("kgg-dev-"), urn
+        # No keepers: nothing but a new stack (or a lost state) draws a new suffix.
+        suffixes = first_mocks.of_type("random:index/randomId:RandomId")
+        assert [r.inputs.get("keepers") for r in suffixes] == [None], urn
+
+    return _check(
+        first.service_account,
+        first.service_account.account_id,
+        second.service_account.account_id,
         check=check,
     )
 
@@ -259,12 +315,13 @@ def test_deeplearning_image_asks_google_to_install_the_driver(tmp_path):
 
 
 @pulumi.runtime.test
-def test_password_reaches_the_vm_only_as_a_stable_argon2_hash(tmp_path):
-    notebook, _, _ = build(tmp_path)
+def test_password_hash_is_a_secret_version_only_the_vms_account_can_read(tmp_path):
+    notebook, _, mocks = build(tmp_path)
     from jupyter_server.auth.security import passwd_check
 
-    def check(urn, metadata):
-        password_hash = metadata["kgg-jupyter-password-hash"]
+    def check(urn, secret_id, secret_name, password_hash, email, _instance_urn):
+        assert secret_name == f"projects/{FAKE_PROJECT_NUMBER}/secrets/{secret_id}", urn
+        assert secret_id.startswith("kgg-dev-") and secret_id.endswith("-jupyter-password"), urn
         assert password_hash.startswith("argon2:$argon2id$"), urn
         assert passwd_check(password_hash, CANARY_PASSWORD), urn
         assert not passwd_check(password_hash, CANARY_PASSWORD + "x"), urn
@@ -272,8 +329,56 @@ def test_password_reaches_the_vm_only_as_a_stable_argon2_hash(tmp_path):
         assert password_hash == jupyter_password_hash(
             CANARY_PASSWORD, "AAECAwQFBgcICQoLDA0ODw=="
         ), urn
+        (version,) = mocks.of_type("gcp:secretmanager/secretVersion:SecretVersion")
+        assert version.inputs["secret"] == secret_name, urn
+        access = mocks.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")
+        assert [(a.inputs["secretId"], a.inputs["role"], a.inputs["member"]) for a in access] == [
+            (secret_name, "roles/secretmanager.secretAccessor", f"serviceAccount:{email}")
+        ], urn
+        project_roles = [
+            g.inputs["role"] for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+        ]
+        assert not [role for role in project_roles if "secretmanager" in role], urn
 
-    return _check(notebook.instance, notebook.instance.metadata, check=check)
+    secret = notebook.password_secret
+    return _check(
+        secret,
+        secret.secret_id,
+        secret.name,
+        notebook.password_version.secret_data,
+        notebook.service_account.email,
+        notebook.instance.urn,  # every resource registered
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_metadata_names_the_password_secret_and_holds_no_hash(tmp_path):
+    notebook, _, _ = build(tmp_path)
+
+    def check(urn, metadata, secret_name, password_hash):
+        assert metadata[specs.PASSWORD_SECRET_KEY] == secret_name, urn
+        assert "kgg-jupyter-password-hash" not in metadata, urn
+        assert not [key for key, value in metadata.items() if password_hash in value], urn
+
+    return _check(
+        notebook.instance,
+        notebook.instance.metadata,
+        notebook.password_secret.name,
+        notebook.password_version.secret_data,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_metadata_is_not_secret_so_preview_shows_the_startup_script_diff(tmp_path):
+    notebook, _, _ = build(tmp_path)
+
+    def check(urn, metadata_is_secret):
+        assert metadata_is_secret is False, urn
+
+    is_secret = pulumi.Output.from_input(notebook.instance.metadata.is_secret())
+    return _check(notebook.instance, is_secret, check=check)
 
 
 @pulumi.runtime.test

@@ -28,9 +28,9 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
         assert notebook_url.startswith("https://") and notebook_url.endswith(":8888")
         created = sorted(r.type.split(":")[-1] for r in mocks.resources)
         assert created == sorted([
-            "GpuNotebook", "Bucket", "BucketObject", "Account", "BucketIAMMember", "IAMMember",
+            "GpuNotebook", "Bucket", "BucketObject", "RandomId", "Account", "BucketIAMMember",
             "IAMMember", "Network", "Subnetwork", "Firewall", "Firewall", "Address",
-            "RandomBytes", "Instance",
+            "RandomBytes", "Secret", "SecretVersion", "SecretIamMember", "Instance",
         ])  # fmt: skip
 
     return pulumi.Output.all(exported["notebookUrl"], exported["instanceName"]).apply(

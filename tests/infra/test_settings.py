@@ -109,18 +109,48 @@ def test_malformed_cidrs_are_refused(bad):
 
 
 def test_world_open_range_is_accepted_when_written():
-    assert settings(allowedSourceRanges=["0.0.0.0/0"]).open_to_world
+    assert settings(allowedSourceRanges=["0.0.0.0/0"]).widely_open
 
 
-def test_ipv6_range_is_accepted():
-    assert settings(allowedSourceRanges=["2001:db8::/64"]).allowed_source_ranges == (
-        "2001:db8::/64",
-    )
+@pytest.mark.parametrize("ipv6", ["2001:db8::/64", "::/0"])
+def test_ipv6_ranges_are_refused_the_vm_has_no_ipv6(ipv6):
+    message = error_for(allowedSourceRanges=["203.0.113.7/32", ipv6])
+    assert f"{ipv6!r} is IPv6" in message
+    assert "allowedSourceRanges[0]" in message
+
+
+def test_ranges_that_together_cover_more_than_a_slash_8_are_widely_open():
+    halves = settings(allowedSourceRanges=["0.0.0.0/1", "128.0.0.0/1"])
+    assert halves.reachable_addresses == 2**32 and halves.widely_open
+    assert settings(allowedSourceRanges=["10.0.0.0/8", "11.0.0.0/24"]).widely_open
+
+
+def test_a_slash_8_or_overlapping_ranges_inside_it_are_not_widely_open():
+    assert not settings(allowedSourceRanges=["10.0.0.0/8"]).widely_open
+    assert not settings(allowedSourceRanges=["10.0.0.0/8", "10.1.0.0/16"]).widely_open
 
 
 def test_bad_label_is_refused():
     message = error_for(labels={"Team": "ML"})
     assert "'Team'" in message
+
+
+@pytest.mark.parametrize("value", ["ml\n", "ml\nx"])
+def test_label_value_with_a_newline_is_refused(value):
+    assert repr(value) in error_for(labels={"team": value})
+
+
+@pytest.mark.parametrize(
+    "value", ["data/x\nLD_PRELOAD=/tmp/evil.so", "data/x\n", "data/\x1b[2Jx", "data/\tx"]
+)
+def test_data_path_with_a_control_character_is_refused(value):
+    message = error_for(dataPath=value)
+    assert f"dataPath {value!r} contains a control character" in message
+
+
+def test_training_arg_with_a_newline_is_refused():
+    message = error_for(trainingArgs=["--recipe", "fast\nLD_PRELOAD=/tmp/evil.so"])
+    assert "trainingArgs entry 'fast\\nLD_PRELOAD=/tmp/evil.so'" in message
 
 
 def test_data_path_must_stay_inside_the_bucket():

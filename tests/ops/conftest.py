@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from workload import ops_cli
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {"Black-grass": 3, "Charlock": 2, "Maize": 4}
 TEST_IMAGES = 2
 
@@ -42,3 +46,20 @@ def parser() -> argparse.ArgumentParser:
 def run_cli(parser: argparse.ArgumentParser, *argv: str) -> int:
     args = parser.parse_args(list(argv))
     return args.func(args)
+
+
+def run_workload(
+    *argv: str, cwd: Path, program: tuple[str, ...] = ("-m", "workload")
+) -> subprocess.CompletedProcess[str]:
+    """`python -m workload ARGV` in a fresh interpreter, as a user runs it (the emulator's
+    STORAGE_EMULATOR_HOST is inherited)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, *program, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

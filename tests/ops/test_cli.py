@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from workload import storage
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import run_workload
+
 # Runs the CLI in a fresh interpreter and reports whether anything imported TensorFlow.
 PROBE = (
     "import sys; from workload.cli import main; code = main(sys.argv[1:]); "
@@ -20,16 +19,7 @@ PROBE = (
 
 
 def _workload(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-c", PROBE, *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_workload(*argv, cwd=cwd, program=("-c", PROBE))
 
 
 def test_upload_status_runs_and_pull_from_the_command_line_never_import_tensorflow(

