@@ -153,23 +153,15 @@ class GpuNotebook(pulumi.ComponentResource):
             )
         )
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
-        known_metadata = specs.static_metadata(settings, render_startup_script(settings)) | {
-            "kgg-workload-sha256": archive.sha256,
-            "kgg-run-id": specs.run_id(archive.sha256, settings),
-        }
+        startup_script = render_startup_script(settings)
         # Nothing secret in here, so a preview shows the startup script's diff in the clear.
         metadata = pulumi.Output.all(
             bucket=self.bucket.name,
             workload_object=self.workload.name,
             password_secret=self.password_secret.name,
         ).apply(
-            lambda values: (
-                known_metadata
-                | {
-                    "kgg-bucket": values["bucket"],
-                    "kgg-workload-object": values["workload_object"],
-                    specs.PASSWORD_SECRET_KEY: values["password_secret"],
-                }
+            lambda values: specs.instance_metadata(
+                settings, startup_script, archive_sha256=archive.sha256, **values
             )
         )
 

@@ -127,6 +127,26 @@ def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, s
     return metadata
 
 
+def instance_metadata(
+    settings: StackSettings,
+    startup_script: str,
+    *,
+    archive_sha256: str,
+    bucket: str,
+    workload_object: str,
+    password_secret: str,
+) -> dict[str, str]:
+    """Every metadata key the VM reads at boot (docs/ARCHITECTURE.md), from what the program knows
+    and what the cloud assigned."""
+    return static_metadata(settings, startup_script) | {
+        "kgg-bucket": bucket,
+        "kgg-workload-object": workload_object,
+        "kgg-workload-sha256": archive_sha256,
+        "kgg-run-id": run_id(archive_sha256, settings),
+        PASSWORD_SECRET_KEY: password_secret,
+    }
+
+
 def gpu_summary(settings: StackSettings) -> str:
     return f"{settings.gpus_attached}x {settings.gpu_type}"
 

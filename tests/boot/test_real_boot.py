@@ -32,7 +32,16 @@ from infra.password import jupyter_password_hash
 from infra.settings import StackSettings
 from infra.stack_config import PROJECT_ROOT, settings_for_stack
 from startup.render import render_startup_script
-from tests.boot.cloud import MetadataServer, free_port, gcs_emulator, read_json, storage_client
+from tests.boot.cloud import (
+    FakeApi,
+    free_port,
+    gcs_emulator,
+    metadata_server,
+    put_secret,
+    read_json,
+    secret_manager,
+    storage_client,
+)
 from tests.boot.image import METADATA_ADDRESS, build_image
 from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
 from tests.boot.phases import NOTES, phase
@@ -43,6 +52,7 @@ pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("boot_prerequisites")]
 BUCKET = "kgg-boot-test"
 PASSWORD = "correct horse battery staple"
 SALT = base64.b64encode(b"boot-suite-salt!").decode()
+PASSWORD_SECRET = "projects/123456/secrets/kgg-boot-test-jupyter-password"
 DATA_PATH = "data/plant-seedlings"
 TRAINING_ARGS = [
     "--weights", "none", "--image-size", "32", "--batch-size", "4", "--head-epochs", "1",
@@ -58,7 +68,7 @@ class Vm:
     """The machine, its fake cloud, and what infra/ would have given it."""
 
     machine: Machine
-    metadata: MetadataServer
+    metadata: FakeApi
     gcs_url: str
     storage: Any
     archive: WorkloadArchive
@@ -80,14 +90,14 @@ class Vm:
 
     def give_metadata(self, settings: StackSettings, idle_check_seconds: int = 300) -> None:
         """The instance metadata `pulumi up` sets, made by the project's own code."""
-        script = render_startup_script(settings, idle_check_seconds=idle_check_seconds)
-        attributes = specs.static_metadata(settings, script) | {
-            "kgg-bucket": BUCKET,
-            "kgg-workload-object": self.archive.object_name,
-            "kgg-workload-sha256": self.archive.sha256,
-            "kgg-jupyter-password-hash": jupyter_password_hash(PASSWORD, SALT),
-            "kgg-run-id": specs.run_id(self.archive.sha256, settings),
-        }
+        attributes = specs.instance_metadata(
+            settings,
+            render_startup_script(settings, idle_check_seconds=idle_check_seconds),
+            archive_sha256=self.archive.sha256,
+            bucket=BUCKET,
+            workload_object=self.archive.object_name,
+            password_secret=PASSWORD_SECRET,
+        )
         self.metadata.values.update(
             {f"instance/attributes/{key}": value for key, value in attributes.items()}
         )
@@ -123,9 +133,11 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
         ),
     }
     with (
-        MetadataServer(METADATA_ADDRESS, values) as metadata,
+        metadata_server(METADATA_ADDRESS, values) as metadata,
+        secret_manager("127.0.0.1", free_port()) as secrets,
         gcs_emulator(BUCKET, tmp / "gcs.log") as gcs_url,
     ):
+        put_secret(secrets, PASSWORD_SECRET, jupyter_password_hash(PASSWORD, SALT))
         archive = build_archive()
         storage = storage_client(gcs_url)
         storage.bucket(BUCKET).blob(archive.object_name).upload_from_string(archive.data)
@@ -137,6 +149,7 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
             "KGG_GCS_API_URL": f"{gcs_url}/storage/v1",
             "KGG_GCS_UPLOAD_URL": f"{gcs_url}/upload/storage/v1",
             "STORAGE_EMULATOR_HOST": gcs_url,
+            "KGG_SECRET_MANAGER_URL": secrets.url,
             # No GPU here: TensorFlow sees none (nvidia-smi's stand-in shows the T4).
             "KGG_EXPECTED_GPUS": "0",
             "KGG_DATA_POLL_SECONDS": "2",

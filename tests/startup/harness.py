@@ -27,6 +27,8 @@ from startup.render import render_startup_script
 METADATA_URL = "http://metadata.test/computeMetadata/v1"
 GCS_API_URL = "http://gcs.test/storage/v1"
 GCS_UPLOAD_URL = "http://gcs.test/upload/storage/v1"
+SECRET_MANAGER_URL = "http://secrets.test/v1"
+PASSWORD_SECRET = "projects/123456/secrets/kgg-dev-abc123-jupyter-password"
 BUCKET = "kgg-test-bucket"
 RUN_ID = "run-20261127-abc123"
 PASSWORD_HASH = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
@@ -163,6 +165,13 @@ case "${url}" in
     mkdir -p "$(dirname "${STUBS}/gcs/${name}")" "${STUBS}/uploads"
     cp "${data}" "${STUBS}/gcs/${name}"
     cp "${data}" "${STUBS}/uploads/$(date +%s%N)-$(basename "${name}")" ;;
+  __SECRETS__/*:access)
+    # Secret Manager: stubs/secrets/<secret>/versions/<version> holds the payload.
+    file="${STUBS}/secrets/${path#__SECRETS__/}"
+    file="${file%:access}"
+    [[ -f "${file}" ]] || { echo "curl: (22) The requested URL returned error: 403" >&2; exit 22; }
+    printf '{"name": "%s", "payload": {"data": "%s"}}\n' "${path#__SECRETS__/}" \
+      "$(base64 -w0 "${file}")" >"${out:-/dev/stdout}" ;;
   __API__/b/*)
     name="$(decode "${path#*/o/}")"
     [[ -f "${STUBS}/gcs/${name}" ]] || { echo "curl: (22) 404" >&2; exit 22; }
@@ -257,12 +266,13 @@ class FakeVm:
         self.archive_sha256 = hashlib.sha256(archive).hexdigest()
         object_name = f"code/workload-{self.archive_sha256[:16]}.tar.gz"
         self.put_gcs(object_name, archive)
+        self.put_secret(PASSWORD_SECRET, PASSWORD_HASH)
         self.set_metadata(
             {
                 "instance/attributes/kgg-bucket": BUCKET,
                 "instance/attributes/kgg-workload-object": object_name,
                 "instance/attributes/kgg-workload-sha256": self.archive_sha256,
-                "instance/attributes/kgg-jupyter-password-hash": PASSWORD_HASH,
+                "instance/attributes/kgg-jupyter-password-secret": PASSWORD_SECRET,
                 "instance/attributes/kgg-run-id": RUN_ID,
                 "instance/network-interfaces/0/access-configs/0/external-ip": EXTERNAL_IP,
                 "instance/name": "kgg-dev-vm",
@@ -278,6 +288,7 @@ class FakeVm:
             "__STUBS__": str(self.stubs),
             "__METADATA__": METADATA_URL,
             "__UPLOAD__": GCS_UPLOAD_URL,
+            "__SECRETS__": SECRET_MANAGER_URL,
             "__API__": GCS_API_URL,
             "__FINGERPRINT__": FINGERPRINT,
         }
@@ -298,6 +309,12 @@ class FakeVm:
             file = self.stubs / "metadata" / path
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(value)
+
+    def put_secret(self, secret: str, value: str, version: str = "latest") -> None:
+        """A Secret Manager secret version only the VM's account can read (here: anyone)."""
+        file = self.stubs / "secrets" / secret / "versions" / version
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(value)
 
     def put_gcs(self, name: str, data: bytes) -> None:
         file = self.stubs / "gcs" / name
@@ -356,6 +373,7 @@ class FakeVm:
             "KGG_METADATA_URL": METADATA_URL,
             "KGG_GCS_API_URL": GCS_API_URL,
             "KGG_GCS_UPLOAD_URL": GCS_UPLOAD_URL,
+            "KGG_SECRET_MANAGER_URL": SECRET_MANAGER_URL,
             "KGG_RETRY_ATTEMPTS": "3",
             "KGG_RETRY_BASE_SECONDS": "0",
             "KGG_DLVM_DRIVER_WAIT_SECONDS": "0",

@@ -20,6 +20,7 @@ from tests.startup.harness import (
     FINGERPRINT,
     KERNEL,
     PASSWORD_HASH,
+    PASSWORD_SECRET,
     RUN_ID,
     FakeVm,
     settings_for,
@@ -180,7 +181,7 @@ def test_archive_that_does_not_match_its_hash_fails_the_python_step(vm: FakeVm) 
     assert "does not match kgg-workload-sha256" in error["message"]
 
 
-def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_metadata_hash(up_vm: FakeVm) -> None:
+def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_secret_hash(up_vm: FakeVm) -> None:
     vm = up_vm
 
     root = vm.root
@@ -708,3 +709,41 @@ def fake_python(vm: FakeVm, version: str) -> None:
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text(f"#!/bin/sh\necho {version}\n")
     python.chmod(0o755)
+
+
+def test_password_hash_comes_from_secret_manager_and_is_never_logged(up_vm: FakeVm) -> None:
+    secret_reads = [call for call in up_vm.calls("curl") if any(":access" in arg for arg in call)]
+    assert secret_reads
+    assert all("/versions/latest:access" in call[-1] for call in secret_reads)
+    assert PASSWORD_HASH not in (up_vm.root / "var/lib/keras-gpu-gcp/startup.log").read_text()
+    assert PASSWORD_HASH not in json.dumps(up_vm.status())
+    assert "kgg-jupyter-password-hash" not in up_vm.script.read_text()
+
+
+def test_unreadable_password_secret_fails_the_jupyter_step_naming_it(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    (vm.stubs / "secrets").rename(vm.stubs / "no-secrets")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["step"] == "jupyter"
+    assert error["message"].startswith(
+        f"could not read the Jupyter password hash from Secret Manager ({PASSWORD_SECRET}): curl "
+    )
+    assert "403" in error["message"]
+    assert "Secret Manager API" in error["hint"]
+
+
+def test_secret_without_an_argon2_hash_is_refused_without_showing_it(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.put_secret(PASSWORD_SECRET, "my-plaintext-password")
+
+    boot = vm.boot()
+
+    assert boot.returncode != 0
+    error = vm.status()["error"]
+    assert error["message"] == f"{PASSWORD_SECRET} holds no Jupyter argon2 hash"
+    assert "my-plaintext-password" not in json.dumps(vm.status()) + boot.stderr
+    assert not (vm.root / "etc/keras-gpu-gcp/jupyter/password.hash").exists()
