@@ -107,9 +107,11 @@ def test_rendered_script_is_complete_and_secret_free(gpu: str, image: str, spot:
     assert "argon2:" not in text.replace("argon2:*", "").replace("argon2:...", "")
 
 
-def test_password_hash_comes_only_from_metadata() -> None:
+def test_password_hash_comes_only_from_secret_manager() -> None:
     text = render_for("nvidia-tesla-t4", "ubuntu-2204", False)
-    assert 'PASSWORD_HASH="$(attribute kgg-jupyter-password-hash)"' in text
+    assert "kgg-jupyter-password-hash" not in text
+    assert 'PASSWORD_SECRET="$(attribute kgg-jupyter-password-secret)"' in text
+    assert "/versions/latest:access" in text
     config = render_jupyter_config(settings_for())
     assert 'hashed_password = (_here / "password.hash").read_text().strip()' in config
 
