@@ -1,7 +1,8 @@
 """`workload runs` and `workload pull`: the training runs under gs://BUCKET/runs/, and their files.
 
 A run's summary comes from its `metrics.json` (written when the run ends) or, while it is still
-running, from its `progress.json`.
+running, from its `progress.json`. Its score is the headline of metrics.json: the held-out split
+when the run kept one (`scored_on`), else validation; a running run shows validation.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RunSummary:
     updated: datetime | None
     files: int
     size: int
+    scored_on: str | None = None  # holdout | validation: the set micro_f1 and accuracy are on
 
 
 def _number(doc: dict[str, Any], keys: tuple[str, ...]) -> float | None:
@@ -71,7 +73,14 @@ def summarize_run(
     docs = [d for d in (metrics, progress) if d is not None]
     micro_f1 = next((v for d in docs if (v := _number(d, MICRO_F1_KEYS)) is not None), None)
     accuracy = next((v for d in docs if (v := _number(d, ACCURACY_KEYS)) is not None), None)
-    return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size)
+    scored_on = None
+    if micro_f1 is not None or accuracy is not None:
+        # Runs from before the held-out split, and progress while running, are on validation.
+        recorded = (metrics or {}).get("scored_on") or ((progress or {}).get("metrics") or {}).get(
+            "scored_on"
+        )
+        scored_on = str(recorded or "validation")
+    return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
 
 
 def runs_url(bucket: str) -> str:
@@ -117,13 +126,14 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
             f"No runs in {runs_url(bucket)}/ yet. The VM starts one once the data is uploaded "
             "(`python -m workload status` shows where it stands)."
         )
-    header = ("run", "state", "micro-F1", "accuracy", "updated (UTC)", "files", "MB")
+    header = ("run", "state", "micro-F1", "accuracy", "scored on", "updated (UTC)", "files", "MB")
     rows = [header] + [
         (
             f"{run.run_id} *" if run.run_id == current else run.run_id,
             run.state,
             _score(run.micro_f1),
             _score(run.accuracy),
+            run.scored_on or "-",
             run.updated.strftime("%Y-%m-%d %H:%M") if run.updated else "-",
             str(run.files),
             f"{run.size / 1e6:.1f}",
