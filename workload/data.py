@@ -75,12 +75,14 @@ def find_split_dirs(root: Path) -> tuple[Path, Path | None]:
     return train, subdirs.get("test")
 
 
-def walk_files(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
+def walk_files(folder: Path, root: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
     """Regular files under `folder` (relative, sorted) and the entries skipped, with why.
 
     Links to folders are never followed: `train/Loop -> ..` would make a class of the whole data
     set, test images included, and a link out of the data root reads what was never meant as
-    data. Links to files are followed; broken links, loops and special files are skipped."""
+    data. Links to files inside `root` (default: `folder`) are followed; links out of it, broken
+    links, loops and special files are skipped, as `workload upload` skips links out of it."""
+    root = (root or folder).resolve()
     files: list[str] = []
     skipped: list[dict[str, str]] = []
     pending = [folder]
@@ -90,7 +92,7 @@ def walk_files(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
             if _hidden(entry.name):
                 continue
             relative = Path(entry.path).relative_to(folder).as_posix()
-            reason = _not_followed(Path(entry.path)) if entry.is_symlink() else None
+            reason = _not_followed(Path(entry.path), root) if entry.is_symlink() else None
             if reason is not None:
                 skipped.append({"file": f"{folder.name}/{relative}", "reason": reason})
             elif entry.is_dir(follow_symlinks=False):
@@ -102,8 +104,8 @@ def walk_files(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
     return sorted(files), sorted(skipped, key=lambda item: item["file"])
 
 
-def _not_followed(link: Path) -> str | None:
-    """Why a link is skipped, or None for a link to a regular file (followed)."""
+def _not_followed(link: Path, root: Path) -> str | None:
+    """Why a link is skipped, or None for a link to a regular file inside `root` (followed)."""
     target = os.readlink(link)
     try:
         resolved = link.resolve(strict=True)
@@ -113,6 +115,8 @@ def _not_followed(link: Path) -> str | None:
         return f"link loop through {target}"
     if resolved.is_dir():
         return f"link to the folder {target}, not followed"
+    if not resolved.is_relative_to(root):
+        return f"link to {target}, outside the data folder"
     return None if resolved.is_file() else f"link to {target}, not a file"
 
 
@@ -121,7 +125,7 @@ def discover_train(train_dir: Path) -> tuple[list[str], list[int], list[str], li
 
     Files outside class folders and links to folders are listed as skipped. Raises DataError for
     an empty class folder, fewer than two classes, or no files at all."""
-    entries, skipped = _top_level(train_dir)
+    entries, skipped = _top_level(train_dir, train_dir.parent.resolve())
     class_dirs = [p for p in entries if p.is_dir()]
     skipped += [
         {"file": f"{train_dir.name}/{p.name}", "reason": "not inside a class folder"}
@@ -136,7 +140,7 @@ def discover_train(train_dir: Path) -> tuple[list[str], list[int], list[str], li
     files: list[str] = []
     labels: list[int] = []
     for index, class_dir in enumerate(class_dirs):
-        members, not_followed = walk_files(class_dir)
+        members, not_followed = walk_files(class_dir, train_dir.parent)
         skipped += [{**item, "file": f"{train_dir.name}/{item['file']}"} for item in not_followed]
         if not members:
             raise DataError(f"class folder {class_dir} is empty; remove it or add its images")
@@ -145,14 +149,14 @@ def discover_train(train_dir: Path) -> tuple[list[str], list[int], list[str], li
     return files, labels, [p.name for p in class_dirs], skipped
 
 
-def _top_level(folder: Path) -> tuple[list[Path], list[dict[str, str]]]:
+def _top_level(folder: Path, root: Path) -> tuple[list[Path], list[dict[str, str]]]:
     """The visible entries of one folder level; links other than to files listed as skipped."""
     kept: list[Path] = []
     skipped: list[dict[str, str]] = []
     for path in sorted(folder.iterdir()):
         if _hidden(path.name):
             continue
-        reason = _not_followed(path) if path.is_symlink() else None
+        reason = _not_followed(path, root) if path.is_symlink() else None
         if reason is None:
             kept.append(path)
         else:
@@ -229,7 +233,7 @@ def data_identity(data: str) -> DataIdentity:
     else:
         root = Path(data)
         for split_dir in filter(None, find_split_dirs(root)):
-            for relative in walk_files(split_dir)[0]:
+            for relative in walk_files(split_dir, root)[0]:
                 stat = (split_dir / relative).stat()
                 name = f"{split_dir.name}/{relative}"
                 entries.append((name, stat.st_size, str(stat.st_mtime_ns)))
@@ -440,7 +444,7 @@ def load_test(
     _, test_dir = find_split_dirs(root)
     if test_dir is None:
         return None
-    files, not_followed = walk_files(test_dir)
+    files, not_followed = walk_files(test_dir, test_dir.parent)
     names = submission_names(files, test_dir)
     images, ok, bad = load_images(test_dir, files, size, cache_dir, progress=progress)
     return Dataset(

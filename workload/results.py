@@ -20,6 +20,7 @@ RUNS_PREFIX = "runs"
 LATEST = "latest"
 MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
 ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
+SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the scores are on
 
 
 class RunNotFoundError(LookupError):
@@ -76,10 +77,10 @@ def summarize_run(
     scored_on = None
     if micro_f1 is not None or accuracy is not None:
         # Runs from before the held-out split, and progress while running, are on validation.
-        recorded = (metrics or {}).get("scored_on") or ((progress or {}).get("metrics") or {}).get(
-            "scored_on"
-        )
-        scored_on = str(recorded or "validation")
+        # The documents are the bucket's text: only the two names the job writes are shown.
+        finals = [d for d in (metrics, (progress or {}).get("metrics")) if isinstance(d, dict)]
+        recorded = [d.get("scored_on") for d in finals if d.get("scored_on") in SCORED_ON]
+        scored_on = recorded[0] if recorded else "validation"
     return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
 
 

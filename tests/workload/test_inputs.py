@@ -25,13 +25,16 @@ from workload.cli import EXIT_USAGE
 
 @pytest.fixture(scope="module")
 def odd_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    """Data as people have it: a class folder linked to the data root, a broken link, a class
-    of three images, and test images in subfolders (the 2018 guide's flow_from_directory)."""
+    """Data as people have it: a class folder linked to the data root, a broken link, a link
+    out of the data folder, a class of three images, and test images in subfolders (the 2018
+    guide's flow_from_directory)."""
     root = tmp_path_factory.mktemp("odd")
     data = write_tiny_data(root / "data", test_images=0)
     write_class_images(data / "train/Rare", 0, 3, np.random.default_rng(1))
     (data / "train/Loop").symlink_to("..")
     (data / "train/Maize/gone.png").symlink_to("missing.png")
+    (root / "elsewhere.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    (data / "train/Maize/outside.png").symlink_to(root / "elsewhere.png")
     rng = np.random.default_rng(2)
     for folder, name in (("a", "t0.png"), ("b", "t1.png")):
         (data / "test" / folder).mkdir(parents=True)
@@ -52,6 +55,8 @@ def test_linked_class_folder_is_not_followed_and_is_listed_as_skipped(odd_run: T
     skipped = {item["file"]: item["reason"] for item in _metrics(odd_run)["skipped_files"]["files"]}
     assert skipped["train/Loop"] == "link to the folder .., not followed"
     assert skipped["train/Maize/gone.png"] == "broken link to missing.png"
+    outside = odd_run.root / "elsewhere.png"
+    assert skipped["train/Maize/outside.png"] == f"link to {outside}, outside the data folder"
     split = (odd_run.out / "split.csv").read_text()
     assert "Loop" not in split
     assert "test" not in split

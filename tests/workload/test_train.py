@@ -134,6 +134,15 @@ def test_result_line_and_runs_table_name_the_held_out_score(fast_run: TinyRun) -
     ]  # fmt: skip
 
 
+def test_runs_table_shows_old_and_unknown_score_sets_as_validation() -> None:
+    """Runs from before the held-out split scored validation; bucket text is never echoed."""
+    from workload import results
+
+    old = results.summarize_run("r0", {"accuracy": 0.9, "micro_f1": 0.9}, None)
+    odd = results.summarize_run("r1", {"micro_f1": 0.9, "scored_on": "\x1b[2Jall"}, None)
+    assert (old.scored_on, odd.scored_on) == ("validation", "validation")
+
+
 def test_saved_model_holds_no_optimizer_state(fast_run: TinyRun) -> None:
     """The head's Adam used to travel inside model.keras: a warning on every load."""
     import warnings
