@@ -25,10 +25,10 @@ import numpy as np
 
 from workload import storage
 from workload.atomic import atomic_path
+from workload.upload import MANIFEST_NAME
 
 CACHE_VERSION = 2
 SPLIT_DIRS = ("train", "test")
-MANIFEST_NAME = "_upload_manifest.json"  # workload.upload writes it; read here without importing
 # Below this many images a class gets one validation or held-out image, or none: its scores mean
 # little, and the user should know before reading them.
 FEW_IMAGES = 5
@@ -203,28 +203,22 @@ class DataIdentity:
     def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "files": self.files, "bytes": self.bytes}
 
-    def describe_change(self, before: dict[str, Any]) -> str:
-        """`96 files (12.3 MB) then, 116 (14.1 MB) now`, or that the same count differs."""
-        then, now = before.get("files"), self.files
-        if then != now:
-            return f"{then} files then, {now} now"
-        return f"the same {now} files, but their contents differ"
-
 
 def data_identity(data: str) -> DataIdentity:
     """The identity of the data at `data` (a folder or a gs:// prefix), before anything is
     downloaded or decoded: a listing for gs://, a walk that follows no folder link locally."""
     entries: list[tuple[str, int, str]] = []
     if storage.is_gcs(data):
-        manifest = storage.read_json(storage.join(data, MANIFEST_NAME)) or {}
+        try:
+            manifest = storage.read_json(storage.join(data, MANIFEST_NAME))
+        except ValueError:  # unreadable: the listing's MD5s identify every ordinary object
+            manifest = None
         listed = manifest.get("files") if isinstance(manifest, dict) else None
         uploaded = listed if isinstance(listed, dict) else {}
         for info in storage.list_objects(data):
-            if info.name.split("/", 1)[0].lower() not in SPLIT_DIRS or _hidden(
-                info.name.rsplit("/", 1)[-1]
-            ):
-                continue
-            entries.append((info.name, info.size, _object_checksum(info, uploaded)))
+            split = info.name.split("/", 1)[0].lower()
+            if split in SPLIT_DIRS and not _hidden(info.name.rsplit("/", 1)[-1]):
+                entries.append((info.name, info.size, _object_checksum(info, uploaded)))
         if not entries:
             raise DataError(
                 f"no train/ or test/ objects under {data}; upload the data first "
