@@ -193,7 +193,9 @@ def test_sigterm_stops_the_run_within_20_s_marking_it_interrupted(
     job.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     _, err = job.communicate(timeout=60)
-    assert time.monotonic() - signalled < 20
+    seconds = time.monotonic() - signalled
+    print(f"exited {seconds:.1f} s after SIGTERM")
+    assert seconds < 20
     assert job.returncode == EXIT_RETRY, err[-2000:]
     document = json.loads(progress.read_text())
     assert (document["state"], document["phase"]) == ("interrupted", "head")
