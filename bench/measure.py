@@ -100,7 +100,8 @@ def input_pipeline(
 ) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
     (data.load_images on a cold cache); cached epoch = reloading that cache plus one pass of the
-    job's tf.data pipeline (data.make_dataset: shuffle, batch, cast) over it, as training reads it.
+    job's tf.data pipeline (data.training_dataset: epoch order, batch, cast) over it, as training
+    reads it.
 
     Returns the figures and the decoded images and labels for the later measurements."""
     train_dir, _ = data_lib.find_split_dirs(data_root)
@@ -119,8 +120,8 @@ def input_pipeline(
 
     def one_pass(augment: bool) -> float:
         began = time.perf_counter()
-        ds = data_lib.make_dataset(
-            images, y, n_classes, BATCH, shuffle=True, augment=augment, seed=0
+        ds, _ = data_lib.training_dataset(
+            images, y, n_classes, BATCH, None, (0,), range(1), augment=augment
         )
         for _ in ds:
             pass
@@ -135,8 +136,21 @@ def input_pipeline(
 # --- 2. training throughput on the job's models -------------------------------------------------
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, **kwargs: Any) -> Any:
-    return data_lib.make_dataset(images, labels, n_classes, BATCH, seed=0, **kwargs)
+def _dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    sample_weights: np.ndarray | None = None,
+    shuffle: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """The job's training batches (one epoch) with `shuffle`, else its evaluation batches."""
+    if not shuffle:
+        return data_lib.make_dataset(images, labels, n_classes, BATCH, sample_weights)
+    dataset, _ = data_lib.training_dataset(
+        images, labels, n_classes, BATCH, sample_weights, (0,), range(1), **kwargs
+    )
+    return dataset
 
 
 def _repeat_to(images: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +273,7 @@ def finetune_steps(
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
     weights = data_lib.class_weights(y, n_classes)[y]
-    ds = data_lib.make_dataset(
-        rows, y, n_classes, BATCH, sample_weights=weights, shuffle=True, seed=0, views=views
-    )
+    ds = _dataset(rows, y, n_classes, sample_weights=weights, shuffle=True, views=views)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, last_block, head
     _clear()

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from workload.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
 
-EXIT_USAGE = 2  # bad data, path or option: fix and rerun
-EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted; the same command resumes
+# Exit codes of `train` and `predict` (README "Exit codes"):
+EXIT_USAGE = 2  # bad data, path, option or model; data or options that differ from --out's run
+EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted (SIGTERM, a simulated kill); the same command resumes
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--image-size", type=int, help="square input size (default 224)")
     add("--batch-size", type=int, help="batch size (default 32)")
-    add("--val-split", type=float, help=f"validation fraction (default {defaults.val_split})")
+    add(
+        "--val-split",
+        type=float,
+        help=f"validation fraction: chooses epochs, never scored (default {defaults.val_split})",
+    )
+    add(
+        "--holdout",
+        type=float,
+        help="held-out fraction of each class, never trained or chosen on: the headline score "
+        "(default 0.1 for fast, 0 for guide, which scores its last epoch on validation)",
+    )
     add("--seed", type=int, help=f"split and initialisation seed (default {defaults.seed})")
     add("--head-epochs", type=int, help=f"fast: head epochs (default {defaults.head_epochs})")
     add("--head-lr", type=float, help=f"fast: head learning rate (default {defaults.head_lr})")
@@ -65,6 +76,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--workers", type=int, help=f"parallel transfers (default {defaults.workers})")
     add(
+        "--restart",
+        action="store_true",
+        help="start over when --out holds a run this command cannot resume or report (other "
+        "data or options, an unreadable checkpoint); a matching run still resumes",
+    )
+    add(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -74,7 +91,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 TRAIN_OPTIONS = (
-    "base", "weights", "image_size", "batch_size", "val_split", "seed", "head_epochs", "head_lr",
+    "base", "weights", "image_size", "batch_size", "val_split", "holdout", "seed", "head_epochs",
+    "head_lr",
     "finetune_epochs", "finetune_lr", "unfreeze_blocks", "patience", "guide_epochs", "guide_lr",
     "cache_dir", "workers", "progress",
 )  # fmt: skip
@@ -88,27 +106,43 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return resolve(args.recipe, data=args.data, out=args.out, **options)
 
 
+def _user_error(error: Exception) -> int:
+    """Problems the user fixes (paths, options, data, models): one line, not a traceback."""
+    message = " ".join(str(error).split())
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _train(args: argparse.Namespace) -> int:
-    from workload.data import DataError
+    from workload.runstate import SimulatedInterruption, Terminated, terminate_on_sigterm
     from workload.storage import StorageError
-    from workload.train import SimulatedInterruption, train
+    from workload.train import train
 
     try:
-        train(config_from_args(args))
-    except SimulatedInterruption as stop:
-        print(f"interrupted: {stop}", file=sys.stderr)
+        config = config_from_args(args)
+    except ValueError as error:
+        return _user_error(error)
+    try:
+        with terminate_on_sigterm():
+            train(config, restart=args.restart)
+    except (SimulatedInterruption, Terminated) as stop:
+        print(f"interrupted: {stop}; run the same command again to resume", file=sys.stderr)
         return EXIT_RETRY
-    except (DataError, StorageError, FileNotFoundError, ValueError) as error:
-        # Problems the user fixes (paths, options, data): a message, not a traceback.
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except (StorageError, OSError, ValueError) as error:  # DataError, RunMismatch: ValueErrors
+        return _user_error(error)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from workload.predict import predict
+    from workload.storage import StorageError
 
-    predict(args.model, args.images, args.out, cache_dir=args.cache_dir or str(DEFAULT_CACHE_DIR))
+    try:
+        predict(
+            args.model, args.images, args.out, cache_dir=args.cache_dir or str(DEFAULT_CACHE_DIR)
+        )
+    except (StorageError, OSError, ValueError) as error:  # DataError, ModelError: ValueErrors
+        return _user_error(error)
     return 0
 
 

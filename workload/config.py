@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +18,19 @@ RECIPES: tuple[str, ...] = ("fast", "guide")
 BASES: tuple[str, ...] = ("vgg16", "vgg19")
 
 # The 2018 guide: 224x224, batch 32, 20 epochs, SGD 1e-3 (see docs and GCP_FACTS "The workload").
-GUIDE_DEFAULTS: dict[str, Any] = {"image_size": 224, "batch_size": 32, "guide_epochs": 20}
+# It reports its last epoch on validation and selects nothing on it: no held-out split by default.
+GUIDE_DEFAULTS: dict[str, Any] = {
+    "image_size": 224, "batch_size": 32, "guide_epochs": 20, "holdout": 0.0,
+}  # fmt: skip
 # The fast recipe's defaults: the size VGG was trained at and a batch that fits a T4 with room.
-FAST_DEFAULTS: dict[str, Any] = {"image_size": 224, "batch_size": 32}
+# Validation picks its best epoch and stops it early, so its headline score is a held-out split.
+FAST_DEFAULTS: dict[str, Any] = {"image_size": 224, "batch_size": 32, "holdout": 0.1}
+# Options that say where and how fast a run works, not what it trains: outside the fingerprint.
+# `data` is there too: the data's identity is its content (data.DataIdentity), not its path.
+NOT_FINGERPRINTED = frozenset({"data", "out", "cache_dir", "workers", "progress"})
+# The smallest value of each count (0 fine-tuning epochs: the head alone).
+MINIMUMS = {"batch_size": 1, "workers": 1, "head_epochs": 1, "finetune_epochs": 0,
+            "guide_epochs": 1, "patience": 1, "seed": 0}  # fmt: skip
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "keras-gpu-gcp"
 
@@ -36,6 +47,8 @@ class TrainConfig:
     image_size: int = 224
     batch_size: int = 32
     val_split: float = 0.2
+    # Held out from training and from every choice (best epoch, early stopping); scored once.
+    holdout: float = 0.1
     seed: int = 42
     # fast recipe: head on cached features, then fine-tuning of the last conv block(s).
     head_epochs: int = 12
@@ -60,13 +73,29 @@ class TrainConfig:
         if self.base not in BASES:
             raise ValueError(f"base {self.base!r} is unknown; use one of {list(BASES)}")
         if self.image_size < 32:
-            raise ValueError(f"image_size {self.image_size} is too small; VGG needs at least 32")
-        if not 0.0 < self.val_split < 1.0:
-            raise ValueError(f"val_split {self.val_split} must be between 0 and 1 (exclusive)")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size {self.batch_size} must be at least 1")
+            raise ValueError(f"--image-size {self.image_size} is too small; VGG needs at least 32")
+        for name, low in MINIMUMS.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{_flag(name)} {getattr(self, name)} must be at least {low}")
         if not 1 <= self.unfreeze_blocks <= 5:
-            raise ValueError(f"unfreeze_blocks {self.unfreeze_blocks} must be 1..5 (VGG blocks)")
+            raise ValueError(
+                f"--unfreeze-blocks {self.unfreeze_blocks} must be 1..5 (VGG's conv blocks)"
+            )
+        for name in ("head_lr", "finetune_lr", "guide_lr"):
+            rate = getattr(self, name)
+            if not (math.isfinite(rate) and 0.0 < rate <= 1.0):
+                raise ValueError(f"{_flag(name)} {rate} must be a learning rate in (0, 1]")
+        if not 0.0 < self.val_split < 1.0:
+            raise ValueError(f"--val-split {self.val_split} must be between 0 and 1 (exclusive)")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"--holdout {self.holdout} must be in [0, 1); 0 holds nothing out")
+        if self.val_split + self.holdout >= 1.0:
+            raise ValueError(
+                f"--val-split {self.val_split} plus --holdout {self.holdout} leave no image to "
+                "train on; lower them"
+            )
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout {self.head_dropout} must be in [0, 1)")
 
     @property
     def augment(self) -> bool:
@@ -85,13 +114,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Identifies what the trained result depends on (not where it is written or cached)."""
-        relevant = {
-            k: v
-            for k, v in self.to_dict().items()
-            if k not in {"out", "cache_dir", "workers", "progress"}
-        }
+        """Identifies the options the trained result depends on (not where data and results are,
+        nor how fast it runs); the data's content has its own fingerprint (data.data_identity)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of an option: head_epochs -> --head-epochs."""
+    return "--" + name.replace("_", "-")
 
 
 def resolve(recipe: str = "fast", **options: Any) -> TrainConfig:

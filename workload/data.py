@@ -1,16 +1,21 @@
 """The image folder: discovery, robust decoding, the resized-image cache, split and class weights.
 
-Images are decoded and resized ONCE into a uint8 array cached on disk (keyed by the file list and
-the image size), so no epoch and no rerun decodes a PNG again. TensorFlow is imported only inside
-`make_dataset`, so everything else here is usable (and tested) without it.
+Images are decoded and resized ONCE into a uint8 array cached on disk (keyed by the files' names,
+sizes and modification times and the image size), so no epoch and no rerun decodes a PNG again.
+The data's identity (`data_identity`) is its content, so a run and its caches notice when the
+data under the same path changed. TensorFlow is imported only inside the dataset builders, so
+everything else here is usable (and tested) without it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +24,16 @@ from typing import Any
 import numpy as np
 
 from workload import storage
+from workload.atomic import atomic_path
+from workload.upload import MANIFEST_NAME
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SPLIT_DIRS = ("train", "test")
+# Below this many images a class gets one validation or held-out image, or none: its scores mean
+# little, and the user should know before reading them.
+FEW_IMAGES = 5
+# Second seed component of the held-out split: a stream apart from the validation split's.
+HOLDOUT_STREAM = 1
 
 
 class DataError(ValueError):
@@ -40,29 +53,84 @@ class Dataset:
 def find_split_dirs(root: Path) -> tuple[Path, Path | None]:
     """The train and (optional) test folders of a data root, matched case-insensitively.
 
-    The 2018 guide's bucket used `Train/` and `Test/`; Kaggle's zip uses `train/` and `test/`."""
+    The 2018 guide's bucket used `Train/` and `Test/`; Kaggle's zip uses `train/` and `test/`.
+    They must be folders, not links: a link would take the data from outside --data."""
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; expected train/<class>/*.png")
-    subdirs = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    entries = {p.name.lower(): p for p in sorted(root.iterdir()) if p.name.lower() in SPLIT_DIRS}
+    for path in entries.values():
+        if path.is_symlink():
+            raise DataError(
+                f"{path} is a link to {os.readlink(path)}; links are not followed: point --data "
+                "at the folder that holds the real train/ and test/"
+            )
+    subdirs = {name: p for name, p in entries.items() if p.is_dir()}
     train = subdirs.get("train")
     if train is None:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(
-            f"no train/ folder in {root} (found {sorted(subdirs) or 'nothing'}); "
+            f"no train/ folder in {root} (found {found or 'nothing'}); "
             "expected train/<class>/*.png and optionally test/*.png"
         )
     return train, subdirs.get("test")
 
 
+def walk_files(folder: Path, root: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """Regular files under `folder` (relative, sorted) and the entries skipped, with why.
+
+    Links to folders are never followed: `train/Loop -> ..` would make a class of the whole data
+    set, test images included, and a link out of the data root reads what was never meant as
+    data. Links to files inside `root` (default: `folder`) are followed; links out of it, broken
+    links, loops and special files are skipped, as `workload upload` skips links out of it."""
+    root = (root or folder).resolve()
+    files: list[str] = []
+    skipped: list[dict[str, str]] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        for entry in sorted(os.scandir(current), key=lambda e: e.name):
+            if _hidden(entry.name):
+                continue
+            relative = Path(entry.path).relative_to(folder).as_posix()
+            reason = _not_followed(Path(entry.path), root) if entry.is_symlink() else None
+            if reason is not None:
+                skipped.append({"file": f"{folder.name}/{relative}", "reason": reason})
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.is_file():
+                files.append(relative)
+            else:
+                skipped.append({"file": f"{folder.name}/{relative}", "reason": "not a file"})
+    return sorted(files), sorted(skipped, key=lambda item: item["file"])
+
+
+def _not_followed(link: Path, root: Path) -> str | None:
+    """Why a link is skipped, or None for a link to a regular file inside `root` (followed)."""
+    target = os.readlink(link)
+    try:
+        resolved = link.resolve(strict=True)
+    except FileNotFoundError:
+        return f"broken link to {target}"
+    except (RuntimeError, OSError):  # RuntimeError: a loop (Python 3.11/3.12), OSError: ELOOP
+        return f"link loop through {target}"
+    if resolved.is_dir():
+        return f"link to the folder {target}, not followed"
+    if not resolved.is_relative_to(root):
+        return f"link to {target}, outside the data folder"
+    return None if resolved.is_file() else f"link to {target}, not a file"
+
+
 def discover_train(train_dir: Path) -> tuple[list[str], list[int], list[str], list[dict[str, str]]]:
     """Files (relative to train_dir), labels and class names from `train/<class>/*`.
 
-    Files outside class folders are listed as skipped. Raises DataError for an empty class folder,
-    fewer than two classes, or no files at all."""
-    class_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir() and not _hidden(p.name))
-    skipped = [
+    Files outside class folders and links to folders are listed as skipped. Raises DataError for
+    an empty class folder, fewer than two classes, or no files at all."""
+    entries, skipped = _top_level(train_dir, train_dir.parent.resolve())
+    class_dirs = [p for p in entries if p.is_dir()]
+    skipped += [
         {"file": f"{train_dir.name}/{p.name}", "reason": "not inside a class folder"}
-        for p in sorted(train_dir.iterdir())
-        if p.is_file() and not _hidden(p.name)
+        for p in entries
+        if p.is_file()
     ]
     if len(class_dirs) < 2:
         raise DataError(
@@ -72,26 +140,112 @@ def discover_train(train_dir: Path) -> tuple[list[str], list[int], list[str], li
     files: list[str] = []
     labels: list[int] = []
     for index, class_dir in enumerate(class_dirs):
-        members = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p.name))
+        members, not_followed = walk_files(class_dir, train_dir.parent)
+        skipped += [{**item, "file": f"{train_dir.name}/{item['file']}"} for item in not_followed]
         if not members:
             raise DataError(f"class folder {class_dir} is empty; remove it or add its images")
-        files.extend(p.relative_to(train_dir).as_posix() for p in members)
+        files.extend(f"{class_dir.name}/{name}" for name in members)
         labels.extend([index] * len(members))
     return files, labels, [p.name for p in class_dirs], skipped
 
 
+def _top_level(folder: Path, root: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The visible entries of one folder level; links other than to files listed as skipped."""
+    kept: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for path in sorted(folder.iterdir()):
+        if _hidden(path.name):
+            continue
+        reason = _not_followed(path, root) if path.is_symlink() else None
+        if reason is None:
+            kept.append(path)
+        else:
+            skipped.append({"file": f"{folder.name}/{path.name}", "reason": reason})
+    return kept, skipped
+
+
 def discover_test(test_dir: Path) -> list[str]:
-    """Test files (relative to test_dir), sorted, for submission.csv."""
-    return sorted(
-        p.relative_to(test_dir).as_posix()
-        for p in test_dir.rglob("*")
-        if p.is_file() and not _hidden(p.name)
-    )
+    """Test files (relative to test_dir), sorted, for submission.csv and predict."""
+    return walk_files(test_dir)[0]
+
+
+def submission_names(files: Sequence[str], test_dir: Path) -> list[str]:
+    """The `file` column of submission.csv: each test image's file name, as Kaggle expects,
+    also for the 2018 guide's `test/<dir>/*.png` layout. Two files with one name are an error."""
+    seen: dict[str, str] = {}
+    for relative in files:
+        name = relative.rsplit("/", 1)[-1]
+        if name in seen:
+            raise DataError(
+                f"two test images are named {name!r}: {test_dir / seen[name]} and "
+                f"{test_dir / relative}; submission.csv names files, so rename or remove one"
+            )
+        seen[name] = relative
+    return [relative.rsplit("/", 1)[-1] for relative in files]
 
 
 def _hidden(name: str) -> bool:
     # Dot files are OS litter (.DS_Store) or our own partial downloads (.x.part).
     return name.startswith(".")
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What the data IS, not where: a digest of every train/test file's relative path, size and
+    checksum (the bucket's MD5, or the upload manifest's) or, for local files, modification time.
+
+    Stored with a run, it tells a resumed or finished run whether its data changed since."""
+
+    digest: str
+    files: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "files": self.files, "bytes": self.bytes}
+
+
+def data_identity(data: str) -> DataIdentity:
+    """The identity of the data at `data` (a folder or a gs:// prefix), before anything is
+    downloaded or decoded: a listing for gs://, a walk that follows no folder link locally."""
+    entries: list[tuple[str, int, str]] = []
+    if storage.is_gcs(data):
+        try:
+            manifest = storage.read_json(storage.join(data, MANIFEST_NAME))
+        except ValueError:  # unreadable: the listing's MD5s identify every ordinary object
+            manifest = None
+        listed = manifest.get("files") if isinstance(manifest, dict) else None
+        uploaded = listed if isinstance(listed, dict) else {}
+        for info in storage.list_objects(data):
+            split = info.name.split("/", 1)[0].lower()
+            if split in SPLIT_DIRS and not _hidden(info.name.rsplit("/", 1)[-1]):
+                entries.append((info.name, info.size, _object_checksum(info, uploaded)))
+        if not entries:
+            raise DataError(
+                f"no train/ or test/ objects under {data}; upload the data first "
+                "(python -m workload upload: train/<class>/*.png)"
+            )
+    else:
+        root = Path(data)
+        for split_dir in filter(None, find_split_dirs(root)):
+            for relative in walk_files(split_dir, root)[0]:
+                stat = (split_dir / relative).stat()
+                name = f"{split_dir.name}/{relative}"
+                entries.append((name, stat.st_size, str(stat.st_mtime_ns)))
+    digest = hashlib.sha256()
+    for name, size, checksum in sorted(entries):
+        digest.update(f"{name}\t{size}\t{checksum}\n".encode())
+    return DataIdentity(digest.hexdigest()[:16], len(entries), sum(e[1] for e in entries))
+
+
+def _object_checksum(info: storage.ObjectInfo, uploaded: dict[str, Any]) -> str:
+    """The object's MD5; composite objects have none: the manifest's MD5 of that name and size,
+    else the object's update time (a rewrite changes it)."""
+    if info.md5:
+        return info.md5
+    record = uploaded.get(info.name)
+    if isinstance(record, dict) and record.get("size") == info.size and record.get("md5"):
+        return str(record["md5"])
+    return info.updated.isoformat() if info.updated else ""
 
 
 def fetch_data(data: str, cache_dir: str | Path, workers: int = 8, progress: bool = True) -> Path:
@@ -111,9 +265,25 @@ def fetch_data(data: str, cache_dir: str | Path, workers: int = 8, progress: boo
         include=lambda name: not name.split("/", 1)[0].startswith("_"),
     )
     if stats.copied + stats.skipped == 0:
-        raise DataError(f"no objects under {data}; upload the data first (train/<class>/*.png)")
-    print(f"data: {stats.copied} files copied ({stats.bytes / 1e6:.1f} MB), {stats.skipped} cached")
+        raise DataError(f"no objects under {data}; check the prefix, or upload the data first")
+    removed = _prune_mirror(data, local)
+    print(
+        f"data: {stats.copied} files copied ({stats.bytes / 1e6:.1f} MB), {stats.skipped} cached"
+        + (f", {removed} no longer in the bucket removed" if removed else "")
+    )
     return local
+
+
+def _prune_mirror(data: str, local: Path) -> int:
+    """Deletes mirrored files whose object is gone: the mirror must hold what the bucket holds,
+    or a run would train on images deleted from the data (its identity comes from the bucket)."""
+    remote = {info.name for info in storage.list_objects(data)}
+    removed = 0
+    for info in storage.list_objects(local):
+        if info.name not in remote and not _hidden(info.name.rsplit("/", 1)[-1]):
+            (local / info.name).unlink()
+            removed += 1
+    return removed
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
@@ -160,6 +330,33 @@ def _cache_key(root: Path, files: list[str], size: int) -> str:
     return digest.hexdigest()[:24]
 
 
+def warn(message: str) -> None:
+    """One line on stderr, where the VM's journal and a terminal both show it."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _read_image_cache(
+    array_path: Path, meta_path: Path, files: list[str]
+) -> tuple[np.ndarray, list[int], list[dict[str, str]]] | None:
+    """The cached decode of `files`, or None when there is none; a cache that cannot be read or
+    does not match (a kill while writing it, a full disk) is named, deleted and rebuilt."""
+    if not (array_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(array_path)
+        ok, skipped = meta["ok"], meta["skipped"]
+        if meta.get("files") != len(files) or len(images) != len(ok):
+            raise ValueError(f"{len(images)} images cached for {len(ok)} readable files")
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        warn(f"image cache {meta_path} is unreadable ({type(error).__name__}: {error}); "
+             "deleted, decoding again")  # fmt: skip
+        array_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        return None
+    return images, ok, skipped
+
+
 def load_images(
     root: Path,
     files: list[str],
@@ -175,9 +372,9 @@ def load_images(
     key = _cache_key(root, files, size)
     cache = Path(cache_dir, "images")
     array_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
-    if array_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return np.load(array_path), meta["ok"], meta["skipped"]
+    cached = _read_image_cache(array_path, meta_path, files)
+    if cached is not None:
+        return cached
 
     def decode(name: str) -> np.ndarray | str:
         try:
@@ -207,10 +404,11 @@ def load_images(
         results[index] = ""
     del results
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = array_path.with_name(f".{array_path.name}.tmp.npy")
-    np.save(tmp, images)
-    tmp.replace(array_path)
-    meta_path.write_text(json.dumps({"ok": ok, "skipped": skipped}))
+    # The array first, the meta last (both atomic): a kill in between leaves no meta, a rebuild.
+    with atomic_path(array_path) as tmp:
+        np.save(tmp, images)
+    meta = {"files": len(files), "ok": ok, "skipped": skipped}
+    storage.write_bytes(meta_path, json.dumps(meta).encode())
     return images, ok, skipped
 
 
@@ -233,17 +431,34 @@ def load_train(
 def load_test(
     root: Path, size: int, cache_dir: str | Path, progress: bool = True
 ) -> Dataset | None:
-    """The decoded test set (labels -1), or None when the data has no test/ folder."""
+    """The decoded test set (labels -1), or None when the data has no test/ folder.
+
+    Its `files` are the submission's names (see submission_names); duplicates raise DataError
+    before anything is decoded."""
     _, test_dir = find_split_dirs(root)
     if test_dir is None:
         return None
-    files = discover_test(test_dir)
+    files, not_followed = walk_files(test_dir, test_dir.parent)
+    names = submission_names(files, test_dir)
     images, ok, bad = load_images(test_dir, files, size, cache_dir, progress=progress)
-    return Dataset(images, [files[i] for i in ok], np.full(len(ok), -1, np.int64), bad)
+    return Dataset(
+        images, [names[i] for i in ok], np.full(len(ok), -1, np.int64), not_followed + bad
+    )
+
+
+def few_image_warnings(labels: np.ndarray, class_names: list[str]) -> list[str]:
+    """One line per class with fewer than FEW_IMAGES readable images."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    return [
+        f"class {name!r} has {count} image(s), fewer than {FEW_IMAGES}: its validation and "
+        "held-out scores rest on one image or none; add images to score it"
+        for name, count in zip(class_names, counts, strict=True)
+        if count < FEW_IMAGES
+    ]
 
 
 def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
+    labels: np.ndarray, val_fraction: float, seed: int | Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices with each class split in the same proportion, reproducibly.
 
@@ -261,6 +476,23 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def three_way_split(
+    labels: np.ndarray, val_fraction: float, holdout_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, validation and held-out indices, each stratified by class.
+
+    The held-out part is drawn first, from its own random stream; validation then takes
+    `val_fraction` of all images from the rest. With no held-out part, the validation split is
+    the same as stratified_split's."""
+    everything = np.arange(len(labels))
+    if holdout_fraction > 0:
+        rest, holdout = stratified_split(labels, holdout_fraction, (seed, HOLDOUT_STREAM))
+    else:
+        rest, holdout = everything, everything[:0]
+    train, val = stratified_split(labels[rest], val_fraction / (1 - holdout_fraction), seed)
+    return rest[train], rest[val], holdout
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """'Balanced' weights n / (k * count): each class contributes equally to the loss.
 
@@ -272,26 +504,79 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_rows(n: int, views: int, seed: tuple[int, ...], epoch: int) -> np.ndarray:
+    """The rows of one training epoch: every sample once, in an order and from a view drawn from
+    (seed, epoch) alone, so a resumed run draws exactly what an uninterrupted one would have.
+
+    With `views` > 1, row v * n + i is view v of sample i (see training_dataset)."""
+    rng = np.random.default_rng([*seed, epoch])
+    order = rng.permutation(n)
+    return order + n * rng.integers(0, views, n) if views > 1 else order
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random left-right and up-down flips per image, one random quarter turn per batch (square
+    images): seedlings photographed from above have no up."""
+    out = images.copy()
+    for axis in (2, 1):  # width, height
+        flipped = rng.random(len(out)) < 0.5
+        out[flipped] = np.flip(out[flipped], axis=axis)
+    return np.ascontiguousarray(np.rot90(out, int(rng.integers(4)), axes=(1, 2)))
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
     n_classes: int,
     batch_size: int,
     sample_weights: np.ndarray | None = None,
-    shuffle: bool = False,
-    augment: bool = False,
-    seed: int = 0,
-    views: int = 1,
 ) -> Any:
-    """A tf.data pipeline of (float32 images in [0, 255], one-hot labels[, sample weights]).
+    """(float32 images in [0, 255], one-hot labels[, sample weights]) batches in row order, once:
+    for evaluation and the features pass."""
+    return _pipeline(images, labels, n_classes, batch_size, sample_weights, None, range(1))
 
-    Rows are gathered from `images` by index, batch by batch: the array is never copied into the
-    pipeline (from_tensor_slices would copy it, and a full shuffle buffer would hold another copy).
+
+def training_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    sample_weights: np.ndarray | None,
+    seed: tuple[int, ...],
+    epochs: range,
+    views: int = 1,
+    augment: bool = False,
+) -> tuple[Any, int]:
+    """The training batches of `epochs` (e.g. range(resumed_at, 10)) and the steps per epoch,
+    for fit(steps_per_epoch=...): one dataset across epochs, each epoch's order, views and
+    augmentation drawn from (seed, epoch) alone (epoch_rows), never from a generator's history.
+
     `views` > 1: `images` holds `views` blocks of len(labels) rows (precomputed augmented views of
-    the same samples, such as cached feature maps of flipped images), and each batch takes every
-    sample from one view drawn at random per sample and per epoch.
-    Augmentation (flips and 90-degree rotations: seedlings photographed from above have no up)
-    runs on whole batches in a parallel map, only when asked (training batches)."""
+    the same samples, such as cached feature maps of flipped images), and each epoch takes every
+    sample from one view drawn at random. `augment` flips and turns image batches (augment_batch).
+    """
+    dataset = _pipeline(
+        images, labels, n_classes, batch_size, sample_weights, seed, epochs, views, augment
+    )
+    return dataset, -(-len(labels) // batch_size)
+
+
+def _pipeline(
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    sample_weights: np.ndarray | None,
+    seed: tuple[int, ...] | None,
+    epochs: range,
+    views: int = 1,
+    augment: bool = False,
+) -> Any:
+    """A tf.data pipeline over (epoch, step) pairs that gathers each batch's rows from `images`.
+
+    Rows are gathered by index, batch by batch: the array is never copied into the pipeline
+    (from_tensor_slices would copy it, and a shuffle buffer would hold another copy)."""
     import tensorflow as tf
 
     n = len(labels)
@@ -299,38 +584,30 @@ def make_dataset(
         raise ValueError(f"{len(images)} rows for {views} view(s) of {n} samples")
     one_hot = np.eye(n_classes, dtype=np.float32)[labels]
     weights = None if sample_weights is None else sample_weights.astype(np.float32)
-    row_shape = images.shape[1:]
-    dtype = tf.as_dtype(images.dtype)
+    steps = -(-n // batch_size)
 
-    def gather(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def gather(epoch: np.int64, step: np.int64) -> tuple[np.ndarray, ...]:
+        order = np.arange(n) if seed is None else epoch_rows(n, views, seed, int(epoch))
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        x = images[rows]
+        if augment and seed is not None:
+            x = augment_batch(x, np.random.default_rng([*seed, int(epoch), int(step)]))
         samples = rows % n
-        parts = (images[rows], one_hot[samples])
+        parts = (x, one_hot[samples])
         return parts if weights is None else (*parts, weights[samples])
 
+    dtype = tf.as_dtype(images.dtype)
     out_types = (dtype, tf.float32) if weights is None else (dtype, tf.float32, tf.float32)
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if views > 1:
 
-        def pick_views(rows: Any) -> Any:
-            drawn = tf.random.uniform(tf.shape(rows), 0, views, dtype=tf.int64, seed=seed)
-            return rows + n * drawn
-
-        ds = ds.map(pick_views)
-
-    def prepare(rows: Any) -> tuple[Any, ...]:
-        x, *rest = tf.numpy_function(gather, [rows], out_types, stateful=False)
+    def prepare(epoch: Any, step: Any) -> tuple[Any, ...]:
+        x, *rest = tf.numpy_function(gather, [epoch, step], out_types, stateful=False)
         x = tf.cast(x, tf.float32)
-        x.set_shape((None, *row_shape))
+        x.set_shape((None, *images.shape[1:]))
         rest[0].set_shape((None, n_classes))
         if weights is not None:
             rest[1].set_shape((None,))
-        if augment:
-            x = tf.image.random_flip_left_right(x)
-            x = tf.image.random_flip_up_down(x)
-            x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
         return (x, *rest)
 
+    plan = (np.repeat(np.asarray(epochs, np.int64), steps), np.tile(np.arange(steps), len(epochs)))
+    ds = tf.data.Dataset.from_tensor_slices(plan)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

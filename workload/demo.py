@@ -128,7 +128,8 @@ def run_demo(args: argparse.Namespace) -> None:
             print("demo: python -m workload " + " ".join(command))
             main(command)
             metrics = storage.read_json(f"{out}/metrics.json") or {}
-            print("\nvalidation metrics (synthetic data, random initial weights):")
+            scored_on = metrics.get("scored_on", "validation")
+            print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
             for key in ("accuracy", "micro_f1", "macro_f1"):
                 print(f"  {key:10s} {metrics.get(key, float('nan')):.3f}")
             print(

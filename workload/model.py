@@ -6,6 +6,9 @@ in [0, 255] and `predict` cannot forget it.
 
 from __future__ import annotations
 
+import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,12 @@ from workload import storage
 # https://github.com/keras-team/keras/blob/master/keras/src/applications/imagenet_utils.py
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
+ACCEPTED_WEIGHTS = (
+    "imagenet, none, or a VGG weights file (.weights.h5, or Keras' .h5 as keras.applications "
+    "downloads it: without the top for the fast recipe, with it for the guide)"
+)
+# The registered name of the preprocessing layer: only a model.keras written by `train` has it.
+PREPROCESS_CLASS = "workload>VGGPreprocess"
 
 
 def resolve_weights(spec: str, cache_dir: str | Path) -> str | None:
@@ -40,10 +49,30 @@ def resolve_weights(spec: str, cache_dir: str | Path) -> str | None:
         )
         if not local.is_file():
             raise FileNotFoundError(f"weights {spec} not found ({stats.skipped} cached files)")
-        return str(local)
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"weights file {spec} does not exist")
-    return spec
+    else:
+        local = Path(spec)
+        if not local.is_file():
+            raise FileNotFoundError(f"weights file {spec} does not exist")
+    if local.name.lower().endswith(".keras") and _is_trained_model(local):
+        raise ValueError(
+            f"weights {spec} is a model.keras written by `train` (a whole classifier, not VGG "
+            f"weights); --weights takes {ACCEPTED_WEIGHTS}. To predict with it: "
+            f"python -m workload predict --model {spec}"
+        )
+    return str(local)
+
+
+def _is_trained_model(path: Path) -> bool:
+    """Whether a .keras archive is one of ours (its config names our preprocessing layer)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = archive.read("config.json").decode()
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"weights {path} is not a readable .keras file ({type(error).__name__}); "
+            f"--weights takes {ACCEPTED_WEIGHTS}"
+        ) from error
+    return PREPROCESS_CLASS in config or '"VGGPreprocess"' in config
 
 
 def _preprocess_layer() -> Any:
@@ -80,13 +109,31 @@ def build_base(base: str, weights: str | None, image_size: int, include_top: boo
     if include_top and weights is not None and image_size != 224:
         # fc1's kernel shape depends on the input size: the top weights only fit 224x224.
         raise ValueError(f"the guide recipe with weights needs image_size 224, got {image_size}")
-    if include_top:
-        # keras.applications refuses include_top with a weight file and classes != 1000:
-        # build with 1000 classes, load, and let the caller replace `predictions`.
+    # With include_top, keras.applications refuses a weight file and classes != 1000: build with
+    # 1000 classes, load, and let the caller replace `predictions`.
+    if weights in {None, "imagenet"}:
         return application(
-            include_top=True, weights=weights, input_shape=(image_size, image_size, 3)
+            include_top=include_top, weights=weights, input_shape=(image_size, image_size, 3)
         )
-    return application(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = application(
+                include_top=include_top, weights=weights, input_shape=(image_size, image_size, 3)
+            )
+        # Keras loads what matches and only warns about the rest: a partial load is a mismatch.
+        partial = [str(w.message) for w in caught if "Skipping" in str(w.message)]
+        if partial:
+            raise ValueError(partial[0])
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        # Keras explains a mismatch in a multi-line dump of both models' layers.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        top = "with" if include_top else "without"
+        raise ValueError(
+            f"weights file {weights} does not fit {base} {top} its top layers ({first[:160]}); "
+            f"--weights takes {ACCEPTED_WEIGHTS}"
+        ) from error
+    return model
 
 
 def build_guide_model(base_model: Any, n_classes: int) -> Any:
@@ -178,7 +225,10 @@ def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
 
 
 def inference_copy(model: Any) -> Any:
-    """The same network and weights without optimizer state: half the size of model.keras."""
+    """The same network and weights without optimizer state: half the size of model.keras.
+
+    Also for a compiled model nested in another (the head in phase 2): nested, it would carry
+    its optimizer into every checkpoint and model.keras, and Keras warns about it on each load."""
     import keras
 
     # A new, uncompiled Model over the same layers: `clone_model` would recompile and keep them.
@@ -190,7 +240,7 @@ def build_finetune_model(feature_extractor: Any, head: Any) -> Any:
     import keras
 
     inputs = keras.Input(feature_extractor.input.shape[1:], name="image")
-    return keras.Model(inputs, head(feature_extractor(inputs)), name="fast")
+    return keras.Model(inputs, inference_copy(head)(feature_extractor(inputs)), name="fast")
 
 
 def build_maps_model(last_block: Any, head: Any) -> Any:
@@ -198,7 +248,31 @@ def build_maps_model(last_block: Any, head: Any) -> Any:
     import keras
 
     inputs = keras.Input(last_block.input.shape[1:], name="maps")
-    return keras.Model(inputs, head(last_block(inputs)), name="fast_last_block")
+    return keras.Model(inputs, inference_copy(head)(last_block(inputs)), name="fast_last_block")
+
+
+def _layers(model: Any) -> Iterator[Any]:
+    """Every layer of a model, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+def reseed_random_layers(model: Any, seed: tuple[int, ...]) -> None:
+    """Draws this epoch's dropout masks from `seed` (the run's seed, phase and epoch) alone.
+
+    A layer's random generator advances with every step and is not in the checkpoint: without
+    this, a resumed run would draw other masks than the uninterrupted run did."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in _layers(model):
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(generator, keras.random.SeedGenerator):
+            state = generator.state
+            value = np.array([rng.integers(1, 2**30), 0], dtype=state.dtype)
+            state.assign(value)
 
 
 def unfreeze_last_blocks(base_model: Any, blocks: int) -> list[str]:

@@ -1,9 +1,13 @@
-"""`python -m workload predict`: species for new images with a trained model.keras."""
+"""`python -m workload predict`: species for new images with a trained model.keras.
+
+Every path is checked before the model is loaded (seconds of TensorFlow import and loading): a
+wrong --images or --model fails at once, in one line."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,40 +15,80 @@ from workload import data as data_lib
 from workload import storage
 
 PREDICTIONS_FILE = "predictions.csv"
+MODEL_FILE = "model.keras"
 
 
-def _model_file(model: str, scratch: Path) -> tuple[Path, list[str]]:
-    """A local model.keras and its class names (class_names.json beside it)."""
+class ModelError(ValueError):
+    """The model cannot be used; the message names it and what is expected."""
+
+
+def _model_file(model: str, scratch: Path) -> tuple[Path, str, list[str]]:
+    """A local copy of the model (or the file itself), its URL, and its class names (from
+    class_names.json beside it)."""
     folder = model.rsplit("/", 1)[0] if model.endswith(".keras") else model.rstrip("/")
-    model_url = model if model.endswith(".keras") else storage.join(folder, "model.keras")
-    class_names = storage.read_json(storage.join(folder, "class_names.json"))
-    if class_names is None:
-        raise FileNotFoundError(f"no class_names.json next to {model_url}")
-    if not storage.is_gcs(model_url):
-        if not Path(model_url).is_file():
-            raise FileNotFoundError(f"model {model_url} does not exist")
-        return Path(model_url), class_names
-    data = storage.read_bytes(model_url)
-    if data is None:
-        raise FileNotFoundError(f"model {model_url} does not exist")
-    local = scratch / "model.keras"
-    local.write_bytes(data)
-    return local, class_names
+    model_url = model if model.endswith(".keras") else storage.join(folder, MODEL_FILE)
+    expected = "the results folder of a `train` run (model.keras and class_names.json)"
+    if storage.is_gcs(model_url):
+        payload = storage.read_bytes(model_url)
+        if payload is None:
+            raise FileNotFoundError(f"model {model_url} does not exist; --model takes {expected}")
+        local = scratch / MODEL_FILE
+        local.write_bytes(payload)
+    else:
+        local = Path(model_url)
+        if not local.is_file():
+            raise FileNotFoundError(f"model {model_url} does not exist; --model takes {expected}")
+    try:
+        class_names = storage.read_json(storage.join(folder, "class_names.json"))
+    except ValueError as error:
+        raise ModelError(f"class_names.json next to {model_url} is unreadable: {error}") from error
+    if not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)):
+        raise ModelError(f"no list of class names in class_names.json next to {model_url}")
+    return local, model_url, class_names
 
 
-def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
-    """Writes `file,species,confidence` for every readable image under `images`; returns where."""
+def _image_files(images: str, cache_dir: str) -> tuple[Path, list[str]]:
+    """The local folder of `images` and its files; a missing or empty folder raises DataError."""
+    folder = data_lib.fetch_data(images, cache_dir)
+    if not folder.is_dir():
+        raise data_lib.DataError(f"images folder {images} does not exist")
+    files = data_lib.discover_test(folder)
+    if not files:
+        raise data_lib.DataError(f"images folder {images} has no files; expected *.png or *.jpg")
+    return folder, files
+
+
+def _load(local_model: Path, model_url: str, class_names: list[str]) -> Any:
+    """The Keras model, or a one-line ModelError for a file that is not one of ours."""
     import keras
 
     from workload import model as model_lib
 
     model_lib.preprocess_layer()  # registers the custom layer before loading
-    with tempfile.TemporaryDirectory(prefix="kgg-predict-") as scratch:
-        local_model, class_names = _model_file(model, Path(scratch))
+    try:
         network = keras.models.load_model(local_model, compile=False)
+    except Exception as error:  # a truncated zip, a foreign file: Keras raises many kinds
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelError(
+            f"model {model_url} cannot be loaded ({type(error).__name__}: {first[:160]}); "
+            "use the model.keras of a finished `train` run"
+        ) from error
+    outputs = int(network.outputs[0].shape[-1])
+    if outputs != len(class_names):
+        raise ModelError(
+            f"model {model_url} predicts {outputs} classes, but class_names.json beside it "
+            f"lists {len(class_names)}; use the two files of one run"
+        )
+    return network
+
+
+def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
+    """Writes `file,species,confidence` for every readable image under `images`; returns where."""
+    with tempfile.TemporaryDirectory(prefix="kgg-predict-") as scratch:
+        local_model, model_url, class_names = _model_file(model, Path(scratch))
+        folder, files = _image_files(images, cache_dir)
+        network = _load(local_model, model_url, class_names)
         size = int(network.inputs[0].shape[1])
-        folder = data_lib.fetch_data(images, cache_dir)
-        files = data_lib.discover_test(folder)
         pixels, ok, skipped = data_lib.load_images(folder, files, size, cache_dir)
         for item in skipped:
             print(f"skipped {item['file']}: {item['reason']}")

@@ -93,7 +93,7 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path
 ) -> None:
-    """Validation confusion matrix with counts, true classes as rows."""
+    """The headline set's confusion matrix (held-out, else validation), true classes as rows."""
     plt = _pyplot()
     counts = np.asarray(matrix)
     size = max(5.0, 0.6 * len(class_names) + 2)

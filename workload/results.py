@@ -1,7 +1,8 @@
 """`workload runs` and `workload pull`: the training runs under gs://BUCKET/runs/, and their files.
 
 A run's summary comes from its `metrics.json` (written when the run ends) or, while it is still
-running, from its `progress.json`.
+running, from its `progress.json`. Its score is the headline of metrics.json: the held-out split
+when the run kept one (`scored_on`), else validation; a running run shows validation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ RUNS_PREFIX = "runs"
 LATEST = "latest"
 MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
 ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
+SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the scores are on
 
 
 class RunNotFoundError(LookupError):
@@ -37,6 +39,7 @@ class RunSummary:
     updated: datetime | None
     files: int
     size: int
+    scored_on: str | None = None  # holdout | validation: the set micro_f1 and accuracy are on
 
 
 def _number(doc: dict[str, Any], keys: tuple[str, ...]) -> float | None:
@@ -72,7 +75,14 @@ def summarize_run(
     docs = [d for d in (metrics, progress) if d is not None]
     micro_f1 = next((v for d in docs if (v := _number(d, MICRO_F1_KEYS)) is not None), None)
     accuracy = next((v for d in docs if (v := _number(d, ACCURACY_KEYS)) is not None), None)
-    return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size)
+    scored_on = None
+    if micro_f1 is not None or accuracy is not None:
+        # Runs from before the held-out split, and progress while running, are on validation.
+        # The documents are the bucket's text: only the two names the job writes are shown.
+        finals = [d for d in (metrics, (progress or {}).get("metrics")) if isinstance(d, dict)]
+        recorded = [d.get("scored_on") for d in finals if d.get("scored_on") in SCORED_ON]
+        scored_on = recorded[0] if recorded else "validation"
+    return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
 
 
 def runs_url(bucket: str) -> str:
@@ -118,7 +128,7 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
             f"No runs in {runs_url(bucket)}/ yet. The VM starts one once the data is uploaded "
             "(`python -m workload status` shows where it stands)."
         )
-    header = ("run", "state", "micro-F1", "accuracy", "updated (UTC)", "files", "MB")
+    header = ("run", "state", "micro-F1", "accuracy", "scored on", "updated (UTC)", "files", "MB")
     # Run ids are object names and states come from the runs' documents: the bucket's text.
     rows = [header] + [
         (
@@ -126,6 +136,7 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
             printable(run.state),
             _score(run.micro_f1),
             _score(run.accuracy),
+            printable(run.scored_on or "-"),
             run.updated.strftime("%Y-%m-%d %H:%M") if run.updated else "-",
             str(run.files),
             f"{run.size / 1e6:.1f}",

@@ -294,11 +294,18 @@ def _parallel(jobs: list[Callable[[], None]], workers: int, progress: bool, desc
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc=desc, unit="file", leave=False)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         for future in [pool.submit(job) for job in jobs]:
             future.result()
             if bar is not None:
                 bar.update()
+    except BaseException:
+        # A failure or SIGTERM (the VM stops in ~30 s): drop the transfers not yet started
+        # instead of waiting for all of them.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if bar is not None:
         bar.close()
 
@@ -400,3 +407,23 @@ def delete_prefix(url_prefix: str) -> int:
         return len(blobs)
 
     return _guard(url_prefix, delete)
+
+
+def delete_file(url: str | os.PathLike[str]) -> bool:
+    """Deletes one object or local file; returns whether there was one."""
+    url = str(url)
+    if not is_gcs(url):
+        path = Path(url)
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+    from google.api_core import exceptions as api
+
+    blob = _blob(url)
+    try:
+        blob.delete()
+    except api.NotFound:
+        return False
+    except api.GoogleAPICallError as error:
+        raise _explain(url, error) from error
+    return True

@@ -1,17 +1,22 @@
 """One training run from data to results, resumable after a kill at any point.
 
 The phases (features, head, finetune for the fast recipe; guide for the 2018 one) checkpoint every
-epoch through workload.runstate. A rerun of the same command continues from the last finished
-epoch; a rerun of a finished run changes nothing.
+epoch through workload.runstate. A rerun of the same command with the same data continues from
+the last finished epoch, on the trajectory the uninterrupted run would have taken (each epoch's
+data order, augmentation and dropout are drawn from the seed, the phase and the epoch alone); a
+rerun of a finished run changes nothing. Other data or options never resume or report that run.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +24,20 @@ import numpy as np
 
 from workload import data as data_lib
 from workload import storage
+from workload.atomic import atomic_path
 from workload.config import TrainConfig
-from workload.runstate import Run, SimulatedInterruption, is_done
+from workload.runstate import (
+    CheckpointError,
+    Run,
+    SimulatedInterruption,
+    Terminated,
+    fingerprint_of,
+    finished_metrics,
+)
 
 MONITOR = "val_micro_f1"
+# Second component of each phase's random seed: the phases draw apart from each other.
+PHASE_STREAMS = {"head": 1, "finetune": 2, "guide": 3}
 # block5's share of VGG16's forward FLOPs (any input size; bench/flops.py counts them): the cost
 # of a fine-tuning step on cached block4 maps relative to one on images, for the ETA.
 LAST_BLOCK_SHARE = 0.1
@@ -41,29 +56,43 @@ def _verbose() -> int:
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, *arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, *arrays)
 
 
-def _load_arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path) as archive:
-        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+def _load_arrays(run: Run, path: Path) -> list[np.ndarray]:
+    """A checkpoint's arrays; CheckpointError naming it when it is missing or unreadable."""
+    try:
+        with np.load(path) as archive:
+            return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    except (OSError, ValueError, EOFError, KeyError) as error:  # BadZipFile is an OSError
+        raise run.corrupt(path, error) from error
 
 
-def _epoch_callback(run: Run, phase: str, epochs: int, n_train: int, eta_extra: float) -> Any:
+def _latest_weights(run: Run, phase: str, epochs_done: int) -> Path:
+    """Where the weights after `epochs_done` epochs are: two slots written in turn, so a kill
+    between writing an epoch's weights and its state.json leaves the weights that state.json
+    names untouched, locally and in the bucket."""
+    return run.work / f"{phase}.latest.{epochs_done % 2}.weights.h5"
+
+
+def _epoch_callback(
+    run: Run, phase: str, epochs: int, n_train: int, eta_extra: float, seed: tuple[int, ...]
+) -> Any:
     """Per epoch: history row, latest/best weights, early stopping, state, progress, backup."""
     import keras
+
+    from workload import model as model_lib
 
     config = run.config
     ps = run.phase(phase)
     monitor = phase in {"head", "finetune"}
-    latest = run.work / f"{phase}.latest.weights.h5"
     best = run.work / f"{phase}.best.npz"
 
     class EpochKeeper(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.started = time.perf_counter()
+            model_lib.reseed_random_layers(self.model, (*seed, epoch, 0, 0))
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -78,9 +107,8 @@ def _epoch_callback(run: Run, phase: str, epochs: int, n_train: int, eta_extra: 
                     "seconds": seconds,
                 }
             )
-            tmp = run.work / f"{phase}.latest.tmp.weights.h5"
-            self.model.save_weights(tmp)
-            tmp.replace(latest)
+            with atomic_path(_latest_weights(run, phase, epoch + 1)) as tmp:
+                self.model.save_weights(tmp)
             ps["epochs_done"] = epoch + 1
             ps["seconds"] += seconds
             ps["images"] += n_train
@@ -124,13 +152,17 @@ def _compile(model: Any, optimizer: Any) -> None:
     )
 
 
+# Builds a phase's data for the epochs still to run and the phase's seed: (training batches,
+# steps per epoch, validation batches); called only when the phase trains (it may compute maps).
+Batches = Callable[[range, tuple[int, ...]], tuple[Any, int, Any]]
+
+
 def _fit_phase(
     run: Run,
     runtime: Any,
     phase: str,
     model: Any,
-    train_ds: Any,
-    val_ds: Any,
+    batches: Batches,
     epochs: int,
     n_train: int,
     eta_extra: float = 0.0,
@@ -143,31 +175,37 @@ def _fit_phase(
     ps = run.phase(phase)
     done_path = run.work / f"{phase}.done.npz"
     if ps["done"]:
-        model.set_weights(_load_arrays(done_path))
+        model.set_weights(_load_arrays(run, done_path))
         return
-    latest = run.work / f"{phase}.latest.weights.h5"
     best = run.work / f"{phase}.best.npz"
     if baseline is not None and ps["best"] is None:
         _save_arrays(best, model.get_weights())
         ps["best"] = baseline
-    if ps["epochs_done"] and latest.is_file():
+    if ps["epochs_done"]:
+        latest = _latest_weights(run, phase, ps["epochs_done"])
         with runtime.strategy.scope():
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(latest)
+        try:
+            model.load_weights(latest)
+        except (OSError, ValueError, KeyError) as error:
+            raise run.corrupt(latest, error) from error
         print(f"{phase}: continuing after epoch {ps['epochs_done']}/{epochs}")
     if ps["epochs_done"] < epochs and not ps["stopped"]:
         print(f"{phase}: {epochs} epochs on {n_train} images")
+        seed = (run.config.seed, PHASE_STREAMS[phase])
+        train_ds, steps, val_ds = batches(range(ps["epochs_done"], epochs), seed)
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=epochs,
             initial_epoch=ps["epochs_done"],
-            callbacks=[_epoch_callback(run, phase, epochs, n_train, eta_extra)],
+            steps_per_epoch=steps,
+            callbacks=[_epoch_callback(run, phase, epochs, n_train, eta_extra, seed)],
             verbose=_verbose(),
-            shuffle=False,  # the tf.data pipeline shuffles
+            shuffle=False,  # each epoch's order is drawn by the dataset (data.epoch_rows)
         )
     if phase != "guide" and best.is_file():
-        model.set_weights(_load_arrays(best))
+        model.set_weights(_load_arrays(run, best))
         print(f"{phase}: restored the best epoch ({MONITOR} {ps['best']:.4f})")
     _save_arrays(done_path, model.get_weights())
     ps["done"] = True
@@ -191,9 +229,8 @@ def _block4_maps(
     shape = (views * len(images), *trunk.output.shape[1:])
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
               "fortran_order": False, "shape": shape}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
     chunk = MAPS_CHUNK_BATCHES * batch_size
-    with tmp.open("wb") as handle:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.lib.format.write_array_header_2_0(handle, header)
         for view in range(views):
             for start in range(0, len(images), chunk):
@@ -203,30 +240,49 @@ def _block4_maps(
                 ds = data_lib.make_dataset(part, np.zeros(len(part), np.int64), 1, batch_size)
                 out = trunk.predict(ds.map(lambda x, y: x), verbose=0)
                 handle.write(out.astype(np.float16).tobytes())
-    tmp.replace(path)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Runs (or resumes) the whole job and writes every result under config.out; returns metrics."""
-    if is_done(config.out):
-        metrics = storage.read_json(storage.join(config.out, "metrics.json")) or {}
+def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) the whole job and writes every result under config.out; returns metrics.
+
+    --out holding a run of other data or options raises RunMismatch, or with `restart` is
+    replaced; so is a run whose checkpoint cannot be read (CheckpointError)."""
+    from workload.metrics import headline
+
+    identity = data_lib.data_identity(config.data)
+    fingerprint = fingerprint_of(config, identity.to_dict())
+    finished = finished_metrics(config, fingerprint, restart)
+    if finished is not None:
         print(
-            f"{config.out} is already done (validation micro-F1 "
-            f"{metrics.get('micro_f1', float('nan')):.4f}); nothing to do. "
+            f"{config.out} is already done ({headline(finished)}); nothing to do. "
             "Use another --out for a new run."
         )
-        return metrics
-    run = Run(config)
-    current = {"phase": "features" if config.recipe == "fast" else "guide"}
+        return finished
+    run = Run(config, fingerprint, restart)
+    first = "features" if config.recipe == "fast" else "guide"
+    current = {"phase": first}
     try:
-        return _train(run, current)
+        try:
+            return _train(run, current)
+        except CheckpointError as error:
+            if not restart:
+                raise
+            print(f"{error}: starting over (--restart)")
+            run.start_over()
+            current["phase"] = first
+            return _train(run, current)
     except SimulatedInterruption:
-        raise
-    except Exception as error:
-        phase = current["phase"]
-        epochs = dict(run.config.phases()).get(phase, 1)
-        message = f"{type(error).__name__}: {error}"
-        run.progress("failed", phase, run.phase(phase)["epochs_done"], epochs, error=message)
+        raise  # a simulated hard kill: nothing is written, as after a real one
+    except (Exception, Terminated) as error:
+        if not run.state.get("done"):
+            phase = current["phase"]
+            epochs = dict(config.phases()).get(phase, 1)
+            done = run.phase(phase)["epochs_done"] if phase in run.state["phases"] else 0
+            if isinstance(error, Terminated):
+                run.progress("interrupted", phase, done, epochs)
+            else:
+                message = f"{type(error).__name__}: {error}"
+                run.progress("failed", phase, done, epochs, error=message)
         raise
 
 
@@ -239,23 +295,35 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     run.put("config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     local_data = data_lib.fetch_data(config.data, config.cache_dir, config.workers, config.progress)
+    # The test set first: duplicate submission names fail before the long decode of train/.
+    test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
     dataset, class_names = data_lib.load_train(
         local_data, config.image_size, config.cache_dir, config.progress
     )
-    test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
+    warnings = data_lib.few_image_warnings(dataset.labels, class_names)
+    for line in warnings:
+        data_lib.warn(line)
     run.put("class_names.json", json.dumps(class_names, indent=2) + "\n")
     n_classes = len(class_names)
-    train_idx, val_idx = data_lib.stratified_split(dataset.labels, config.val_split, config.seed)
-    x_train, y_train = dataset.images[train_idx], dataset.labels[train_idx]
-    x_val, y_val = dataset.images[val_idx], dataset.labels[val_idx]
+    splits = data_lib.three_way_split(dataset.labels, config.val_split, config.holdout, config.seed)
+    if not len(splits[1]):
+        raise data_lib.DataError(
+            f"no class under {config.data} has 2 images to spare for validation; add images"
+        )
+    train_dir, _ = data_lib.find_split_dirs(local_data)
+    run.put("split.csv", _split_csv(train_dir.name, dataset, class_names, splits))
+    (x_train, y_train), (x_val, y_val), (x_hold, y_hold) = (
+        (dataset.images[rows], dataset.labels[rows]) for rows in splits
+    )
     # The split copied every image: drop the original (715 MB at full size) instead of holding
     # it until the results are written (only dataset.skipped is used from here on).
     # (A slice such as images[:0] would be a view keeping the whole buffer alive.)
     dataset.images = np.empty((0, *dataset.images.shape[1:]), dataset.images.dtype)
     weights = data_lib.class_weights(y_train, n_classes)
     print(
-        f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation images, "
-        f"{len(dataset.skipped)} skipped, test: {len(test.files) if test else 'none'}"
+        f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation / "
+        f"{len(x_hold)} held-out images, {len(dataset.skipped)} skipped, "
+        f"test: {len(test.files) if test else 'none'}"
     )
     resolved = model_lib.resolve_weights(config.weights, config.cache_dir)
     # TensorFlow only now: a bad data folder or weights path fails in seconds, not after its import.
@@ -272,23 +340,23 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
 
     current["phase"] = "evaluate"
     run.progress("running", "evaluate", 0, 1)
+    batch = runtime.batch(config.batch_size)
     evaluated = time.perf_counter()
-    val_probs = model.predict(
-        data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size)), verbose=0
-    )
+    validation = _evaluate(model, x_val, y_val, class_names, batch)
     inference_seconds = time.perf_counter() - evaluated
-    from workload.metrics import classification_metrics
+    from workload.metrics import summary
 
-    metrics = classification_metrics(y_val, np.argmax(val_probs, axis=1), class_names)
+    # The headline: the held-out split, which nothing was chosen on (validation picked the fast
+    # recipe's best epochs and stopped it early); validation only without one.
+    metrics = _evaluate(model, x_hold, y_hold, class_names, batch) if len(x_hold) else validation
+    metrics["scored_on"] = "holdout" if len(x_hold) else "validation"
+    metrics["validation"] = {**summary(validation), "chose_epochs": config.recipe == "fast"}
+    metrics["warnings"] = warnings
+    metrics["data"] = run.fingerprint["data"]
     submission = None
     if test is not None and len(test.files):
         test_probs = model.predict(
-            data_lib.make_dataset(
-                test.images,
-                np.zeros(len(test.files), np.int64),
-                n_classes,
-                runtime.batch(config.batch_size),
-            ),
+            data_lib.make_dataset(test.images, np.zeros(len(test.files), np.int64), 1, batch),
             verbose=0,
         )
         from workload.report import predictions_csv
@@ -306,6 +374,34 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
         time.perf_counter() - started,
     )
     return metrics
+
+
+def _evaluate(
+    model: Any, images: np.ndarray, labels: np.ndarray, class_names: list[str], batch: int
+) -> dict[str, Any]:
+    """classification_metrics of the model's predictions on one labelled set."""
+    from workload.metrics import classification_metrics
+
+    probs = model.predict(data_lib.make_dataset(images, labels, len(class_names), batch), verbose=0)
+    return classification_metrics(labels, np.argmax(probs, axis=1), class_names)
+
+
+def _split_csv(
+    train_dir: str,
+    dataset: data_lib.Dataset,
+    class_names: list[str],
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> str:
+    """`file,class,split`: which images trained, chose (validation) and scored (holdout)."""
+    assigned: dict[int, str] = {}
+    for name, rows in zip(("train", "validation", "holdout"), splits, strict=True):
+        assigned.update(dict.fromkeys(rows.tolist(), name))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "class", "split"])
+    for row, name in enumerate(dataset.files):
+        writer.writerow([f"{train_dir}/{name}", class_names[dataset.labels[row]], assigned[row]])
+    return buffer.getvalue()
 
 
 def _train_guide(
@@ -339,16 +435,15 @@ def _train_guide(
             model,
             keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
         )
-    train_ds = data_lib.make_dataset(
-        x_train,
-        y_train,
-        n_classes,
-        runtime.batch(config.batch_size),
-        shuffle=True,
-        seed=config.seed,
-    )
-    val_ds = data_lib.make_dataset(x_val, y_val, n_classes, runtime.batch(config.batch_size))
-    _fit_phase(run, runtime, "guide", model, train_ds, val_ds, config.guide_epochs, len(x_train))
+    batch = runtime.batch(config.batch_size)
+
+    def batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
+        train_ds, steps = data_lib.training_dataset(
+            x_train, y_train, n_classes, batch, None, seed, epochs
+        )
+        return train_ds, steps, data_lib.make_dataset(x_val, y_val, n_classes, batch)
+
+    _fit_phase(run, runtime, "guide", model, batches, config.guide_epochs, len(x_train))
     return model
 
 
@@ -394,20 +489,25 @@ def _train_fast(
     maps: dict[str, np.ndarray] = {}
 
     def load_maps() -> dict[str, np.ndarray]:
-        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine)."""
+        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine)
+        or unreadable. They live in the run's work folder, which only ever holds one run."""
         if not maps:
             for name, images, n_views in (("train", x_train, views), ("val", x_val, 1)):
                 path = run.local_only / f"maps.{name}.npy"
-                if not path.is_file():
+                maps[name] = _cached_maps(path, len(images) * n_views)
+                if not len(maps[name]):
                     print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
                     _block4_maps(trunk, images, batch, path, n_views)
-                maps[name] = np.load(path)
+                    maps[name] = np.load(path)
         return maps
 
     if ps["done"]:
-        base.set_weights(_load_arrays(base_path))
-        with np.load(features_path) as cached:
-            f_train, f_val = cached["train"], cached["val"]
+        base.set_weights(_load_arrays(run, base_path))
+        try:
+            with np.load(features_path) as cached:
+                f_train, f_val = cached["train"], cached["val"]
+        except (OSError, ValueError, EOFError, KeyError) as error:
+            raise run.corrupt(features_path, error) from error
     else:
         run.progress("running", "features", 0, 1)
         started = time.perf_counter()
@@ -427,9 +527,8 @@ def _train_fast(
             images = len(x_train) + len(x_val)
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
-        tmp = features_path.with_name(".features.tmp.npz")
-        np.savez(tmp, train=f_train, val=f_val)
-        tmp.replace(features_path)
+        with atomic_path(features_path) as tmp:
+            np.savez(tmp, train=f_train, val=f_val)
         ps.update(done=True, epochs_done=1, seconds=seconds, images=images)
         run.save()
         run.progress(
@@ -447,17 +546,19 @@ def _train_fast(
     with runtime.strategy.scope():
         head = model_lib.build_head(f_train, n_classes, config.head_dropout)
         _compile(head, keras.optimizers.Adam(config.head_lr))
-    head_train = data_lib.make_dataset(
-        f_train, y_train, n_classes, batch, train_weights, shuffle=True, seed=config.seed
-    )
-    head_val = data_lib.make_dataset(f_val, y_val, n_classes, batch)
+
+    def head_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
+        train_ds, steps = data_lib.training_dataset(
+            f_train, y_train, n_classes, batch, train_weights, seed, epochs
+        )
+        return train_ds, steps, data_lib.make_dataset(f_val, y_val, n_classes, batch)
+
     _fit_phase(
         run,
         runtime,
         "head",
         head,
-        head_train,
-        head_val,
+        head_batches,
         config.head_epochs,
         len(f_train),
         eta_extra=config.finetune_epochs * finetune_epoch_estimate,
@@ -471,36 +572,50 @@ def _train_fast(
         trained = model_lib.build_maps_model(last_block, head) if on_maps else model
         _compile(trained, keras.optimizers.Adam(config.finetune_lr))
     print(f"finetune: trainable {unfrozen}" + (" on cached block4 maps" if on_maps else ""))
-    if config.finetune_epochs > 0:
-        needs_data = not run.phase("finetune")["done"]
-        if on_maps and needs_data:
+
+    def finetune_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
+        if on_maps:
             load_maps()
-            train_ds = data_lib.make_dataset(
-                maps["train"], y_train, n_classes, batch, train_weights,
-                shuffle=True, seed=config.seed, views=views,
+            train_ds, steps = data_lib.training_dataset(
+                maps["train"], y_train, n_classes, batch, train_weights, seed, epochs,
+                views=views,
             )  # fmt: skip
-            val_ds = data_lib.make_dataset(maps["val"], y_val, n_classes, batch)
-        elif needs_data:
-            train_ds = data_lib.make_dataset(
-                x_train, y_train, n_classes, batch, train_weights,
-                shuffle=True, augment=config.augment, seed=config.seed,
-            )  # fmt: skip
-            val_ds = data_lib.make_dataset(x_val, y_val, n_classes, batch)
-        else:
-            train_ds = val_ds = None
+            return train_ds, steps, data_lib.make_dataset(maps["val"], y_val, n_classes, batch)
+        train_ds, steps = data_lib.training_dataset(
+            x_train, y_train, n_classes, batch, train_weights, seed, epochs,
+            augment=config.augment,
+        )  # fmt: skip
+        return train_ds, steps, data_lib.make_dataset(x_val, y_val, n_classes, batch)
+
+    if config.finetune_epochs > 0:
         _fit_phase(
             run,
             runtime,
             "finetune",
             trained,
-            train_ds,
-            val_ds,
+            finetune_batches,
             config.finetune_epochs,
             len(x_train),
             baseline=run.phase("head")["best"],
         )
     maps.clear()
     return model
+
+
+def _cached_maps(path: Path, rows: int) -> np.ndarray:
+    """The maps cached at `path` when they are whole and have `rows` rows; else an empty array
+    (a missing file, or one a kill or full disk left unreadable: deleted, computed again)."""
+    if not path.is_file():
+        return np.empty(0)
+    try:
+        maps = np.load(path)
+        if len(maps) != rows:
+            raise ValueError(f"{len(maps)} rows, expected {rows}")
+    except (OSError, ValueError, EOFError) as error:
+        data_lib.warn(f"cached maps {path} are unreadable ({error}); deleted, computing again")
+        path.unlink(missing_ok=True)
+        return np.empty(0)
+    return maps
 
 
 def _write_results(
@@ -560,14 +675,13 @@ def _write_results(
         "done",
         last.get("epoch", 0),
         last.get("epoch", 0),
-        {k: metrics[k] for k in ("accuracy", "micro_f1", "macro_f1")},
+        {k: metrics[k] for k in ("accuracy", "micro_f1", "macro_f1", "scored_on")},
         eta_seconds=0.0,
         images_per_second=metrics["images_per_second"].get("inference"),
     )
-    print(
-        f"done: validation accuracy {metrics['accuracy']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, "
-        f"macro-F1 {metrics['macro_f1']:.4f}; results in {config.out}"
-    )
+    from workload.metrics import headline
+
+    print(f"done: {headline(metrics)}; results in {config.out}")
     # The backup only serves resuming; a finished run keeps its results, not hundreds of MB of
     # checkpoints. Removed after the "done" marker, so a kill in between only leaves litter.
     if run.remote_backup:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.workload.conftest import write_tiny_data
-from workload.cli import build_parser, config_from_args, main
+from tests.workload.conftest import train_argv, workload, write_tiny_data
+from workload.cli import EXIT_USAGE, build_parser, config_from_args, main
 from workload.config import TrainConfig, resolve
 
 
@@ -44,8 +44,8 @@ def test_fingerprint_ignores_where_results_go_but_not_what_is_trained() -> None:
 
 @pytest.mark.parametrize(
     ("option", "match"),
-    [({"recipe": "slow"}, "recipe 'slow'"), ({"val_split": 1.5}, "val_split"),
-     ({"base": "resnet"}, "base 'resnet'"), ({"image_size": 8}, "image_size")],
+    [({"recipe": "slow"}, "recipe 'slow'"), ({"val_split": 1.5}, "--val-split 1.5"),
+     ({"base": "resnet"}, "base 'resnet'"), ({"image_size": 8}, "--image-size 8")],
 )  # fmt: skip
 def test_bad_options_are_rejected_naming_the_value(option: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -73,3 +73,22 @@ def test_train_with_an_empty_class_folder_fails_fast_naming_it(
     progress = json.loads((tmp_path / "out/progress.json").read_text())
     assert progress["state"] == "failed"
     assert "Cleavers" in progress["error"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("--guide-epochs", "-3", "--guide-epochs -3 must be at least 1"),
+     ("--head-epochs", "0", "--head-epochs 0 must be at least 1"),
+     ("--finetune-epochs", "-1", "--finetune-epochs -1 must be at least 0"),
+     ("--patience", "0", "--patience 0 must be at least 1"),
+     ("--head-lr", "0", "--head-lr 0.0 must be a learning rate in (0, 1]"),
+     ("--guide-lr", "nan", "--guide-lr nan must be a learning rate in (0, 1]"),
+     ("--finetune-lr", "-0.5", "--finetune-lr -0.5 must be a learning rate in (0, 1]")],
+)  # fmt: skip
+def test_out_of_range_epochs_rates_and_patience_are_one_line_errors(
+    tiny_data: Path, tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    result = workload(*train_argv("--recipe", "guide", option, value), cwd=tmp_path)
+    assert result.rc == EXIT_USAGE
+    assert result.error_line() == f"error: {expected}"
+    assert not (tmp_path / "out").exists()  # nothing started, nothing to clean up

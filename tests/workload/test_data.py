@@ -160,20 +160,72 @@ def test_each_epoch_draws_every_sample_once_from_one_of_its_cached_views() -> No
     # Row v * n + i is view v of sample i; its value says which: 100 * v + i.
     values = np.concatenate([np.arange(n) + 100 * v for v in range(views)]).astype(np.float16)
     labels = np.arange(n) % 3
-    ds = data.make_dataset(values[:, None], labels, 3, 3, shuffle=True, views=views, seed=1)
-    seen_views = set()
-    for _ in range(4):
-        drawn = np.concatenate([x.numpy()[:, 0] for x, y in ds]).astype(int)
-        assert sorted(drawn % 100) == list(range(n))
-        seen_views |= set(drawn // 100)
-    assert seen_views == {0, 1}
+    ds, steps = data.training_dataset(values[:, None], labels, 3, 3, None, (1,), range(4), views)
+    drawn = np.concatenate([x.numpy()[:, 0] for x, y in ds]).astype(int)
+    assert steps == 3
+    epochs = drawn.reshape(4, n)
+    assert all(sorted(epoch % 100) == list(range(n)) for epoch in epochs)
+    assert set((drawn // 100).tolist()) == {0, 1}
 
 
 def test_view_rows_keep_the_label_of_their_sample() -> None:
     n = 6
     values = np.concatenate([np.arange(n), np.arange(n) + 100]).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2])
-    ds = data.make_dataset(values[:, None], labels, 3, 4, shuffle=True, views=2, seed=3)
+    ds, _ = data.training_dataset(values[:, None], labels, 3, 4, None, (3,), range(2), views=2)
     for x, y in ds:
         samples = x.numpy()[:, 0].astype(int) % 100
         assert y.numpy().argmax(1).tolist() == labels[samples].tolist()
+
+
+def test_an_epochs_batches_depend_on_the_seed_and_epoch_alone() -> None:
+    """A run resumed at epoch 2 sees the batches the uninterrupted run saw at epoch 2."""
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    labels = np.arange(10) % 2
+
+    def epochs(first: int) -> list[np.ndarray]:
+        ds, steps = data.training_dataset(
+            images, labels, 2, 4, None, (7, 1), range(first, 3), augment=True
+        )
+        batches = [x.numpy() for x, _ in ds]
+        return [np.concatenate(batches[i : i + steps]) for i in range(0, len(batches), steps)]
+
+    uninterrupted, resumed = epochs(0), epochs(2)
+    np.testing.assert_array_equal(resumed[0], uninterrupted[2])
+    assert not np.array_equal(uninterrupted[1], uninterrupted[2])
+
+
+def test_gs_data_identity_follows_the_objects_contents_not_their_names(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    before = data.data_identity(url)
+    maize, charlock = (storage.read_bytes(f"{url}/train/{c}/0.png") for c in ("Maize", "Charlock"))
+    storage.write_bytes(f"{url}/train/Maize/0.png", charlock or b"")
+    storage.write_bytes(f"{url}/train/Charlock/0.png", maize or b"")
+    swapped = data.data_identity(url)
+    assert (swapped.files, swapped.bytes) == (before.files, before.bytes)
+    assert swapped.digest != before.digest
+    storage.write_bytes(f"{url}/train/Maize/0.png", maize or b"")
+    storage.write_bytes(f"{url}/train/Charlock/0.png", charlock or b"")
+    assert data.data_identity(url) == before
+
+
+def test_object_without_md5_is_identified_by_the_upload_manifests_md5() -> None:
+    """Composite objects (parallel uploads) have no MD5 in the listing; the manifest has one."""
+    info = storage.ObjectInfo("train/a/0.png", 10, None, None)
+    manifest = {"train/a/0.png": {"size": 10, "md5": "abc=="}}
+    assert data._object_checksum(info, manifest) == "abc=="
+    assert data._object_checksum(info, {"train/a/0.png": {"size": 11, "md5": "abc=="}}) == ""
+
+
+def test_mirror_drops_files_deleted_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    local = data.fetch_data(url, tmp_path / "cache", progress=False)
+    assert (local / "train/Maize/0.png").is_file()
+    storage.delete_file(f"{url}/train/Maize/0.png")
+    data.fetch_data(url, tmp_path / "cache", progress=False)
+    assert not (local / "train/Maize/0.png").exists()
+    assert len(list(local.rglob("*.png"))) == 21

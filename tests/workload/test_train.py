@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.workload.conftest import TINY, write_tiny_data
+from tests.workload.conftest import TINY, TinyRun, workload, write_tiny_data
 from workload import data, storage
 from workload.config import TrainConfig, resolve
 from workload.runstate import FAIL_AFTER_ENV, SimulatedInterruption
@@ -37,6 +37,7 @@ RESULT_FILES = {
     "confusion_matrix.png",
     "training_curves.png",
     "submission.csv",
+    "split.csv",
     "progress.json",
 }
 
@@ -55,107 +56,136 @@ def _config(
     )
 
 
-def _history(out: str) -> list[tuple[str, int]]:
-    text = (storage.read_bytes(storage.join(out, "history.csv")) or b"").decode()
+def _history(out: str | Path) -> list[tuple[str, int]]:
+    text = (storage.read_bytes(storage.join(str(out), "history.csv")) or b"").decode()
     return [(row["phase"], int(row["epoch"])) for row in csv.DictReader(io.StringIO(text))]
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): storage.local_md5(p)
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
+def _split(out: Path) -> dict[str, list[str]]:
+    """split.csv: the files of each split."""
+    splits: dict[str, list[str]] = {"train": [], "validation": [], "holdout": []}
+    for row in csv.DictReader(io.StringIO((out / "split.csv").read_text())):
+        splits[row["split"]].append(row["file"])
+    return splits
 
 
-@pytest.fixture(scope="module")
-def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("fast")
-    write_tiny_data(root / "data")
-    (root / "data/train/Maize/notes.txt").write_text("not an image")
-    config = _config(root)
-    return config, train(config)
+def _recomputed(run: TinyRun, files: list[str]) -> dict[str, Any]:
+    """Metrics of the saved model.keras on `files` (data-relative), computed here, apart from
+    the job: decoded as the job decodes, labelled by their class folder."""
+    import keras
+
+    from workload import model as model_lib
+    from workload.metrics import classification_metrics
+
+    classes = json.loads((run.out / "class_names.json").read_text())
+    images = np.stack([data.decode_image(run.data / name, TINY) for name in files])
+    labels = np.array([classes.index(name.split("/")[1]) for name in files])
+    model_lib.preprocess_layer()
+    network = keras.models.load_model(run.out / "model.keras", compile=False)
+    predicted = network.predict(images.astype("float32"), verbose=0).argmax(axis=1)
+    return classification_metrics(labels, predicted, classes)
 
 
-def test_fast_recipe_writes_every_result_file(fast_run: tuple[TrainConfig, dict]) -> None:
-    config, _ = fast_run
-    assert set(p.name for p in Path(config.out).iterdir()) >= RESULT_FILES
-    progress = json.loads(Path(config.out, "progress.json").read_text())
+def test_fast_recipe_writes_every_result_file(fast_run: TinyRun) -> None:
+    assert set(p.name for p in fast_run.out.iterdir()) >= RESULT_FILES
+    progress = json.loads((fast_run.out / "progress.json").read_text())
     assert (progress["state"], progress["phase"], progress["recipe"]) == ("done", "done", "fast")
-    assert not Path(config.out, "backup").exists()  # checkpoints only serve resuming
-    assert json.loads(Path(config.out, "class_names.json").read_text()) == [
+    assert not (fast_run.out / "backup").exists()  # checkpoints only serve resuming
+    assert json.loads((fast_run.out / "class_names.json").read_text()) == [
         "Charlock",
         "Maize",
         "Sugar beet",
     ]
 
 
-def test_fast_recipe_history_has_each_epoch_of_each_phase_once(
-    fast_run: tuple[TrainConfig, dict],
-) -> None:
-    assert _history(fast_run[0].out) == [("head", 1), ("head", 2), ("finetune", 1)]
+def test_fast_recipe_history_has_each_epoch_of_each_phase_once(fast_run: TinyRun) -> None:
+    assert _history(fast_run.out) == [("head", 1), ("head", 2), ("finetune", 1), ("finetune", 2)]
 
 
-def test_metrics_json_matches_the_saved_models_predictions(
-    fast_run: tuple[TrainConfig, dict],
-) -> None:
+def test_headline_score_is_the_held_out_split_that_nothing_chose_on(fast_run: TinyRun) -> None:
+    metrics = json.loads((fast_run.out / "metrics.json").read_text())
+    splits = _split(fast_run.out)
+    assert metrics["scored_on"] == "holdout"
+    assert not set(splits["holdout"]) & (set(splits["train"]) | set(splits["validation"]))
+    # Stratified: one image of each class of six (10%, at least one).
+    assert sorted(name.split("/")[1] for name in splits["holdout"]) == [
+        "Charlock", "Maize", "Sugar beet",
+    ]  # fmt: skip
+    expected = _recomputed(fast_run, splits["holdout"])
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    for key in ("samples", "accuracy", "micro_f1", "macro_f1"):
+        assert metrics[key] == pytest.approx(expected[key])
+    validation = _recomputed(fast_run, splits["validation"])
+    assert metrics["validation"]["micro_f1"] == pytest.approx(validation["micro_f1"])
+    assert metrics["validation"]["chose_epochs"] is True
+
+
+def test_result_line_and_runs_table_name_the_held_out_score(fast_run: TinyRun) -> None:
+    from workload import results
+
+    metrics = json.loads((fast_run.out / "metrics.json").read_text())
+    assert f"done: held-out micro-F1 {metrics['micro_f1']:.4f}" in fast_run.result.out
+    progress = json.loads((fast_run.out / "progress.json").read_text())
+    summary = results.summarize_run("r1", metrics, progress)
+    table = results.render_runs([summary], "b").splitlines()
+    assert table[0].split()[:6] == ["run", "state", "micro-F1", "accuracy", "scored", "on"]
+    assert table[1].split()[:5] == [
+        "r1", "done", f"{metrics['micro_f1']:.4f}", f"{metrics['accuracy']:.4f}", "holdout",
+    ]  # fmt: skip
+
+
+def test_runs_table_shows_old_and_unknown_score_sets_as_validation() -> None:
+    """Runs from before the held-out split scored validation; bucket text is never echoed."""
+    from workload import results
+
+    old = results.summarize_run("r0", {"accuracy": 0.9, "micro_f1": 0.9}, None)
+    odd = results.summarize_run("r1", {"micro_f1": 0.9, "scored_on": "\x1b[2Jall"}, None)
+    assert (old.scored_on, odd.scored_on) == ("validation", "validation")
+
+
+def test_saved_model_holds_no_optimizer_state(fast_run: TinyRun) -> None:
+    """The head's Adam used to travel inside model.keras: a warning on every load."""
+    import warnings
+    import zipfile
+
+    import h5py
     import keras
 
     from workload import model as model_lib
-    from workload.metrics import classification_metrics
 
-    config, _ = fast_run
-    metrics = json.loads(Path(config.out, "metrics.json").read_text())
-    dataset, classes = data.load_train(Path(config.data), TINY, config.cache_dir, progress=False)
-    _, val = data.stratified_split(dataset.labels, config.val_split, config.seed)
+    with zipfile.ZipFile(fast_run.out / "model.keras") as archive:
+        weights = io.BytesIO(archive.read("model.weights.h5"))
+    names: list[str] = []
+    with h5py.File(weights, "r") as handle:
+        handle.visit(names.append)
+    assert [name for name in names if "optimizer" in name] == []
     model_lib.preprocess_layer()
-    network = keras.models.load_model(Path(config.out, "model.keras"), compile=False)
-    predicted = network.predict(dataset.images[val].astype("float32"), verbose=0).argmax(axis=1)
-    expected = classification_metrics(dataset.labels[val], predicted, classes)
-    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
-    assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
-    assert metrics["micro_f1"] == pytest.approx(expected["micro_f1"])
-    assert metrics["macro_f1"] == pytest.approx(expected["macro_f1"])
-    assert set(metrics["wall_seconds"]) >= {"features", "head", "finetune"}
-    assert metrics["images_per_second"]["inference"] > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras.models.load_model(fast_run.out / "model.keras", compile=False)
+    assert [str(w.message) for w in caught if "optimizer" in str(w.message)] == []
 
 
-def test_unreadable_files_are_skipped_and_listed(fast_run: tuple[TrainConfig, dict]) -> None:
-    skipped = json.loads(Path(fast_run[0].out, "metrics.json").read_text())["skipped_files"]
+def test_unreadable_files_are_skipped_and_listed(fast_run: TinyRun) -> None:
+    skipped = json.loads((fast_run.out / "metrics.json").read_text())["skipped_files"]
     assert skipped["count"] == 1
     assert skipped["files"][0]["file"] == "train/Maize/notes.txt"
 
 
-def test_submission_has_one_row_per_test_image_in_kaggle_format(
-    fast_run: tuple[TrainConfig, dict],
-) -> None:
-    rows = list(csv.reader(Path(fast_run[0].out, "submission.csv").read_text().splitlines()))
+def test_submission_has_one_row_per_test_image_in_kaggle_format(fast_run: TinyRun) -> None:
+    rows = list(csv.reader((fast_run.out / "submission.csv").read_text().splitlines()))
     assert rows[0] == ["file", "species"]
     assert [row[0] for row in rows[1:]] == ["t0.png", "t1.png", "t2.png", "t3.png"]
     assert {row[1] for row in rows[1:]} <= {"Charlock", "Maize", "Sugar beet"}
 
 
-def test_predict_command_agrees_with_the_submission(
-    fast_run: tuple[TrainConfig, dict], tmp_path: Path
-) -> None:
-    from workload.cli import main
-
-    out = Path(fast_run[0].out)
-    assert main(["predict", "--model", str(out), "--images", str(Path(fast_run[0].data, "test")),
-                 "--out", str(tmp_path / "p.csv"), "--cache-dir", str(tmp_path)]) == 0  # fmt: skip
+def test_predict_command_agrees_with_the_submission(fast_run: TinyRun, tmp_path: Path) -> None:
+    result = workload("predict", "--model", fast_run.out, "--images", fast_run.data / "test",
+                      "--out", tmp_path / "p.csv", "--cache-dir", tmp_path)  # fmt: skip
+    assert result.rc == 0
     predicted = [row[:2] for row in csv.reader((tmp_path / "p.csv").read_text().splitlines())]
-    submitted = list(csv.reader((out / "submission.csv").read_text().splitlines()))
+    submitted = list(csv.reader((fast_run.out / "submission.csv").read_text().splitlines()))
     assert predicted[1:] == submitted[1:]
-
-
-def test_rerunning_a_finished_run_changes_nothing(
-    fast_run: tuple[TrainConfig, dict], capsys: pytest.CaptureFixture[str]
-) -> None:
-    config, _ = fast_run
-    before = _snapshot(Path(config.out))
-    train(config)
-    assert "already done" in capsys.readouterr().out
-    assert _snapshot(Path(config.out)) == before
 
 
 def test_guide_recipe_trains_all_layers_with_the_sgd_schedule(tmp_path: Path) -> None:
@@ -168,46 +198,6 @@ def test_guide_recipe_trains_all_layers_with_the_sgd_schedule(tmp_path: Path) ->
     assert float(row["learning_rate"]) == pytest.approx(1e-3 / (1 + 2e-6), rel=1e-4)
     assert metrics["samples"] == 3
     assert Path(config.out, "submission.csv").is_file()
-
-
-def test_killed_run_resumes_at_the_next_epoch_and_refuses_other_options(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    write_tiny_data(tmp_path / "data")
-    config = _config(tmp_path, head_epochs=3)
-    monkeypatch.setenv(FAIL_AFTER_ENV, "2")  # the features pass and head epoch 1
-    with pytest.raises(SimulatedInterruption):
-        train(config)
-    progress = json.loads(Path(config.out, "progress.json").read_text())
-    assert (progress["state"], progress["phase"], progress["epoch"]) == ("running", "head", 1)
-    monkeypatch.delenv(FAIL_AFTER_ENV)
-    with pytest.raises(ValueError, match="different options"):
-        train(_config(tmp_path, head_epochs=3, seed=1))
-    capsys.readouterr()
-    train(config)
-    output = capsys.readouterr().out
-    assert "head: continuing after epoch 1/3" in output
-    assert "features: one pass" not in output
-    assert _history(config.out) == [("head", 1), ("head", 2), ("head", 3), ("finetune", 1)]
-
-
-def test_run_killed_while_fine_tuning_on_cached_maps_resumes_at_the_next_epoch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    write_tiny_data(tmp_path / "data")
-    config = _config(tmp_path, head_epochs=1, finetune_epochs=3)
-    monkeypatch.setenv(FAIL_AFTER_ENV, "3")  # features, head 1, finetune 1
-    with pytest.raises(SimulatedInterruption):
-        train(config)
-    progress = json.loads(Path(config.out, "progress.json").read_text())
-    assert (progress["phase"], progress["epoch"]) == ("finetune", 1)
-    monkeypatch.delenv(FAIL_AFTER_ENV)
-    capsys.readouterr()
-    train(config)
-    output = capsys.readouterr().out
-    assert "finetune: continuing after epoch 1/3" in output
-    assert "block4 maps of" not in output  # the cached maps were kept locally
-    assert _history(config.out) == [("head", 1), ("finetune", 1), ("finetune", 2), ("finetune", 3)]
 
 
 def test_unfreezing_two_blocks_fine_tunes_on_images(
@@ -256,23 +246,22 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
 
 
 def test_final_model_is_the_best_monitored_epoch_across_head_and_finetune(
-    fast_run: tuple[TrainConfig, dict],
+    fast_run: TinyRun,
 ) -> None:
-    config, metrics = fast_run
-    rows = list(csv.DictReader(io.StringIO(Path(config.out, "history.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((fast_run.out / "history.csv").read_text())))
     best = max(float(row["val_micro_f1"]) for row in rows)
-    assert metrics["micro_f1"] == pytest.approx(best, abs=1e-4)
+    metrics = json.loads((fast_run.out / "metrics.json").read_text())
+    assert metrics["validation"]["micro_f1"] == pytest.approx(best, abs=1e-4)
 
 
 def test_predict_reads_model_and_images_from_gs_and_writes_there(
-    fast_run: tuple[TrainConfig, dict], gcs_bucket: str, tmp_path: Path
+    fast_run: TinyRun, gcs_bucket: str, tmp_path: Path
 ) -> None:
     from workload.predict import predict
 
-    config, _ = fast_run
     for name in ("model.keras", "class_names.json"):
-        storage.upload_file(Path(config.out, name), f"gs://{gcs_bucket}/runs/r/{name}")
-    storage.upload_tree(Path(config.data, "test"), f"gs://{gcs_bucket}/new")
+        storage.upload_file(fast_run.out / name, f"gs://{gcs_bucket}/runs/r/{name}")
+    storage.upload_tree(fast_run.data / "test", f"gs://{gcs_bucket}/new")
     target = predict(
         f"gs://{gcs_bucket}/runs/r",
         f"gs://{gcs_bucket}/new",
