@@ -1,2 +1,2 @@
-"""The GCE startup script (Jinja templates + a pure renderer) and the small helpers it runs on the
-VM (`python -m startup idle-check`, `python -m startup wait-for-data`)."""
+"""The VM side: the startup script (a Jinja template, its pure renderer and the stdlib helper it
+carries, bootstrap.py) and the VM agent it hands over to (`startup.vm`)."""

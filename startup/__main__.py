@@ -1,19 +1,13 @@
-"""`python -m startup render|idle-check|wait-for-data`: wiring only; the logic lives in
-render.py, idle.py and data_wait.py. `render` needs the project's infra/ package (laptop);
-the other two run on the VM from the workload archive, which has no infra/."""
+"""`python -m startup render`: the startup script for a stack, as `pulumi up` sends it. Needs the
+project's infra/ package (the laptop). What runs on the VM is `python -m startup.vm`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-# idle-check's exit codes, read by the startup script's idle_check function.
-EXIT_SHUT_DOWN = 0
-EXIT_STAY_UP = 10
 # A documentation range (RFC 5737) for rendering a stack whose allowedSourceRanges is empty.
 DOCUMENTATION_RANGE = "192.0.2.0/32"
 
@@ -77,43 +71,10 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _idle_check(args: argparse.Namespace) -> int:
-    from startup.idle import boot_time, decide, fetch_jupyter, read_job_state
-
-    now = datetime.now(UTC)
-    token = Path(args.token_file).read_text().strip() if args.token_file else ""
-    status, kernels = fetch_jupyter(args.url, token, args.cafile)
-    decision = decide(
-        now=now,
-        idle_minutes=args.idle_minutes,
-        booted=boot_time(now),
-        jupyter_status=status,
-        kernels=kernels,
-        job=read_job_state(args.job_state_file, args.job_active == "yes"),
-    )
-    print(decision.reason)
-    return EXIT_SHUT_DOWN if decision.shutdown else EXIT_STAY_UP
-
-
-def _wait_for_data(args: argparse.Namespace) -> int:
-    from startup.data_wait import wait_for_data
-
-    result = wait_for_data(
-        args.bucket,
-        args.data_path,
-        state_file=args.state_file,
-        stable_minutes=args.stable_minutes,
-        poll_seconds=args.poll_seconds,
-    )
-    print(result.reason)
-    return 0 if result.ready else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m startup",
-        description="The VM's startup script: print it for a stack (render); the helpers it "
-        "runs on the VM (idle-check, wait-for-data).",
+        description="The VM's startup script: print it for a stack (render).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -133,27 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(handler=_render)
 
-    idle = commands.add_parser(
-        "idle-check",
-        help="on the VM: exit 0 when it should power off, 10 when it should stay up",
-    )
-    idle.add_argument("--url", required=True, help="Jupyter base URL, e.g. https://127.0.0.1:8888")
-    idle.add_argument("--token-file", help="file with the Jupyter API token")
-    idle.add_argument("--cafile", help="Jupyter's (self-signed) certificate")
-    idle.add_argument("--job-state-file", help="the training job's state file")
-    idle.add_argument("--job-active", choices=("yes", "no"), default="no")
-    idle.add_argument("--idle-minutes", type=int, required=True)
-    idle.set_defaults(handler=_idle_check)
-
-    wait = commands.add_parser(
-        "wait-for-data", help="on the VM: block until the training data is complete"
-    )
-    wait.add_argument("--bucket", required=True)
-    wait.add_argument("--data-path", required=True)
-    wait.add_argument("--state-file", help="job state file (data changes count as activity)")
-    wait.add_argument("--stable-minutes", type=int, default=5)
-    wait.add_argument("--poll-seconds", type=float, default=30.0)
-    wait.set_defaults(handler=_wait_for_data)
     return parser
 
 

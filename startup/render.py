@@ -1,10 +1,11 @@
 """Render the startup script and the JupyterLab config from the stack settings.
 
-Pure functions of the settings: the same settings give the same bytes, so `pulumi preview` shows
-a change to the VM's `startup-script` metadata only when a setting that matters changed. Every
-value that reaches the shell goes through the `q` filter (shlex.quote); anything the cloud
-assigns or that is secret (bucket, archive, password hash, run id, IP) is read by the script
-from the metadata server at boot and never rendered.
+Pure functions of the settings (and of the files the script carries): the same inputs give the
+same bytes, so `pulumi preview` shows a change to the VM's `startup-script` metadata only when
+something that matters changed. Every value that reaches the shell goes through the `q` filter
+(shlex.quote); the settings the VM agent reads go as JSON (json.dumps) in a quoted heredoc;
+anything the cloud assigns or that is secret (bucket, archive, password secret, run id, IP) is
+read at boot from the metadata server and never rendered.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from startup.vm import units
+from startup.vm.config import VmSettings
 
 if TYPE_CHECKING:
     from infra.settings import StackSettings
@@ -45,8 +49,12 @@ IDLE_CHECK_SECONDS = 300
 # Kernels idle this long are shut down by Jupyter when idle shutdown is off; with idle shutdown
 # on, they are culled after the same idle window that powers the VM off.
 DEFAULT_CULL_MINUTES = 120
-# The heredoc that carries the Jupyter config inside the startup script.
-JUPYTER_CONFIG_DELIMITER = "KGG_JUPYTER_CONFIG"
+# Files the script carries verbatim (quoted heredocs), and the words that end them.
+PROJECT = TEMPLATES.parent
+CARRIED = {
+    "bootstrap_py": (PROJECT / "startup/bootstrap.py", "KGG_BOOTSTRAP"),
+    "documents_py": (PROJECT / "workload/documents.py", "KGG_DOCUMENTS"),
+}
 
 
 def shell_quote(value: Any) -> str:
@@ -54,13 +62,6 @@ def shell_quote(value: Any) -> str:
     if isinstance(value, bool):
         value = "true" if value else "false"
     return shlex.quote(str(value))
-
-
-def python_literal(value: Any) -> str:
-    """A Python literal for the Jupyter config (JSON strings and numbers are valid Python)."""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return json.dumps(value)
 
 
 def _environment() -> Environment:
@@ -73,24 +74,39 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["q"] = shell_quote
-    env.filters["py"] = python_literal
     return env
 
 
-def cull_idle_minutes(settings: StackSettings) -> int:
-    return settings.idle_shutdown_minutes or DEFAULT_CULL_MINUTES
-
-
-def render_jupyter_config(settings: StackSettings) -> str:
-    """`jupyter_server_config.py` as the VM runs it (paths are relative to the file itself)."""
-    text = (
-        _environment()
-        .get_template("jupyter_server_config.py.j2")
-        .render(
-            notebook_port=settings.notebook_port,
-            cull_idle_seconds=cull_idle_minutes(settings) * 60,
-        )
+def vm_settings(
+    settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
+) -> VmSettings:
+    """What the VM agent reads from /etc/keras-gpu-gcp/settings.json."""
+    gpu = settings.gpu
+    return VmSettings(
+        gpu_name=gpu.display_name,
+        expected_gpus=settings.gpus_attached,
+        machine_type=settings.machine_type,
+        spot=settings.spot,
+        tensorflow_build=gpu.tensorflow_build,
+        notebook_port=settings.notebook_port,
+        idle_shutdown_minutes=settings.idle_shutdown_minutes,
+        idle_check_seconds=idle_check_seconds,
+        cull_idle_seconds=(settings.idle_shutdown_minutes or DEFAULT_CULL_MINUTES) * 60,
+        shutdown_after_training=settings.shutdown_after_training,
+        run_training=settings.run_training,
+        data_path=settings.data_path,
+        training_args=tuple(settings.training_args),
+        python_min=PYTHON_MIN,
+        python_max=PYTHON_MAX,
+        managed_python=MANAGED_PYTHON,
     )
+
+
+def _carried(key: str) -> str:
+    path, delimiter = CARRIED[key]
+    text = path.read_text()
+    if delimiter in text:
+        raise ValueError(f"{path} must not contain {delimiter}, which ends its heredoc")
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -98,33 +114,27 @@ def template_context(
     settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
 ) -> dict[str, Any]:
     gpu = settings.gpu
-    jupyter_config = render_jupyter_config(settings)
-    if JUPYTER_CONFIG_DELIMITER in jupyter_config:
-        raise ValueError(f"the Jupyter config must not contain {JUPYTER_CONFIG_DELIMITER}")
+    idle_unit = {"bootstrap": "/opt/keras-gpu-gcp/bootstrap/bootstrap.py"}
     return {
         "gpu_type": settings.gpu_type,
         "gpu_name": gpu.display_name,
         "expected_gpus": settings.gpus_attached,
         "machine_type": settings.machine_type,
         "driver_branch": gpu.driver_branch,
-        "tensorflow_build": gpu.tensorflow_build,
         "image": settings.image,
         "spot": settings.spot,
-        "notebook_port": settings.notebook_port,
         "idle_shutdown_minutes": settings.idle_shutdown_minutes,
-        "idle_check_seconds": idle_check_seconds,
-        "shutdown_after_training": settings.shutdown_after_training,
-        "run_training": settings.run_training,
-        "data_path": settings.data_path,
-        "training_args": settings.training_args,
         "uv_version": UV_VERSION,
         "uv_wheel_url": UV_WHEEL_URL,
         "uv_wheel_sha256": UV_WHEEL_SHA256,
-        "python_min": PYTHON_MIN,
-        "python_max": PYTHON_MAX,
-        "managed_python": MANAGED_PYTHON,
-        "jupyter_config": jupyter_config,
-        "jupyter_config_delimiter": JUPYTER_CONFIG_DELIMITER,
+        # JSON from json.dumps, in a quoted heredoc: no shell or JSON quoting by hand.
+        "vm_settings_json": json.dumps(
+            vm_settings(settings, idle_check_seconds=idle_check_seconds).to_json(),
+            sort_keys=True,
+        ),
+        "idle_service": units.render("kgg-idle-check.service.j2", **idle_unit),
+        "idle_timer": units.render("kgg-idle-check.timer.j2", period=idle_check_seconds),
+        **{key: _carried(key) for key in CARRIED},
     }
 
 

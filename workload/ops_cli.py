@@ -138,8 +138,8 @@ def _runs(args: argparse.Namespace) -> int:
     from workload import results, status, storage
 
     bucket = resolve_bucket(args.bucket)
-    startup = status.parse_doc(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
-    current = (startup or {}).get("run_id")
+    startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
+    current = startup.run_id if startup else None
     print(results.render_runs(results.list_runs(bucket), bucket, current))
     return 0
 

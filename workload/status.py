@@ -1,8 +1,9 @@
 """`workload status`: what the VM reported, as a table a person can act on.
 
-Two documents drive it (schemas in docs/ARCHITECTURE.md): `status/startup.json`, written by the
-startup script at every step, and `runs/<run-id>/progress.json`, written by the training job every
-epoch. `render_status` is a pure function of the two; `watch` repeats it until the run ends.
+Two documents drive it (schemas in docs/ARCHITECTURE.md): `status/startup.json` (the model in
+workload/documents.py), written by the startup script and the VM agent at every step, and
+`runs/<run-id>/progress.json`, written by the training job every epoch. `render_status` is a pure
+function of the two; `watch` repeats it until the run ends.
 
 Whoever can write the bucket writes these documents: `parse_doc` strips terminal escapes from
 them, and the commands built for the user take only names GCE itself could have given.
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
+from workload.documents import Failure, StartupStatus, Step
 from workload.terminal import clean_document
 from workload.timestamps import parse_time
 
@@ -91,10 +93,8 @@ def _shell_name(value: Any, placeholder: str) -> str:
     return placeholder
 
 
-def _vm(startup: Doc) -> Vm:
-    return Vm(
-        _shell_name(startup.get("instance"), Vm.instance), _shell_name(startup.get("zone"), Vm.zone)
-    )
+def _vm(startup: StartupStatus) -> Vm:
+    return Vm(_shell_name(startup.instance, Vm.instance), _shell_name(startup.zone, Vm.zone))
 
 
 def hint_for(step: str, message: str, vm: Vm) -> list[str]:
@@ -172,13 +172,12 @@ def _field(label: str, value: str) -> str:
     return f"{label + ':':<13}{value}"
 
 
-def _step_rows(steps: dict[str, Any], now: datetime) -> list[str]:
+def _step_rows(steps: dict[str, Step], now: datetime) -> list[str]:
     rows = [("step", "state", "started", "took", "detail")]
     for name, step in steps.items():
-        step = step if isinstance(step, dict) else {}
-        state = str(step.get("state") or "pending")
-        started = parse_time(step.get("started"))
-        finished = parse_time(step.get("finished"))
+        state = step.state
+        started = parse_time(step.started)
+        finished = parse_time(step.finished)
         if started and finished:
             took = format_duration((finished - started).total_seconds())
         elif started and state == "running":
@@ -186,9 +185,7 @@ def _step_rows(steps: dict[str, Any], now: datetime) -> list[str]:
         else:
             took = ""
         label = state.upper() if state == "failed" else state
-        rows.append(
-            (name, label, _clock(started) if started else "", took, str(step.get("detail") or ""))
-        )
+        rows.append((name, label, _clock(started) if started else "", took, step.detail or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return [
         (
@@ -211,16 +208,13 @@ def _metric_text(metrics: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _step_state(startup: Doc | None, step: str) -> str | None:
-    steps = (startup or {}).get("steps")
-    entry = steps.get(step) if isinstance(steps, dict) else None
-    return entry.get("state") if isinstance(entry, dict) else None
-
-
-def render_training(startup: Doc | None, progress: Doc | None, now: datetime) -> list[str]:
-    """The training part of the status: the startup script's view, then the job's progress."""
-    run_id = (startup or {}).get("run_id")
-    vm_view = str((startup or {}).get("training") or "")
+def render_training(
+    startup: StartupStatus | None, progress: Doc | None, now: datetime
+) -> list[str]:
+    """The training part of the status: the VM's view, then the job's progress."""
+    run_id = startup.run_id if startup else None
+    vm_view = startup.training if startup else ""
+    training_step = startup.steps["training"].state if startup else "pending"
     lines = []
     run = f"run {run_id}: " if run_id else ""
     if progress is None:
@@ -231,7 +225,7 @@ def render_training(startup: Doc | None, progress: Doc | None, now: datetime) ->
                     "  next: upload the data (LOCAL_DIR holds train/<class>/*.png):\n"
                     "  $ python -m workload upload LOCAL_DIR"
                 )
-        elif vm_view == "off" and _step_state(startup, "training") in ("done", "skipped"):
+        elif vm_view == "off" and training_step in ("done", "skipped"):
             lines.append(_field("Training", "off (runTraining is false): train from the notebook"))
         elif vm_view == "off":
             lines.append(_field("Training", "not started yet (after the boot steps)"))
@@ -268,47 +262,41 @@ def render_training(startup: Doc | None, progress: Doc | None, now: datetime) ->
     return lines
 
 
-def _is_failed(startup: Doc | None, progress: Doc | None) -> bool:
-    startup = startup or {}
-    return (
-        startup.get("phase") == "failed"
-        or bool(startup.get("error"))
-        or startup.get("training") == "failed"
-        or (progress or {}).get("state") == "failed"
+def _is_failed(startup: StartupStatus | None, progress: Doc | None) -> bool:
+    return (progress or {}).get("state") == "failed" or (
+        startup is not None
+        and (startup.phase == "failed" or startup.error is not None or startup.training == "failed")
     )
 
 
-def outcome(startup: Doc | None, progress: Doc | None) -> str | None:
+def outcome(startup: StartupStatus | None, progress: Doc | None) -> str | None:
     """`"failed"`, `"done"` (training ended, or the boot ended with training off) or None."""
     if startup is None:
         return None
     if _is_failed(startup, progress):
         return "failed"
-    if (progress or {}).get("state") == "done" or startup.get("training") == "done":
+    if (progress or {}).get("state") == "done" or startup.training == "done":
         return "done"
-    if startup.get("training") == "off" and startup.get("phase") in ("idle", "done"):
+    if startup.training == "off" and startup.phase in ("idle", "done"):
         return "done"
     return None
 
 
-def render_failure(startup: Doc, progress: Doc | None) -> list[str]:
-    error = startup.get("error") if isinstance(startup.get("error"), dict) else {}
-    steps = startup.get("steps") if isinstance(startup.get("steps"), dict) else {}
-    step = error.get("step") or next(
-        (name for name, s in steps.items() if isinstance(s, dict) and s.get("state") == "failed"),
-        None,
-    )
+def render_failure(startup: StartupStatus, progress: Doc | None) -> list[str]:
+    error = startup.error or Failure()
+    failed = (name for name, s in startup.steps.items() if s.state == "failed")
+    step = error.step or next(failed, None)
     if step is None and (progress or {}).get("state") == "failed":
         step = "training"
     step = step or "unknown"
-    message = str(error.get("message") or (progress or {}).get("error") or "no message")
+    message = str(error.message or (progress or {}).get("error") or "no message")
     lines = [f"FAILED at step {step!r}: {message}"]
-    log_tail = str(error.get("log_tail") or "").rstrip()
+    log_tail = (error.log_tail or "").rstrip()
     if log_tail:
         lines.append(f"  log tail (last {LOG_TAIL_LINES} lines):")
         lines += [f"    | {line}" for line in log_tail.splitlines()[-LOG_TAIL_LINES:]]
     # The VM's own hint knows the exact failure; ours add the commands to look closer.
-    hint = error.get("hint")
+    hint = error.hint
     hint_lines = [*(str(hint).splitlines() if hint else []), *hint_for(step, message, _vm(startup))]
     lines.append(f"  next: {hint_lines[0]}")
     lines += [f"        {line}" for line in hint_lines[1:]]
@@ -316,7 +304,7 @@ def render_failure(startup: Doc, progress: Doc | None) -> list[str]:
 
 
 def render_status(
-    startup: Doc | None, progress: Doc | None, now: datetime, source: str = STATUS_KEY
+    startup: StartupStatus | None, progress: Doc | None, now: datetime, source: str = STATUS_KEY
 ) -> str:
     """The whole status report as text: a pure function of the two documents and the time."""
     if not startup:
@@ -329,17 +317,15 @@ def render_status(
                 f"  $ {Vm().serial_console}",
             ]
         )
-    updated = parse_time(startup.get("updated"))
+    updated = parse_time(startup.updated)
     age = f", {format_duration((now - updated).total_seconds())} ago" if updated else ""
-    lines = [f"VM phase: {startup.get('phase', '?')} (updated {_clock(updated)} UTC{age})"]
-    steps = startup.get("steps")
-    if isinstance(steps, dict) and steps:
-        lines += _step_rows(steps, now)
-    gpus = startup.get("gpus") or []
-    lines.append(_field("GPUs", ", ".join(map(str, gpus)) if gpus else "none seen yet"))
-    lines.append(_field("Notebook", startup.get("notebook_url") or "not up yet"))
-    if startup.get("tls_sha256"):
-        lines.append(_field("TLS SHA-256", startup["tls_sha256"]))
+    lines = [f"VM phase: {startup.phase} (updated {_clock(updated)} UTC{age})"]
+    lines += _step_rows(startup.steps, now)
+    gpus = startup.gpus
+    lines.append(_field("GPUs", ", ".join(gpus) if gpus else "none seen yet"))
+    lines.append(_field("Notebook", startup.notebook_url or "not up yet"))
+    if startup.tls_sha256:
+        lines.append(_field("TLS SHA-256", startup.tls_sha256))
         lines.append(
             "  (self-signed: accept the browser's warning only if the certificate's SHA-256\n"
             "  fingerprint it shows is this one)"
@@ -379,10 +365,16 @@ def parse_doc(data: bytes | None) -> Doc | None:
     return clean_document(doc) if isinstance(doc, dict) and doc else None
 
 
-def fetch_documents(bucket: str) -> tuple[Doc | None, Doc | None]:
+def parse_startup(data: bytes | None) -> StartupStatus | None:
+    """status/startup.json as the model, or None when it is missing or empty."""
+    doc = parse_doc(data)
+    return StartupStatus.from_json(doc) if doc else None
+
+
+def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Doc | None]:
     """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json."""
-    startup = parse_doc(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
-    run_id = (startup or {}).get("run_id")
+    startup = parse_startup(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
+    run_id = startup.run_id if startup else None
     progress = None
     if run_id:
         progress = parse_doc(
@@ -392,7 +384,7 @@ def fetch_documents(bucket: str) -> tuple[Doc | None, Doc | None]:
 
 
 def watch(
-    fetch: Callable[[], tuple[Doc | None, Doc | None]],
+    fetch: Callable[[], tuple[StartupStatus | None, Doc | None]],
     out: TextIO,
     interval: float = 30.0,
     max_seconds: float = 8 * 3600,
@@ -406,7 +398,7 @@ def watch(
 
     Returns WATCH_EXIT_DONE, WATCH_EXIT_FAILED or WATCH_EXIT_GAVE_UP."""
     start = clock()
-    last_good: tuple[Doc | None, Doc | None] | None = None
+    last_good: tuple[StartupStatus | None, Doc | None] | None = None
     while True:
         problem = None
         try:

@@ -32,19 +32,11 @@ from infra.password import jupyter_password_hash
 from infra.settings import StackSettings
 from infra.stack_config import PROJECT_ROOT, settings_for_stack
 from startup.render import render_startup_script
-from tests.boot.cloud import (
-    FakeApi,
-    free_port,
-    gcs_emulator,
-    metadata_server,
-    put_secret,
-    read_json,
-    secret_manager,
-    storage_client,
-)
+from tests.boot.cloud import free_port, gcs_emulator, read_json, storage_client
 from tests.boot.image import METADATA_ADDRESS, build_image
 from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
 from tests.boot.phases import NOTES, phase
+from tests.fake_cloud import FakeCloud
 from tests.workload.conftest import write_tiny_data
 
 pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("boot_prerequisites")]
@@ -68,7 +60,7 @@ class Vm:
     """The machine, its fake cloud, and what infra/ would have given it."""
 
     machine: Machine
-    metadata: FakeApi
+    cloud: FakeCloud
     gcs_url: str
     storage: Any
     archive: WorkloadArchive
@@ -98,12 +90,12 @@ class Vm:
             workload_object=self.archive.object_name,
             password_secret=PASSWORD_SECRET,
         )
-        self.metadata.values.update(
+        self.cloud.metadata.update(
             {f"instance/attributes/{key}": value for key, value in attributes.items()}
         )
 
     def attribute(self, key: str) -> str:
-        return self.metadata.values[f"instance/attributes/{key}"]
+        return self.cloud.metadata[f"instance/attributes/{key}"]
 
     def status(self) -> dict[str, Any] | None:
         """status/startup.json as uploaded to the bucket."""
@@ -132,24 +124,24 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
             {"access_token": "test-token", "expires_in": 3599, "token_type": "Bearer"}
         ),
     }
+    # metadata.google.internal (the root's /etc/hosts) and Secret Manager, on port 80 as GCE's.
     with (
-        metadata_server(METADATA_ADDRESS, values) as metadata,
-        secret_manager("127.0.0.1", free_port()) as secrets,
+        FakeCloud(METADATA_ADDRESS, 80, metadata=values) as cloud,
         gcs_emulator(BUCKET, tmp / "gcs.log") as gcs_url,
     ):
-        put_secret(secrets, PASSWORD_SECRET, jupyter_password_hash(PASSWORD, SALT))
+        cloud.put_secret(PASSWORD_SECRET, jupyter_password_hash(PASSWORD, SALT))
         archive = build_archive()
         storage = storage_client(gcs_url)
         storage.bucket(BUCKET).blob(archive.object_name).upload_from_string(archive.data)
         with phase("machine: copy of the image"):
             machine = Machine(image, tmp / "root", tmp / "console.log")
-        test_vm = Vm(machine, metadata, gcs_url, storage, archive, free_port(), tmp=tmp)
+        test_vm = Vm(machine, cloud, gcs_url, storage, archive, free_port(), tmp=tmp)
         test_vm.environment = {
             # The fakes' endpoints; every unit the script writes inherits them.
             "KGG_GCS_API_URL": f"{gcs_url}/storage/v1",
             "KGG_GCS_UPLOAD_URL": f"{gcs_url}/upload/storage/v1",
             "STORAGE_EMULATOR_HOST": gcs_url,
-            "KGG_SECRET_MANAGER_URL": secrets.url,
+            "KGG_SECRET_MANAGER_URL": cloud.environment()["KGG_SECRET_MANAGER_URL"],
             # No GPU here: TensorFlow sees none (nvidia-smi's stand-in shows the T4).
             "KGG_EXPECTED_GPUS": "0",
             "KGG_DATA_POLL_SECONDS": "2",
@@ -308,7 +300,7 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
 def test_an_archive_that_does_not_match_its_hash_fails_the_python_step(vm: Vm) -> None:
     before = vm.status()
     assert before is not None
-    vm.metadata.values["instance/attributes/kgg-workload-sha256"] = "0" * 64
+    vm.cloud.metadata["instance/attributes/kgg-workload-sha256"] = "0" * 64
 
     with phase("boot 4: wrong archive hash"):
         vm.machine.reboot()
@@ -326,7 +318,7 @@ def test_an_archive_that_does_not_match_its_hash_fails_the_python_step(vm: Vm) -
     assert status["training"] == "done"
 
 
-def test_unreachable_gcs_names_the_step_and_curls_own_error(vm: Vm) -> None:
+def test_unreachable_gcs_names_the_step_and_its_own_error(vm: Vm) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     vm.machine.set_environment(
         vm.environment
@@ -345,11 +337,11 @@ def test_unreachable_gcs_names_the_step_and_curls_own_error(vm: Vm) -> None:
     assert run.seconds < 150
     error = vm.local_status()["error"]
     assert error["step"] == "python"
-    assert error["message"].startswith("could not download gs://")
-    assert "Failed to connect to 127.0.0.1" in error["message"]
-    assert "Failed to connect to 127.0.0.1" in error["log_tail"]
+    assert error["message"].startswith(f"could not download gs://{BUCKET}/")
+    assert "Connection refused (after 5 attempts)" in error["message"]
+    assert "Connection refused" in error["log_tail"]
     vm.machine.set_environment(vm.environment)
-    vm.metadata.values["instance/attributes/kgg-workload-sha256"] = vm.archive.sha256
+    vm.cloud.metadata["instance/attributes/kgg-workload-sha256"] = vm.archive.sha256
 
 
 def test_idle_vm_powers_itself_off_while_jupyterlab_runs(vm: Vm) -> None:

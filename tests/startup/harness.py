@@ -1,6 +1,8 @@
-"""A fake VM for the rendered startup script: a temporary root (KGG_ROOT), a fake metadata server
-and GCS (served by a `curl` stub from files), and stub commands on PATH that record their calls
-and can be told to fail. A "boot" is one run of the script with bash.
+"""A fake VM for the rendered startup script's own part (preflight, the driver, the Python env,
+the hand-over to the agent): a temporary root (KGG_ROOT), stub system commands on PATH that record
+their calls and can be told to fail, and the Google endpoints on a real loopback HTTP server
+(tests/fake_cloud.py) that bootstrap.py reaches with python3, as on a VM. A "boot" is one run of
+the script with bash. What the agent does after the hand-over is tested in tests/startup/vm.
 
 Stub state lives in files under `stubs/state` so it survives from one boot to the next the way
 the VM's disk does; `reboot()` drops what a real reboot drops (running services) and loads the
@@ -23,18 +25,15 @@ from typing import Any
 from infra.settings import StackSettings
 from infra.stack_config import settings_for_stack
 from startup.render import render_startup_script
+from tests.fake_cloud import FakeCloud
 
-METADATA_URL = "http://metadata.test/computeMetadata/v1"
-GCS_API_URL = "http://gcs.test/storage/v1"
-GCS_UPLOAD_URL = "http://gcs.test/upload/storage/v1"
-SECRET_MANAGER_URL = "http://secrets.test/v1"
-PASSWORD_SECRET = "projects/123456/secrets/kgg-dev-abc123-jupyter-password"
 BUCKET = "kgg-test-bucket"
 RUN_ID = "run-20261127-abc123"
 PASSWORD_HASH = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
+PASSWORD_SECRET = "projects/123456/secrets/kgg-dev-abc123-jupyter-password"
 EXTERNAL_IP = "203.0.113.10"
 KERNEL = "5.15.0-1070-gcp"
-FINGERPRINT = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01"
+STATUS = "status/startup.json"
 
 # Every stub starts by recording its argv (one JSON line) and by checking the fail list:
 # stubs/fail/<command> holds lines "<count> <substring>"; a call whose argv contains the
@@ -70,14 +69,10 @@ _STUBS: dict[str, str] = {
     "cloud-init": "exit 0\n",
     "sync": "exit 0\n",
     "dmesg": 'echo "NVRM: test kernel log line"\n',
-    "chown": 'if __should_fail "$@"; then exit 1; fi\nexit 0\n',
     "update-initramfs": "exit 0\n",
     "shutdown": 'touch "${STATE}/shutdown"\n',
     "reboot": 'touch "${STATE}/reboot"\n',
     "uname": '[[ "${1:-}" == -r ]] && exec cat "${STATE}/kernel"\nexec /usr/bin/uname "$@"\n',
-    "id": '[[ -f "${STATE}/user-${2:-}" ]]\n',
-    "useradd": 'touch "${STATE}/user-${!#}"\n',
-    "runuser": 'while [[ $# -gt 0 && "$1" != -- ]]; do shift; done\nshift\nexec "$@"\n',
     "nvidia-smi": r"""if __should_fail "$@" || [[ ! -f "${STATE}/driver-loaded" ]]; then
   echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver" >&2
   exit 9
@@ -120,72 +115,8 @@ case "${args[0]:-}" in
   *) exit 0 ;;
 esac
 """,
-    "openssl": r"""case "${1:-}" in
-  req)
-    while [[ $# -gt 0 ]]; do
-      case "$1" in
-        -keyout) echo "TEST KEY" >"$2"; shift ;;
-        -out) echo "TEST CERT" >"$2"; shift ;;
-      esac
-      shift
-    done ;;
-  x509) echo "sha256 Fingerprint=__FINGERPRINT__" ;;
-  *) exit 1 ;;
-esac
-""",
-    # The metadata server and GCS, from files: stubs/metadata/<path>, stubs/gcs/<object>.
-    # Uploads are also kept in order under stubs/uploads/ to check the status at every step.
-    "curl": r"""if __should_fail "$@"; then
-  sleep "$(cat "${STATE}/curl-fail-seconds" 2>/dev/null || echo 0)"
-  echo "curl: (7) Failed to connect to gcs.test port 80 after 0 ms: Couldn't connect to server" >&2
-  exit 7
-fi
-out="" write="" data="" url=""
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    -o) out="$2"; shift ;;
-    -w) write="$2"; shift ;;
-    --data-binary) data="${2#@}"; shift ;;
-    -H | -X | --max-time) shift ;;
-    http*) url="$1" ;;
-  esac
-  shift
-done
-emit() { if [[ -n "${out}" ]]; then cat "$1" >"${out}"; else cat "$1"; fi; }
-decode() { printf '%b' "${1//%/\\x}"; }
-path="${url%%\?*}"
-query="${url#*\?}"
-case "${url}" in
-  __METADATA__/*)
-    file="${STUBS}/metadata/${path#__METADATA__/}"
-    [[ -f "${file}" ]] || { echo "curl: (22) 404" >&2; exit 22; }
-    emit "${file}" ;;
-  __UPLOAD__/b/*)
-    name="$(decode "${query##*name=}")"
-    mkdir -p "$(dirname "${STUBS}/gcs/${name}")" "${STUBS}/uploads"
-    cp "${data}" "${STUBS}/gcs/${name}"
-    cp "${data}" "${STUBS}/uploads/$(date +%s%N)-$(basename "${name}")" ;;
-  __SECRETS__/*:access)
-    # Secret Manager: stubs/secrets/<secret>/versions/<version> holds the payload.
-    file="${STUBS}/secrets/${path#__SECRETS__/}"
-    file="${file%:access}"
-    [[ -f "${file}" ]] || { echo "curl: (22) The requested URL returned error: 403" >&2; exit 22; }
-    printf '{"name": "%s", "payload": {"data": "%s"}}\n' "${path#__SECRETS__/}" \
-      "$(base64 -w0 "${file}")" >"${out:-/dev/stdout}" ;;
-  __API__/b/*)
-    name="$(decode "${path#*/o/}")"
-    [[ -f "${STUBS}/gcs/${name}" ]] || { echo "curl: (22) 404" >&2; exit 22; }
-    emit "${STUBS}/gcs/${name}" ;;
-  https://127.0.0.1:*)
-    [[ -f "${STATE}/active-kgg-jupyter.service" ]] || exit 7
-    [[ -z "${write}" ]] || printf 403 ;;
-  https://files.pythonhosted.org/*)
-    emit "${STUBS}/files/uv.whl" ;;
-  *) echo "curl stub: unexpected URL ${url}" >&2; exit 6 ;;
-esac
-""",
     # Installed as the VM's uv (so the pinned download is skipped): `uv sync` creates the venv
-    # with a python stub that answers the TF GPU check, the data wait, training and idle-check.
+    # with a python stub that records the hand-over to the agent and answers `-V`.
     "uv": r"""if [[ "${1:-}" == --version ]]; then echo "uv 0.13.9 (stub)"; exit 0; fi
 if __should_fail "$@"; then echo "error: stub uv failure" >&2; exit 2; fi
 [[ "${1:-}" == cache ]] && exit 0
@@ -195,30 +126,22 @@ cp "${STUBS}/venv-python" "${UV_PROJECT_ENVIRONMENT}/bin/python"
 cp "${STUBS}/venv-python" "${UV_PROJECT_ENVIRONMENT}/bin/jupyter"
 chmod +x "${UV_PROJECT_ENVIRONMENT}/bin/python" "${UV_PROJECT_ENVIRONMENT}/bin/jupyter"
 """,
-    "venv-python": r"""if __should_fail "$@"; then echo "stub python failure" >&2; exit 1; fi
-case "$*" in
-  *"import tensorflow"*) echo "TF log line" >&2; cat "${STATE}/tf-gpus" 2>/dev/null || echo 1 ;;
-  *"-m workload train"*)
-    echo "epoch 1/1"
-    if [[ -f "${STATE}/train-sleep" ]]; then sleep "$(cat "${STATE}/train-sleep")"; fi
-    exit "$(cat "${STATE}/train-rc" 2>/dev/null || echo 0)" ;;
-  *"-m startup wait-for-data"*)
-    if [[ -f "${STATE}/wait-sleep" ]]; then sleep "$(cat "${STATE}/wait-sleep")"; fi
-    exit "$(cat "${STATE}/wait-rc" 2>/dev/null || echo 0)" ;;
-  *"-m startup idle-check"*)
-    echo "stub idle reason"
-    exit "$(cat "${STATE}/idle-rc" 2>/dev/null || echo 10)" ;;
-  *) exit 0 ;;
-esac
+    "venv-python": r"""if [[ "${1:-}" == -V ]]; then echo "Python 3.11.9"; exit 0; fi
+exit "$(cat "${STATE}/agent-rc" 2>/dev/null || echo 0)"
 """,
 }
-
 STUB_COMMANDS = tuple(name for name in _STUBS if name not in {"uv", "venv-python"})
 
 
 def settings_for(**overrides: Any) -> StackSettings:
     """The dev stack with a firewall range (the script does not depend on it) and overrides."""
     return settings_for_stack("dev", {"allowedSourceRanges": ["203.0.113.7/32"], **overrides})
+
+
+def heredoc(text: str, delimiter: str) -> str:
+    """The body of the script's quoted heredoc that ends with `delimiter`."""
+    start = text.index(f"<<'{delimiter}'\n") + len(f"<<'{delimiter}'\n")
+    return text[start : text.index(f"\n{delimiter}\n", start) + 1]
 
 
 def workload_archive(notebook: str = '{"cells": []}\n') -> bytes:
@@ -229,6 +152,7 @@ def workload_archive(notebook: str = '{"cells": []}\n') -> bytes:
             "pyproject.toml": "[project]\nname = 'keras-gpu-gcp'\n",
             "uv.lock": "version = 1\n",
             "startup/__init__.py": "",
+            "startup/vm/__init__.py": "",
             "workload/__init__.py": "",
             "workload/notebooks/walkthrough.ipynb": notebook,
         }.items():
@@ -247,6 +171,8 @@ class Boot:
 
 
 class FakeVm:
+    """Use as a context manager: it serves the fake cloud while open."""
+
     def __init__(self, base: Path, settings: StackSettings, os_release: str | None = None):
         self.base = base
         self.root = base / "root"
@@ -262,15 +188,16 @@ class FakeVm:
         )
         (self.state / "kernel").write_text(KERNEL + "\n")
         self._install_stubs()
+        self.cloud = FakeCloud()
         archive = workload_archive()
         self.archive_sha256 = hashlib.sha256(archive).hexdigest()
-        object_name = f"code/workload-{self.archive_sha256[:16]}.tar.gz"
-        self.put_gcs(object_name, archive)
-        self.put_secret(PASSWORD_SECRET, PASSWORD_HASH)
+        self.archive_object = f"code/workload-{self.archive_sha256[:16]}.tar.gz"
+        self.cloud.objects[self.archive_object] = archive
+        self.cloud.put_secret(PASSWORD_SECRET, PASSWORD_HASH)
         self.set_metadata(
             {
                 "instance/attributes/kgg-bucket": BUCKET,
-                "instance/attributes/kgg-workload-object": object_name,
+                "instance/attributes/kgg-workload-object": self.archive_object,
                 "instance/attributes/kgg-workload-sha256": self.archive_sha256,
                 "instance/attributes/kgg-jupyter-password-secret": PASSWORD_SECRET,
                 "instance/attributes/kgg-run-id": RUN_ID,
@@ -283,19 +210,16 @@ class FakeVm:
             }
         )
 
+    def __enter__(self) -> FakeVm:
+        self.cloud.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cloud.__exit__(*exc)
+
     def _install_stubs(self) -> None:
-        replacements = {
-            "__STUBS__": str(self.stubs),
-            "__METADATA__": METADATA_URL,
-            "__UPLOAD__": GCS_UPLOAD_URL,
-            "__SECRETS__": SECRET_MANAGER_URL,
-            "__API__": GCS_API_URL,
-            "__FINGERPRINT__": FINGERPRINT,
-        }
         for name, body in _STUBS.items():
-            text = _PRELUDE + body
-            for key, value in replacements.items():
-                text = text.replace(key, value)
+            text = (_PRELUDE + body).replace("__STUBS__", str(self.stubs))
             target = self.stubs / name if name == "venv-python" else self.bin / name
             target.write_text(text)
             target.chmod(0o755)
@@ -305,29 +229,17 @@ class FakeVm:
 
     # --- the fake cloud ---------------------------------------------------------------------
     def set_metadata(self, values: Mapping[str, str]) -> None:
-        for path, value in values.items():
-            file = self.stubs / "metadata" / path
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(value)
-
-    def put_secret(self, secret: str, value: str, version: str = "latest") -> None:
-        """A Secret Manager secret version only the VM's account can read (here: anyone)."""
-        file = self.stubs / "secrets" / secret / "versions" / version
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(value)
-
-    def put_gcs(self, name: str, data: bytes) -> None:
-        file = self.stubs / "gcs" / name
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(data)
+        self.cloud.metadata.update(values)
 
     def status(self) -> dict[str, Any]:
         """The status document as last uploaded to gs://<bucket>/status/startup.json."""
-        return json.loads((self.stubs / "gcs/status/startup.json").read_text())
+        return self.cloud.object_json(STATUS)
 
     def status_history(self) -> list[dict[str, Any]]:
-        uploads = sorted((self.stubs / "uploads").glob("*-startup.json"))
-        return [json.loads(path.read_text()) for path in uploads]
+        return list(self.cloud.uploads_of(STATUS))
+
+    def local_status(self) -> dict[str, Any]:
+        return json.loads((self.root / "var/lib/keras-gpu-gcp/status.json").read_text())
 
     # --- the fake machine -------------------------------------------------------------------
     def fail(self, command: str, pattern: str = "", times: int | str = "*") -> None:
@@ -351,9 +263,14 @@ class FakeVm:
         calls = [line.split("\x1f") for line in log.read_text().splitlines()]
         return [call for call in calls if command is None or call[0] == command]
 
+    def handed_over(self) -> bool:
+        """The script ended by running the agent's boot from the env."""
+        return ["python", "-m", "startup.vm", "boot"] in self.calls("python")
+
     def clear_calls(self) -> None:
         (self.stubs / "calls.log").unlink(missing_ok=True)
         self.state.joinpath("reboot").unlink(missing_ok=True)
+        self.cloud.requests.clear()
 
     def reboot(self) -> None:
         """What a real reboot does: services stop; installed driver packages load."""
@@ -370,26 +287,12 @@ class FakeVm:
             "LANG": "C.UTF-8",
             "TMPDIR": str(self.base),
             "KGG_ROOT": str(self.root),
-            "KGG_METADATA_URL": METADATA_URL,
-            "KGG_GCS_API_URL": GCS_API_URL,
-            "KGG_GCS_UPLOAD_URL": GCS_UPLOAD_URL,
-            "KGG_SECRET_MANAGER_URL": SECRET_MANAGER_URL,
+            **self.cloud.environment(),
+            "KGG_UV_WHEEL_URL": self.cloud.file_url("uv.whl"),
             "KGG_RETRY_ATTEMPTS": "3",
             "KGG_RETRY_BASE_SECONDS": "0",
             "KGG_DLVM_DRIVER_WAIT_SECONDS": "0",
-            "KGG_JUPYTER_START_SECONDS": "0",
         }
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        """The script in the background, in its own process group (like a systemd unit)."""
-        return subprocess.Popen(
-            ["bash", str(self.script), *args],
-            env=self.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
 
     def run(self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None) -> Boot:
         result = subprocess.run(
@@ -404,6 +307,18 @@ class FakeVm:
 
     def boot(self) -> Boot:
         return self.run()
+
+    def run_bootstrap(self, *args: str) -> Boot:
+        """The helper as the script (and the idle timer) runs it, from where the script put it."""
+        result = subprocess.run(
+            ["python3", str(self.root / "opt/keras-gpu-gcp/bootstrap/bootstrap.py"), *args],
+            env=self.env() | {"BUCKET": BUCKET},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Boot(result.returncode, result.stdout, result.stderr)
 
     def apt_installed(self) -> list[str]:
         return [arg for call in self.calls("apt-get") if "install" in call for arg in call[1:]]

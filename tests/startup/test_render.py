@@ -4,6 +4,7 @@ clean, fully rendered, no secrets."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,9 @@ import pytest
 
 from infra.catalogue import CURRENT_GPUS, IMAGES
 from startup.__main__ import main, parse_override
-from startup.render import render_jupyter_config, render_startup_script, shell_quote
-from tests.startup.harness import settings_for
+from startup.render import CARRIED, render_startup_script, shell_quote, vm_settings
+from startup.vm.jupyter import jupyter_config
+from tests.startup.harness import heredoc, settings_for
 
 CANARY_PASSWORD = "canary-Pa55word-7f3c9e"
 COMBINATIONS = list(itertools.product(CURRENT_GPUS, sorted(IMAGES), (False, True)))
@@ -107,13 +109,41 @@ def test_rendered_script_is_complete_and_secret_free(gpu: str, image: str, spot:
     assert "argon2:" not in text.replace("argon2:*", "").replace("argon2:...", "")
 
 
-def test_password_hash_comes_only_from_secret_manager() -> None:
+def bash_lines(text: str) -> list[str]:
+    """The script without the files it carries (Python, JSON, units)."""
+    lines, inside = [], None
+    for line in text.splitlines():
+        if inside:
+            inside = None if line == inside else inside
+            continue
+        found = re.search(r"<<'(KGG_[A-Z]+)'$", line)
+        inside = found.group(1) if found else None
+        lines.append(line)
+    return lines
+
+
+def test_password_hash_never_reaches_the_script() -> None:
     text = render_for("nvidia-tesla-t4", "ubuntu-2204", False)
     assert "kgg-jupyter-password-hash" not in text
-    assert 'PASSWORD_SECRET="$(attribute kgg-jupyter-password-secret)"' in text
-    assert "/versions/latest:access" in text
-    config = render_jupyter_config(settings_for())
+    assert "kgg-jupyter-password-secret" in text  # checked in preflight; the agent reads it
+    config = jupyter_config(vm_settings(settings_for()))
     assert 'hashed_password = (_here / "password.hash").read_text().strip()' in config
+
+
+def test_the_bash_is_short_and_builds_no_json() -> None:
+    """Bash does only what must run before Python exists; documents come from Python."""
+    text = render_for("nvidia-tesla-t4", "ubuntu-2204", False)
+    lines = bash_lines(text)
+    assert len(lines) < 350
+    code = [line for line in lines if not line.lstrip().startswith("#")]
+    assert not [line for line in code if '\\"' in line or '{"' in line or "json_" in line]
+
+
+@pytest.mark.parametrize("key", sorted(CARRIED))
+def test_the_script_carries_its_helpers_verbatim(key: str) -> None:
+    path, delimiter = CARRIED[key]
+    text = render_for("nvidia-tesla-t4", "ubuntu-2204", False)
+    assert heredoc(text, delimiter) == path.read_text()
 
 
 def test_rendering_is_a_pure_function_of_the_settings() -> None:
@@ -125,24 +155,31 @@ def test_rendering_is_a_pure_function_of_the_settings() -> None:
     )
 
 
-def test_catalogue_values_reach_the_script() -> None:
-    text = render_startup_script(settings_for(gpuType="nvidia-l4", machineType="g2-standard-24"))
-    assert "readonly DRIVER_BRANCH=580\n" in text
-    assert 'readonly EXPECTED_GPUS="${KGG_EXPECTED_GPUS:-"2"}"\n' in text
-    assert "readonly GPU_NAME='NVIDIA L4'\n" in text
-
-
-def test_training_args_are_shell_quoted_one_word_each(tmp_path: Path) -> None:
-    nasty = ["--recipe", "guide; touch /tmp/pwned", "$(id)", "it's", "a b"]
-    text = render_startup_script(settings_for(trainingArgs=nasty))
-    declaration = re.search(r"^readonly -a TRAINING_ARGS=\(.*\)$", text, re.MULTILINE)
-    assert declaration is not None
+def written_settings(text: str, tmp_path: Path) -> dict:
+    """settings.json as bash writes it from the script's heredoc."""
     probe = tmp_path / "probe.sh"
-    probe.write_text(declaration.group(0) + '\nprintf "%s\\n" "${TRAINING_ARGS[@]}"\n')
+    body = heredoc(text, "KGG_SETTINGS")
+    probe.write_text(f"cat <<'KGG_SETTINGS'\n{body}KGG_SETTINGS\n")
     result = subprocess.run(
         ["bash", str(probe)], capture_output=True, text=True, timeout=10, check=True
     )
-    assert result.stdout.splitlines() == nasty
+    return json.loads(result.stdout)
+
+
+def test_catalogue_values_reach_the_script(tmp_path: Path) -> None:
+    text = render_startup_script(settings_for(gpuType="nvidia-l4", machineType="g2-standard-24"))
+    assert "readonly DRIVER_BRANCH=580\n" in text
+    assert "readonly GPU_NAME='NVIDIA L4'\n" in text
+    settings = written_settings(text, tmp_path)
+    assert settings["expected_gpus"] == 2
+    assert settings["gpu_name"] == "NVIDIA L4"
+    assert settings["machine_type"] == "g2-standard-24"
+
+
+def test_training_args_reach_the_agent_unchanged(tmp_path: Path) -> None:
+    nasty = ["--recipe", "guide; touch /tmp/pwned", "$(id)", "it's", "a b", "KGG_SETTINGS"]
+    text = render_startup_script(settings_for(trainingArgs=nasty))
+    assert written_settings(text, tmp_path)["training_args"] == nasty
 
 
 def test_shell_quote_turns_booleans_into_words() -> None:
@@ -152,7 +189,7 @@ def test_shell_quote_turns_booleans_into_words() -> None:
 
 
 def test_jupyter_config_carries_port_and_culling() -> None:
-    config = render_jupyter_config(settings_for(notebookPort=9443, idleShutdownMinutes=30))
+    config = jupyter_config(vm_settings(settings_for(notebookPort=9443, idleShutdownMinutes=30)))
     assert "c.ServerApp.port = 9443\n" in config
     assert "c.MappingKernelManager.cull_idle_timeout = 1800\n" in config
     assert 'c.ServerApp.ip = "0.0.0.0"' in config

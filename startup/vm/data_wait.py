@@ -8,7 +8,6 @@ storage with the VM's service account, or STORAGE_EMULATOR_HOST in tests).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from startup.vm.job_state import write_job_state
 
 MANIFEST = "_upload_manifest.json"
 STABLE_MINUTES = 5
@@ -78,21 +79,11 @@ def check(
     return Check(False, f"train/ still changing ({listing.objects} files)", listing, changed_at)
 
 
-def write_job_state(path: str | None, state: str, activity: datetime) -> None:
-    """The state file the idle check reads: a change in the data counts as activity."""
-    if not path:
-        return
-    target = Path(path)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"state": state, "activity": activity.isoformat()}))
-    tmp.replace(target)
-
-
 def wait_for_data(
     bucket: str,
     data_path: str,
     *,
-    state_file: str | None = None,
+    state_file: Path | None = None,
     stable_minutes: int = STABLE_MINUTES,
     poll_seconds: float = POLL_SECONDS,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -122,7 +113,7 @@ def wait_for_data(
             previous=previous,
             stable_minutes=stable_minutes,
         )
-        if previous is None or result.changed_at != previous.changed_at:
+        if state_file and (previous is None or result.changed_at != previous.changed_at):
             write_job_state(state_file, "waiting", result.changed_at or clock())
         if previous is None or result.reason != previous.reason:
             print(f"data at gs://{bucket}/{prefix}: {result.reason}", file=sys.stderr, flush=True)

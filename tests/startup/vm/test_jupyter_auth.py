@@ -17,8 +17,9 @@ import pytest
 import requests
 from jupyter_server.auth import passwd
 
-from startup.idle import fetch_jupyter
-from startup.render import render_jupyter_config
+from startup.render import vm_settings
+from startup.vm.idle import fetch_jupyter
+from startup.vm.jupyter import jupyter_config
 from tests.startup.harness import settings_for
 
 PASSWORD = "correct horse battery staple"
@@ -44,7 +45,7 @@ def write_config(folder: Path, port: int) -> Path:
     """The layout the startup script writes: config, password.hash and tls/ side by side."""
     (folder / "tls").mkdir(parents=True)
     config = folder / "jupyter_server_config.py"
-    config.write_text(render_jupyter_config(settings_for(notebookPort=port)))
+    config.write_text(jupyter_config(vm_settings(settings_for(notebookPort=port))))
     (folder / "password.hash").write_text(passwd(PASSWORD) + "\n")
     subprocess.run(
         [

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from startup.data_wait import Check, Listing, check, wait_for_data
+from startup.vm.data_wait import Check, Listing, check, wait_for_data
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 SOME = Listing(objects=10, total_bytes=1000, newest="2026-11-27T11:59:00+00:00")
@@ -70,7 +70,7 @@ def test_wait_for_data_polls_until_the_manifest_arrives(gcs_bucket: str, tmp_pat
     result = wait_for_data(
         gcs_bucket,
         "data/ps",
-        state_file=str(state),
+        state_file=state,
         sleep=upload_manifest_on_second_poll,
         max_polls=5,
         client=client,

@@ -1,17 +1,22 @@
 """Idle shutdown decision: a pure function of what Jupyter's API and the training job report.
 
-The systemd timer on the VM runs `python -m startup idle-check` every few minutes; that command
+The systemd timer on the VM runs `python -m startup.vm idle-check` every few minutes; it
 gathers Jupyter's `/api/status` and `/api/kernels`, the training job's state file and the boot
 time, and calls `decide`. Only `decide` makes the call, so every rule is tested here without a VM.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from startup.vm.config import STARTUP_UNIT, TRAINING_UNIT, Paths, VmSettings
+from startup.vm.job_state import JobState, read_job_state
+from startup.vm.status import StatusReporter
+from startup.vm.system import System
 from workload.timestamps import parse_time
 
 # Kernel states that mean a cell is running (or about to): never power off under them.
@@ -20,16 +25,6 @@ BUSY_KERNEL_STATES = frozenset({"busy", "starting", "restarting"})
 # waits for an upload that never comes must still power off; the job's last data change
 # counts as activity instead (see JobState.activity).
 RUNNING_JOB_STATES = frozenset({"running"})
-
-
-@dataclass(frozen=True)
-class JobState:
-    """The training job as the VM sees it: systemd says whether it runs, its state file says
-    what it does ("waiting", "running", "done", "failed", "off") and when it last saw activity."""
-
-    active: bool
-    state: str = "off"
-    activity: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -85,25 +80,7 @@ def decide(
     )
 
 
-# --- gathering (impure): what `python -m startup idle-check` feeds into `decide` ---------------
-
-
-def read_job_state(path: str | None, active: bool) -> JobState:
-    """The job's state file ({"state": ..., "activity": ISO}) plus systemd's word on it."""
-    import json
-    from pathlib import Path
-
-    if not path or not Path(path).is_file():
-        return JobState(active=active)
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return JobState(active=active)
-    return JobState(
-        active=active,
-        state=str(data.get("state") or "off"),
-        activity=parse_time(data.get("activity")),
-    )
+# --- gathering (impure): what `python -m startup.vm idle-check` feeds into `decide` ---------------
 
 
 def boot_time(now: datetime, proc_uptime: str = "/proc/uptime") -> datetime:
@@ -144,3 +121,40 @@ def fetch_jupyter(
         return get("/api/status"), get("/api/kernels")
     except (OSError, ValueError):
         return None, None
+
+
+def idle_check(
+    *,
+    paths: Paths,
+    settings: VmSettings,
+    system: System,
+    status: StatusReporter,
+    log: logging.Logger,
+    now: datetime,
+) -> Decision:
+    """The idle timer's check: gathers what `decide` needs, and powers off when it says so."""
+    if system.active_state(STARTUP_UNIT) == "activating":  # a oneshot unit runs as "activating"
+        decision = Decision(False, "the startup script is still running")
+        log.info("idle check: %s", decision.reason)
+        return decision
+    active = system.is_active(TRAINING_UNIT)
+    token = paths.api_token.read_text().strip() if paths.api_token.is_file() else ""
+    cafile = str(paths.tls_cert) if paths.tls_cert.is_file() else None
+    jupyter_status, kernels = fetch_jupyter(
+        f"https://127.0.0.1:{settings.notebook_port}", token, cafile
+    )
+    decision = decide(
+        now=now,
+        idle_minutes=settings.idle_shutdown_minutes,
+        booted=boot_time(now, str(paths.root / "proc/uptime")),
+        jupyter_status=jupyter_status,
+        kernels=kernels,
+        job=read_job_state(paths.job_state, active),
+    )
+    if decision.shutdown:
+        log.info("idle check: %s; powering off", decision.reason)
+        status.update("phase=idle", f"detail.idle=powered off: {decision.reason}")
+        system.power_off("keras-gpu-gcp: idle")
+    else:
+        log.info("idle check: staying up: %s", decision.reason)
+    return decision

@@ -1,4 +1,4 @@
-"""The idle-shutdown decision, one case per test."""
+"""The idle-shutdown decision, one case per test, and the idle timer's check around it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
-from startup.__main__ import EXIT_SHUT_DOWN, EXIT_STAY_UP, main
-from startup.idle import JobState, boot_time, decide, parse_time, read_job_state
+from startup.vm.agent import Agent
+from startup.vm.idle import boot_time, decide, idle_check, parse_time
+from startup.vm.job_state import JobState, read_job_state
+from tests.startup.vm.conftest import FakeSystem, uploaded_status
 
 
 def free_port() -> int:
@@ -143,8 +143,8 @@ def test_parse_time_reads_jupyter_timestamps_and_rejects_junk() -> None:
 def test_read_job_state_reads_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "job.json"
     state.write_text(json.dumps({"state": "waiting", "activity": iso(NOW)}))
-    assert read_job_state(str(state), True) == JobState(True, "waiting", NOW)
-    assert read_job_state(str(tmp_path / "missing.json"), False) == JobState(False)
+    assert read_job_state(state, True) == JobState(True, "waiting", NOW)
+    assert read_job_state(tmp_path / "missing.json", False) == JobState(False)
 
 
 def test_boot_time_comes_from_uptime(tmp_path: Path) -> None:
@@ -153,35 +153,58 @@ def test_boot_time_comes_from_uptime(tmp_path: Path) -> None:
     assert boot_time(NOW, str(uptime)) == NOW - timedelta(seconds=3600.5)
 
 
-def test_idle_check_command_powers_off_when_jupyter_is_gone_and_the_vm_is_old(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def check(agent: Agent, uptime_seconds: float = 7200):
+    """The timer's check on a VM up this long, with Jupyter not answering (nothing listens)."""
+    proc = agent.paths.root / "proc"
+    proc.mkdir(exist_ok=True)
+    (proc / "uptime").write_text(f"{uptime_seconds:.2f} 100.00\n")
+    settings = agent.settings
+    port = free_port()
+    settings = type(settings)(**{**settings.to_json(), "notebook_port": port})
+    return idle_check(
+        paths=agent.paths,
+        settings=settings,
+        system=agent.system,
+        status=agent.status,
+        log=agent.log,
+        now=datetime.now(UTC),
+    )
+
+
+def test_idle_check_powers_off_an_old_vm_whose_jupyter_is_gone(
+    agent: Agent, system: FakeSystem
 ) -> None:
-    import startup.idle
+    decision = check(agent)
 
-    monkeypatch.setattr(startup.idle, "boot_time", lambda now: now - timedelta(hours=2))
-    token = tmp_path / "token"
-    token.write_text("t\n")
-    closed = f"https://127.0.0.1:{free_port()}"
-
-    code = main(["idle-check", "--url", closed, "--token-file", str(token), "--idle-minutes", "60"])
-
-    assert code == EXIT_SHUT_DOWN
-    assert "did not answer" in capsys.readouterr().out
+    assert decision.shutdown
+    assert "did not answer" in decision.reason
+    assert system.powered_off == "keras-gpu-gcp: idle"
+    status = uploaded_status(agent.instance.bucket)
+    assert status["phase"] == "idle"
+    assert status["steps"]["idle"]["detail"] == f"powered off: {decision.reason}"
 
 
-def test_idle_check_command_stays_up_while_training_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import startup.idle
+def test_idle_check_stays_up_while_training_runs(agent: Agent, system: FakeSystem) -> None:
+    system.active.add("kgg-training.service")
+    agent.paths.job_state.write_text(json.dumps({"state": "running", "activity": iso(LONG_AGO)}))
 
-    monkeypatch.setattr(startup.idle, "boot_time", lambda now: now - timedelta(hours=2))
-    state = tmp_path / "job.json"
-    state.write_text(json.dumps({"state": "running", "activity": iso(LONG_AGO)}))
-    closed = f"https://127.0.0.1:{free_port()}"
+    decision = check(agent)
 
-    code = main(
-        ["idle-check", "--url", closed, "--job-state-file", str(state), "--job-active", "yes",
-         "--idle-minutes", "60"]
-    )  # fmt: skip
+    assert not decision.shutdown
+    assert decision.reason == "the training job is running"
+    assert system.powered_off is None
 
-    assert code == EXIT_STAY_UP
+
+def test_idle_check_gives_a_fresh_vm_its_full_window(agent: Agent, system: FakeSystem) -> None:
+    assert not check(agent, uptime_seconds=600).shutdown
+    assert system.powered_off is None
+
+
+def test_idle_check_waits_while_the_startup_script_runs(agent: Agent, system: FakeSystem) -> None:
+    system.states["google-startup-scripts.service"] = "activating"
+
+    decision = check(agent)
+
+    assert not decision.shutdown
+    assert decision.reason == "the startup script is still running"
+    assert system.powered_off is None

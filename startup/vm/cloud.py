@@ -1,0 +1,124 @@
+"""What the agent asks the cloud: instance metadata and the service account's token (the
+metadata server), the Jupyter password hash (Secret Manager's one REST call), and objects in the
+stack's bucket (google-cloud-storage, with the VM's credentials or STORAGE_EMULATOR_HOST)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from startup.vm.config import Endpoints
+
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+SECRET_NAME = re.compile(r"projects/[A-Za-z0-9_-]+/secrets/[A-Za-z0-9_-]+")
+
+
+class CloudError(RuntimeError):
+    """The metadata server, Secret Manager or the bucket did not give what was asked for."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    url: str
+    attempts: int = 5
+
+    def get(self, path: str) -> str:
+        """A metadata value, retried: the metadata server can lag right after boot."""
+        request = urllib.request.Request(
+            f"{self.url}/{path}", headers={"Metadata-Flavor": "Google"}
+        )
+        error: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.read().decode()
+            except (OSError, urllib.error.URLError) as failure:
+                error = failure
+                time.sleep(min(2**attempt, 10) if attempt + 1 < self.attempts else 0)
+        raise CloudError(f"metadata {path}: {error}")
+
+    def attribute(self, key: str) -> str:
+        return self.get(f"instance/attributes/{key}")
+
+    def token(self) -> str:
+        answer = json.loads(self.get("instance/service-accounts/default/token"))
+        return str(answer["access_token"])
+
+
+@dataclass(frozen=True)
+class Instance:
+    """The metadata the agent needs, read once per command and checked."""
+
+    bucket: str
+    run_id: str
+    password_secret: str
+    external_ip: str
+    name: str
+    zone: str
+
+    @classmethod
+    def read(cls, metadata: Metadata) -> Instance:
+        def optional(path: str) -> str:
+            try:
+                return metadata.get(path)
+            except CloudError:
+                return ""
+
+        run_id = metadata.attribute("kgg-run-id")
+        if not RUN_ID.fullmatch(run_id):
+            raise CloudError(f"kgg-run-id {run_id!r} is not a run id (letters, digits, . _ -)")
+        secret = metadata.attribute("kgg-jupyter-password-secret")
+        if not SECRET_NAME.fullmatch(secret):
+            raise CloudError(f"kgg-jupyter-password-secret {secret!r} is not projects/P/secrets/S")
+        return cls(
+            bucket=metadata.attribute("kgg-bucket"),
+            run_id=run_id,
+            password_secret=secret,
+            external_ip=optional("instance/network-interfaces/0/access-configs/0/external-ip"),
+            name=optional("instance/name"),
+            zone=optional("instance/zone").rsplit("/", 1)[-1],
+        )
+
+
+def read_password_hash(endpoints: Endpoints, metadata: Metadata, secret: str) -> str:
+    """The Jupyter argon2 hash from the secret's newest version; never logged."""
+    request = urllib.request.Request(
+        f"{endpoints.secret_manager}/{secret}/versions/latest:access",
+        headers={"Authorization": f"Bearer {metadata.token()}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: Any = json.load(response)
+    except (OSError, ValueError) as error:
+        raise CloudError(
+            f"could not read the Jupyter password hash from Secret Manager ({secret}): {error}"
+        ) from error
+    try:
+        value = base64.b64decode(answer["payload"]["data"]).decode()
+    except (KeyError, TypeError, ValueError):
+        value = ""
+    if not value.startswith("argon2:"):
+        raise CloudError(f"{secret} holds no Jupyter argon2 hash")
+    return value.strip()
+
+
+class Bucket:
+    """Uploads to the stack's bucket with google-cloud-storage (imported on first use)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._client: Any = None
+
+    def upload(self, object_name: str, data: bytes, content_type: str) -> None:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        blob = self._client.bucket(self.name).blob(object_name)
+        blob.upload_from_string(data, content_type=content_type, timeout=20, retry=None)

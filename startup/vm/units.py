@@ -1,0 +1,51 @@
+"""Files the agent writes from Jinja templates (startup/vm/templates): systemd units and the
+Jupyter config. A file is rewritten only when its text changed, so a caller knows whether the
+service must restart."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def render(template: str, **context: Any) -> str:
+    environment = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["py"] = python_literal
+    text = environment.get_template(template).render(**context)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def python_literal(value: Any) -> str:
+    """A Python literal for the Jupyter config (JSON strings and numbers are valid Python)."""
+    import json
+
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return json.dumps(value)
+
+
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Atomically writes `text`; True when the file is new or changed."""
+    if path.is_file() and not path.is_symlink() and path.read_text() == text:
+        os.chmod(path, mode)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return True

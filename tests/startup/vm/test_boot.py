@@ -1,0 +1,248 @@
+"""`python -m startup.vm boot`: the steps after the env (gpu-check, jupyter, training, idle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ssl
+import stat
+
+import pytest
+
+from startup.vm import jupyter
+from startup.vm.agent import Agent
+from startup.vm.boot import boot
+from startup.vm.cloud import CloudError
+from startup.vm.job_state import write_job_state
+from tests.startup.harness import BUCKET, EXTERNAL_IP, PASSWORD_HASH, RUN_ID
+from tests.startup.vm.conftest import FakeSystem, uploaded_status
+
+UNITS = "etc/systemd/system"
+AGENT_STEPS = ("gpu-check", "jupyter", "training", "idle")
+
+
+def fingerprint(cert: str) -> str:
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def test_boot_brings_every_step_up(agent: Agent, system: FakeSystem) -> None:
+    assert boot(agent) == 0
+
+    status = uploaded_status(agent.instance.bucket)
+    assert {name: status["steps"][name]["state"] for name in AGENT_STEPS} == dict.fromkeys(
+        AGENT_STEPS, "done"
+    )
+    assert status["phase"] == "training"
+    assert status["gpus"] == ["Tesla T4"]
+    assert status["notebook_url"] == f"https://{EXTERNAL_IP}:8888"
+    assert status["tls_sha256"] == fingerprint(agent.paths.tls_cert.read_text())
+    assert status["error"] is None
+    assert {"kgg-jupyter.service", "kgg-training.service", "kgg-idle-check.timer"} <= system.active
+
+
+def test_status_is_uploaded_at_every_step(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+    upload = agent.status.bucket.upload  # type: ignore[union-attr]
+
+    def recording(name: str, data: bytes, content_type: str) -> None:
+        import json
+
+        seen.append(json.loads(data))
+        upload(name, data, content_type)
+
+    monkeypatch.setattr(agent.status.bucket, "upload", recording)
+
+    assert boot(agent) == 0
+
+    running = {name for doc in seen for name, s in doc["steps"].items() if s["state"] == "running"}
+    assert running == set(AGENT_STEPS)
+
+
+def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_secret_hash(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+
+    paths = agent.paths
+    unit = (paths.units / "kgg-jupyter.service").read_text()
+    assert "User=jupyter" in unit
+    assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/jupyter lab --config=" in unit
+    assert "EnvironmentFile=/etc/keras-gpu-gcp/jupyter.env" in unit
+    config = paths.jupyter_config.read_text()
+    assert "c.ServerApp.certfile" in config
+    assert "c.ServerApp.port = 8888" in config
+    assert paths.password_hash.read_text().strip() == PASSWORD_HASH
+    assert stat.S_IMODE(paths.password_hash.stat().st_mode) == 0o640
+    assert ["chown", "root:jupyter", str(paths.password_hash)] in system.calls
+    assert stat.S_IMODE(paths.jupyter_env.stat().st_mode) == 0o600
+    assert f"KGG_DATA=gs://{BUCKET}/data/plant-seedlings" in paths.jupyter_env.read_text()
+    assert stat.S_IMODE(paths.tls_key.stat().st_mode) == 0o600
+    cert = paths.tls_cert.read_text()
+    assert (
+        f"IP Address:{EXTERNAL_IP}"
+        in system.run(["openssl", "x509", "-noout", "-text", "-in", str(paths.tls_cert)]).stdout
+    )
+    assert cert.startswith("-----BEGIN CERTIFICATE-----")
+    assert system.called("useradd")
+
+
+def test_jupyter_api_token_is_random_and_root_only(agent: Agent) -> None:
+    assert boot(agent) == 0
+
+    token = agent.paths.api_token.read_text().strip()
+    assert len(token) == 64 and int(token, 16)
+    assert stat.S_IMODE(agent.paths.api_token.stat().st_mode) == 0o600
+    assert f"JUPYTER_TOKEN={token}\n" in agent.paths.jupyter_env.read_text()
+
+
+def test_a_further_boot_restarts_nothing_and_makes_no_new_certificate(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+    cert = agent.paths.tls_cert.read_text()
+    system.active.clear()  # the reboot
+    system.calls.clear()
+
+    assert boot(agent) == 0
+
+    assert system.called("useradd") == []
+    assert system.called("openssl", "req") == []
+    assert agent.paths.tls_cert.read_text() == cert
+    assert system.called("systemctl", "restart", "kgg-jupyter.service") == []
+    assert system.called("systemctl", "start", "kgg-jupyter.service")
+
+
+def test_a_new_environment_restarts_jupyter_and_keeps_the_users_notebook(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+    workspace_copy = agent.paths.workspace / "walkthrough.ipynb"
+    workspace_copy.write_text('{"cells": ["mine"]}\n')
+    agent.paths.marker("python-env").write_text("b" * 64 + "\n")  # the script installed a new env
+    (agent.paths.app / "workload/notebooks/walkthrough.ipynb").write_text('{"new": true}\n')
+    system.calls.clear()
+
+    assert boot(agent) == 0
+
+    assert system.called("systemctl", "restart", "kgg-jupyter.service")
+    assert workspace_copy.read_text() == '{"cells": ["mine"]}\n'
+
+
+def test_a_changed_password_restarts_jupyter(agent: Agent, system: FakeSystem) -> None:
+    assert boot(agent) == 0
+    system.calls.clear()
+    agent = dataclasses.replace(agent, read_password_hash=lambda secret: "argon2:$argon2id$new")
+
+    assert boot(agent) == 0
+
+    assert agent.paths.password_hash.read_text() == "argon2:$argon2id$new\n"
+    assert system.called("systemctl", "restart", "kgg-jupyter.service")
+
+
+def test_jupyter_that_never_answers_fails_its_step(
+    agent: Agent, system: FakeSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jupyter, "START_SECONDS", 0)
+    agent = dataclasses.replace(agent, jupyter_answers=lambda url: False)
+
+    assert boot(agent) == 1
+
+    error = uploaded_status(agent.instance.bucket)["error"]
+    assert error["step"] == "jupyter"
+    assert error["message"] == "JupyterLab does not answer on https://127.0.0.1:8888"
+    assert "journalctl -u kgg-jupyter.service" in error["hint"]
+
+
+def test_unreadable_password_secret_fails_the_jupyter_step_naming_it(agent: Agent) -> None:
+    def refused(secret: str) -> str:
+        raise CloudError(f"could not read the Jupyter password hash from Secret Manager "
+                         f"({secret}): HTTP Error 403: Forbidden")  # fmt: skip
+
+    agent = dataclasses.replace(agent, read_password_hash=refused)
+
+    assert boot(agent) == 1
+
+    error = uploaded_status(agent.instance.bucket)["error"]
+    assert error["step"] == "jupyter"
+    assert "Secret Manager" in error["message"] and "403" in error["message"]
+    assert "Secret Manager API" in error["hint"]
+    assert not agent.paths.password_hash.exists()
+
+
+def test_gpu_count_mismatch_fails_with_the_driver_log(agent: Agent, system: FakeSystem) -> None:
+    system.tensorflow_gpus = "0"
+
+    assert boot(agent) == 1
+
+    status = uploaded_status(agent.instance.bucket)
+    assert status["error"]["step"] == "gpu-check"
+    assert status["error"]["message"] == "TensorFlow sees 0 GPU(s); expected 1 NVIDIA T4"
+    assert "NVRM: test kernel log line" in status["error"]["log_tail"]
+    assert status["steps"]["jupyter"]["state"] == "pending"
+    assert "kgg-jupyter.service" not in system.active
+
+
+def test_expected_gpu_count_can_be_lowered_for_the_real_boot_suite(
+    agent: Agent, system: FakeSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system.tensorflow_gpus = "0"
+    monkeypatch.setenv("KGG_EXPECTED_GPUS", "0")
+
+    assert boot(agent) == 0
+
+
+def test_training_off_skips_the_job(agent: Agent, system: FakeSystem) -> None:
+    settings = dataclasses.replace(agent.settings, run_training=False, idle_shutdown_minutes=0)
+
+    assert boot(dataclasses.replace(agent, settings=settings)) == 0
+
+    status = uploaded_status(agent.instance.bucket)
+    assert status["steps"]["training"]["state"] == "skipped"
+    assert status["steps"]["training"]["detail"] == "runTraining is false"
+    assert status["steps"]["idle"]["state"] == "skipped"
+    assert status["training"] == "off"
+    assert status["phase"] == "done"
+    assert "kgg-training.service" not in system.active
+    assert system.called("systemctl", "disable", "--now", "kgg-idle-check.timer")
+
+
+def test_training_unit_runs_the_agents_training_job(agent: Agent) -> None:
+    assert boot(agent) == 0
+
+    unit = (agent.paths.units / "kgg-training.service").read_text()
+    assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm training-job" in unit
+    assert "Environment=PYTHONPATH=/opt/keras-gpu-gcp/app" in unit
+
+
+def test_finished_run_is_not_started_again(agent: Agent, system: FakeSystem) -> None:
+    agent.mark(f"training-done-{RUN_ID}")
+
+    assert boot(agent) == 0
+
+    assert system.called("systemctl", "start", "kgg-training.service") == []
+    status = uploaded_status(agent.instance.bucket)
+    assert status["training"] == "done"
+    assert status["phase"] == "done"
+    assert status["steps"]["training"]["detail"] == f"run {RUN_ID} finished at an earlier boot"
+
+
+def test_running_the_boot_again_keeps_the_running_jobs_status(
+    agent: Agent, system: FakeSystem
+) -> None:
+    system.active.add("kgg-training.service")
+    write_job_state(agent.paths.job_state, "waiting")
+
+    assert boot(agent) == 0
+
+    status = uploaded_status(agent.instance.bucket)
+    assert status["training"] == f"waiting for data at gs://{BUCKET}/data/plant-seedlings/"
+    assert system.called("systemctl", "start", "kgg-training.service") == []
+
+
+def test_idle_step_enables_the_timer(agent: Agent, system: FakeSystem) -> None:
+    assert boot(agent) == 0
+
+    assert "kgg-idle-check.timer" in system.active
+    detail = uploaded_status(agent.instance.bucket)["steps"]["idle"]["detail"]
+    assert detail == "powers off after 60 idle minutes"

@@ -1,0 +1,169 @@
+"""`python -m startup.vm training-job`: wait for the data, run the job as the notebook user,
+report, maybe power off; SIGTERM (the VM stopping) is an interruption, not a failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from startup.vm.agent import Agent
+from startup.vm.job_state import read_job_state
+from startup.vm.training import training_job
+from tests.startup.harness import BUCKET, RUN_ID
+from tests.startup.vm.conftest import FakeSystem, uploaded_status
+
+DATA = "data/plant-seedlings"
+
+
+def put(bucket: str, name: str, data: bytes = b"{}") -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client.bucket(bucket).blob(name).upload_from_string(data)
+
+
+@pytest.fixture
+def uploaded(agent: Agent) -> Agent:
+    """The data is in the bucket, upload manifest and all."""
+    put(agent.instance.bucket, f"{DATA}/train/Maize/1.png", b"png")
+    put(agent.instance.bucket, f"{DATA}/_upload_manifest.json", json.dumps({"version": 1}).encode())
+    return agent
+
+
+@pytest.fixture
+def history(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
+    """Every status document the agent uploads, in order."""
+    seen: list[dict] = []
+    upload = agent.status.bucket.upload  # type: ignore[union-attr]
+
+    def recording(name: str, data: bytes, content_type: str) -> None:
+        seen.append(json.loads(data))
+        upload(name, data, content_type)
+
+    monkeypatch.setattr(agent.status.bucket, "upload", recording)
+    yield seen
+
+
+def sigterm_after(seconds: float, system: FakeSystem) -> threading.Timer:
+    """What systemd does to the unit when the VM stops: SIGTERM to each of its processes."""
+
+    def stop() -> None:
+        for process in system.processes:
+            process.send_signal(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Timer(seconds, stop)
+    timer.start()
+    return timer
+
+
+def test_training_waits_for_the_data_then_runs_the_workload_command(
+    uploaded: Agent, system: FakeSystem, history: list[dict]
+) -> None:
+    settings = dataclasses.replace(uploaded.settings, training_args=("--recipe", "guide", "2 3"))
+    agent = dataclasses.replace(uploaded, settings=settings)
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    (train,) = [call for call in system.calls if call[:1] == ["runuser"]]
+    assert train == [
+        "runuser", "-u", "jupyter", "--", "env", "HOME=/home/jupyter",
+        "PYTHONPATH=/opt/keras-gpu-gcp/app", "/opt/keras-gpu-gcp/venv/bin/python",
+        "-m", "workload", "train",
+        "--data", f"gs://{BUCKET}/{DATA}", "--out", f"gs://{BUCKET}/runs/{RUN_ID}",
+        "--recipe", "guide", "2 3",
+    ]  # fmt: skip
+    trainings = [doc["training"] for doc in history]
+    assert trainings[:3] == [f"waiting for data at gs://{BUCKET}/{DATA}/", "running", "done"]
+    assert uploaded_status(BUCKET)["phase"] == "done"
+    assert agent.marked(f"training-done-{RUN_ID}") is not None
+    assert read_job_state(agent.paths.job_state).state == "done"
+    assert "epoch 1/1" in agent.paths.training_log.read_text()
+    assert system.powered_off is None
+
+
+def test_failed_training_is_reported_and_powers_off_with_shutdown_after_training(
+    uploaded: Agent, system: FakeSystem
+) -> None:
+    system.job = "echo 'epoch 1/1'; echo 'Traceback: boom'; exit 3"
+    agent = dataclasses.replace(
+        uploaded, settings=dataclasses.replace(uploaded.settings, shutdown_after_training=True)
+    )
+
+    assert training_job(agent, poll_seconds=0.1) == 3
+
+    status = uploaded_status(BUCKET)
+    assert status["training"] == "failed"
+    assert status["phase"] == "failed"
+    assert status["error"]["step"] == "training"
+    assert status["error"]["message"] == "python -m workload train exited with 3"
+    assert "Traceback: boom" in status["error"]["log_tail"]
+    assert "the run resumes at the next boot" in status["error"]["hint"]
+    assert system.powered_off == "keras-gpu-gcp: training ended"
+    assert agent.marked(f"training-done-{RUN_ID}") is None
+
+
+def test_successful_training_powers_off_with_shutdown_after_training(
+    uploaded: Agent, system: FakeSystem
+) -> None:
+    agent = dataclasses.replace(
+        uploaded, settings=dataclasses.replace(uploaded.settings, shutdown_after_training=True)
+    )
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    assert system.powered_off == "keras-gpu-gcp: training ended"
+    assert uploaded_status(BUCKET)["training"] == "done"
+
+
+def test_vm_stopping_while_waiting_for_data_is_no_failure(agent: Agent, system: FakeSystem) -> None:
+    timer = sigterm_after(0.5, system)
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    timer.join()
+    status = uploaded_status(BUCKET)
+    assert status["training"] == "interrupted (VM stopping); resumes at the next boot"
+    assert status["error"] is None
+    assert read_job_state(agent.paths.job_state).state == "interrupted"
+
+
+def test_vm_stopping_during_training_interrupts_the_run_without_marking_it_done(
+    uploaded: Agent, system: FakeSystem
+) -> None:
+    # The job saves its epoch when told to stop, which takes a moment.
+    system.job = "trap 'sleep 0.3; echo saved epoch; exit 143' TERM; echo 'epoch 1/9'; " + (
+        "sleep 30 & wait"
+    )
+    timer = sigterm_after(1.0, system)
+
+    assert training_job(uploaded, poll_seconds=0.1) == 0
+
+    timer.join()
+    assert uploaded_status(BUCKET)["training"].startswith("interrupted")
+    assert uploaded.marked(f"training-done-{RUN_ID}") is None
+    assert "saved epoch" in uploaded.paths.training_log.read_text()
+
+
+def test_failure_while_waiting_for_data_is_reported(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = dataclasses.replace(
+        agent, instance=dataclasses.replace(agent.instance, bucket="no-such-bucket")
+    )
+
+    assert training_job(agent, poll_seconds=0.1) == 1
+
+    status = json.loads(agent.paths.status.read_text())
+    assert status["error"]["step"] == "training"
+    assert status["error"]["message"].startswith(
+        "waiting for the data at gs://no-such-bucket/data/plant-seedlings/ failed:"
+    )
+    assert status["steps"]["training"]["state"] == "failed"

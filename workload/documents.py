@@ -1,0 +1,169 @@
+"""`status/startup.json`: what the VM reports about its boot and its services, as one typed model
+for its three users. The startup script's helper (startup/bootstrap.py) runs it with the image's
+own python3 before any environment exists, the VM agent (startup/vm) imports it, and
+`python -m workload status` reads it. Hence: stdlib only, Python 3.10 (Ubuntu 22.04's python3),
+and tolerant reading (the laptop trusts nothing from the bucket).
+
+Changes are `KEY=VALUE` words, the form the shell passes: `phase=driver`, `step.NAME=STATE`
+(stamps started/finished), `detail.NAME=TEXT`, `error=` (clears it), `error.FIELD=TEXT`,
+`gpus=ONE PER LINE`, and the plain fields below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+STEPS = ("preflight", "driver", "python", "gpu-check", "jupyter", "training", "idle")
+STEP_STATES = ("pending", "running", "done", "skipped", "failed")
+PLAIN_FIELDS = ("phase", "training", "notebook_url", "tls_sha256", "run_id", "instance", "zone")
+ERROR_FIELDS = ("step", "message", "log_tail", "hint")
+
+
+class ChangeError(ValueError):
+    """A change word the document does not know."""
+
+
+def now_text() -> str:
+    """UTC to the second, the documents' timestamp format."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass
+class Step:
+    state: str = "pending"
+    started: str | None = None
+    finished: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Step:
+        data = data if isinstance(data, dict) else {}
+        state = str(data.get("state") or "pending")
+        return cls(
+            state=state if state in STEP_STATES else "pending",
+            started=_text(data.get("started")),
+            finished=_text(data.get("finished")),
+            detail=_text(data.get("detail")),
+        )
+
+
+@dataclass
+class Failure:
+    step: str | None = None
+    message: str | None = None
+    log_tail: str | None = None
+    hint: str | None = None
+
+
+@dataclass
+class StartupStatus:
+    """The boot steps, what the VM serves, and the last error. Fields beyond the steps are
+    written by whoever knows them (the script, the agent, the training service)."""
+
+    updated: str | None = None
+    phase: str = "driver"
+    steps: dict[str, Step] = field(default_factory=lambda: {name: Step() for name in STEPS})
+    gpus: list[str] = field(default_factory=list)
+    notebook_url: str | None = None
+    tls_sha256: str | None = None
+    run_id: str | None = None
+    instance: str | None = None
+    zone: str | None = None
+    training: str = "off"
+    error: Failure | None = None
+    version: int = VERSION
+
+    @classmethod
+    def from_json(cls, data: Any) -> StartupStatus:
+        """Whatever a document holds, as the model: unknown keys dropped, wrong types made text
+        or left at their defaults."""
+        data = data if isinstance(data, dict) else {}
+        steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
+        error = data.get("error")
+        gpus = data.get("gpus") if isinstance(data.get("gpus"), list) else []
+        plain = {name: _text(data.get(name)) for name in PLAIN_FIELDS}
+        return cls(
+            updated=_text(data.get("updated")),
+            steps={name: Step.from_json(steps.get(name)) for name in STEPS},
+            gpus=[str(gpu) for gpu in gpus],
+            error=Failure(**{f: _text(error.get(f)) for f in ERROR_FIELDS})
+            if isinstance(error, dict)
+            else None,
+            **{name: value for name, value in plain.items() if value is not None},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def apply(self, changes: list[str], now: str) -> None:
+        """Applies `KEY=VALUE` changes (see the module docstring) and stamps `updated`."""
+        for change in changes:
+            key, sep, value = change.partition("=")
+            if not sep:
+                raise ChangeError(f"{change!r} is not KEY=VALUE")
+            kind, _, name = key.partition(".")
+            if kind == "step" and name in self.steps:
+                step = self.steps[name]
+                if value not in STEP_STATES:
+                    raise ChangeError(f"{change!r}: the state must be one of {STEP_STATES}")
+                step.state = value
+                if value == "running":
+                    step.started, step.finished = now, None
+                elif value in ("done", "skipped", "failed"):
+                    step.finished = now
+            elif kind == "detail" and name in self.steps:
+                self.steps[name].detail = value
+            elif key == "error":
+                self.error = None
+            elif kind == "error" and name in ERROR_FIELDS:
+                self.error = self.error or Failure()
+                setattr(self.error, name, value)
+            elif key == "gpus":
+                self.gpus = [line for line in value.splitlines() if line.strip()]
+            elif key in PLAIN_FIELDS:
+                setattr(self, key, value)
+            else:
+                raise ChangeError(f"{change!r}: unknown key {key!r}")
+        self.updated = now
+
+
+def read(path: Path) -> StartupStatus:
+    try:
+        return StartupStatus.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return StartupStatus()
+
+
+def update_file(
+    path: Path,
+    changes: list[str],
+    publish: Callable[[bytes], None] | None = None,
+) -> StartupStatus:
+    """Read, change and atomically rewrite the document under a lock: the startup script, the
+    agent, the training service and the idle check each update their part. `publish` (the
+    upload) runs under the same lock, so the bucket never gets an older copy after a newer one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read(path)
+        status.apply(changes, now_text())
+        data = (json.dumps(status.to_json(), indent=1) + "\n").encode()
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        if publish is not None:
+            publish(data)
+    return status
