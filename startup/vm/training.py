@@ -14,6 +14,7 @@ from startup.vm.config import NOTEBOOK_USER, TRAINING_UNIT
 from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
 from startup.vm.status import log_tail
+from workload.cli import EXIT_RETRY
 
 # How often the service looks for the uploaded data (KGG_DATA_POLL_SECONDS in the tests).
 DATA_POLL_SECONDS = 30.0
@@ -103,6 +104,8 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
         return _interrupted(agent)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if returncode == EXIT_RETRY:  # the job itself was told to stop (SIGTERM): it resumes
+        return _interrupted(agent)
     if returncode == 0:
         agent.mark(f"training-done-{run_id}")
         write_job_state(agent.paths.job_state, "done")

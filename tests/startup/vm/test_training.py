@@ -167,3 +167,17 @@ def test_failure_while_waiting_for_data_is_reported(
         "waiting for the data at gs://no-such-bucket/data/plant-seedlings/ failed:"
     )
     assert status["steps"]["training"]["state"] == "failed"
+
+
+def test_a_job_that_was_told_to_stop_is_interrupted_not_failed(
+    uploaded: Agent, system: FakeSystem
+) -> None:
+    """The job exits 75 (EX_TEMPFAIL) after a SIGTERM of its own: the same command resumes."""
+    system.job = "echo 'interrupted: the run resumes'; exit 75"
+
+    assert training_job(uploaded, poll_seconds=0.1) == 0
+
+    status = uploaded_status(BUCKET)
+    assert status["training"].startswith("interrupted")
+    assert status["error"] is None
+    assert uploaded.marked(f"training-done-{RUN_ID}") is None
