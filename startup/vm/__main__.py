@@ -1,5 +1,5 @@
-"""`python -m startup.vm boot|training-job|idle-check`: the VM agent, run from the Python env by
-the startup script (boot) and by the units it installs (training-job, idle-check)."""
+"""`python -m startup.vm boot|training-job|idle-check|refresh-password`: the VM agent, run from the
+Python env by the startup script (boot) and by the units it installs (the rest)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def _training_job(args: argparse.Namespace) -> int:
 
     poll = float(os.environ.get("KGG_DATA_POLL_SECONDS", DATA_POLL_SECONDS))
     return training_job(from_vm(budget_shared=False), poll_seconds=poll)
+
+
+def _refresh_password(args: argparse.Namespace) -> int:
+    from startup.vm.agent import from_vm
+    from startup.vm.jupyter import refresh_password
+
+    refresh_password(from_vm(budget_shared=False))
+    return 0
 
 
 def _idle_check(args: argparse.Namespace) -> int:

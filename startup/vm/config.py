@@ -12,6 +12,8 @@ from typing import Any
 
 NOTEBOOK_USER = "jupyter"
 JUPYTER_UNIT = "kgg-jupyter.service"
+PASSWORD_REFRESH_UNIT = "kgg-password-refresh.service"
+PASSWORD_REFRESH_TIMER = "kgg-password-refresh.timer"
 TRAINING_UNIT = "kgg-training.service"
 IDLE_UNIT = "kgg-idle-check.service"
 IDLE_TIMER = "kgg-idle-check.timer"
@@ -134,7 +136,8 @@ class Paths:
 
     @property
     def api_token(self) -> Path:
-        return self.conf / "jupyter-api-token"
+        """The Jupyter API token the idle check uses, next to the config that reads it."""
+        return self.jupyter / "api-token"
 
     @property
     def jupyter_env(self) -> Path:

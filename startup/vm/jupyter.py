@@ -12,13 +12,21 @@ import urllib.error
 import urllib.request
 
 from startup.vm.agent import Agent, StepFailed
-from startup.vm.config import JUPYTER_UNIT, NOTEBOOK_USER, VmSettings
+from startup.vm.config import (
+    JUPYTER_UNIT,
+    NOTEBOOK_USER,
+    PASSWORD_REFRESH_TIMER,
+    PASSWORD_REFRESH_UNIT,
+    VmSettings,
+)
 from startup.vm.system import CommandError
 from startup.vm.units import render, write_if_changed
 
 # JupyterLab's first start imports a large env; give it this long to answer.
 START_SECONDS = 180
 POLL_SECONDS = 3
+# How soon a changed password reaches JupyterLab (one Secret Manager read each time).
+PASSWORD_REFRESH_SECONDS = 300
 
 
 def jupyter_config(settings: VmSettings) -> str:
@@ -45,12 +53,23 @@ def jupyter_answers(url: str) -> bool:
 
 
 def ensure_notebook_user(agent: Agent) -> None:
+    """The user and its workspace. The notebook user owns everything under its home, so root
+    never follows a link there: a workspace that is a link (made from a Jupyter terminal, say
+    to root's code) is moved aside, and ownership never goes through a link."""
     paths = agent.paths
     if not agent.system.user_exists(NOTEBOOK_USER):
         agent.log.info("creating user %s", NOTEBOOK_USER)
         agent.system.create_user(NOTEBOOK_USER, paths.notebook_home)
-    paths.workspace.mkdir(parents=True, exist_ok=True)
-    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home, paths.workspace)
+    workspace = paths.workspace
+    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
+        aside = workspace.with_name(f"{workspace.name}.moved-{int(time.time())}")
+        workspace.rename(aside)  # renames the link itself, never what it points to
+        agent.log.warning(
+            "%s was not a folder: moved to %s, and a new workspace made", workspace, aside
+        )
+    paths.notebook_home.mkdir(parents=True, exist_ok=True)
+    workspace.mkdir(exist_ok=True)
+    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home, workspace)
 
 
 def ensure_tls_certificate(agent: Agent) -> None:
@@ -81,7 +100,8 @@ def tls_fingerprint(agent: Agent) -> str:
     return line.partition("=")[2]
 
 
-def _write_password_hash(agent: Agent) -> bool:
+def write_password_hash(agent: Agent) -> bool:
+    """The hash from Secret Manager into the file the config reads; True when it changed."""
     try:
         password_hash = agent.read_password_hash(agent.instance.password_secret)
     except RuntimeError as error:
@@ -95,32 +115,51 @@ def _write_password_hash(agent: Agent) -> bool:
     return changed
 
 
+def _write_token(agent: Agent) -> None:
+    """A new API token at every boot (256 random bits), while JupyterLab is not running yet; a
+    rerun of the script by hand keeps the running server's."""
+    token = agent.paths.api_token
+    if agent.system.is_active(JUPYTER_UNIT) and token.is_file() and token.read_text().strip():
+        return
+    write_if_changed(token, secrets.token_hex(32) + "\n", 0o640)
+    agent.system.chown(f"root:{NOTEBOOK_USER}", token)
+
+
+def env_line(key: str, value: str) -> str:
+    """`KEY="value"` for a systemd EnvironmentFile: quoted, and refused if it could break a line."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise StepFailed(f"{key} {value!r} has a control character", "check the stack settings")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{key}="{escaped}"\n'
+
+
 def _write_environment(agent: Agent) -> bool:
-    paths, instance = agent.paths, agent.instance
-    if not paths.api_token.is_file() or not paths.api_token.read_text().strip():
-        # 256 random bits; Jupyter shows a configured token as "..." in its log.
-        paths.api_token.parent.mkdir(parents=True, exist_ok=True)
-        write_if_changed(paths.api_token, secrets.token_hex(32), 0o600)
-    text = (
-        f"JUPYTER_TOKEN={paths.api_token.read_text().strip()}\n"
-        f"KGG_BUCKET={instance.bucket}\n"
-        f"KGG_DATA=gs://{instance.bucket}/{agent.settings.data_path}\n"
-        f"KGG_RUN_ID={instance.run_id}\n"
-        f"KGG_RUNS=gs://{instance.bucket}/runs\n"
+    instance = agent.instance
+    text = "".join(
+        env_line(key, value)
+        for key, value in (
+            ("KGG_BUCKET", instance.bucket),
+            ("KGG_DATA", f"gs://{instance.bucket}/{agent.settings.data_path}"),
+            ("KGG_RUN_ID", instance.run_id),
+            ("KGG_RUNS", f"gs://{instance.bucket}/runs"),
+        )
     )
-    return write_if_changed(paths.jupyter_env, text, 0o600)
+    return write_if_changed(agent.paths.jupyter_env, text, 0o600)
 
 
 def _copy_walkthrough(agent: Agent) -> None:
-    """Copied once: the user's edits survive reboots and archive updates."""
+    """Copied once: the user's edits survive reboots and archive updates (and a link the user
+    put there is theirs too: root writes nothing through it)."""
     source = agent.paths.app / "workload/notebooks/walkthrough.ipynb"
     target = agent.paths.workspace / "walkthrough.ipynb"
-    if source.is_file() and not target.exists():
+    if source.is_file() and not (target.exists() or target.is_symlink()):
         write_if_changed(target, source.read_text(), 0o644)
         agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", target)
 
 
-def _write_unit(agent: Agent) -> bool:
+def _write_units(agent: Agent) -> bool:
+    """JupyterLab's unit (True when it changed) and the timer that restarts it with a new
+    password: a changed password must not wait for a reboot to revoke the old one."""
     paths = agent.paths
     unit = render(
         "kgg-jupyter.service.j2",
@@ -131,6 +170,14 @@ def _write_unit(agent: Agent) -> bool:
         app=paths.on_vm(paths.app),
         config=paths.on_vm(paths.jupyter_config),
     )
+    refresh = {"app": paths.on_vm(paths.app), "python": paths.on_vm(paths.venv_python)}
+    write_if_changed(
+        paths.units / PASSWORD_REFRESH_UNIT, render("kgg-password-refresh.service.j2", **refresh)
+    )
+    write_if_changed(
+        paths.units / PASSWORD_REFRESH_TIMER,
+        render("kgg-password-refresh.timer.j2", period=PASSWORD_REFRESH_SECONDS),
+    )
     return write_if_changed(paths.units / JUPYTER_UNIT, unit)
 
 
@@ -139,11 +186,13 @@ def setup(agent: Agent) -> str:
     ensure_notebook_user(agent)
     ensure_tls_certificate(agent)
     changed = write_if_changed(agent.paths.jupyter_config, jupyter_config(agent.settings))
-    changed = _write_password_hash(agent) or changed
+    changed = write_password_hash(agent) or changed
+    _write_token(agent)
     changed = _write_environment(agent) or changed
     _copy_walkthrough(agent)
-    changed = _write_unit(agent) or changed
+    changed = _write_units(agent) or changed
     agent.system.systemctl("daemon-reload")
+    agent.system.systemctl("enable", "--now", PASSWORD_REFRESH_TIMER)
     environment = agent.marked("python-env")
     if changed or agent.marked("python-env-jupyter") != environment:
         agent.system.systemctl("restart", JUPYTER_UNIT)
@@ -166,3 +215,14 @@ def setup(agent: Agent) -> str:
     url = f"https://{agent.instance.external_ip or '127.0.0.1'}:{agent.settings.notebook_port}"
     agent.status.update(f"notebook_url={url}", f"tls_sha256={tls_fingerprint(agent)}")
     return f"JupyterLab at {url} (user {NOTEBOOK_USER})"
+
+
+def refresh_password(agent: Agent) -> bool:
+    """`python -m startup.vm refresh-password` (its timer): a changed hash is written and
+    JupyterLab restarted, so the old password stops working. True when it changed."""
+    if not write_password_hash(agent):
+        return False
+    agent.log.info("the Jupyter password changed: restarting JupyterLab (running kernels stop)")
+    if agent.system.is_active(JUPYTER_UNIT):
+        agent.system.systemctl("restart", JUPYTER_UNIT)
+    return True

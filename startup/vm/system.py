@@ -61,7 +61,8 @@ class System:
                   "--shell", "/bin/bash", name])  # fmt: skip
 
     def chown(self, owner: str, *paths: Path) -> None:
-        self.run(["chown", owner, *map(str, paths)])
+        """Never through a link: a notebook user must not point root at files of its choosing."""
+        self.run(["chown", "--no-dereference", owner, *map(str, paths)])
 
     # --- the GPU --------------------------------------------------------------------------
     def gpu_names(self) -> list[str]:

@@ -102,6 +102,7 @@ for arg in "$@"; do
 done
 exit 0
 """,
+    "apt-mark": "exit 0\n",
     "systemctl": r"""if __should_fail "$@"; then exit 1; fi
 args=()
 for arg in "$@"; do [[ "${arg}" == --* ]] || args+=("${arg}"); done

@@ -566,3 +566,42 @@ def fake_python(vm: FakeVm, version: str) -> None:
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text(f"#!/bin/sh\necho {version}\n")
     python.chmod(0o755)
+
+
+def test_the_drivers_user_space_is_held_against_unattended_upgrades(vm: FakeVm) -> None:
+    assert vm.boot().returncode == 0
+
+    assert vm.calls("apt-mark") == [
+        ["apt-mark", "hold", "nvidia-headless-no-dkms-580-server", "nvidia-utils-580-server",
+         "nvidia-compute-utils-580-server"],
+    ]  # fmt: skip
+
+
+def test_debian_holds_its_dkms_driver_packages(tmp_path: Path) -> None:
+    with fake_vm(tmp_path, os_release=DEBIAN) as vm:
+        assert vm.boot().returncode == 0
+
+        assert vm.calls("apt-mark") == [
+            ["apt-mark", "hold", "nvidia-kernel-dkms", "nvidia-smi", "libcuda1",
+             "nvidia-persistenced"],
+        ]  # fmt: skip
+
+
+def test_a_kernel_upgrade_gets_the_module_for_the_new_kernel_without_a_reboot(vm: FakeVm) -> None:
+    assert vm.boot().returncode == 0  # installs the driver with the flavour's kernel, reboots
+    vm.reboot()
+    assert vm.boot().returncode == 0 and vm.handed_over()
+    new_kernel = "5.15.0-1099-gcp"  # unattended upgrades brought a newer kernel: rebooted into it
+    vm.flag("kernel", new_kernel + "\n")
+    for stale in ("driver-loaded", "modules-for-running-kernel", "driver-packages"):
+        (vm.state / stale).unlink(missing_ok=True)
+    vm.flag("apt-available", f"linux-modules-nvidia-580-server-{new_kernel}\n")
+    vm.reboot()
+
+    boot = vm.boot()
+
+    assert boot.returncode == 0, boot.stderr
+    assert f"linux-modules-nvidia-580-server-{new_kernel}" in vm.apt_installed()
+    assert vm.calls("reboot") == []
+    assert vm.status()["steps"]["driver"]["state"] == "done"
+    assert vm.handed_over()

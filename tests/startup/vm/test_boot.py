@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from startup.vm import jupyter
-from startup.vm.agent import Agent
+from startup.vm.agent import Agent, StepFailed
 from startup.vm.boot import boot
 from startup.vm.cloud import CloudError
 from startup.vm.job_state import write_job_state
@@ -74,9 +74,9 @@ def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_secret_hash(
     assert "c.ServerApp.port = 8888" in config
     assert paths.password_hash.read_text().strip() == PASSWORD_HASH
     assert stat.S_IMODE(paths.password_hash.stat().st_mode) == 0o640
-    assert ["chown", "root:jupyter", str(paths.password_hash)] in system.calls
+    assert ["chown", "--no-dereference", "root:jupyter", str(paths.password_hash)] in system.calls
     assert stat.S_IMODE(paths.jupyter_env.stat().st_mode) == 0o600
-    assert f"KGG_DATA=gs://{BUCKET}/data/plant-seedlings" in paths.jupyter_env.read_text()
+    assert f'KGG_DATA="gs://{BUCKET}/data/plant-seedlings"\n' in paths.jupyter_env.read_text()
     assert stat.S_IMODE(paths.tls_key.stat().st_mode) == 0o600
     cert = paths.tls_cert.read_text()
     assert (
@@ -87,13 +87,105 @@ def test_jupyter_runs_as_a_non_root_user_with_tls_and_the_secret_hash(
     assert system.called("useradd")
 
 
-def test_jupyter_api_token_is_random_and_root_only(agent: Agent) -> None:
+def test_jupyter_api_token_is_new_at_every_boot_and_never_in_the_environment(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+    token = agent.paths.api_token.read_text().strip()
+    system.active.clear()  # the reboot
+
     assert boot(agent) == 0
 
-    token = agent.paths.api_token.read_text().strip()
-    assert len(token) == 64 and int(token, 16)
-    assert stat.S_IMODE(agent.paths.api_token.stat().st_mode) == 0o600
-    assert f"JUPYTER_TOKEN={token}\n" in agent.paths.jupyter_env.read_text()
+    again = agent.paths.api_token.read_text().strip()
+    assert len(again) == 64 and int(again, 16) and again != token
+    assert stat.S_IMODE(agent.paths.api_token.stat().st_mode) == 0o640
+    assert ["chown", "--no-dereference", "root:jupyter", str(agent.paths.api_token)] in system.calls
+    assert again not in agent.paths.jupyter_env.read_text()
+    assert "JUPYTER_TOKEN" not in agent.paths.jupyter_env.read_text()
+    assert (
+        'c.IdentityProvider.token = (_here / "api-token")' in agent.paths.jupyter_config.read_text()
+    )
+
+
+def test_running_the_boot_again_keeps_jupyters_token(agent: Agent, system: FakeSystem) -> None:
+    assert boot(agent) == 0
+    token = agent.paths.api_token.read_text()
+    system.calls.clear()
+
+    assert boot(agent) == 0  # JupyterLab still runs: the script was run again by hand
+
+    assert agent.paths.api_token.read_text() == token
+    assert system.called("systemctl", "restart", "kgg-jupyter.service") == []
+
+
+def test_a_workspace_that_is_a_link_is_moved_aside_and_never_followed(
+    agent: Agent, system: FakeSystem
+) -> None:
+    """`ln -s /opt/keras-gpu-gcp/app/startup ~/work` from a Jupyter terminal must not make root's
+    code the notebook user's."""
+    code = agent.paths.app / "startup"
+    code.mkdir(parents=True)
+    agent.paths.notebook_home.mkdir(parents=True)
+    agent.paths.workspace.symlink_to(code)
+
+    assert boot(agent) == 0
+
+    workspace = agent.paths.workspace
+    assert workspace.is_dir() and not workspace.is_symlink()
+    moved = list(agent.paths.notebook_home.glob("work.moved-*"))
+    assert len(moved) == 1 and moved[0].is_symlink()
+    chowned = [arg for call in system.called("chown") for arg in call[3:]]
+    assert str(code) not in chowned
+    assert all(call[1] == "--no-dereference" for call in system.called("chown"))
+    assert not (code / "walkthrough.ipynb").exists()
+
+
+def test_a_walkthrough_link_in_the_workspace_is_left_alone(agent: Agent) -> None:
+    victim = agent.paths.app / "startup/vm/idle.py"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("root's code\n")
+    agent.paths.workspace.mkdir(parents=True)
+    (agent.paths.workspace / "walkthrough.ipynb").symlink_to(victim)
+
+    assert boot(agent) == 0
+
+    assert victim.read_text() == "root's code\n"
+
+
+@pytest.mark.parametrize("value", ["data\nLD_PRELOAD=/tmp/evil.so", "data\r", "a\x00b"])
+def test_environment_values_that_could_break_a_line_are_refused(value: str) -> None:
+    from startup.vm.jupyter import env_line
+
+    with pytest.raises(StepFailed, match="control character"):
+        env_line("KGG_DATA", value)
+
+
+def test_environment_values_are_quoted_for_systemd() -> None:
+    from startup.vm.jupyter import env_line
+
+    assert env_line("KGG_DATA", 'gs://b/a "quoted" \\ path') == (
+        'KGG_DATA="gs://b/a \\"quoted\\" \\\\ path"\n'
+    )
+
+
+def test_a_changed_password_restarts_jupyter_without_a_reboot(
+    agent: Agent, system: FakeSystem
+) -> None:
+    from startup.vm.jupyter import refresh_password
+
+    assert boot(agent) == 0
+    assert "kgg-password-refresh.timer" in system.active
+    system.calls.clear()
+    assert refresh_password(agent) is False
+    assert system.called("systemctl", "restart", "kgg-jupyter.service") == []
+    agent = dataclasses.replace(agent, read_password_hash=lambda secret: "argon2:$argon2id$new")
+
+    assert refresh_password(agent) is True
+
+    assert agent.paths.password_hash.read_text() == "argon2:$argon2id$new\n"
+    assert system.called("systemctl", "restart", "kgg-jupyter.service")
+    unit = (agent.paths.units / "kgg-password-refresh.service").read_text()
+    assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm refresh-password" in unit
 
 
 def test_a_further_boot_restarts_nothing_and_makes_no_new_certificate(

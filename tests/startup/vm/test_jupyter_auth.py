@@ -33,6 +33,7 @@ class Server:
     port: int
     cert: str
     token: str
+    pid: int
 
 
 def free_port() -> int:
@@ -41,12 +42,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(folder: Path, port: int) -> Path:
-    """The layout the startup script writes: config, password.hash and tls/ side by side."""
+def write_config(folder: Path, port: int, token: str) -> Path:
+    """The layout the agent writes: config, password.hash, api-token and tls/ side by side."""
     (folder / "tls").mkdir(parents=True)
     config = folder / "jupyter_server_config.py"
     config.write_text(jupyter_config(vm_settings(settings_for(notebookPort=port))))
     (folder / "password.hash").write_text(passwd(PASSWORD) + "\n")
+    (folder / "api-token").write_text(token + "\n")
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes", "-days", "1",
@@ -64,16 +66,15 @@ def write_config(folder: Path, port: int) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("jupyter")
     port = free_port()
-    config = write_config(base / "etc", port)
+    token = secrets.token_hex(32)
+    config = write_config(base / "etc", port, token)
     workspace = base / "work"
     workspace.mkdir()
-    token = secrets.token_hex(32)
     env = {key: value for key, value in os.environ.items() if not key.startswith("JUPYTER")} | {
         "HOME": str(base),
         "JUPYTER_CONFIG_DIR": str(base / "config"),
         "JUPYTER_DATA_DIR": str(base / "data"),
         "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "JUPYTER_TOKEN": token,
     }
     # The config binds 0.0.0.0 on the VM; a test binds loopback only. It refuses root (the VM
     # runs it as the jupyter user); a test in a root container has to allow it.
@@ -104,7 +105,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     log_text = (base / "server.log").read_text()
                     pytest.fail(f"no answer in {STARTUP_SECONDS}s: {log_text}")
                 time.sleep(0.3)
-        yield Server(url=url, port=port, cert=cert, token=token)
+        yield Server(url=url, port=port, cert=cert, token=token, pid=process.pid)
     finally:
         process.terminate()
         try:
@@ -189,3 +190,12 @@ def test_a_tracked_api_call_does_move_the_activity_time(server: Server) -> None:
     after, _ = fetch_jupyter(server.url, server.token, server.cert)
     assert before is not None and after is not None
     assert after["last_activity"] > before["last_activity"]
+
+
+def test_the_api_token_is_nowhere_in_the_servers_environment(server: Server) -> None:
+    """Kernels inherit the server's environment: the token reaches the server by its config."""
+    environment = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    assert not [item for item in environment if item.startswith(b"JUPYTER_TOKEN")]
+    assert server.token.encode() not in b"\0".join(environment)
+    status, _ = fetch_jupyter(server.url, server.token, server.cert)
+    assert status is not None  # and yet the token works
