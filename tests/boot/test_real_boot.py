@@ -161,6 +161,22 @@ def steps(status: dict[str, Any]) -> dict[str, str]:
     return {name: step["state"] for name, step in status["steps"].items()}
 
 
+def login(vm: Vm, password: str) -> tuple[requests.Session, int]:
+    """A browser's login to JupyterLab (TLS pinned to its certificate); the login's HTTP status."""
+    url = f"https://127.0.0.1:{vm.port}"
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(vm.tmp / "jupyter.crt")  # the certificate names the external IP
+    session.get(f"{url}/login", timeout=10)
+    answer = session.post(
+        f"{url}/login",
+        data={"password": password, "_xsrf": session.cookies.get("_xsrf", "")},
+        allow_redirects=False,
+        timeout=30,
+    )
+    return session, answer.status_code
+
+
 def ended_training(vm: Vm) -> dict[str, Any] | None:
     status = vm.status()
     return status if status and status["training"] in ("done", "failed") else None
@@ -184,6 +200,11 @@ def test_first_boot_builds_the_dkms_driver_for_the_cloud_kernel_and_reboots(vm: 
     sources = (vm.machine.root / "etc/apt/sources.list").read_text()
     assert "main contrib non-free non-free-firmware" in sources
     assert status["run_id"] == vm.attribute("kgg-run-id")
+    held = subprocess.run(
+        ["chroot", str(vm.machine.root), "apt-mark", "showhold"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert {"nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "nvidia-persistenced"} <= set(held)
 
 
 def test_next_boot_brings_every_step_up(vm: Vm) -> None:
@@ -217,33 +238,40 @@ def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
     assert status["tls_sha256"] == ":".join(
         fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)
     )
-    cert = vm.tmp / "jupyter.crt"
-    cert.write_text(pem)
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(cert)  # the certificate names the external IP (here 127.0.0.1)
+    (vm.tmp / "jupyter.crt").write_text(pem)
 
-    assert session.get(f"{url}/api/status", timeout=10).status_code == 403
-    session.get(f"{url}/login", timeout=10)
-    wrong = session.post(
-        f"{url}/login",
-        data={"password": "not the password", "_xsrf": session.cookies.get("_xsrf", "")},
-        allow_redirects=False,
-        timeout=30,
-    )
-    assert wrong.status_code == 401
-    right = session.post(
-        f"{url}/login",
-        data={"password": PASSWORD, "_xsrf": session.cookies.get("_xsrf", "")},
-        allow_redirects=False,
-        timeout=30,
-    )
-    assert right.status_code == 302
+    anonymous, _ = login(vm, "not the password")
+    assert anonymous.get(f"{url}/api/status", timeout=10).status_code == 403
+    _, wrong = login(vm, "not the password")
+    assert wrong == 401
+    session, right = login(vm, PASSWORD)
+    assert right == 302
     assert session.get(f"{url}/api/status", timeout=10).status_code == 200
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"http://127.0.0.1:{vm.port}/api/status", timeout=10)
-    processes = vm.machine.exec("ps", "-ww", "-o", "args=", "-u", "jupyter").stdout
+    processes = vm.machine.exec("ps", "-ww", "-o", "pid=,args=", "-u", "jupyter").stdout
     assert "/opt/keras-gpu-gcp/venv/bin/jupyter-lab --config=" in processes
+    # Kernels inherit the server's environment: the API token is not in it.
+    server = next(line.split()[0] for line in processes.splitlines() if "jupyter-lab" in line)
+    environment = vm.machine.exec("cat", f"/proc/{server}/environ").stdout
+    assert "JUPYTER_TOKEN" not in environment
+
+
+def test_a_new_password_replaces_the_old_one_without_a_reboot(vm: Vm) -> None:
+    """`pulumi config set --secret jupyterPassword` + `pulumi up` adds a secret version; the
+    VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it."""
+    new_password = "another long passphrase"
+    vm.cloud.put_secret(PASSWORD_SECRET, jupyter_password_hash(new_password, SALT))
+
+    refresh = vm.machine.exec("systemctl", "start", "kgg-password-refresh.service")
+    assert refresh.returncode == 0, refresh.stderr
+    wait_for(lambda: login(vm, new_password)[1] == 302 or None, timeout=180, what="the new login")
+
+    assert login(vm, PASSWORD)[1] == 401
+    assert (
+        "kgg-password-refresh.timer"
+        in vm.machine.exec("systemctl", "list-timers", "--all", "--no-pager").stdout
+    )
 
 
 def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) -> None:
@@ -275,12 +303,25 @@ def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) 
 
 
 def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
+    # A notebook user (from a Jupyter terminal) swaps the workspace for a link to root's code.
+    swap = vm.machine.exec(
+        "runuser", "-u", "jupyter", "--", "sh", "-c",
+        "mv /home/jupyter/work /home/jupyter/mine && ln -s /opt/keras-gpu-gcp/app/startup "
+        "/home/jupyter/work",
+    )  # fmt: skip
+    assert swap.returncode == 0, swap.stderr
+
     with phase("boot 3: nothing to do"):
         vm.machine.reboot()
         run = vm.machine.wait_startup_run(timeout=300)
 
     assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
     assert run.seconds < 30
+    code = "/opt/keras-gpu-gcp/app/startup"
+    owners = vm.machine.exec(
+        "stat", "-c", "%U %F", code, f"{code}/vm", "/home/jupyter/work"
+    ).stdout.splitlines()  # fmt: skip
+    assert owners == ["root directory", "root directory", "jupyter directory"]
     status = vm.status()
     assert status is not None
     assert status["steps"]["python"]["detail"].startswith("environment matches archive")
