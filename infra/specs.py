@@ -140,10 +140,11 @@ def group_resize_condition(group_path: str) -> dict[str, str]:
 
 def update_policy(settings: StackSettings) -> dict[str, Any]:
     """How a new template reaches the VM: metadata-only changes in place (REFRESH), anything else
-    by recreating it; never a second VM next to the first (it would need the static IP and the GPU
-    quota the first holds). A regional group's fixed maxUnavailable must be 0 or at least the
-    number of zones; proactive redistribution off, as the ANY shape requires.
-    https://cloud.google.com/compute/docs/instance-groups/regional-mig-distribution-shape"""
+    by recreating it (RECREATE: delete, then create); never a second VM next to the first (it
+    would need the static IP and the GPU quota the first holds). RECREATE needs maxUnavailable
+    above 0: the number of zones, gcloud's default for a regional group. Proactive redistribution
+    off, as the non-EVEN shapes require.
+    https://cloud.google.com/compute/docs/instance-groups/updating-managed-instance-groups"""
     return {
         "type": "PROACTIVE",
         "minimal_action": "REFRESH",

@@ -162,7 +162,7 @@ def test_group_spreads_over_the_catalogue_zones_with_the_any_shape(tmp_path):
         assert zones == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"], urn
         assert shape == "ANY", urn
         assert policy["instance_redistribution_type"] == "NONE", urn
-        # A regional group's fixed maxUnavailable is 0 or at least its number of zones.
+        # RECREATE needs maxUnavailable above 0: one per zone, as gcloud defaults a regional group.
         assert policy["max_unavailable_fixed"] == 4, urn
 
     return _check(
