@@ -218,7 +218,7 @@ def _group_and_compute(args: argparse.Namespace) -> tuple[Compute, GroupRef]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from workload.capacity import render_group, zone_list
+    from workload.capacity import zone_list
 
     compute, group = _group_and_compute(args)
     state = read_group(compute, group)
@@ -232,14 +232,12 @@ def _start(args: argparse.Namespace) -> int:
             "capacity, and keeps trying until it exists (also with the laptop closed)."
         )
         state = read_group(compute, group)
-    _print_group(render_group, state)
+    _print_group(state)
     print("follow it: python -m workload status --watch")
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from workload.capacity import render_group
-
     compute, group = _group_and_compute(args)
     state = read_group(compute, group)
     if state.target_size == 0:
@@ -252,15 +250,17 @@ def _stop(args: argparse.Namespace) -> int:
             "it is gone; the static IP and the bucket still cost a little (README)."
         )
         state = read_group(compute, group)
-    _print_group(render_group, state)
+    _print_group(state)
     print("start it again with: python -m workload start")
     return 0
 
 
-def _print_group(render: Callable[..., list[str]], state: GroupState) -> None:
+def _print_group(state: GroupState) -> None:
     from datetime import UTC, datetime
 
-    print("\n".join(render(state, datetime.now(UTC))))
+    from workload.capacity import render_group
+
+    print("\n".join(render_group(state, datetime.now(UTC))))
 
 
 def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[str]:
@@ -420,39 +420,45 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_bucket(runs)
     runs.set_defaults(func=_guarded(_runs))
 
-    start = subparsers.add_parser(
+    _group_command(
+        subparsers,
         "start",
-        help="start the VM (in any zone with capacity; GCE keeps trying until it exists)",
-        description=(
-            "Resizes the VM's group to 1. The group creates the VM in whichever of its zones has "
-            "capacity and retries by itself until it exists; training resumes from the bucket."
-        ),
+        _start,
+        "start the VM (in any zone with capacity; GCE keeps trying until it exists)",
+        "Resizes the VM's group to 1. The group creates the VM in whichever of its zones has "
+        "capacity and retries by itself until it exists; training resumes from the bucket.",
     )
-    _add_group(start)
-    start.set_defaults(func=_guarded(_start))
-
-    stop = subparsers.add_parser(
+    _group_command(
+        subparsers,
         "stop",
-        help="stop the VM now (no VM charges; the workspace and runs stay in the bucket)",
-        description=(
-            "Resizes the VM's group to 0: the group deletes the VM and nothing recreates it "
-            "until `start`. The static IP and the bucket remain (and cost a little)."
-        ),
+        _stop,
+        "stop the VM now (no VM charges; the workspace and runs stay in the bucket)",
+        "Resizes the VM's group to 0: the group deletes the VM and nothing recreates it until "
+        "`start`. The static IP and the bucket remain (and cost a little).",
     )
-    _add_group(stop)
-    stop.set_defaults(func=_guarded(_stop))
-
-    ssh = subparsers.add_parser(
+    ssh = _group_command(
+        subparsers,
         "ssh",
-        help="ssh to the VM through IAP, wherever GCE put it",
-        description=(
-            "Finds the group's running VM (its name and zone are chosen by GCE at run time) and "
-            "runs `gcloud compute ssh NAME --zone ZONE --tunnel-through-iap [-- COMMAND]`."
-        ),
+        _ssh,
+        "ssh to the VM through IAP, wherever GCE put it",
+        "Finds the group's running VM (its name and zone are chosen by GCE at run time) and runs "
+        "`gcloud compute ssh NAME --zone ZONE --tunnel-through-iap [-- COMMAND]`.",
     )
-    _add_group(ssh)
     ssh.add_argument(
         "--print", dest="print_only", action="store_true", help="print the command, do not run it"
     )
     ssh.add_argument("remote", nargs="*", metavar="COMMAND", help="command to run on the VM")
-    ssh.set_defaults(func=_guarded(_ssh))
+
+
+def _group_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    command: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A command on the VM's group: its parser, with --group and the user-error guard."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    _add_group(parser)
+    parser.set_defaults(func=_guarded(command))
+    return parser
