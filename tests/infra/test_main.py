@@ -37,3 +37,21 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
     # The last resource registered: its URN resolves once every resource exists.
     last = program["notebook"].group_resize_grant.urn
     return pulumi.Output.all(exported["notebookUrl"], last).apply(lambda values: check(values[0]))
+
+
+@pulumi.runtime.test
+def test_stack_made_with_only_gcp_zone_still_runs_the_whole_program(monkeypatch):
+    # Stacks from before `zones` set gcp:zone and nothing else: one zone, same program.
+    exported = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.setdefault(name, value))
+    start({"gcp:zone": "us-central1-c"})
+    program = runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
+
+    def check(zones, group_zones):
+        assert zones == ["us-central1-c"]
+        assert group_zones == ["us-central1-c"]
+
+    group = program["notebook"].group
+    return pulumi.Output.all(exported["zones"], group.distribution_policy_zones).apply(
+        lambda values: check(*values)
+    )
