@@ -15,6 +15,15 @@ from typing import Literal
 
 CATALOGUE_CHECKED = "2026-11"
 PRICES_CHECKED = "2026-07 (Cloud Billing catalog, us-central1)"
+# The zones each GPU is offered in, for the regions in ZONE_REGIONS: from the accelerator types
+# the Compute Engine API lists, as SkyPilot's catalogue records them (skypilot-org/skypilot-catalog
+# catalogs/v8/gcp/vms.csv at 006059e0), read 2026-11; Google's page for the same facts is
+# https://cloud.google.com/compute/docs/gpus/gpu-regions-zones. Bundled GPUs: the zones of their
+# machine family (a2-highgpu, a2-ultragpu, a3-highgpu, g2-standard).
+ZONES_CHECKED = "2026-11 (Compute Engine accelerator types, via SkyPilot's catalogue)"
+ZONE_REGIONS = (
+    "us-central1", "us-east1", "us-east4", "us-west1", "us-west4", "europe-west1", "europe-west4",
+)  # fmt: skip
 
 # A static external IP attached to a running VM; a reserved idle one costs 0.010.
 STATIC_IP_USD_PER_HOUR = 0.005
@@ -43,6 +52,8 @@ class GpuSpec:
     retired: str | None = None
     # Bundled GPUs: machine type -> GPUs it brings.
     bundled_machine_types: Mapping[str, int] = field(default_factory=dict)
+    # Region -> the zones that offer this GPU, for the regions in ZONE_REGIONS (ZONES_CHECKED).
+    zones: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def mixed_precision(self) -> bool:
@@ -59,6 +70,22 @@ class GpuSpec:
         if self.attach == "bundled":
             return self.bundled_machine_types[machine_type]
         return requested
+
+    def zones_in(self, region: str) -> tuple[str, ...] | None:
+        """The zones of `region` that offer this GPU; None where the catalogue has no zone list
+        for the region (an empty tuple: the catalogue knows the region and it has none)."""
+        if region not in ZONE_REGIONS:
+            return None
+        return self.zones.get(region, ())
+
+
+def _zones(**regions: str) -> dict[str, tuple[str, ...]]:
+    """`us_central1="abcf"` -> {"us-central1": ("us-central1-a", ..., "us-central1-f")}."""
+    table = {}
+    for key, letters in regions.items():
+        region = key.replace("_", "-")
+        table[region] = tuple(f"{region}-{letter}" for letter in letters)
+    return table
 
 
 # Current TF wheels (2.18-2.21) are built for CUDA 12.5 / cuDNN 9.3 and compute capability >= 6.0.
@@ -108,6 +135,15 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 on_demand_usd_per_hour=0.35,
                 # Spot varies daily between ~0.14 and ~0.21: estimate with the upper end.
                 spot_usd_per_hour=0.21,
+                zones=_zones(
+                    us_central1="abcf",
+                    us_east1="bcd",
+                    us_east4="abc",
+                    us_west1="ab",
+                    us_west4="ab",
+                    europe_west1="bcd",
+                    europe_west4="abc",
+                ),
             ),
             GpuSpec(
                 accelerator="nvidia-tesla-p4",
@@ -120,6 +156,7 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 tensorflow_build=CURRENT_TF,
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
+                zones=_zones(us_central1="ac", us_east4="abc", europe_west4="bc"),
             ),
             GpuSpec(
                 accelerator="nvidia-tesla-p100",
@@ -132,6 +169,13 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 tensorflow_build=CURRENT_TF,
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
+                zones=_zones(
+                    us_central1="cf",
+                    us_east1="bc",
+                    us_west1="ab",
+                    europe_west1="bd",
+                    europe_west4="a",
+                ),
             ),
             GpuSpec(
                 accelerator="nvidia-tesla-v100",
@@ -144,6 +188,7 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 tensorflow_build=CURRENT_TF,
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
+                zones=_zones(us_central1="abcf", us_east1="bc", us_west1="ab", europe_west4="abc"),
             ),
             GpuSpec(
                 accelerator="nvidia-l4",
@@ -158,6 +203,15 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 on_demand_usd_per_hour=0.0,
                 spot_usd_per_hour=0.0,
                 bundled_machine_types=_G2,
+                zones=_zones(
+                    us_central1="abc",
+                    us_east1="bcd",
+                    us_east4="ac",
+                    us_west1="abc",
+                    us_west4="ac",
+                    europe_west1="bc",
+                    europe_west4="abc",
+                ),
             ),
             GpuSpec(
                 accelerator="nvidia-tesla-a100",
@@ -171,6 +225,7 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
                 bundled_machine_types=_one_per_g("a2-highgpu-") | {"a2-megagpu-16g": 16},
+                zones=_zones(us_central1="abcf", us_east1="b", us_west1="b", europe_west4="ab"),
             ),
             GpuSpec(
                 accelerator="nvidia-a100-80gb",
@@ -184,6 +239,7 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
                 bundled_machine_types=_one_per_g("a2-ultragpu-"),
+                zones=_zones(us_central1="ac", us_east4="c", europe_west4="a"),
             ),
             GpuSpec(
                 accelerator="nvidia-h100-80gb",
@@ -197,6 +253,14 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
                 on_demand_usd_per_hour=None,
                 spot_usd_per_hour=None,
                 bundled_machine_types=_one_per_g("a3-highgpu-"),
+                zones=_zones(
+                    us_central1="abc",
+                    us_east4="abc",
+                    us_west1="ab",
+                    us_west4="a",
+                    europe_west1="bc",
+                    europe_west4="bc",
+                ),
             ),
         )
     }

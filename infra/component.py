@@ -1,5 +1,6 @@
 """The stack's one ComponentResource: bucket, code archive, network, firewalls, service account,
-the password secret, static IP and the GPU VM, all children of it."""
+the password secret, static IP, and the GPU VM as a one-VM regional group made from a template,
+all children of it."""
 
 from __future__ import annotations
 
@@ -154,34 +155,41 @@ class GpuNotebook(pulumi.ComponentResource):
         )
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
         startup_script = render_startup_script(settings)
+        group_name = suffix.hex.apply(lambda hex_: specs.instance_group_name(stack, hex_))
         # Nothing secret in here, so a preview shows the startup script's diff in the clear.
         metadata = pulumi.Output.all(
             bucket=self.bucket.name,
             workload_object=self.workload.name,
             password_secret=self.password_secret.name,
+            group=group_name,
         ).apply(
             lambda values: specs.instance_metadata(
                 settings, startup_script, archive_sha256=archive.sha256, **values
             )
         )
 
-        self.instance = gcp.compute.Instance(
-            f"{name}-vm",
-            zone=settings.zone,
+        # What every VM of the group is made from. Templates cannot change: a new one replaces
+        # it and the group rolls it out by its update policy.
+        self.template = gcp.compute.InstanceTemplate(
+            f"{name}-template",
             machine_type=settings.machine_type,
-            boot_disk={
-                "initialize_params": {
-                    "image": specs.boot_image(settings),
-                    "size": settings.boot_disk_size_gb,
-                    "type": "pd-balanced",
-                    # Billed while the VM is stopped: cost reports must find the disk. Labels
-                    # update in place (magic-modules#15081); the fields above recreate the VM.
+            disks=[
+                {
+                    "boot": True,
+                    "auto_delete": True,
+                    "source_image": specs.boot_image(settings),
+                    "disk_size_gb": settings.boot_disk_size_gb,
+                    "disk_type": "pd-balanced",
+                    # The boot disk holds nothing the user made (the workspace lives in the
+                    # bucket): it goes with its VM. Labelled for cost reports.
                     "labels": labels,
                 }
-            },
+            ],
             network_interfaces=[
                 {
                     "subnetwork": self.subnet.id,
+                    # The regional static IP: every VM of the group, in any zone of the region,
+                    # gets the same address, so the notebook URL never changes.
                     "access_configs": [{"nat_ip": self.address.address, "network_tier": "PREMIUM"}],
                 }
             ],
@@ -195,16 +203,59 @@ class GpuNotebook(pulumi.ComponentResource):
             },
             metadata=metadata,
             tags=[specs.NETWORK_TAG],
-            labels=labels,
-            allow_stopping_for_update=True,
+            labels=specs.vm_labels(settings, stack),
+            opts=child,
+        )
+
+        # One VM, in whichever of the zones has capacity; GCE keeps creating it until it exists
+        # and recreates it after preemption, so `pulumi up` never waits for a stocked-out GPU.
+        self.group = gcp.compute.RegionInstanceGroupManager(
+            f"{name}-group",
+            name=group_name,
+            base_instance_name=group_name,
+            project=settings.project or None,
+            region=settings.region,
+            versions=[{"name": "primary", "instance_template": self.template.self_link_unique}],
+            target_size=1,
+            distribution_policy_zones=list(settings.zones),
+            distribution_policy_target_shape=specs.TARGET_SHAPE,
+            update_policy=specs.update_policy(settings),
+            instance_lifecycle_policy=specs.instance_lifecycle_policy(),
+            wait_for_instances=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                # The VM reads the secret at boot: its version and the grant come first.
+                # The VM reads the secret at boot: its version and the grants come first.
                 depends_on=[*grants, self.password_version],
-                # The replacement needs the static IP (and the GPU quota) the old VM holds. It
-                # takes the boot disk with it: README "Settings that recreate the VM".
+                # The size belongs to the VM (idle shutdown resizes to 0) and to
+                # `workload start|stop`: `pulumi up` sets it only when it creates the group.
+                ignore_changes=["targetSize"],
+                # A new group (new zones) needs the static IP and GPU quota the old one's VM
+                # holds, and the group name is fixed.
                 delete_before_replace=True,
             ),
+        )
+        self.group_path = pulumi.Output.all(self.group.project, self.group.name).apply(
+            lambda values: specs.instance_group_path(values[0], settings.region, values[1])
+        )
+
+        # The VM stops itself by resizing its own group to 0: exactly that permission, on exactly
+        # that group (an IAM condition on its resource name), never on the project's other VMs.
+        self.group_resize_role = gcp.projects.IAMCustomRole(
+            f"{name}-group-resize-role",
+            project=settings.project,
+            role_id=suffix.hex.apply(lambda hex_: specs.group_resize_role_id(stack, hex_)),
+            title=f"keras-gpu-gcp VM stops itself ({stack})",
+            description="Resize the stack's own VM group (to 0, for idle shutdown).",
+            permissions=list(specs.GROUP_RESIZE_PERMISSIONS),
+            opts=child,
+        )
+        self.group_resize_grant = gcp.projects.IAMMember(
+            f"{name}-group-resize",
+            project=settings.project,
+            role=self.group_resize_role.name,
+            member=member,
+            condition=self.group_path.apply(specs.group_resize_condition),
+            opts=child,
         )
 
         self.bucket_name = self.bucket.name
@@ -212,19 +263,22 @@ class GpuNotebook(pulumi.ComponentResource):
         self.notebook_url = pulumi.Output.concat(
             "https://", self.address.address, ":", str(settings.notebook_port)
         )
-        self.ssh_command = self.instance.name.apply(
-            lambda instance: specs.ssh_command(instance, settings)
-        )
         self.stack_outputs = {
             "bucketName": self.bucket_name,
             "bucketUrl": pulumi.Output.concat("gs://", self.bucket_name),
             "externalIp": self.external_ip,
             "notebookUrl": self.notebook_url,
-            "instanceName": self.instance.name,
-            "zone": settings.zone,
-            "sshCommand": self.ssh_command,
+            # The VM's name and zone are chosen by GCE at run time: `workload status` and
+            # `workload ssh` find them from the group.
+            "instanceGroup": self.group_path,
+            "region": settings.region,
+            "zones": list(settings.zones),
+            "sshCommand": specs.SSH_COMMAND,
             "statusUrl": pulumi.Output.concat("gs://", self.bucket_name, "/status/startup.json"),
             "runsUrl": pulumi.Output.concat("gs://", self.bucket_name, "/runs/"),
+            "workspaceUrl": pulumi.Output.concat(
+                "gs://", self.bucket_name, "/", specs.WORKSPACE_PREFIX
+            ),
             "estimatedHourlyUsd": specs.estimated_hourly_usd(settings),
             "gpu": specs.gpu_summary(settings),
         }

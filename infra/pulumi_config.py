@@ -7,6 +7,7 @@ import json
 
 import pulumi
 
+from infra.catalogue import ZONES_CHECKED
 from infra.password import check_password
 from infra.settings import (
     ALLOW_MY_ADDRESS,
@@ -17,7 +18,7 @@ from infra.settings import (
     parse_settings,
 )
 
-OBJECT_KEYS = {"allowedSourceRanges", "trainingArgs", "labels"}
+OBJECT_KEYS = {"zones", "allowedSourceRanges", "trainingArgs", "labels"}
 
 
 def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
@@ -56,5 +57,12 @@ def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
             f"allowedSourceRanges {list(settings.allowed_source_ranges)} open the notebook port "
             f"{settings.notebook_port} to {reach}, guarded only by the password. Prefer your "
             f"own address: {ALLOW_MY_ADDRESS}"
+        )
+    if settings.zones_without_gpu:
+        pulumi.log.warn(
+            f"zones {list(settings.zones_without_gpu)} do not offer {settings.gpu_type} according "
+            f"to the GPU catalogue (checked {ZONES_CHECKED}); the group cannot create the VM "
+            "there. Check with `gcloud compute accelerator-types list "
+            f"--filter=name={settings.gpu_type}` and fix `zones` (or `gcp:zone`)"
         )
     return settings, pulumi.Output.secret(password)

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.catalogue import CURRENT_GPUS, GPUS, IMAGES, GpuSpec, looks_like_machine_type
+from infra.catalogue import (
+    CURRENT_GPUS,
+    GPUS,
+    IMAGES,
+    ZONE_REGIONS,
+    GpuSpec,
+    looks_like_machine_type,
+)
 
 # Where `pulumi config set allowedSourceRanges` gets the caller's own address from.
 MY_IP_COMMAND = "curl -s https://checkip.amazonaws.com"
@@ -35,7 +42,8 @@ class SettingsError(ValueError):
 class StackSettings:
     project: str
     region: str
-    zone: str
+    # The zones the group may create the VM in (one at a time); GCE picks one with capacity.
+    zones: tuple[str, ...]
     gpu_type: str
     gpu_count: int
     machine_type: str
@@ -72,6 +80,15 @@ class StackSettings:
     @property
     def widely_open(self) -> bool:
         return self.reachable_addresses > WIDE_OPEN_ADDRESSES
+
+    @property
+    def zones_without_gpu(self) -> tuple[str, ...]:
+        """Chosen zones the catalogue says do not offer the GPU (it may be out of date, so these
+        are warned about, not refused: GCE gives the final answer)."""
+        offered = self.gpu.zones_in(self.region)
+        if offered is None:
+            return ()
+        return tuple(zone for zone in self.zones if zone not in offered)
 
 
 def _require(raw: Mapping[str, Any], key: str) -> Any:
@@ -210,13 +227,44 @@ def _source_ranges(values: list[Any]) -> tuple[str, ...]:
     return tuple(cidrs)
 
 
-def _zone_in_region(region: str, zone: str) -> None:
-    if not zone.startswith(f"{region}-") or len(zone) != len(region) + 2:
-        raise SettingsError(
-            f"gcp:zone {zone!r} is not in gcp:region {region!r}; the static IP is regional, "
-            f"so the VM must be in the same region (for example "
-            f"`pulumi config set gcp:zone {region}-a`)"
+def _zone_in_region(region: str, zone: str, key: str) -> str:
+    if not isinstance(zone, str) or not re.fullmatch(rf"{re.escape(region)}-[a-z][a-z0-9]*", zone):
+        fix = (
+            f"pulumi config set gcp:zone {region}-a"
+            if key == "gcp:zone"
+            else f"pulumi config set --path 'zones[0]' {region}-a"
         )
+        raise SettingsError(
+            f"{key} {zone!r} is not in gcp:region {region!r}; the static IP is regional, "
+            f"so the VM must be in the same region (for example `{fix}`)"
+        )
+    return zone
+
+
+def _zones(raw: Mapping[str, Any], spec: GpuSpec, region: str, legacy_zone: str) -> tuple[str, ...]:
+    """`zones` when set; else `gcp:zone` as a one-zone list (stacks made before `zones`); else
+    every zone of the region that offers the GPU, from the catalogue."""
+    listed = _as_list(raw, "zones")
+    if listed:
+        return tuple(dict.fromkeys(_zone_in_region(region, zone, "zones entry") for zone in listed))
+    if legacy_zone:
+        return (_zone_in_region(region, legacy_zone, "gcp:zone"),)
+    offered = spec.zones_in(region)
+    if offered is None:
+        raise SettingsError(
+            f"the GPU catalogue has no zone list for gcp:region {region!r} (it knows "
+            f"{list(ZONE_REGIONS)}); name the zones that offer {spec.accelerator} yourself: "
+            f"`pulumi config set --path 'zones[0]' {region}-a` (list them with "
+            f'`gcloud compute accelerator-types list --filter="name={spec.accelerator} AND '
+            f'zone~^{region}-"`)'
+        )
+    if not offered:
+        regions = sorted(spec.zones)
+        raise SettingsError(
+            f"gpuType {spec.accelerator!r} is not offered in gcp:region {region!r}; pick one of "
+            f"{regions} (`pulumi config set gcp:region {regions[0]}`)"
+        )
+    return offered
 
 
 def _refuse_control_characters(key: str, value: str) -> str:
@@ -254,14 +302,12 @@ def _data_path(value: str) -> str:
 
 
 def parse_settings(
-    raw: Mapping[str, Any], *, project: str, region: str, zone: str
+    raw: Mapping[str, Any], *, project: str, region: str, zone: str = ""
 ) -> StackSettings:
-    """Validate raw config values (as Pulumi hands them: strings, or parsed JSON)."""
+    """Validate raw config values (as Pulumi hands them: strings, or parsed JSON). `zone` is
+    `gcp:zone`, which older stacks set: it stands for a one-zone `zones` list."""
     if not region:
         raise SettingsError("gcp:region is not set (`pulumi config set gcp:region us-central1`)")
-    if not zone:
-        raise SettingsError(f"gcp:zone is not set (`pulumi config set gcp:zone {region}-a`)")
-    _zone_in_region(region, zone)
     spec = _gpu(str(_require(raw, "gpuType")).strip())
     machine_type = _machine_type(spec, str(raw.get("machineType") or ""))
     image = str(_require(raw, "image"))
@@ -270,7 +316,7 @@ def parse_settings(
     return StackSettings(
         project=project,
         region=region,
-        zone=zone,
+        zones=_zones(raw, spec, region, zone),
         gpu_type=spec.accelerator,
         gpu_count=_gpu_count(spec, machine_type, _as_int(raw, "gpuCount", 1, 16)),
         machine_type=machine_type,
@@ -293,7 +339,7 @@ def parse_settings(
 
 
 CONFIG_KEYS = (
-    "gpuType", "gpuCount", "machineType", "bootDiskSizeGb", "image", "spot",
+    "zones", "gpuType", "gpuCount", "machineType", "bootDiskSizeGb", "image", "spot",
     "allowedSourceRanges", "notebookPort", "idleShutdownMinutes", "shutdownAfterTraining",
     "runTraining", "dataPath", "trainingArgs", "keepBucketOnDestroy", "labels",
 )  # fmt: skip

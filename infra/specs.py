@@ -27,6 +27,26 @@ SECRET_ROLE = "roles/secretmanager.secretAccessor"
 PASSWORD_SECRET_KEY = "kgg-jupyter-password-secret"
 # Bytes of the random suffix that keeps the stack's account and secret ids unique in a project.
 ID_SUFFIX_BYTES = 3
+# Metadata keys naming the VM's own group: the VM stops itself by resizing it to 0
+# (docs/ARCHITECTURE.md, "VM-side contract for capacity").
+GROUP_NAME_KEY = "kgg-instance-group"
+GROUP_REGION_KEY = "kgg-instance-group-region"
+# Metadata key naming the bucket prefix the VM mirrors its notebook workspace to.
+WORKSPACE_PREFIX_KEY = "kgg-workspace-prefix"
+WORKSPACE_PREFIX = "workspace/"
+# Exactly what the VM needs on its own group to stop itself (resize is an update), granted on
+# that one group through an IAM condition on its resource name, never project-wide.
+GROUP_RESIZE_PERMISSIONS = (
+    "compute.instanceGroupManagers.get",
+    "compute.instanceGroupManagers.update",
+)
+# A regional group spreads VMs over zones with a target shape: ANY lets it create the one VM in
+# whichever zone has capacity, and (unlike ANY_SINGLE_ZONE) allows repairing it in another zone.
+# https://cloud.google.com/compute/docs/instance-groups/regional-mig-distribution-shape
+# https://cloud.google.com/compute/docs/instance-groups/repair-vm-in-alternate-zone
+TARGET_SHAPE = "ANY"
+# What the laptop runs to reach the VM: the CLI finds its name and zone in GCE at use time.
+SSH_COMMAND = "uv run python -m workload ssh"
 
 
 def scheduling(settings: StackSettings) -> dict[str, Any]:
@@ -37,8 +57,10 @@ def scheduling(settings: StackSettings) -> dict[str, Any]:
             "provisioning_model": "SPOT",
             "preemptible": True,
             "automatic_restart": False,
-            # STOP keeps the disk, so a preempted run resumes on the next start.
-            "instance_termination_action": "STOP",
+            # A preempted VM is deleted and its group repairs it, in any zone with capacity;
+            # the run resumes from the bucket. STOP would leave a stopped VM that still pays for
+            # its disk until the repair.
+            "instance_termination_action": "DELETE",
         }
     return {
         "on_host_maintenance": "TERMINATE",
@@ -72,6 +94,12 @@ def labels(settings: StackSettings, stack: str) -> dict[str, str]:
     return dict(settings.labels) | {"app": "keras-gpu-gcp", "stack": _label_value(stack)}
 
 
+def vm_labels(settings: StackSettings, stack: str) -> dict[str, str]:
+    """The VM's labels also name its GPU: `workload status` reads it from the group's template
+    to say what it is waiting for."""
+    return labels(settings, stack) | {"gpu": settings.gpu_type}
+
+
 def _label_value(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
 
@@ -83,6 +111,60 @@ def service_account_id(stack: str, suffix: str) -> str:
     project, from two people or two backends, never collide, and one stack keeps its id."""
     stem = re.sub(r"[^a-z0-9]+", "-", stack.lower())[:19].strip("-") or "stack"
     return f"kgg-{stem}-{suffix}"
+
+
+def instance_group_name(stack: str, suffix: str) -> str:
+    """The VM's group (and so its VMs' base name) shares the account's stem: one name finds
+    every resource of a stack."""
+    return service_account_id(stack, suffix)
+
+
+def instance_group_path(project: str, region: str, name: str) -> str:
+    """The group's resource name, as IAM conditions and the Compute API paths spell it."""
+    return f"projects/{project}/regions/{region}/instanceGroupManagers/{name}"
+
+
+def group_resize_role_id(stack: str, suffix: str) -> str:
+    """A custom role id (letters, digits, `_`): `kgg_<stack>_<suffix>_group_resize`."""
+    return service_account_id(stack, suffix).replace("-", "_") + "_group_resize"
+
+
+def group_resize_condition(group_path: str) -> dict[str, str]:
+    """Limits the grant to the one group: the condition is false for every other resource."""
+    return {
+        "title": "only its own VM group",
+        "description": "The VM may resize its own group to 0 to stop itself (idle shutdown).",
+        "expression": f'resource.name == "{group_path}"',
+    }
+
+
+def update_policy(settings: StackSettings) -> dict[str, Any]:
+    """How a new template reaches the VM: metadata-only changes in place (REFRESH), anything else
+    by recreating it (RECREATE: delete, then create); never a second VM next to the first (it
+    would need the static IP and the GPU quota the first holds). RECREATE needs maxUnavailable
+    above 0: the number of zones, gcloud's default for a regional group. Proactive redistribution
+    off, as the non-EVEN shapes require.
+    https://cloud.google.com/compute/docs/instance-groups/updating-managed-instance-groups"""
+    return {
+        "type": "PROACTIVE",
+        "minimal_action": "REFRESH",
+        "most_disruptive_allowed_action": "REPLACE",
+        "replacement_method": "RECREATE",
+        "max_surge_fixed": 0,
+        "max_unavailable_fixed": len(settings.zones),
+        "instance_redistribution_type": "NONE",
+    }
+
+
+def instance_lifecycle_policy() -> dict[str, Any]:
+    """A VM that is not running (preempted, deleted, never created for lack of capacity) is
+    recreated until it exists, in another zone of the group when its own has no capacity; repairs
+    use the current template. https://cloud.google.com/compute/docs/instance-groups/about-repair"""
+    return {
+        "default_action_on_failure": "REPAIR",
+        "force_update_on_repair": "YES",
+        "on_repair": {"allow_changing_zone": "YES"},
+    }
 
 
 def password_secret_id(stack: str, suffix: str) -> str:
@@ -117,7 +199,8 @@ def iap_ssh_firewall() -> dict[str, Any]:
 
 def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, str]:
     """Metadata known before deployment; the program adds the cloud-assigned keys
-    (kgg-bucket, kgg-workload-*, kgg-jupyter-password-secret, kgg-run-id). Nothing in metadata
+    (kgg-bucket, kgg-workload-*, kgg-jupyter-password-secret, kgg-run-id, kgg-instance-group*,
+    kgg-workspace-prefix). Nothing in metadata
     is secret: every project Viewer and every process on the VM can read it."""
     # `startup-script` updates in place; the `metadata_startup_script` argument would replace
     # the VM on every change.
@@ -135,6 +218,7 @@ def instance_metadata(
     bucket: str,
     workload_object: str,
     password_secret: str,
+    group: str,
 ) -> dict[str, str]:
     """Every metadata key the VM reads at boot (docs/ARCHITECTURE.md), from what the program knows
     and what the cloud assigned."""
@@ -144,6 +228,9 @@ def instance_metadata(
         "kgg-workload-sha256": archive_sha256,
         "kgg-run-id": run_id(archive_sha256, settings),
         PASSWORD_SECRET_KEY: password_secret,
+        GROUP_NAME_KEY: group,
+        GROUP_REGION_KEY: settings.region,
+        WORKSPACE_PREFIX_KEY: WORKSPACE_PREFIX,
     }
 
 
@@ -153,10 +240,3 @@ def gpu_summary(settings: StackSettings) -> str:
 
 def estimated_hourly_usd(settings: StackSettings) -> float | None:
     return hourly_cost_usd(settings.gpu, settings.machine_type, settings.gpu_count, settings.spot)
-
-
-def ssh_command(instance: str, settings: StackSettings) -> str:
-    return (
-        f"gcloud compute ssh {instance} --zone {settings.zone} --project {settings.project} "
-        "--tunnel-through-iap"
-    )

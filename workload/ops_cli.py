@@ -1,7 +1,7 @@
-"""Laptop commands (upload, status, pull, runs): registered on the workload CLI.
+"""Laptop commands (upload, status, pull, runs, start, stop, ssh): registered on the workload CLI.
 
-They need only google-cloud-storage and tqdm, never TensorFlow, so each module is imported inside
-its command.
+They need only google-cloud-storage (and the google-auth it brings, for Compute Engine) and tqdm,
+never TensorFlow, so each module is imported inside its command.
 """
 
 from __future__ import annotations
@@ -12,14 +12,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workload.capacity import GroupState
+    from workload.gce import Compute, GroupRef
 
 STACK_BUCKET_OUTPUT = "bucketName"
+STACK_GROUP_OUTPUT = "instanceGroup"
 STACK_DATA_PATH_KEY = "dataPath"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class BucketNotFoundError(RuntimeError):
-    """No --bucket and no Pulumi stack output to take it from."""
+class StackValueError(RuntimeError):
+    """No flag and no Pulumi stack output to take a value (bucket, group) from."""
 
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -31,6 +37,30 @@ def _pulumi(argv: list[str], run: Runner) -> subprocess.CompletedProcess[str]:
     return run(["pulumi", *argv], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
+def stack_output(
+    output: str,
+    flag: str,
+    fix: str,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Runner = subprocess.run,
+) -> str:
+    """The current Pulumi stack's `output`, for a command run without `flag`."""
+    if which("pulumi") is None:
+        raise StackValueError(f"no {flag} given and the pulumi CLI is not installed; {fix}")
+    try:
+        result = _pulumi(["stack", "output", output], run)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise StackValueError(f"`pulumi stack output {output}` failed ({error}); {fix}") from error
+    value = result.stdout.strip()
+    if result.returncode != 0 or not value:
+        detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise StackValueError(
+            f"`pulumi stack output {output}` gave nothing ({detail[0]}); "
+            f"select the stack (`pulumi stack select dev`) after `pulumi up`, or {fix}"
+        )
+    return value
+
+
 def resolve_bucket(
     explicit: str | None,
     which: Callable[[str], str | None] = shutil.which,
@@ -40,22 +70,22 @@ def resolve_bucket(
     if explicit:
         return explicit.removeprefix("gs://").strip("/")
     fix = "pass --bucket BUCKET (the bucket name `pulumi up` printed as bucketName)"
-    if which("pulumi") is None:
-        raise BucketNotFoundError(f"no --bucket given and the pulumi CLI is not installed; {fix}")
-    try:
-        result = _pulumi(["stack", "output", STACK_BUCKET_OUTPUT], run)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise BucketNotFoundError(
-            f"`pulumi stack output {STACK_BUCKET_OUTPUT}` failed ({error}); {fix}"
-        ) from error
-    bucket = result.stdout.strip()
-    if result.returncode != 0 or not bucket:
-        detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise BucketNotFoundError(
-            f"`pulumi stack output {STACK_BUCKET_OUTPUT}` gave no bucket ({detail[0]}); "
-            f"select the stack (`pulumi stack select dev`) after `pulumi up`, or {fix}"
-        )
-    return bucket
+    return stack_output(STACK_BUCKET_OUTPUT, "--bucket", fix, which, run)
+
+
+def resolve_group(
+    explicit: str | None,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Runner = subprocess.run,
+) -> str:
+    """`--group`, else the current Pulumi stack's `instanceGroup` output."""
+    if explicit:
+        return explicit
+    fix = (
+        "pass --group projects/PROJECT/regions/REGION/instanceGroupManagers/NAME "
+        "(what `pulumi up` printed as instanceGroup)"
+    )
+    return stack_output(STACK_GROUP_OUTPUT, "--group", fix, which, run)
 
 
 def stack_data_path(
@@ -79,6 +109,16 @@ def _add_bucket(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_group(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group",
+        help=(
+            "the VM's group, projects/PROJECT/regions/REGION/instanceGroupManagers/NAME "
+            "(default: the Pulumi stack output instanceGroup)"
+        ),
+    )
+
+
 def _upload(args: argparse.Namespace) -> int:
     from workload import upload
 
@@ -98,6 +138,43 @@ def _upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group_reader(args: argparse.Namespace) -> Callable[[], GroupState | None] | None:
+    """What `status` shows of GCE's view: the group from --group or the stack, when there is one
+    (the bucket's documents are worth showing without it)."""
+    from workload import gce
+
+    try:
+        group = gce.GroupRef.parse(resolve_group(args.group))
+    except StackValueError as error:
+        if args.group is None and args.bucket:
+            return None  # a bucket named by hand, and no stack here: the bucket view alone
+        print(f"(no VM view from GCE: {error})", file=sys.stderr)
+        return None
+    try:
+        compute = gce.Compute.from_environment()
+    except gce.GceError as error:
+        print(f"(no VM view from GCE: {error})", file=sys.stderr)
+        return None
+    return lambda: read_group(compute, group)
+
+
+def read_group(compute: Compute, group: GroupRef) -> GroupState:
+    """GCE's view of the VM's group: the group, its VMs, their errors, its template."""
+    from datetime import UTC, datetime
+
+    from workload.capacity import group_state
+
+    described = compute.get_group(group)
+    template = compute.get_template(str(described.get("instanceTemplate") or ""))
+    return group_state(
+        described,
+        compute.list_managed_instances(group),
+        compute.list_errors(group),
+        template,
+        datetime.now(UTC),
+    )
+
+
 def _status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -105,6 +182,7 @@ def _status(args: argparse.Namespace) -> int:
 
     bucket = resolve_bucket(args.bucket)
     source = f"gs://{bucket}/{status.STATUS_KEY}"
+    fetch_group = _group_reader(args)
     if args.watch:
         try:
             return status.watch(
@@ -114,13 +192,108 @@ def _status(args: argparse.Namespace) -> int:
                 max_seconds=args.max_minutes * 60,
                 clear=sys.stdout.isatty(),
                 source=source,
+                fetch_group=fetch_group,
             )
         except KeyboardInterrupt:
             print("\nstopped watching; the VM carries on")
             return 130
+    from workload.gce import GceError
+
     startup, progress = status.fetch_documents(bucket)
-    print(status.render_status(startup, progress, datetime.now(UTC), source))
+    group = None
+    try:
+        group = fetch_group() if fetch_group else None
+    except GceError as error:
+        # The bucket's view still helps; GCE's is missing for a reason the user can fix.
+        print(f"(no VM view from GCE: {error})", file=sys.stderr)
+    print(status.render_status(startup, progress, datetime.now(UTC), source, group))
     return status.WATCH_EXIT_FAILED if status.outcome(startup, progress) == "failed" else 0
+
+
+def _group_and_compute(args: argparse.Namespace) -> tuple[Compute, GroupRef]:
+    from workload import gce
+
+    group = gce.GroupRef.parse(resolve_group(args.group))
+    return gce.Compute.from_environment(), group
+
+
+def _start(args: argparse.Namespace) -> int:
+    from workload.capacity import zone_list
+
+    compute, group = _group_and_compute(args)
+    state = read_group(compute, group)
+    where = zone_list(state.region, state.zones)
+    if state.target_size >= 1:
+        print(f"already started: the group {group.name} keeps one VM in {where}")
+    else:
+        compute.resize(group, 1)
+        print(
+            f"started: the group {group.name} creates the VM in whichever of {where} has "
+            "capacity, and keeps trying until it exists (also with the laptop closed)."
+        )
+        state = read_group(compute, group)
+    _print_group(state)
+    print("follow it: python -m workload status --watch")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    compute, group = _group_and_compute(args)
+    state = read_group(compute, group)
+    if state.target_size == 0:
+        print(f"already stopped: the group {group.name} has no VM to keep")
+    else:
+        compute.resize(group, 0)
+        print(
+            f"stopping: the group {group.name} deletes its VM (the VM saves its workspace to the "
+            "bucket as it shuts down; training resumes from its last backup). No VM charges once "
+            "it is gone; the static IP and the bucket still cost a little (README)."
+        )
+        state = read_group(compute, group)
+    _print_group(state)
+    print("start it again with: python -m workload start")
+    return 0
+
+
+def _print_group(state: GroupState) -> None:
+    from datetime import UTC, datetime
+
+    from workload.capacity import render_group
+
+    print("\n".join(render_group(state, datetime.now(UTC))))
+
+
+def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[str]:
+    """`gcloud compute ssh` for the group's running VM, wherever GCE put it."""
+    from workload.gce import GceError
+
+    vm = state.running
+    if vm is None or not vm.name or not vm.zone:
+        raise GceError(
+            f"the group {group.name} has no running VM to reach ({state.phase}); "
+            "see `python -m workload status`, start it with `python -m workload start`"
+        )
+    command = ["gcloud", "compute", "ssh", vm.name, "--zone", vm.zone, "--project", group.project]
+    command.append("--tunnel-through-iap")
+    return [*command, *(["--", *extra] if extra else [])]
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    import shlex
+
+    compute, group = _group_and_compute(args)
+    command = ssh_command(group, read_group(compute, group), args.remote)
+    if args.print_only:
+        print(shlex.join(command))
+        return 0
+    if shutil.which("gcloud") is None:
+        print(
+            f"error: gcloud is not installed (https://cloud.google.com/sdk/docs/install); "
+            f"the command is: {shlex.join(command)}",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.run(command, check=False).returncode
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -148,6 +321,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     """Turns the errors a user can fix into one clear line on stderr and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from workload.gce import GceError
         from workload.results import RunNotFoundError
         from workload.storage import StorageError, UnsafeNameError
         from workload.upload import LayoutError
@@ -155,7 +329,8 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         try:
             return command(args)
         except (
-            BucketNotFoundError,
+            StackValueError,
+            GceError,
             LayoutError,
             RunNotFoundError,
             StorageError,
@@ -203,12 +378,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "status",
         help="what the VM and the training run report",
         description=(
-            "Shows the boot steps, GPUs, notebook URL and TLS fingerprint, and the training "
-            "progress, from gs://BUCKET/status/startup.json and the run's progress.json. "
-            "Exit code 1 when something failed."
+            "Shows GCE's view of the VM (running, stopped, or waiting for capacity with the last "
+            "error per zone), then the boot steps, GPUs, notebook URL and TLS fingerprint, and "
+            "the training progress, from gs://BUCKET/status/startup.json and the run's "
+            "progress.json. Exit code 1 when something failed."
         ),
     )
     _add_bucket(status)
+    _add_group(status)
     status.add_argument("--watch", action="store_true", help="refresh until training ends or fails")
     status.add_argument(
         "--interval", type=float, default=30.0, help="seconds between refreshes (default 30)"
@@ -242,3 +419,46 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_bucket(runs)
     runs.set_defaults(func=_guarded(_runs))
+
+    _group_command(
+        subparsers,
+        "start",
+        _start,
+        "start the VM (in any zone with capacity; GCE keeps trying until it exists)",
+        "Resizes the VM's group to 1. The group creates the VM in whichever of its zones has "
+        "capacity and retries by itself until it exists; training resumes from the bucket.",
+    )
+    _group_command(
+        subparsers,
+        "stop",
+        _stop,
+        "stop the VM now (no VM charges; the workspace and runs stay in the bucket)",
+        "Resizes the VM's group to 0: the group deletes the VM and nothing recreates it until "
+        "`start`. The static IP and the bucket remain (and cost a little).",
+    )
+    ssh = _group_command(
+        subparsers,
+        "ssh",
+        _ssh,
+        "ssh to the VM through IAP, wherever GCE put it",
+        "Finds the group's running VM (its name and zone are chosen by GCE at run time) and runs "
+        "`gcloud compute ssh NAME --zone ZONE --tunnel-through-iap [-- COMMAND]`.",
+    )
+    ssh.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the command, do not run it"
+    )
+    ssh.add_argument("remote", nargs="*", metavar="COMMAND", help="command to run on the VM")
+
+
+def _group_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    command: Callable[[argparse.Namespace], int],
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A command on the VM's group: its parser, with --group and the user-error guard."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
+    _add_group(parser)
+    parser.set_defaults(func=_guarded(command))
+    return parser

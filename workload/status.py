@@ -12,7 +12,6 @@ them, and the commands built for the user take only names GCE itself could have 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 from collections.abc import Callable
@@ -21,7 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
+from workload.capacity import GroupState, render_group
 from workload.documents import Failure, StartupStatus, Step
+from workload.gce import GceError
+from workload.lines import GCE_NAME, clock, field, format_duration
 from workload.terminal import clean_document
 from workload.timestamps import parse_time
 
@@ -37,12 +39,10 @@ WATCH_EXIT_FAILED = 1
 WATCH_EXIT_GAVE_UP = 3
 
 STEP_STATES = ("done", "running", "pending", "skipped", "failed")
-# Shell substitutions that name the VM from the stack, so a hint's command can be pasted as is.
-INSTANCE_CMD = "$(pulumi stack output instanceName)"
-ZONE_CMD = "$(pulumi config get gcp:zone)"
-# GCE instance and zone names (RFC 1035 labels):
-# https://cloud.google.com/compute/docs/naming-resources#resource-name-format
-GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# What hints say when neither GCE nor the VM named the VM: GCE picks its name and zone at run
+# time (the VM is one of a group), so there is nothing static to substitute.
+INSTANCE_CMD = "INSTANCE"
+ZONE_CMD = "ZONE"
 # systemd units of the VM (startup/startup.sh.j2).
 STARTUP_UNIT = "google-startup-scripts.service"
 JUPYTER_UNIT = "kgg-jupyter.service"
@@ -53,7 +53,8 @@ Doc = dict[str, Any]
 
 @dataclass(frozen=True)
 class Vm:
-    """How hints name the VM: from the status document when it says, else placeholders."""
+    """How hints name the VM: from GCE or the status document when they say, else
+    placeholders."""
 
     instance: str = INSTANCE_CMD
     zone: str = ZONE_CMD
@@ -93,7 +94,13 @@ def _shell_name(value: Any, placeholder: str) -> str:
     return placeholder
 
 
-def _vm(startup: StartupStatus) -> Vm:
+def _vm(startup: StartupStatus | None, group: GroupState | None = None) -> Vm:
+    """GCE's running VM first (the status document may still name one the group replaced)."""
+    running = group.running if group else None
+    if running and running.name and running.zone:
+        return Vm(shlex.quote(running.name), shlex.quote(running.zone))
+    if startup is None:
+        return Vm()
     return Vm(_shell_name(startup.instance, Vm.instance), _shell_name(startup.zone, Vm.zone))
 
 
@@ -109,9 +116,13 @@ def hint_for(step: str, message: str, vm: Vm) -> list[str]:
         ]
     if "zone_resource_pool_exhausted" in text or "does not have enough resources" in text:
         return [
-            "the zone is out of this GPU: find another zone of the region that offers it, then",
+            "the zone is out of this GPU; the VM's group keeps retrying by itself. See the zones",
+            "and their errors, and let the group pick a zone again:",
+            "$ python -m workload status",
+            "$ python -m workload stop && python -m workload start",
+            "more zones (the region's zones with the GPU), then `pulumi up`:",
             "$ gcloud compute accelerator-types list --filter=zone:$(pulumi config get gcp:region)",
-            "$ pulumi config set gcp:zone ZONE && pulumi up",
+            "$ pulumi config set --path 'zones[0]' ZONE",
         ]
     if step == "driver" or "nvidia" in text or "driver" in text:
         return [
@@ -152,26 +163,6 @@ def hint_for(step: str, message: str, vm: Vm) -> list[str]:
     return ["read the startup log on the serial console:", f"$ {vm.serial_console}"]
 
 
-def format_duration(seconds: float) -> str:
-    """`75` -> `1m 15s`, `3725` -> `1h 02m`: short enough for a table cell."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def _clock(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%H:%M:%S") if moment else "-"
-
-
-def _field(label: str, value: str) -> str:
-    return f"{label + ':':<13}{value}"
-
-
 def _step_rows(steps: dict[str, Step], now: datetime) -> list[str]:
     rows = [("step", "state", "started", "took", "detail")]
     for name, step in steps.items():
@@ -185,7 +176,7 @@ def _step_rows(steps: dict[str, Step], now: datetime) -> list[str]:
         else:
             took = ""
         label = state.upper() if state == "failed" else state
-        rows.append((name, label, _clock(started) if started else "", took, step.detail or ""))
+        rows.append((name, label, clock(started) if started else "", took, step.detail or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return [
         (
@@ -219,23 +210,23 @@ def render_training(
     run = f"run {run_id}: " if run_id else ""
     if progress is None:
         if vm_view.startswith("waiting for data"):
-            lines.append(_field("Training", f"{run}{vm_view}"))
+            lines.append(field("Training", f"{run}{vm_view}"))
             if not _is_failed(startup, progress):
                 lines.append(
                     "  next: upload the data (LOCAL_DIR holds train/<class>/*.png):\n"
                     "  $ python -m workload upload LOCAL_DIR"
                 )
         elif vm_view == "off" and training_step in ("done", "skipped"):
-            lines.append(_field("Training", "off (runTraining is false): train from the notebook"))
+            lines.append(field("Training", "off (runTraining is false): train from the notebook"))
         elif vm_view == "off":
-            lines.append(_field("Training", "not started yet (after the boot steps)"))
+            lines.append(field("Training", "not started yet (after the boot steps)"))
         elif vm_view:
-            lines.append(_field("Training", f"{run}{vm_view}; no progress reported yet"))
+            lines.append(field("Training", f"{run}{vm_view}; no progress reported yet"))
         else:
-            lines.append(_field("Training", "not started"))
+            lines.append(field("Training", "not started"))
         return lines
     state = str(progress.get("state") or "?")
-    lines.append(_field("Training", f"{run}{state.upper() if state == 'failed' else state}"))
+    lines.append(field("Training", f"{run}{state.upper() if state == 'failed' else state}"))
     epoch, epochs = progress.get("epoch"), progress.get("epochs")
     where = [f"recipe {progress.get('recipe', '?')}", f"phase {progress.get('phase', '?')}"]
     if epoch is not None:
@@ -252,7 +243,7 @@ def render_training(
     if state == "running" and isinstance(eta, int | float):
         remaining = eta - ((now - updated).total_seconds() if updated else 0)
         finish = (updated or now) + timedelta(seconds=eta)
-        speed.append(f"ETA {format_duration(max(0.0, remaining))} (about {_clock(finish)} UTC)")
+        speed.append(f"ETA {format_duration(max(0.0, remaining))} (about {clock(finish)} UTC)")
     if speed:
         lines.append("  " + ", ".join(speed))
     if state == "done" and run_id:
@@ -282,7 +273,9 @@ def outcome(startup: StartupStatus | None, progress: Doc | None) -> str | None:
     return None
 
 
-def render_failure(startup: StartupStatus, progress: Doc | None) -> list[str]:
+def render_failure(
+    startup: StartupStatus, progress: Doc | None, group: GroupState | None = None
+) -> list[str]:
     error = startup.error or Failure()
     failed = (name for name, s in startup.steps.items() if s.state == "failed")
     step = error.step or next(failed, None)
@@ -297,57 +290,72 @@ def render_failure(startup: StartupStatus, progress: Doc | None) -> list[str]:
         lines += [f"    | {line}" for line in log_tail.splitlines()[-LOG_TAIL_LINES:]]
     # The VM's own hint knows the exact failure; ours add the commands to look closer.
     hint = error.hint
-    hint_lines = [*(str(hint).splitlines() if hint else []), *hint_for(step, message, _vm(startup))]
+    vm = _vm(startup, group)
+    hint_lines = [*(str(hint).splitlines() if hint else []), *hint_for(step, message, vm)]
     lines.append(f"  next: {hint_lines[0]}")
     lines += [f"        {line}" for line in hint_lines[1:]]
     return lines
 
 
+def _not_reported(source: str, group: GroupState | None) -> list[str]:
+    if group and group.phase != "running":
+        return [f"The VM has not reported yet: {source} is missing or empty (GCE's view above)."]
+    return [
+        f"The VM has not reported yet: {source} is missing or empty.",
+        "  A fresh VM reports within a few minutes of being created (installing the driver "
+        "takes 5-15 more).",
+        "  If nothing appears after 10 minutes, read the boot log on the serial console:",
+        f"  $ {_vm(None, group).serial_console}",
+    ]
+
+
+def _silence(silence: str, group: GroupState | None) -> list[str]:
+    """A VM that stopped reporting: GCE's view above says why when we have it."""
+    if group and group.phase != "running":
+        return [f"No report for {silence}: the VM is not running (GCE's view above)."]
+    return [
+        f"No report for {silence}: the VM may be stopped or being recreated (spot preemption, "
+        "idle shutdown). GCE's view, and a start (the run resumes from the bucket):",
+        "  $ python -m workload status --group GROUP   (`pulumi stack output instanceGroup`)",
+        "  $ python -m workload start",
+    ]
+
+
 def render_status(
-    startup: StartupStatus | None, progress: Doc | None, now: datetime, source: str = STATUS_KEY
+    startup: StartupStatus | None,
+    progress: Doc | None,
+    now: datetime,
+    source: str = STATUS_KEY,
+    group: GroupState | None = None,
 ) -> str:
-    """The whole status report as text: a pure function of the two documents and the time."""
+    """The whole status report as text: a pure function of the two documents, GCE's view of the
+    VM's group (when the caller could read it) and the time."""
+    lines = render_group(group, now) if group else []
     if not startup:
-        return "\n".join(
-            [
-                f"The VM has not reported yet: {source} is missing or empty.",
-                "  A fresh VM reports within a few minutes of `pulumi up` (installing the driver "
-                "takes 5-15 more).",
-                "  If nothing appears after 10 minutes, read the boot log on the serial console:",
-                f"  $ {Vm().serial_console}",
-            ]
-        )
+        return "\n".join(lines + _not_reported(source, group))
     updated = parse_time(startup.updated)
     age = f", {format_duration((now - updated).total_seconds())} ago" if updated else ""
-    lines = [f"VM phase: {startup.phase} (updated {_clock(updated)} UTC{age})"]
+    lines.append(f"VM phase: {startup.phase} (updated {clock(updated)} UTC{age})")
     lines += _step_rows(startup.steps, now)
     gpus = startup.gpus
-    lines.append(_field("GPUs", ", ".join(gpus) if gpus else "none seen yet"))
-    lines.append(_field("Notebook", startup.notebook_url or "not up yet"))
+    lines.append(field("GPUs", ", ".join(gpus) if gpus else "none seen yet"))
+    lines.append(field("Notebook", startup.notebook_url or "not up yet"))
     if startup.tls_sha256:
-        lines.append(_field("TLS SHA-256", startup.tls_sha256))
+        lines.append(field("TLS SHA-256", startup.tls_sha256))
         lines.append(
             "  (self-signed: accept the browser's warning only if the certificate's SHA-256\n"
             "  fingerprint it shows is this one)"
         )
     lines += render_training(startup, progress, now)
     if _is_failed(startup, progress):
-        lines += render_failure(startup, progress)
+        lines += render_failure(startup, progress, group)
     else:
         newest = max(
             (t for t in (updated, parse_time((progress or {}).get("updated"))) if t),
             default=None,
         )
         if newest and outcome(startup, progress) is None and now - newest > STALE_AFTER:
-            vm = _vm(startup)
-            silence = format_duration((now - newest).total_seconds())
-            lines += [
-                f"No report for {silence}: the VM may be stopped (spot preemption or idle "
-                "shutdown). Check, and start it again (the run resumes):",
-                f"  $ gcloud compute instances describe {vm.instance} --zone {vm.zone} "
-                "--format='value(status)'",
-                f"  $ gcloud compute instances start {vm.instance} --zone {vm.zone}",
-            ]
+            lines += _silence(format_duration((now - newest).total_seconds()), group)
     return "\n".join(lines)
 
 
@@ -393,23 +401,27 @@ def watch(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     clear: bool = False,
     source: str = STATUS_KEY,
+    fetch_group: Callable[[], GroupState | None] | None = None,
 ) -> int:
     """Prints the status every `interval` seconds until training ends or fails, or `max_seconds`.
+    `fetch_group` adds GCE's view of the VM's group to each refresh.
 
     Returns WATCH_EXIT_DONE, WATCH_EXIT_FAILED or WATCH_EXIT_GAVE_UP."""
     start = clock()
     last_good: tuple[StartupStatus | None, Doc | None] | None = None
+    group: GroupState | None = None
     while True:
         problem = None
         try:
             last_good = fetch()
-        except storage.StorageError as error:
+            group = fetch_group() if fetch_group else None
+        except (storage.StorageError, GceError) as error:
             # A watch runs for hours over laptop networks: one failed read is not the VM's fault.
             problem = f"could not read the status this time ({error}); showing the last one"
         startup, progress = last_good or (None, None)
         if clear:
             out.write("\033[H\033[J")
-        out.write(render_status(startup, progress, now(), source) + "\n")
+        out.write(render_status(startup, progress, now(), source, group) + "\n")
         if problem:
             out.write(problem + "\n")
         result = outcome(startup, progress) if problem is None else None

@@ -89,6 +89,7 @@ class Vm:
             bucket=BUCKET,
             workload_object=self.archive.object_name,
             password_secret=PASSWORD_SECRET,
+            group="kgg-dev-000000",
         )
         self.cloud.metadata.update(
             {f"instance/attributes/{key}": value for key, value in attributes.items()}

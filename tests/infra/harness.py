@@ -17,6 +17,7 @@ CANARY_PASSWORD = "canary-Pa55word-7f3e"
 MY_RANGE = "203.0.113.7/32"
 FAKE_IP = "198.51.100.20"
 FAKE_PROJECT_NUMBER = "123456789012"
+COMPUTE_URL = "https://www.googleapis.com/compute/v1"
 
 
 @dataclass
@@ -39,8 +40,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["address"] = FAKE_IP
         if args.typ == "gcp:serviceaccount/account:Account":
             outputs["email"] = f"{args.inputs['accountId']}@proj.iam.gserviceaccount.com"
-        if args.typ == "gcp:compute/instance:Instance":
-            outputs.setdefault("name", f"{args.name}-instance")
+        if args.typ == "gcp:compute/instanceTemplate:InstanceTemplate":
+            outputs["selfLinkUnique"] = (
+                f"{COMPUTE_URL}/projects/p/global/instanceTemplates/{args.name}?uniqueId=1"
+            )
+        if args.typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+            outputs["name"] = f"projects/{args.inputs['project']}/roles/{args.inputs['roleId']}"
         if args.typ == "random:index/randomBytes:RandomBytes":
             outputs["base64"] = "AAECAwQFBgcICQoLDA0ODw=="
             outputs["hex"] = "000102030405060708090a0b0c0d0e0f"

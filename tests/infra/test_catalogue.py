@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.catalogue import CURRENT_GPUS, GPUS, hourly_cost_usd
+from infra.catalogue import CURRENT_GPUS, GPUS, ZONE_REGIONS, hourly_cost_usd
 from infra.specs import estimated_hourly_usd, service_account_id
 from infra.stack_config import settings_for_stack
 
@@ -65,3 +65,21 @@ def test_service_account_id_is_valid_for_any_stack(stack):
 
     account = service_account_id(stack, "0a1b2c")
     assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account), account
+
+
+@pytest.mark.parametrize("gpu", CURRENT_GPUS)
+def test_every_current_gpu_has_zones_in_the_default_region(gpu):
+    # Pulumi.dev.yaml and the README use us-central1: its default must never be empty.
+    assert GPUS[gpu].zones_in("us-central1")
+
+
+@pytest.mark.parametrize("gpu", list(GPUS))
+def test_catalogue_zones_belong_to_their_region_and_to_known_regions(gpu):
+    for region, zones in GPUS[gpu].zones.items():
+        assert region in ZONE_REGIONS, (gpu, region)
+        assert zones and all(zone.startswith(f"{region}-") for zone in zones), (gpu, region)
+
+
+def test_region_outside_the_catalogue_has_no_zone_list():
+    assert GPUS["nvidia-tesla-t4"].zones_in("asia-east1") is None
+    assert GPUS["nvidia-tesla-p4"].zones_in("us-west1") == ()

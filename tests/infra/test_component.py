@@ -24,11 +24,11 @@ def test_vm_stops_for_host_maintenance(tmp_path):
         assert scheduling["on_host_maintenance"] == "TERMINATE", urn
         assert scheduling["provisioning_model"] == "STANDARD", urn
 
-    return _check(notebook.instance, notebook.instance.scheduling, check=check)
+    return _check(notebook.template, notebook.template.scheduling, check=check)
 
 
 @pulumi.runtime.test
-def test_spot_vm_is_spot_preemptible_and_stops_when_preempted(tmp_path):
+def test_spot_vm_is_deleted_when_preempted_so_its_group_recreates_it(tmp_path):
     notebook, _, _ = build(tmp_path, {"spot": True})
 
     def check(urn, scheduling):
@@ -37,10 +37,10 @@ def test_spot_vm_is_spot_preemptible_and_stops_when_preempted(tmp_path):
             "provisioning_model": "SPOT",
             "preemptible": True,
             "automatic_restart": False,
-            "instance_termination_action": "STOP",
+            "instance_termination_action": "DELETE",
         }, urn
 
-    return _check(notebook.instance, notebook.instance.scheduling, check=check)
+    return _check(notebook.template, notebook.template.scheduling, check=check)
 
 
 @pulumi.runtime.test
@@ -52,9 +52,9 @@ def test_n1_vm_gets_the_gpus_as_guest_accelerators(tmp_path):
         assert accelerators == [{"type": "nvidia-tesla-t4", "count": 2}], urn
 
     return _check(
-        notebook.instance,
-        notebook.instance.machine_type,
-        notebook.instance.guest_accelerators,
+        notebook.template,
+        notebook.template.machine_type,
+        notebook.template.guest_accelerators,
         check=check,
     )
 
@@ -68,49 +68,237 @@ def test_g2_vm_brings_its_l4_without_guest_accelerators(tmp_path):
         assert not accelerators, urn
 
     return _check(
-        notebook.instance,
-        notebook.instance.machine_type,
-        notebook.instance.guest_accelerators,
+        notebook.template,
+        notebook.template.machine_type,
+        notebook.template.guest_accelerators,
         check=check,
     )
 
 
-def test_vm_is_deleted_before_its_replacement_is_created(tmp_path, monkeypatch):
-    # A replacement needs the static IP the old VM holds (and its GPU quota). delete_before_replace
-    # is a resource option, which mocks do not echo back: watch it being passed.
+def _group_options(tmp_path, monkeypatch, overrides=None) -> dict:
+    """The group's resource options (mocks do not echo options back: watch them being passed)."""
     import pulumi_gcp as gcp
 
     options = {}
 
-    class WatchedInstance(gcp.compute.Instance):
-        def __init__(self, name, *args, opts=None, **kwargs):
-            options[name] = opts.delete_before_replace
-            super().__init__(name, *args, opts=opts, **kwargs)
+    class WatchedGroup(gcp.compute.RegionInstanceGroupManager):
+        def __init__(self, resource_name, *args, opts=None, **kwargs):
+            options[resource_name] = opts
+            super().__init__(resource_name, *args, opts=opts, **kwargs)
 
-    monkeypatch.setattr(gcp.compute, "Instance", WatchedInstance)
-    build(tmp_path, {"spot": True})
-    assert options == {"kg-vm": True}
+    monkeypatch.setattr(gcp.compute, "RegionInstanceGroupManager", WatchedGroup)
+    build(tmp_path, overrides)
+    return options
 
 
 @pulumi.runtime.test
-def test_boot_disk_carries_the_stack_labels(tmp_path):
+def test_group_replaces_its_vm_by_deleting_it_first(tmp_path):
+    # A second VM next to the first would need the static IP and the GPU quota the first holds.
+    notebook, _, _ = build(tmp_path, {"spot": True})
+
+    def check(urn, policy):
+        assert policy["replacement_method"] == "RECREATE", urn
+        assert policy["max_surge_fixed"] == 0, urn
+        # Metadata changes (new code, new startup script) apply in place, like before.
+        assert policy["minimal_action"] == "REFRESH", urn
+        assert policy["most_disruptive_allowed_action"] == "REPLACE", urn
+
+    return _check(notebook.group, notebook.group.update_policy, check=check)
+
+
+def test_group_is_deleted_before_its_replacement_is_created(tmp_path, monkeypatch):
+    options = _group_options(tmp_path, monkeypatch, {"spot": True})
+    assert list(options) == ["kg-group"]
+    assert options["kg-group"].delete_before_replace is True
+
+
+def test_group_size_is_left_to_the_vm_and_the_laptop_commands(tmp_path, monkeypatch):
+    # Idle shutdown resizes the group to 0; `pulumi up` must not start the VM again.
+    options = _group_options(tmp_path, monkeypatch)
+    assert options["kg-group"].ignore_changes == ["targetSize"]
+
+
+@pulumi.runtime.test
+def test_boot_disk_carries_the_stack_labels_and_goes_with_its_vm(tmp_path):
     notebook, _, _ = build(tmp_path, {"labels": {"team": "vision"}})
 
-    def check(urn, disk):
+    def check(urn, disks):
         expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
-        assert disk["initialize_params"]["labels"] == expected, urn
+        (disk,) = disks
+        assert disk["labels"] == expected, urn
+        assert disk["boot"] is True and disk["auto_delete"] is True, urn
 
-    return _check(notebook.instance, notebook.instance.boot_disk, check=check)
+    return _check(notebook.template, notebook.template.disks, check=check)
 
 
 @pulumi.runtime.test
-def test_vm_uses_the_static_ip(tmp_path):
+def test_every_vm_of_the_group_gets_the_regional_static_ip(tmp_path):
+    notebook, _, mocks = build(tmp_path)
+
+    def check(urn, interfaces, address_region, group_region):
+        assert interfaces[0]["access_configs"] == [
+            {"nat_ip": FAKE_IP, "network_tier": "PREMIUM"}
+        ], urn
+        # A regional address serves any zone of its region: the URL follows the VM.
+        assert address_region == group_region == "us-central1", urn
+        (address,) = mocks.of_type("gcp:compute/address:Address")
+        assert address.inputs["addressType"] == "EXTERNAL", urn
+
+    return _check(
+        notebook.template,
+        notebook.template.network_interfaces,
+        notebook.address.region,
+        notebook.group.region,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_group_spreads_over_the_catalogue_zones_with_the_any_shape(tmp_path):
+    notebook, _, _ = build(tmp_path)
+    group = notebook.group
+
+    def check(urn, zones, shape, policy):
+        assert zones == ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"], urn
+        assert shape == "ANY", urn
+        assert policy["instance_redistribution_type"] == "NONE", urn
+        # RECREATE needs maxUnavailable above 0: one per zone, as gcloud defaults a regional group.
+        assert policy["max_unavailable_fixed"] == 4, urn
+
+    return _check(
+        group,
+        group.distribution_policy_zones,
+        group.distribution_policy_target_shape,
+        group.update_policy,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_group_creates_one_vm_and_pulumi_never_waits_for_it(tmp_path):
+    notebook, _, _ = build(tmp_path)
+    group = notebook.group
+
+    def check(urn, size, wait, name, base_name, versions, template_link):
+        assert size == 1, urn
+        assert wait is False, urn  # a stocked-out GPU does not hold `pulumi up`
+        assert name == base_name and name.startswith("kgg-dev-"), urn
+        assert versions == [{"name": "primary", "instance_template": template_link}], urn
+
+    return _check(
+        group,
+        group.target_size,
+        group.wait_for_instances,
+        group.name,
+        group.base_instance_name,
+        group.versions,
+        notebook.template.self_link_unique,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_group_recreates_a_missing_vm_in_any_zone_from_the_current_template(tmp_path):
+    notebook, _, _ = build(tmp_path, {"spot": True})
+
+    def check(urn, lifecycle, stateful_disks, stateful_ips):
+        assert lifecycle == {
+            "default_action_on_failure": "REPAIR",
+            "force_update_on_repair": "YES",
+            "on_repair": {"allow_changing_zone": "YES"},
+        }, urn
+        # Repairs in another zone refuse stateful groups: nothing may pin the VM to a zone.
+        assert not stateful_disks and not stateful_ips, urn
+
+    group = notebook.group
+    return _check(
+        group,
+        group.instance_lifecycle_policy,
+        group.stateful_disks,
+        group.stateful_external_ips,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_gcp_zone_only_stack_still_previews_as_a_one_zone_group(tmp_path):
+    notebook, settings, _ = build(tmp_path, {"gcp:zone": "us-central1-b"})
+
+    def check(urn, zones, policy):
+        assert settings.zones == ("us-central1-b",), urn
+        assert zones == ["us-central1-b"], urn
+        assert policy["max_unavailable_fixed"] == 1, urn
+
+    group = notebook.group
+    return _check(group, group.distribution_policy_zones, group.update_policy, check=check)
+
+
+@pulumi.runtime.test
+def test_vm_may_resize_only_its_own_group(tmp_path):
+    notebook, _, mocks = build(tmp_path)
+
+    def check(urn, group_path, email, role_name, _grant_urn):
+        (role,) = mocks.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
+        assert role.inputs["permissions"] == [
+            "compute.instanceGroupManagers.get",
+            "compute.instanceGroupManagers.update",
+        ], urn
+        grants = [
+            g
+            for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+            if g.inputs["role"] == role_name
+        ]
+        assert [(g.inputs["member"], g.inputs["condition"]["expression"]) for g in grants] == [
+            (f"serviceAccount:{email}", f'resource.name == "{group_path}"')
+        ], urn
+        assert group_path == (
+            "projects/YOUR-GCP-PROJECT-ID/regions/us-central1/instanceGroupManagers/"
+            f"{email.split('@')[0]}"
+        ), urn
+        # Nothing else about compute reaches the VM, and nothing without the condition.
+        project_roles = [
+            g.inputs["role"] for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+        ]
+        assert not [r for r in project_roles if "compute" in r], urn
+
+    return _check(
+        notebook.group,
+        notebook.group_path,
+        notebook.service_account.email,
+        notebook.group_resize_role.name,
+        notebook.group_resize_grant.urn,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_workspace_lives_in_the_bucket_not_on_a_disk_that_pins_a_zone(tmp_path):
     notebook, _, _ = build(tmp_path)
 
-    def check(urn, interfaces):
-        assert interfaces[0]["access_configs"][0]["nat_ip"] == FAKE_IP, urn
+    def check(urn, metadata, disks, workspace_url, bucket):
+        assert metadata["kgg-workspace-prefix"] == "workspace/", urn
+        assert workspace_url == f"gs://{bucket}/workspace/", urn
+        assert [d["boot"] for d in disks] == [True], urn  # no data disk, zonal or regional
 
-    return _check(notebook.instance, notebook.instance.network_interfaces, check=check)
+    return _check(
+        notebook.template,
+        notebook.template.metadata,
+        notebook.template.disks,
+        notebook.stack_outputs["workspaceUrl"],
+        notebook.bucket.name,
+        check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_metadata_names_the_vms_own_group_and_region(tmp_path):
+    notebook, _, _ = build(tmp_path, {"gcp:region": "europe-west4"})
+
+    def check(urn, metadata, group_name):
+        assert metadata["kgg-instance-group"] == group_name, urn
+        assert metadata["kgg-instance-group-region"] == "europe-west4", urn
+
+    return _check(notebook.template, notebook.template.metadata, notebook.group.name, check=check)
 
 
 @pulumi.runtime.test
@@ -155,7 +343,7 @@ def test_only_the_two_firewall_rules_exist_on_a_network_of_its_own(tmp_path):
         notebook.network.auto_create_subnetworks,
         notebook.notebook_firewall.urn,
         notebook.ssh_firewall.urn,
-        notebook.instance.urn,
+        notebook.group.urn,
         check=check,
     )
 
@@ -225,7 +413,7 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
         notebook.service_account,
         notebook.bucket.name,
         notebook.service_account.email,
-        notebook.instance.urn,  # the VM waits for every grant
+        notebook.group.urn,  # the VM waits for every grant
         check=check,
     )
 
@@ -234,12 +422,22 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
 def test_service_account_gets_only_the_project_roles_the_vm_uses(tmp_path):
     notebook, _, mocks = build(tmp_path)
 
-    def check(urn, _instance_urn):
+    def check(urn, resize_role, _grant_urn):
         grants = mocks.of_type("gcp:projects/iAMMember:IAMMember")
-        # The startup script's runner logs to Cloud Logging; nothing writes metrics.
-        assert [g.inputs["role"] for g in grants] == ["roles/logging.logWriter"], urn
+        # The startup script's runner logs to Cloud Logging; nothing writes metrics. The resize
+        # role is held only on the VM's own group (test_vm_may_resize_only_its_own_group).
+        assert sorted(g.inputs["role"] for g in grants) == sorted(
+            ["roles/logging.logWriter", resize_role]
+        ), urn
+        unconditioned = [g.inputs["role"] for g in grants if not g.inputs.get("condition")]
+        assert unconditioned == ["roles/logging.logWriter"], urn
 
-    return _check(notebook.service_account, notebook.instance.urn, check=check)
+    return _check(
+        notebook.service_account,
+        notebook.group_resize_role.name,
+        notebook.group_resize_grant.urn,
+        check=check,
+    )
 
 
 @pulumi.runtime.test
@@ -271,8 +469,8 @@ def test_vm_runs_as_its_own_service_account_never_the_default(tmp_path):
         assert "compute@developer" not in email, urn
 
     return _check(
-        notebook.instance,
-        notebook.instance.service_account,
+        notebook.template,
+        notebook.template.service_account,
         notebook.service_account.email,
         check=check,
     )
@@ -282,21 +480,15 @@ def test_vm_runs_as_its_own_service_account_never_the_default(tmp_path):
 def test_startup_script_goes_in_metadata_not_the_replacing_argument(tmp_path):
     notebook, _, _mocks = build(tmp_path)
 
-    def check(urn, metadata, startup_argument):
+    def check(urn, metadata):
         assert metadata["startup-script"].startswith("#!/usr/bin/env bash"), urn
-        assert startup_argument is None, urn
         assert metadata["enable-oslogin"] == "TRUE", urn
         assert metadata["kgg-bucket"] == "kg-bucket-a1b2c3", urn
         assert metadata["kgg-workload-object"].startswith("code/workload-"), urn
         assert metadata["kgg-run-id"].startswith("run-"), urn
         assert "install-nvidia-driver" not in metadata, urn
 
-    return _check(
-        notebook.instance,
-        notebook.instance.metadata,
-        notebook.instance.metadata_startup_script,
-        check=check,
-    )
+    return _check(notebook.template, notebook.template.metadata, check=check)
 
 
 @pulumi.runtime.test
@@ -305,12 +497,10 @@ def test_deeplearning_image_asks_google_to_install_the_driver(tmp_path):
 
     def check(urn, metadata, disk):
         assert metadata["install-nvidia-driver"] == "True", urn
-        assert disk["initialize_params"]["image"].startswith(
-            "projects/deeplearning-platform-release/"
-        ), urn
+        assert disk[0]["source_image"].startswith("projects/deeplearning-platform-release/"), urn
 
     return _check(
-        notebook.instance, notebook.instance.metadata, notebook.instance.boot_disk, check=check
+        notebook.template, notebook.template.metadata, notebook.template.disks, check=check
     )
 
 
@@ -347,7 +537,7 @@ def test_password_hash_is_a_secret_version_only_the_vms_account_can_read(tmp_pat
         secret.name,
         notebook.password_version.secret_data,
         notebook.service_account.email,
-        notebook.instance.urn,  # every resource registered
+        notebook.group.urn,  # every resource registered
         check=check,
     )
 
@@ -362,8 +552,8 @@ def test_metadata_names_the_password_secret_and_holds_no_hash(tmp_path):
         assert not [key for key, value in metadata.items() if password_hash in value], urn
 
     return _check(
-        notebook.instance,
-        notebook.instance.metadata,
+        notebook.template,
+        notebook.template.metadata,
         notebook.password_secret.name,
         notebook.password_version.secret_data,
         check=check,
@@ -377,8 +567,8 @@ def test_metadata_is_not_secret_so_preview_shows_the_startup_script_diff(tmp_pat
     def check(urn, metadata_is_secret):
         assert metadata_is_secret is False, urn
 
-    is_secret = pulumi.Output.from_input(notebook.instance.metadata.is_secret())
-    return _check(notebook.instance, is_secret, check=check)
+    is_secret = pulumi.Output.from_input(notebook.template.metadata.is_secret())
+    return _check(notebook.template, is_secret, check=check)
 
 
 @pulumi.runtime.test
@@ -392,7 +582,7 @@ def test_canary_password_appears_in_no_resource_input_or_output(tmp_path):
         assert CANARY_PASSWORD not in dumped, urn
         assert CANARY_PASSWORD not in json.dumps(resolved, default=str), urn
 
-    return _check(notebook.instance, notebook.instance.metadata, *outputs, check=check)
+    return _check(notebook.template, notebook.template.metadata, *outputs, check=check)
 
 
 @pulumi.runtime.test
@@ -405,7 +595,7 @@ def test_workload_archive_is_uploaded_with_its_hash_in_metadata(tmp_path):
         assert (tmp_path / f"workload-{sha[:16]}.tar.gz").is_file(), urn
 
     return _check(
-        notebook.workload, notebook.instance.metadata, notebook.workload.name, check=check
+        notebook.workload, notebook.template.metadata, notebook.workload.name, check=check
     )
 
 
@@ -420,18 +610,26 @@ def test_stack_outputs(tmp_path):
         assert outputs["bucketUrl"] == "gs://kg-bucket-a1b2c3", urn
         assert outputs["externalIp"] == FAKE_IP, urn
         assert outputs["notebookUrl"] == f"https://{FAKE_IP}:8888", urn
-        assert outputs["zone"] == "us-central1-a", urn
-        assert outputs["sshCommand"] == (
-            f"gcloud compute ssh {outputs['instanceName']} --zone us-central1-a "
-            "--project YOUR-GCP-PROJECT-ID --tunnel-through-iap"
+        assert outputs["region"] == "us-central1", urn
+        assert outputs["zones"] == [
+            "us-central1-a",
+            "us-central1-b",
+            "us-central1-c",
+            "us-central1-f",
+        ], urn
+        assert outputs["instanceGroup"].startswith(
+            "projects/YOUR-GCP-PROJECT-ID/regions/us-central1/instanceGroupManagers/kgg-dev-"
         ), urn
+        # GCE picks the VM's zone and name at run time: the CLI finds them at use.
+        assert outputs["sshCommand"] == "uv run python -m workload ssh", urn
+        assert "zone" not in outputs and "instanceName" not in outputs, urn
         assert outputs["statusUrl"] == "gs://kg-bucket-a1b2c3/status/startup.json", urn
         assert outputs["runsUrl"] == "gs://kg-bucket-a1b2c3/runs/", urn
         assert outputs["gpu"] == "1x nvidia-tesla-t4", urn
         # n1-highmem-4 + one T4 + the static IP, on demand.
         assert outputs["estimatedHourlyUsd"] == pytest.approx(0.2366 + 0.35 + 0.005), urn
 
-    return _check(notebook.instance, *notebook.stack_outputs.values(), check=check)
+    return _check(notebook.group, *notebook.stack_outputs.values(), check=check)
 
 
 @pulumi.runtime.test
@@ -440,25 +638,26 @@ def test_labels_reach_every_labelled_resource(tmp_path):
 
     def check(urn, vm_labels, bucket_labels):
         expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
-        assert vm_labels == expected, urn
+        # The VM also names its GPU: `workload status` says what it waits for.
+        assert vm_labels == expected | {"gpu": "nvidia-tesla-t4"}, urn
         assert bucket_labels == expected, urn
 
-    return _check(notebook.instance, notebook.instance.labels, notebook.bucket.labels, check=check)
+    return _check(notebook.template, notebook.template.labels, notebook.bucket.labels, check=check)
 
 
 @pulumi.runtime.test
 def test_debian_12_image_boots_with_secure_boot_off_for_the_dkms_driver(tmp_path):
     notebook, _, _ = build(tmp_path, {"image": "debian-12"})
 
-    def check(urn, disk, shielded):
-        assert disk["initialize_params"]["image"] == (
-            "projects/debian-cloud/global/images/family/debian-12"
-        ), urn
+    def check(urn, disks, shielded):
+        assert disks[0]["source_image"] == "projects/debian-cloud/global/images/family/debian-12", (
+            urn
+        )
         assert shielded == {"enable_secure_boot": False}, urn
 
     return _check(
-        notebook.instance,
-        notebook.instance.boot_disk,
-        notebook.instance.shielded_instance_config,
+        notebook.template,
+        notebook.template.disks,
+        notebook.template.shielded_instance_config,
         check=check,
     )

@@ -10,8 +10,8 @@ from infra.stack_config import PROJECT_ROOT
 from tests.infra.harness import start
 
 EXPECTED_OUTPUTS = {
-    "bucketName", "bucketUrl", "externalIp", "notebookUrl", "instanceName", "zone",
-    "sshCommand", "statusUrl", "runsUrl", "estimatedHourlyUsd", "gpu",
+    "bucketName", "bucketUrl", "externalIp", "notebookUrl", "instanceGroup", "region", "zones",
+    "sshCommand", "statusUrl", "runsUrl", "workspaceUrl", "estimatedHourlyUsd", "gpu",
 }  # fmt: skip
 
 
@@ -20,7 +20,7 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
     exported = {}
     monkeypatch.setattr(pulumi, "export", lambda name, value: exported.setdefault(name, value))
     mocks = start({"gpuType": "nvidia-l4", "spot": True})
-    runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
+    program = runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
 
     def check(notebook_url):
         assert set(exported) == EXPECTED_OUTPUTS
@@ -30,9 +30,28 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
         assert created == sorted([
             "GpuNotebook", "Bucket", "BucketObject", "RandomId", "Account", "BucketIAMMember",
             "IAMMember", "Network", "Subnetwork", "Firewall", "Firewall", "Address",
-            "RandomBytes", "Secret", "SecretVersion", "SecretIamMember", "Instance",
+            "RandomBytes", "Secret", "SecretVersion", "SecretIamMember", "InstanceTemplate",
+            "RegionInstanceGroupManager", "IAMCustomRole", "IAMMember",
         ])  # fmt: skip
 
-    return pulumi.Output.all(exported["notebookUrl"], exported["instanceName"]).apply(
-        lambda values: check(values[0])
+    # The last resource registered: its URN resolves once every resource exists.
+    last = program["notebook"].group_resize_grant.urn
+    return pulumi.Output.all(exported["notebookUrl"], last).apply(lambda values: check(values[0]))
+
+
+@pulumi.runtime.test
+def test_stack_made_with_only_gcp_zone_still_runs_the_whole_program(monkeypatch):
+    # Stacks from before `zones` set gcp:zone and nothing else: one zone, same program.
+    exported = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.setdefault(name, value))
+    start({"gcp:zone": "us-central1-c"})
+    program = runpy.run_path(str(PROJECT_ROOT / "__main__.py"), run_name="__main__")
+
+    def check(zones, group_zones):
+        assert zones == ["us-central1-c"]
+        assert group_zones == ["us-central1-c"]
+
+    group = program["notebook"].group
+    return pulumi.Output.all(exported["zones"], group.distribution_policy_zones).apply(
+        lambda values: check(*values)
     )

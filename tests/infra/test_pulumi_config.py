@@ -87,3 +87,18 @@ def test_twelve_character_password_is_accepted():
     start(password="twelve-chars")
     _, password = load_settings()
     assert isinstance(password, pulumi.Output)
+
+
+def test_zone_without_the_gpu_warns_but_still_previews(monkeypatch):
+    warnings = _warnings(monkeypatch)
+    start({"gcp:zone": "us-central1-d"})
+    settings, _ = load_settings()
+    assert settings.zones == ("us-central1-d",)
+    assert len(warnings) == 1
+    assert "zones ['us-central1-d'] do not offer nvidia-tesla-t4" in warnings[0]
+
+
+def test_zones_set_as_a_list_reach_the_settings():
+    start({"zones": ["us-central1-b", "us-central1-c"]})
+    settings, _ = load_settings()
+    assert settings.zones == ("us-central1-b", "us-central1-c")

@@ -29,7 +29,7 @@ def test_defaults_come_from_pulumi_yaml_and_give_the_guides_machine():
     assert result.idle_shutdown_minutes == 60
     assert result.keep_bucket_on_destroy is True
     assert result.data_path == "data/plant-seedlings"
-    assert (result.region, result.zone) == ("us-central1", "us-central1-a")
+    assert result.region == "us-central1"
 
 
 def test_pulumi_yaml_declares_every_key_with_a_description():
@@ -94,6 +94,62 @@ def test_zone_outside_the_region_is_refused():
     message = error_for(**{"gcp:zone": "europe-west4-a"})
     assert "'europe-west4-a'" in message and "'us-central1'" in message
     assert "pulumi config set gcp:zone us-central1-a" in message
+
+
+def test_zones_default_to_every_zone_of_the_region_that_offers_the_gpu():
+    assert settings().zones == ("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f")
+    assert settings(gpuType="nvidia-l4").zones == (
+        "us-central1-a",
+        "us-central1-b",
+        "us-central1-c",
+    )
+
+
+def test_zones_follow_the_region():
+    result = settings(**{"gcp:region": "europe-west4"})
+    assert result.zones == ("europe-west4-a", "europe-west4-b", "europe-west4-c")
+
+
+def test_gcp_zone_alone_is_a_one_zone_list():
+    assert settings(**{"gcp:zone": "us-central1-b"}).zones == ("us-central1-b",)
+
+
+def test_zones_list_wins_over_gcp_zone_and_keeps_its_order_once():
+    result = settings(
+        zones=["us-central1-f", "us-central1-a", "us-central1-f"], **{"gcp:zone": "us-central1-b"}
+    )
+    assert result.zones == ("us-central1-f", "us-central1-a")
+
+
+def test_zones_entry_outside_the_region_is_refused_with_the_fix():
+    message = error_for(zones=["us-central1-a", "us-east1-b"])
+    assert "zones entry 'us-east1-b' is not in gcp:region 'us-central1'" in message
+    assert "pulumi config set --path 'zones[0]' us-central1-a" in message
+
+
+def test_region_without_a_catalogue_zone_list_asks_for_zones():
+    message = error_for(**{"gcp:region": "asia-east1"})
+    assert "no zone list for gcp:region 'asia-east1'" in message
+    assert "pulumi config set --path 'zones[0]' asia-east1-a" in message
+    assert "gcloud compute accelerator-types list" in message
+
+
+def test_region_without_a_catalogue_zone_list_takes_zones_given_by_hand():
+    result = settings(zones=["asia-east1-c"], **{"gcp:region": "asia-east1"})
+    assert result.zones == ("asia-east1-c",)
+    assert result.zones_without_gpu == ()  # nothing known to warn about
+
+
+def test_gpu_the_region_does_not_offer_is_refused_with_regions_that_do():
+    message = error_for(gpuType="nvidia-tesla-p4", **{"gcp:region": "us-west1"})
+    assert "'nvidia-tesla-p4' is not offered in gcp:region 'us-west1'" in message
+    assert "pulumi config set gcp:region europe-west4" in message
+
+
+def test_zone_the_catalogue_says_lacks_the_gpu_is_kept_for_a_warning():
+    result = settings(**{"gcp:zone": "us-central1-d"})
+    assert result.zones == ("us-central1-d",)
+    assert result.zones_without_gpu == ("us-central1-d",)
 
 
 def test_missing_source_ranges_shows_the_command_to_allow_my_address():
@@ -171,6 +227,8 @@ def test_parse_settings_reads_engine_strings():
         "runTraining": "true", "dataPath": "data", "trainingArgs": '["--recipe", "guide"]',
         "keepBucketOnDestroy": "true", "labels": "{}",
     }  # fmt: skip
+    raw["zones"] = '["us-central1-c"]'
     result = parse_settings(raw, project="p", region="us-central1", zone="us-central1-b")
+    assert result.zones == ("us-central1-c",)
     assert (result.gpu_count, result.spot, result.idle_shutdown_minutes) == (2, True, 0)
     assert result.training_args == ("--recipe", "guide")

@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from workload import storage
 
 from .conftest import run_workload
@@ -50,3 +52,18 @@ def test_upload_status_runs_and_pull_from_the_command_line_never_import_tensorfl
 
     for result in (upload, status, runs, pull):
         assert result.stdout.rstrip().endswith("no tensorflow")
+
+
+def test_start_stop_and_ssh_never_import_tensorflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workload.gce import ENDPOINT_ENV
+
+    from .fake_gce import GROUP_PATH, running_fake
+
+    with running_fake("running") as fake:
+        monkeypatch.setenv(ENDPOINT_ENV, fake.url)
+        for argv in (["start"], ["stop"], ["ssh", "--print"]):
+            result = _workload(argv[0], "--group", GROUP_PATH, *argv[1:], cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.rstrip().endswith("no tensorflow"), argv

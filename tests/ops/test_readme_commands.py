@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-COMMAND = re.compile(r"^uv run python -m workload ((?:upload|status|pull|runs)\b[^#\n]*)", re.M)
+COMMAND = re.compile(
+    r"^uv run python -m workload ((?:upload|status|pull|runs|start|stop|ssh)\b[^#\n]*)", re.M
+)
 
 
 def _readme_commands() -> list[str]:

@@ -155,9 +155,7 @@ def test_bucket_comes_from_the_stack_output_when_pulumi_is_there() -> None:
 
 
 def test_missing_pulumi_cli_says_to_pass_bucket() -> None:
-    with pytest.raises(
-        ops_cli.BucketNotFoundError, match="pulumi CLI is not installed; pass --bucket"
-    ):
+    with pytest.raises(ops_cli.StackValueError, match="pulumi CLI is not installed; pass --bucket"):
         ops_cli.resolve_bucket(None, which=lambda _: None)
 
 
@@ -165,7 +163,7 @@ def test_stack_without_the_output_says_to_pass_bucket() -> None:
     def no_stack(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: no stack selected")
 
-    with pytest.raises(ops_cli.BucketNotFoundError, match=r"no stack selected.*pass --bucket"):
+    with pytest.raises(ops_cli.StackValueError, match=r"no stack selected.*pass --bucket"):
         ops_cli.resolve_bucket(None, which=lambda _: "pulumi", run=no_stack)
 
 

@@ -176,17 +176,16 @@ def test_failed_driver_without_hint_gets_the_serial_console_command() -> None:
     ("step", "message", "expected"),
     [
         ("preflight", "Quota 'GPUS_ALL_REGIONS' exceeded", "GPUS_ALL_REGIONS"),
-        ("boot", "ZONE_RESOURCE_POOL_EXHAUSTED", "pulumi config set gcp:zone"),
+        (
+            "boot",
+            "ZONE_RESOURCE_POOL_EXHAUSTED",
+            "python -m workload stop && python -m workload start",
+        ),
         ("python", "uv sync failed", "google_metadata_script_runner startup"),
         ("gpu-check", "TensorFlow sees no GPU", "instances reset"),
         ("jupyter", "jupyter exited", "journalctl -u kgg-jupyter.service"),
         ("training", "exit 1", "journalctl -u kgg-training.service"),
-        (
-            "mystery",
-            "?",
-            "get-serial-port-output $(pulumi stack output instanceName) "
-            "--zone $(pulumi config get gcp:zone)",
-        ),
+        ("mystery", "?", "get-serial-port-output INSTANCE --zone ZONE"),
     ],
 )
 def test_each_failing_step_gets_a_next_thing_to_try(step: str, message: str, expected: str) -> None:
@@ -203,8 +202,10 @@ def test_failed_training_run_is_reported_as_failure() -> None:
 def test_silent_vm_is_flagged_as_possibly_stopped() -> None:
     doc = _startup(updated="2026-11-27T09:00:00Z", training="running")
     text = status.render_status(doc, _progress(updated="2026-11-27T09:01:00Z"), NOW)
-    assert "No report for 1h 04m: the VM may be stopped" in text
-    assert "gcloud compute instances start $(pulumi stack output instanceName)" in text
+    assert "No report for 1h 04m: the VM may be stopped or being recreated" in text
+    # The VM belongs to a group: starting it by hand would fight the group.
+    assert "$ python -m workload start" in text
+    assert "gcloud compute instances start" not in text
 
 
 @pytest.mark.parametrize(
@@ -384,10 +385,7 @@ def test_status_never_builds_a_command_from_a_hostile_instance_name(
     )
     result = _status_command(gcs_bucket, doc, tmp_path)
     assert "evil.example" not in result.stdout and "reboot)" not in result.stdout
-    assert (
-        "$ gcloud compute instances get-serial-port-output $(pulumi stack output instanceName) "
-        "--zone $(pulumi config get gcp:zone)"
-    ) in result.stdout
+    assert "$ gcloud compute instances get-serial-port-output INSTANCE --zone ZONE" in result.stdout
 
 
 def test_status_quotes_the_run_id_in_the_pull_command(gcs_bucket: str, tmp_path: Path) -> None:

@@ -1,0 +1,139 @@
+"""A fake of the Compute Engine calls the laptop commands make, on 127.0.0.1.
+
+It answers from request/response fixtures (tests/ops/fixtures/gce/<scenario>.json plus
+common.json) and records every request, so a test asserts both what the CLI printed and exactly
+which calls it made. The fixtures follow the shapes of GCE's REST reference
+(regionInstanceGroupManagers get/resize/listManagedInstances/listErrors, regionOperations.wait,
+instanceTemplates.get) and its error catalogue; they were written from those documents, not
+captured from a live project (this machine has no GCP).
+
+Two things are live rather than replayed: a resize changes the `targetSize` later GETs of the
+group return, and listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
+recorded (the status view ignores errors older than a day).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gce"
+GROUP_PATH = "projects/kgg-demo-project/regions/us-central1/instanceGroupManagers/kgg-dev-0a1b2c"
+ERROR_AGE = timedelta(minutes=5)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+
+
+@dataclass
+class FakeCompute:
+    scenario: str
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    target_size: int | None = None
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        loaded = []
+        for name in (self.scenario, "common"):
+            loaded += json.loads((FIXTURES / f"{name}.json").read_text())["exchanges"]
+        return loaded
+
+    def answer(self, method: str, raw_path: str) -> tuple[int, dict[str, Any]]:
+        split = urlsplit(raw_path)
+        query = parse_qs(split.query)
+        self.requests.append(Request(method, split.path, query))
+        for exchange in self.exchanges():
+            request = exchange["request"]
+            if (request["method"], request["path"]) != (method, split.path):
+                continue
+            body = exchange["response"]["body"]
+            if split.path.endswith("/resize"):
+                self.target_size = int(query["size"][0])
+            elif split.path.endswith(GROUP_PATH) and self.target_size is not None:
+                body = {**body, "targetSize": self.target_size}
+            elif split.path.endswith("/listErrors"):
+                body = _shift_timestamps(body)
+            return exchange["response"]["status"], body
+        message = f"The resource '{split.path}' was not found"
+        return 404, {"error": {"code": 404, "message": message, "errors": []}}
+
+    def calls(self) -> list[str]:
+        """`METHOD path-after-the-group?query`: short enough to compare in a test."""
+        calls = []
+        for request in self.requests:
+            path = request.path.removeprefix("/compute/v1/").replace(GROUP_PATH, "GROUP")
+            query = "&".join(f"{key}={value[0]}" for key, value in sorted(request.query.items()))
+            calls.append(f"{request.method} {path}" + (f"?{query}" if query else ""))
+        return calls
+
+
+def _shift_timestamps(body: dict[str, Any]) -> dict[str, Any]:
+    items = body.get("items") or []
+    stamps = [datetime.fromisoformat(item["timestamp"]) for item in items]
+    if not stamps:
+        return body
+    shift = datetime.now(UTC) - ERROR_AGE - max(stamps)
+    moved = [
+        {**item, "timestamp": (stamp + shift).isoformat()}
+        for item, stamp in zip(items, stamps, strict=True)
+    ]
+    return {**body, "items": moved}
+
+
+@contextmanager
+def running_fake(scenario: str) -> Iterator[FakeCompute]:
+    """The fake for `scenario`, served until the block ends; `.url` is the API's base URL."""
+    fake = FakeCompute(scenario)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            status, body = fake.answer(self.command, self.path)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = _reply
+        do_POST = _reply
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/compute/v1/"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def fixture_body(scenario: str, method: str, path_end: str) -> dict[str, Any]:
+    """The recorded response body of `scenario` (or common.json) for a request path ending in
+    `path_end`, for the pure tests."""
+    for name in (scenario, "common"):
+        for exchange in json.loads((FIXTURES / f"{name}.json").read_text())["exchanges"]:
+            request = exchange["request"]
+            if request["method"] == method and request["path"].endswith(path_end):
+                return exchange["response"]["body"]
+    raise KeyError(f"{scenario}: no {method} ...{path_end}")

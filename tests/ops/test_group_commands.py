@@ -1,0 +1,185 @@
+"""`workload start|stop|ssh|status` through the real entry point, against a fake of the Compute
+Engine calls they make (tests/ops/fake_gce.py): what they print and exactly which calls."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workload import ops_cli, storage
+from workload.gce import ENDPOINT_ENV
+
+from .conftest import run_workload
+from .fake_gce import GROUP_PATH, FakeCompute, running_fake
+
+TEMPLATE_CALL = "GET projects/kgg-demo-project/global/instanceTemplates/kg-template-5f3c2a1"
+READ_GROUP = ["GET GROUP", TEMPLATE_CALL, "POST GROUP/listManagedInstances", "GET GROUP/listErrors"]
+WAIT_CALL = (
+    "POST projects/kgg-demo-project/regions/us-central1/operations/"
+    "operation-1764237600000-62f1a0b3c4d5e-resize/wait"
+)
+
+
+@pytest.fixture
+def fake_gce(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeCompute]:
+    with running_fake(request.param) as fake:
+        monkeypatch.setenv(ENDPOINT_ENV, fake.url)
+        yield fake
+
+
+def workload(command: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_workload(command, "--group", GROUP_PATH, *argv, cwd=cwd)
+
+
+@pytest.mark.parametrize("fake_gce", ["stopped"], indirect=True)
+def test_start_resizes_a_stopped_group_to_one_and_says_where_the_vm_will_run(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    result = workload("start", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fake_gce.calls() == [*READ_GROUP, "POST GROUP/resize?size=1", WAIT_CALL, *READ_GROUP]
+    assert "started: the group kgg-dev-0a1b2c creates the VM in whichever of " in result.stdout
+    assert "us-central1 (a, b, c, f) has capacity" in result.stdout
+    assert "VM:          being created in us-central1 (a, b, c, f)" in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_start_leaves_a_started_group_alone(fake_gce: FakeCompute, tmp_path: Path) -> None:
+    result = workload("start", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fake_gce.calls() == READ_GROUP  # no resize
+    assert "already started" in result.stdout
+    assert "kgg-dev-0a1b2c-7kq2 in us-central1-b, RUNNING" in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_stop_resizes_the_group_to_zero_so_nothing_recreates_the_vm(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    result = workload("stop", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fake_gce.calls() == [*READ_GROUP, "POST GROUP/resize?size=0", WAIT_CALL, *READ_GROUP]
+    assert "stopping: the group kgg-dev-0a1b2c deletes its VM" in result.stdout
+    assert "VM:          stopping: the group deletes kgg-dev-0a1b2c-7kq2" in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["stopped"], indirect=True)
+def test_stop_leaves_a_stopped_group_alone(fake_gce: FakeCompute, tmp_path: Path) -> None:
+    result = workload("stop", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fake_gce.calls() == READ_GROUP
+    assert "already stopped" in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["stockout"], indirect=True)
+def test_status_tells_it_is_waiting_for_capacity_with_each_zones_last_error(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fake_gce.calls() == READ_GROUP
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "VM:          waiting for capacity: nvidia-tesla-t4 in us-central1 (a, b, c, f), since "
+    )
+    errors = {line.split()[0]: line.split()[1] for line in lines[2:5]}
+    assert errors == {
+        "us-central1-a": "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+        "us-central1-b": "ZONE_RESOURCE_POOL_EXHAUSTED",
+        "us-central1-f": "ZONE_RESOURCE_POOL_EXHAUSTED",
+    }
+    # The bucket's view follows: the VM has not reported, since it does not exist yet.
+    assert "The VM has not reported yet" in result.stdout
+    assert "get-serial-port-output" not in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_status_hints_name_the_vm_gce_runs_not_the_one_the_bucket_remembers(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    # The status document still names the VM before a preemption moved it to another zone.
+    error = {"step": "driver", "message": "nvidia-smi: no devices found", "log_tail": ""}
+    storage.write_json(
+        f"gs://{gcs_bucket}/status/startup.json",
+        {"version": 1, "phase": "failed", "steps": {}, "error": error,
+         "instance": "kgg-dev-0a1b2c-old1", "zone": "us-central1-f"},
+    )  # fmt: skip
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert result.returncode == 1  # something failed
+    assert (
+        "gcloud compute instances get-serial-port-output kgg-dev-0a1b2c-7kq2 --zone us-central1-b"
+    ) in result.stdout
+    assert "kgg-dev-0a1b2c-old1" not in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["forbidden"], indirect=True)
+def test_status_still_shows_the_bucket_when_gce_refuses(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "The VM has not reported yet" in result.stdout
+    assert "(no VM view from GCE: GET " in result.stderr and "HTTP 403" in result.stderr
+
+
+@pytest.mark.parametrize("fake_gce", ["forbidden"], indirect=True)
+@pytest.mark.parametrize("command", ["start", "stop", "ssh"])
+def test_refused_group_is_one_line_with_the_fix(
+    fake_gce: FakeCompute, tmp_path: Path, command: str
+) -> None:
+    result = workload(command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "HTTP 403: Required 'compute.instanceGroupManagers.get' permission" in result.stderr
+    assert "roles/compute.instanceAdmin.v1" in result.stderr
+    assert "gcloud auth application-default login" in result.stderr
+    assert fake_gce.calls() == ["GET GROUP"]
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_ssh_builds_the_command_for_the_vm_where_gce_put_it(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    result = workload("ssh", "--print", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "gcloud compute ssh kgg-dev-0a1b2c-7kq2 --zone us-central1-b "
+        "--project kgg-demo-project --tunnel-through-iap"
+    )
+    remote = workload("ssh", "--print", "--", "nvidia-smi", "-L", cwd=tmp_path)
+    assert remote.stdout.strip().endswith("--tunnel-through-iap -- nvidia-smi -L")
+
+
+@pytest.mark.parametrize("fake_gce", ["stopped"], indirect=True)
+def test_ssh_without_a_running_vm_says_how_to_start_it(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    result = workload("ssh", "--print", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no running VM to reach (stopped)" in result.stderr
+    assert "python -m workload start" in result.stderr
+
+
+def test_group_path_that_is_not_one_is_refused_with_the_expected_form(tmp_path: Path) -> None:
+    result = run_workload("stop", "--group", "kgg-dev-0a1b2c; rm -rf ~", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'kgg-dev-0a1b2c; rm -rf ~' is not a group path" in result.stderr
+    assert "projects/PROJECT/regions/REGION/instanceGroupManagers/NAME" in result.stderr
+
+
+def test_group_comes_from_the_stack_output_when_pulumi_is_there() -> None:
+    def fake_run(argv, **_kwargs):
+        assert argv == ["pulumi", "stack", "output", "instanceGroup"]
+        return subprocess.CompletedProcess(argv, 0, stdout=GROUP_PATH + "\n", stderr="")
+
+    assert ops_cli.resolve_group(None, which=lambda _: "pulumi", run=fake_run) == GROUP_PATH
+
+
+def test_missing_pulumi_cli_says_to_pass_group() -> None:
+    with pytest.raises(ops_cli.StackValueError, match="pulumi CLI is not installed; pass --group"):
+        ops_cli.resolve_group(None, which=lambda _: None)

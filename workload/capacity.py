@@ -1,0 +1,248 @@
+"""What GCE says about the VM's group: running, stopped, or waiting for capacity, and the last
+error per zone since when. `group_state` is a pure function of the API's answers (workload.gce),
+`render_group` of the state and the time, so every case is tested without a cloud.
+
+The API's shapes: https://cloud.google.com/compute/docs/reference/rest/v1/regionInstanceGroupManagers
+(get, listManagedInstances with `lastAttempt.errors`, listErrors), and the stockout errors of
+https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-availability
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from workload.gce import last_segment, zone_of
+from workload.lines import GCE_NAME, clock, field, format_duration
+from workload.timestamps import parse_time
+
+# Capacity, not quota: GCE retries these by itself and a quota increase does not help.
+STOCKOUT_CODES = frozenset(
+    {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"}
+)
+QUOTA_CODES = frozenset({"QUOTA_EXCEEDED"})
+# Errors older than this belong to an earlier wait, not to this one.
+ERROR_WINDOW = timedelta(hours=24)
+START_COMMAND = "python -m workload start"
+STOP_COMMAND = "python -m workload stop"
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    zone: str
+    status: str
+    action: str
+
+
+@dataclass(frozen=True)
+class ZoneError:
+    """The newest error of one zone, and since when that error keeps coming back."""
+
+    zone: str
+    code: str
+    message: str
+    since: datetime | None
+    last: datetime | None
+
+
+@dataclass(frozen=True)
+class GroupState:
+    name: str
+    region: str
+    zones: tuple[str, ...]
+    target_size: int
+    gpu: str
+    vms: tuple[Vm, ...]
+    zone_errors: tuple[ZoneError, ...]
+    # The current attempt's error (listManagedInstances' lastAttempt) and the zones GCE says
+    # have capacity now (ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS).
+    attempt: ZoneError | None
+    zones_available: tuple[str, ...]
+
+    @property
+    def running(self) -> Vm | None:
+        return next((vm for vm in self.vms if vm.status == "RUNNING"), None)
+
+    @property
+    def phase(self) -> str:
+        """stopped | stopping | running | waiting (for capacity) | failing (other errors) |
+        starting."""
+        if self.target_size == 0:
+            return "stopping" if self.vms else "stopped"
+        if self.running:
+            return "running"
+        codes = {error.code for error in (self.attempt, *self.zone_errors) if error}
+        if codes & STOCKOUT_CODES:
+            return "waiting"
+        if codes:
+            return "failing"
+        return "starting"
+
+
+def _safe_name(value: str) -> str:
+    """A GCE name from an API answer, or "" (names end up in commands the user pastes)."""
+    return value if GCE_NAME.fullmatch(value or "") else ""
+
+
+def _vm(managed: dict[str, Any]) -> Vm:
+    url = str(managed.get("instance") or "")
+    return Vm(
+        name=_safe_name(last_segment(url)),
+        zone=_safe_name(zone_of(url)),
+        status=str(managed.get("instanceStatus") or ""),
+        action=str(managed.get("currentAction") or ""),
+    )
+
+
+def _attempt(managed: list[dict[str, Any]]) -> tuple[ZoneError | None, tuple[str, ...]]:
+    for instance in managed:
+        errors = ((instance.get("lastAttempt") or {}).get("errors") or {}).get("errors") or []
+        if errors:
+            first = errors[0]
+            available: list[str] = []
+            for detail in first.get("errorDetails") or []:
+                metadata = (detail.get("errorInfo") or {}).get("metadatas") or {}
+                available += str(metadata.get("zonesAvailable") or "").split(",")
+            zone = _vm(instance).zone
+            error = ZoneError(zone, str(first.get("code")), str(first.get("message")), None, None)
+            return error, tuple(z for z in (_safe_name(z.strip()) for z in available) if z)
+    return None, ()
+
+
+def _zone_errors(items: list[dict[str, Any]], now: datetime) -> tuple[ZoneError, ...]:
+    """Per zone: the newest error, and since when the same code repeats without a break."""
+    by_zone: dict[str, list[tuple[datetime, str, str]]] = {}
+    for item in items:
+        when = parse_time(item.get("timestamp"))
+        zone = _safe_name(zone_of(str((item.get("instanceActionDetails") or {}).get("instance"))))
+        error = item.get("error") or {}
+        if when is None or not zone or now - when > ERROR_WINDOW:
+            continue
+        by_zone.setdefault(zone, []).append(
+            (when, str(error.get("code")), str(error.get("message")))
+        )
+    result = []
+    for zone, errors in sorted(by_zone.items()):
+        errors.sort(reverse=True)
+        last, code, message = errors[0]
+        since = last
+        for when, other_code, _ in errors[1:]:
+            if other_code != code:
+                break
+            since = when
+        result.append(ZoneError(zone, code, message, since, last))
+    return tuple(result)
+
+
+def group_state(
+    group: dict[str, Any],
+    managed: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    template: dict[str, Any],
+    now: datetime,
+) -> GroupState:
+    """The group as the API describes it (see the module docstring for the shapes)."""
+    zones = tuple(
+        z
+        for z in (
+            _safe_name(last_segment(str(entry.get("zone"))))
+            for entry in (group.get("distributionPolicy") or {}).get("zones") or []
+        )
+        if z
+    )
+    labels = (template.get("properties") or {}).get("labels") or {}
+    accelerators = (template.get("properties") or {}).get("guestAccelerators") or []
+    gpu = labels.get("gpu") or (accelerators[0].get("acceleratorType") if accelerators else "")
+    attempt, available = _attempt(managed)
+    return GroupState(
+        name=str(group.get("name") or ""),
+        region=last_segment(str(group.get("region") or "")),
+        zones=zones,
+        target_size=int(group.get("targetSize") or 0),
+        gpu=str(gpu or "the VM"),
+        vms=tuple(_vm(instance) for instance in managed),
+        zone_errors=_zone_errors(errors, now),
+        attempt=attempt,
+        zones_available=available,
+    )
+
+
+def zone_list(region: str, zones: tuple[str, ...]) -> str:
+    """`us-central1 (a, b, c, f)`: the zones by their suffix, as the console shows them."""
+    suffixes = [zone.removeprefix(f"{region}-") for zone in zones]
+    return f"{region} ({', '.join(suffixes)})"
+
+
+def _error_rows(state: GroupState) -> list[str]:
+    rows = [("zone", "last GCE error", "since", "last")]
+    rows += [
+        (error.zone, error.code, clock(error.since), clock(error.last))
+        for error in state.zone_errors
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+        for row in rows
+    ]
+
+
+def render_group(state: GroupState, now: datetime) -> list[str]:
+    """The group's part of `workload status`: what GCE is doing about the VM, and what to do."""
+    where = zone_list(state.region, state.zones)
+    phase = state.phase
+    if phase == "stopped":
+        return [
+            field("VM", f"stopped (group {state.name} at size 0): no VM charges"),
+            f"  start it in any zone of {where} with capacity: {START_COMMAND}",
+        ]
+    if phase == "stopping":
+        return [field("VM", f"stopping: the group deletes {state.vms[0].name or 'the VM'}")]
+    if phase == "running":
+        vm = state.running
+        assert vm is not None
+        return [field("VM", f"{vm.name} in {vm.zone}, RUNNING (group {state.name}, {where})")]
+    lines: list[str] = []
+    if phase == "waiting":
+        starts = [error.since for error in state.zone_errors if error.since]
+        since = min(starts) if starts else None
+        waited = f", since {clock(since)} UTC ({format_duration((now - since).total_seconds())})"
+        lines.append(
+            field("VM", f"waiting for capacity: {state.gpu} in {where}{waited if since else ''}")
+        )
+    elif phase == "failing":
+        lines.append(field("VM", f"GCE cannot create the VM in {where}"))
+    else:
+        lines.append(field("VM", f"being created in {where} (group {state.name})"))
+    if state.zone_errors:
+        lines += _error_rows(state)
+    attempt = state.attempt
+    if attempt:
+        lines.append(f"  now: {attempt.zone or 'a zone'}: {attempt.code}: {attempt.message}")
+    outside = [zone for zone in state.zones_available if zone not in state.zones]
+    if state.zones_available:
+        available = ", ".join(state.zones_available)
+        lines.append(f"  GCE says these zones have capacity now: {available}")
+    if phase == "waiting":
+        lines.append(
+            "  GCE keeps trying by itself, also after you close the laptop; the run resumes from "
+            "the bucket once the VM exists. No VM charges while it waits."
+        )
+        lines.append(
+            "  The group retries the zone it picked; to let it pick again: "
+            f"{STOP_COMMAND} && {START_COMMAND}"
+        )
+        if outside:
+            lines.append(
+                "  To use a zone outside the group, add it to `zones` (pulumi config set --path "
+                f"'zones[{len(state.zones)}]' {outside[0]}) and `pulumi up` (the group is "
+                "recreated)."
+            )
+    codes = {error.code for error in (state.attempt, *state.zone_errors) if error}
+    if codes & QUOTA_CODES:
+        lines.append(
+            "  A quota error is not capacity: retrying does not help. Request GPU quota at "
+            "https://console.cloud.google.com/iam-admin/quotas (GPUS_ALL_REGIONS and the region's)."
+        )
+    return lines
