@@ -77,6 +77,9 @@ APP = ROOT / "opt/keras-gpu-gcp/app"
 METADATA_URL = env("METADATA_URL", "http://metadata.google.internal/computeMetadata/v1")
 GCS_API_URL = env("GCS_API_URL", "https://storage.googleapis.com/storage/v1")
 GCS_UPLOAD_URL = env("GCS_UPLOAD_URL", "https://storage.googleapis.com/upload/storage/v1")
+COMPUTE_URL = env("COMPUTE_URL", "https://compute.googleapis.com/compute/v1")
+GROUP_KEY = "instance/attributes/kgg-instance-group"
+GROUP_REGION_KEY = "instance/attributes/kgg-instance-group-region"
 ATTEMPTS = int(env("RETRY_ATTEMPTS", "5"))
 BASE_SECONDS = float(env("RETRY_BASE_SECONDS", "2"))
 # Failed status uploads may cost a boot this long in all (the agent goes on counting).
@@ -314,13 +317,33 @@ def idle_check(settings: dict) -> None:
     uptime = int(float((ROOT / "proc/uptime").read_text().split()[0]))
     if uptime < settings["idle_shutdown_minutes"] * 60:
         return
-    log(f"idle check: no Python environment and up {uptime}s; powering off")
+    log(f"idle check: no Python environment and up {uptime}s; stopping the VM")
+
+    def optional(key: str) -> str:
+        try:
+            return metadata(key, attempts=2)
+        except Failure:
+            return ""
+
+    bucket, group = optional("instance/attributes/kgg-bucket"), optional(GROUP_KEY)
+    detail = f"stopped: no environment, up {uptime}s"
+    status(["phase=idle", f"detail.idle={detail}"], bucket)
+    if not group:
+        subprocess.run(["shutdown", "-h", "now", f"keras-gpu-gcp: {detail}"], check=False)
+        return
+    # In a group, never power off (the group would recreate the VM at once): it deletes it.
+    region, project = optional(GROUP_REGION_KEY), optional("project/project-id")
+    url = f"{COMPUTE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{group}"
     try:
-        bucket = metadata("instance/attributes/kgg-bucket", attempts=2)
-    except Failure:
-        bucket = ""
-    status(["phase=idle", f"detail.idle=powered off: no environment, up {uptime}s"], bucket)
-    subprocess.run(["shutdown", "-h", "now", "keras-gpu-gcp: idle"], check=False)
+        request(f"{url}/resize?size=0", data=b"", attempts=3,
+                headers={"Authorization": f"Bearer {token()}"})  # fmt: skip
+    except Failure as error:
+        failure = [
+            "error.step=idle-stop",
+            f"error.message=the VM could not stop itself: {error}",
+            "error.hint=it keeps running and paying: python -m workload stop",
+        ]
+        status(failure, bucket)
 
 
 def with_debian_components(line: str) -> str:

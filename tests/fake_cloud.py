@@ -1,6 +1,6 @@
 """The Google endpoints the VM talks to before its Python env exists, on one loopback HTTP server:
 the metadata server, Secret Manager's `versions/latest:access`, GCS's JSON download and simple
-media upload, and plain files (the uv wheel). Each answers like the real one where the VM can
+media upload, Compute Engine's group resize, and plain files (the uv wheel). Each answers like the real one where the VM can
 tell (headers it requires, status codes); tests inject failures and read the request log.
 
 The startup script reaches it through its KGG_* endpoint seams (`FakeCloud.environment()`); the
@@ -24,6 +24,7 @@ SECRETS = "/secrets/v1/"
 GCS_API = "/storage/v1/b/"
 GCS_UPLOAD = "/upload/storage/v1/b/"
 FILES = "/files/"
+COMPUTE = "/compute/v1/"
 
 
 @dataclass
@@ -75,6 +76,7 @@ class FakeCloud:
     def environment(self) -> dict[str, str]:
         """The startup script's endpoint seams, pointed here."""
         return {
+            "KGG_COMPUTE_URL": self.url + COMPUTE.rstrip("/"),
             "KGG_METADATA_URL": self.url + METADATA.rstrip("/"),
             "KGG_SECRET_MANAGER_URL": self.url + SECRETS.rstrip("/"),
             "KGG_GCS_API_URL": self.url + "/storage/v1",
@@ -141,6 +143,9 @@ class FakeCloud:
             return 200, json.dumps(
                 {"name": f"{secret}/versions/1", "payload": {"data": data}}
             ).encode()
+        if method == "POST" and path.startswith(COMPUTE) and path.endswith("/resize"):
+            # regionInstanceGroupManagers.resize: an Operation (the group does the rest).
+            return 200, json.dumps({"kind": "compute#operation", "status": "RUNNING"}).encode()
         if method == "GET" and path.startswith(GCS_API) and query.get("alt") == ["media"]:
             name = path.removeprefix(GCS_API).partition("/o/")[2]
             data = self.objects.get(name)

@@ -1,5 +1,5 @@
-"""`python -m startup.vm boot|training-job|idle-check|refresh-password`: the VM agent, run from the
-Python env by the startup script (boot) and by the units it installs (the rest)."""
+"""`python -m startup.vm COMMAND`: the VM agent, run from the Python env by the startup script
+(boot) and by the units it installs (the rest)."""
 
 from __future__ import annotations
 
@@ -39,47 +39,82 @@ def _refresh_password(args: argparse.Namespace) -> int:
 
 def _idle_check(args: argparse.Namespace) -> int:
     """Decides without the metadata server if it must: a VM whose metadata or bucket is broken
-    must still power off when idle."""
+    must still stop when idle."""
     import logging
 
-    from startup.vm.agent import LOG_TAG, configure_logging
-    from startup.vm.cloud import Bucket, Instance, Metadata
-    from startup.vm.config import Endpoints, load_settings, paths_from_environment
+    from startup.vm.agent import LOG_TAG, configure_logging, from_vm
+    from startup.vm.config import load_settings, paths_from_environment
     from startup.vm.idle import idle_check
-    from startup.vm.status import StatusReporter
+    from startup.vm.stop import stop_vm
     from startup.vm.system import System
 
     paths = paths_from_environment()
     configure_logging(paths)
     log = logging.getLogger(LOG_TAG)
-    try:
-        bucket: Bucket | None = Bucket(
-            Instance.read(Metadata(Endpoints.from_environment().metadata, attempts=2)).bucket
-        )
-    except CloudError as error:
-        log.warning("idle check without the bucket: %s", error)
-        bucket = None
+    system = System()
+
+    def stop(detail: str) -> bool:
+        try:
+            agent = from_vm(budget_shared=False)
+        except CloudError as error:  # no metadata: a VM made on its own can still power off
+            log.warning("stopping without the metadata server: %s", error)
+            system.power_off(f"keras-gpu-gcp: {detail}")
+            return True
+        return stop_vm(agent, detail)
+
     idle_check(
         paths=paths,
         settings=load_settings(paths),
-        system=System(),
-        status=StatusReporter(paths.status, bucket),
+        system=system,
+        stop=stop,
         log=log,
         now=datetime.now(UTC),
     )
     return 0
 
 
+def _workspace(args: argparse.Namespace) -> int:
+    """As the notebook user: the workspace to or from the bucket (startup/vm/workspace.py)."""
+    import time
+
+    from startup.vm.cloud import Instance, Metadata
+    from startup.vm.config import Endpoints, paths_from_environment
+    from startup.vm.workspace import restore, sync
+
+    paths = paths_from_environment()
+    url = Instance.read(Metadata(Endpoints.from_environment().metadata)).workspace_url
+    if url is None:
+        print("keras-gpu-gcp: no kgg-workspace-prefix in the metadata: nothing to do")
+        return 0
+    if args.action == "restore":
+        print(f"workspace: {restore(paths.workspace, url).restored} file(s) restored from {url}")
+        return 0
+    if not paths.workspace_restored.exists():
+        print("workspace: not restored at this boot yet: nothing synced")
+        return 0
+    deadline = time.monotonic() + args.deadline if args.deadline else None
+    print(f"workspace: {sync(paths.workspace, url, deadline).summary()}")
+    return 0
+
+
+COMMANDS = {
+    "boot": (_boot, "the boot steps after the Python env (the startup script runs it)"),
+    "training-job": (_training_job, "the training service"),
+    "idle-check": (_idle_check, "stop the VM when idle (the idle timer)"),
+    "refresh-password": (_refresh_password, "restart JupyterLab when its password changed"),
+    "workspace": (_workspace, "as the notebook user: the workspace to or from the bucket"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m startup.vm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("boot", help="the boot steps after the Python env").set_defaults(
-        handler=_boot
-    )
-    commands.add_parser("training-job", help="the training service").set_defaults(
-        handler=_training_job
-    )
-    commands.add_parser("idle-check", help="power off when idle").set_defaults(handler=_idle_check)
+    for name, (handler, help_text) in COMMANDS.items():
+        command = commands.add_parser(name, help=help_text)
+        command.set_defaults(handler=handler)
+        if name == "workspace":
+            command.add_argument("action", choices=("restore", "sync"))
+            command.add_argument("--deadline", type=float, help="seconds a sync may take")
     return parser
 
 

@@ -89,7 +89,7 @@ def idle(agent: Agent) -> str | None:
         agent.system.systemctl("disable", "--now", IDLE_TIMER, check=False)
         return None
     agent.system.systemctl("enable", "--now", IDLE_TIMER)
-    return f"powers off after {agent.settings.idle_shutdown_minutes} idle minutes"
+    return f"stops after {agent.settings.idle_shutdown_minutes} idle minutes"
 
 
 STEPS: tuple[tuple[str, Callable[[Agent], str | None]], ...] = (

@@ -38,9 +38,13 @@ class Metadata:
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     return response.read().decode()
+            except urllib.error.HTTPError as failure:
+                if failure.code == 404:  # no such key: asking again will not make one
+                    raise CloudError(f"metadata {path}: {failure}") from failure
+                error = failure
             except (OSError, urllib.error.URLError) as failure:
                 error = failure
-                time.sleep(min(2**attempt, 10) if attempt + 1 < self.attempts else 0)
+            time.sleep(min(2**attempt, 10) if attempt + 1 < self.attempts else 0)
         raise CloudError(f"metadata {path}: {error}")
 
     def attribute(self, key: str) -> str:
@@ -61,6 +65,16 @@ class Instance:
     external_ip: str
     name: str
     zone: str
+    # The VM's managed instance group (issue 12); empty for a VM made on its own.
+    group: str = ""
+    group_region: str = ""
+    project: str = ""
+    workspace_prefix: str = ""
+
+    @property
+    def workspace_url(self) -> str | None:
+        prefix = self.workspace_prefix.strip("/")
+        return f"gs://{self.bucket}/{prefix}" if prefix else None
 
     @classmethod
     def read(cls, metadata: Metadata) -> Instance:
@@ -83,6 +97,10 @@ class Instance:
             external_ip=optional("instance/network-interfaces/0/access-configs/0/external-ip"),
             name=optional("instance/name"),
             zone=optional("instance/zone").rsplit("/", 1)[-1],
+            group=optional("instance/attributes/kgg-instance-group"),
+            group_region=optional("instance/attributes/kgg-instance-group-region"),
+            project=optional("project/project-id"),
+            workspace_prefix=optional("instance/attributes/kgg-workspace-prefix"),
         )
 
 
@@ -106,6 +124,26 @@ def read_password_hash(endpoints: Endpoints, metadata: Metadata, secret: str) ->
     if not value.startswith("argon2:"):
         raise CloudError(f"{secret} holds no Jupyter argon2 hash")
     return value.strip()
+
+
+def resize_group(endpoints: Endpoints, metadata: Metadata, instance: Instance, size: int) -> None:
+    """Asks the VM's group for `size` VMs (0: it deletes this one). The grant infra gives the
+    VM's service account covers exactly this group."""
+    url = (
+        f"{endpoints.compute}/projects/{instance.project}/regions/{instance.group_region}"
+        f"/instanceGroupManagers/{instance.group}/resize?size={size}"
+    )
+    request = urllib.request.Request(
+        url, data=b"", method="POST", headers={"Authorization": f"Bearer {metadata.token()}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")[:300].strip()
+        raise CloudError(f"resizing group {instance.group} to {size}: {error} {detail}") from error
+    except OSError as error:
+        raise CloudError(f"resizing group {instance.group} to {size}: {error}") from error
 
 
 class Bucket:

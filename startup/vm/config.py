@@ -13,6 +13,9 @@ from typing import Any
 NOTEBOOK_USER = "jupyter"
 JUPYTER_UNIT = "kgg-jupyter.service"
 PASSWORD_REFRESH_UNIT = "kgg-password-refresh.service"
+WORKSPACE_SYNC_UNIT = "kgg-workspace-sync.service"
+WORKSPACE_SYNC_TIMER = "kgg-workspace-sync.timer"
+WORKSPACE_FINAL_UNIT = "kgg-workspace-final.service"
 PASSWORD_REFRESH_TIMER = "kgg-password-refresh.timer"
 TRAINING_UNIT = "kgg-training.service"
 IDLE_UNIT = "kgg-idle-check.service"
@@ -144,6 +147,12 @@ class Paths:
         return self.conf / "jupyter.env"
 
     @property
+    def workspace_restored(self) -> Path:
+        """Made at each boot once the workspace came back from the bucket (/run is empty at
+        boot): only then may a sync mirror local deletions to the bucket."""
+        return self._at("run/keras-gpu-gcp/workspace-restored")
+
+    @property
     def units(self) -> Path:
         return self._at("etc/systemd/system")
 
@@ -167,6 +176,7 @@ class Paths:
 class Endpoints:
     metadata: str
     secret_manager: str
+    compute: str = "https://compute.googleapis.com/compute/v1"
 
     @classmethod
     def from_environment(cls) -> Endpoints:
@@ -177,6 +187,7 @@ class Endpoints:
             secret_manager=os.environ.get(
                 "KGG_SECRET_MANAGER_URL", "https://secretmanager.googleapis.com/v1"
             ),
+            compute=os.environ.get("KGG_COMPUTE_URL", cls.compute),
         )
 
 

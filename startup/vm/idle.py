@@ -8,14 +8,13 @@ time, and calls `decide`. Only `decide` makes the call, so every rule is tested 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from startup.vm.config import STARTUP_UNIT, TRAINING_UNIT, Paths, VmSettings
 from startup.vm.job_state import JobState, read_job_state
-from startup.vm.status import StatusReporter
 from startup.vm.system import System
 from workload.timestamps import parse_time
 
@@ -128,11 +127,12 @@ def idle_check(
     paths: Paths,
     settings: VmSettings,
     system: System,
-    status: StatusReporter,
+    stop: Callable[[str], bool],
     log: logging.Logger,
     now: datetime,
 ) -> Decision:
-    """The idle timer's check: gathers what `decide` needs, and powers off when it says so."""
+    """The idle timer's check: gathers what `decide` needs, and stops the VM when it says so
+    (`stop`, startup/vm/stop.py: through its group, never a power-off that it would undo)."""
     if system.active_state(STARTUP_UNIT) == "activating":  # a oneshot unit runs as "activating"
         decision = Decision(False, "the startup script is still running")
         log.info("idle check: %s", decision.reason)
@@ -152,9 +152,8 @@ def idle_check(
         job=read_job_state(paths.job_state, active),
     )
     if decision.shutdown:
-        log.info("idle check: %s; powering off", decision.reason)
-        status.update("phase=idle", f"detail.idle=powered off: {decision.reason}")
-        system.power_off("keras-gpu-gcp: idle")
+        log.info("idle check: %s; stopping the VM", decision.reason)
+        stop(f"stopped: {decision.reason}")
     else:
         log.info("idle check: staying up: %s", decision.reason)
     return decision

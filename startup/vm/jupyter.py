@@ -17,10 +17,14 @@ from startup.vm.config import (
     NOTEBOOK_USER,
     PASSWORD_REFRESH_TIMER,
     PASSWORD_REFRESH_UNIT,
+    WORKSPACE_FINAL_UNIT,
+    WORKSPACE_SYNC_TIMER,
+    WORKSPACE_SYNC_UNIT,
     VmSettings,
 )
 from startup.vm.system import CommandError
 from startup.vm.units import render, write_if_changed
+from startup.vm.workspace import FINAL_SYNC_SECONDS, SYNC_SECONDS, workspace_command
 
 # JupyterLab's first start imports a large env; give it this long to answer.
 START_SECONDS = 180
@@ -171,6 +175,15 @@ def _write_units(agent: Agent) -> bool:
         config=paths.on_vm(paths.jupyter_config),
     )
     refresh = {"app": paths.on_vm(paths.app), "python": paths.on_vm(paths.venv_python)}
+    if agent.instance.workspace_url:
+        workspace = refresh | {"user": NOTEBOOK_USER, "home": paths.on_vm(paths.notebook_home)}
+        for unit, template, extra in (
+            (WORKSPACE_SYNC_UNIT, "kgg-workspace-sync.service.j2", {}),
+            (WORKSPACE_SYNC_TIMER, "kgg-workspace-sync.timer.j2", {"period": SYNC_SECONDS}),
+            (WORKSPACE_FINAL_UNIT, "kgg-workspace-final.service.j2",
+             {"deadline": FINAL_SYNC_SECONDS}),
+        ):  # fmt: skip
+            write_if_changed(paths.units / unit, render(template, **workspace, **extra))
     write_if_changed(
         paths.units / PASSWORD_REFRESH_UNIT, render("kgg-password-refresh.service.j2", **refresh)
     )
@@ -181,9 +194,26 @@ def _write_units(agent: Agent) -> bool:
     return write_if_changed(paths.units / JUPYTER_UNIT, unit)
 
 
+def restore_workspace(agent: Agent) -> str:
+    """The notebooks back from the bucket before JupyterLab starts (a VM may be new, in another
+    zone), and the syncs on; returns a note for the step's detail."""
+    url = agent.instance.workspace_url
+    if url is None or agent.paths.workspace_restored.exists():  # none, or a rerun at this boot
+        return ""
+    result = agent.system.run(workspace_command(agent.paths, "restore"), check=False, timeout=900)
+    said = (result.stdout or result.stderr).strip().splitlines()[-1:] or ["no output"]
+    if result.returncode != 0:
+        agent.log.warning("the workspace was not restored from %s: %s", url, result.stderr)
+        return f"; workspace NOT restored from {url} ({said[0]}): syncing is off this boot"
+    agent.paths.workspace_restored.parent.mkdir(parents=True, exist_ok=True)
+    agent.paths.workspace_restored.touch()
+    return f"; {said[0]}"
+
+
 def setup(agent: Agent) -> str:
     """The jupyter step; returns its detail for the status document."""
     ensure_notebook_user(agent)
+    workspace_note = restore_workspace(agent)
     ensure_tls_certificate(agent)
     changed = write_if_changed(agent.paths.jupyter_config, jupyter_config(agent.settings))
     changed = write_password_hash(agent) or changed
@@ -193,6 +223,8 @@ def setup(agent: Agent) -> str:
     changed = _write_units(agent) or changed
     agent.system.systemctl("daemon-reload")
     agent.system.systemctl("enable", "--now", PASSWORD_REFRESH_TIMER)
+    if agent.instance.workspace_url:
+        agent.system.systemctl("enable", "--now", WORKSPACE_SYNC_TIMER, WORKSPACE_FINAL_UNIT)
     environment = agent.marked("python-env")
     if changed or agent.marked("python-env-jupyter") != environment:
         agent.system.systemctl("restart", JUPYTER_UNIT)
@@ -214,7 +246,7 @@ def setup(agent: Agent) -> str:
         time.sleep(POLL_SECONDS)
     url = f"https://{agent.instance.external_ip or '127.0.0.1'}:{agent.settings.notebook_port}"
     agent.status.update(f"notebook_url={url}", f"tls_sha256={tls_fingerprint(agent)}")
-    return f"JupyterLab at {url} (user {NOTEBOOK_USER})"
+    return f"JupyterLab at {url} (user {NOTEBOOK_USER}){workspace_note}"
 
 
 def refresh_password(agent: Agent) -> bool:

@@ -14,6 +14,7 @@ from startup.vm.config import NOTEBOOK_USER, TRAINING_UNIT
 from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
 from startup.vm.status import log_tail
+from startup.vm.stop import stop_vm
 from workload.cli import EXIT_RETRY
 
 # How often the service looks for the uploaded data (KGG_DATA_POLL_SECONDS in the tests).
@@ -121,6 +122,6 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
             f"error.hint=journalctl -u {TRAINING_UNIT}; the run resumes at the next boot",
         )
     if agent.settings.shutdown_after_training:
-        agent.log.info("training ended (exit %d); powering off (shutdownAfterTraining)", returncode)
-        agent.system.power_off("keras-gpu-gcp: training ended")
+        agent.log.info("training ended (exit %d); stopping (shutdownAfterTraining)", returncode)
+        stop_vm(agent, "stopped: training ended (shutdownAfterTraining)", idle=False)
     return returncode

@@ -51,6 +51,8 @@ TRAINING_ARGS = [
     "--finetune-epochs", "1", "--no-progress",
 ]  # fmt: skip
 IDLE_CHECK_SECONDS = 20  # the idle timer's period in the idle-shutdown test
+GROUP = "kgg-dev-1a2b3c"  # the VM's managed instance group (infra/component.py)
+PROJECT = "boot-test-project"
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
 
@@ -89,7 +91,7 @@ class Vm:
             bucket=BUCKET,
             workload_object=self.archive.object_name,
             password_secret=PASSWORD_SECRET,
-            group="kgg-dev-000000",
+            group=GROUP,
         )
         self.cloud.metadata.update(
             {f"instance/attributes/{key}": value for key, value in attributes.items()}
@@ -119,6 +121,7 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
     values = {
         "instance/name": "kgg-boot-test-vm",
         "instance/zone": "projects/123456/zones/us-central1-a",
+        "project/project-id": PROJECT,
         # The notebook URL and the certificate's address: loopback, so the tests can check both.
         "instance/network-interfaces/0/access-configs/0/external-ip": "127.0.0.1",
         "instance/service-accounts/default/token": json.dumps(
@@ -143,6 +146,8 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
             "KGG_GCS_UPLOAD_URL": f"{gcs_url}/upload/storage/v1",
             "STORAGE_EMULATOR_HOST": gcs_url,
             "KGG_SECRET_MANAGER_URL": cloud.environment()["KGG_SECRET_MANAGER_URL"],
+            # Compute Engine's group resize (the VM stops itself through its group).
+            "KGG_COMPUTE_URL": cloud.environment()["KGG_COMPUTE_URL"],
             # No GPU here: TensorFlow sees none (nvidia-smi's stand-in shows the T4).
             "KGG_EXPECTED_GPUS": "0",
             "KGG_DATA_POLL_SECONDS": "2",
@@ -176,6 +181,11 @@ def login(vm: Vm, password: str) -> tuple[requests.Session, int]:
         timeout=30,
     )
     return session, answer.status_code
+
+
+def read_bytes_of(vm: Vm, name: str) -> bytes | None:
+    blob = vm.storage.bucket(BUCKET).blob(name)
+    return blob.download_as_bytes() if blob.exists() else None
 
 
 def ended_training(vm: Vm) -> dict[str, Any] | None:
@@ -339,12 +349,50 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
     )
 
 
+def test_a_vm_recreated_in_another_zone_gets_its_workspace_and_finished_run_back(vm: Vm) -> None:
+    """The group replaced the VM (preemption, a stockout elsewhere): a new disk holds no
+    notebooks and no markers; the bucket holds both."""
+    notebook = "/home/jupyter/work/experiment.ipynb"
+    made = vm.machine.exec(
+        "runuser", "-u", "jupyter", "--", "sh", "-c",
+        f"echo '{{\"cells\": [\"mine\"]}}' > {notebook}",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    synced = vm.machine.exec("systemctl", "start", "kgg-workspace-sync.service")  # its timer: 60 s
+    assert synced.returncode == 0, synced.stderr
+    assert read_json(vm.storage, BUCKET, "workspace/experiment.ipynb") == {"cells": ["mine"]}
+    vm.machine.exec("systemctl", "poweroff")
+    assert vm.machine.wait_exit(timeout=120) == EXIT_POWEROFF
+    root = vm.machine.root
+    shutil.rmtree(root / "home/jupyter/work")
+    for marker in (root / STATE / "markers").glob("training-done-*"):
+        marker.unlink()
+    vm.cloud.metadata["instance/zone"] = "projects/123456/zones/us-central1-f"
+    vm.cloud.metadata["instance/name"] = "kgg-dev-1a2b3c-x7k2"
+
+    with phase("boot 4: the VM recreated in another zone"):
+        vm.machine.boot()
+        run = vm.machine.wait_startup_run(timeout=300)
+        done = root / STATE / f"markers/training-done-{vm.attribute('kgg-run-id')}"
+        wait_for(lambda: done.exists() or None, timeout=300, what="the run found done again")
+
+    assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
+    status = vm.status()
+    assert status is not None
+    assert (status["zone"], status["instance"]) == ("us-central1-f", "kgg-dev-1a2b3c-x7k2")
+    assert "restored from gs://" in status["steps"]["jupyter"]["detail"]
+    assert (root / notebook.lstrip("/")).read_text() == '{"cells": ["mine"]}\n'
+    owner = vm.machine.exec("stat", "-c", "%U", notebook).stdout.strip()
+    assert owner == "jupyter"
+    assert vm.status()["training"] == "done"  # the job found its finished run in the bucket
+
+
 def test_an_archive_that_does_not_match_its_hash_fails_the_python_step(vm: Vm) -> None:
     before = vm.status()
     assert before is not None
     vm.cloud.metadata["instance/attributes/kgg-workload-sha256"] = "0" * 64
 
-    with phase("boot 4: wrong archive hash"):
+    with phase("boot 5: wrong archive hash"):
         vm.machine.reboot()
         run = vm.machine.wait_startup_run(timeout=300)
 
@@ -370,7 +418,7 @@ def test_unreachable_gcs_names_the_step_and_its_own_error(vm: Vm) -> None:
         }
     )
 
-    with phase("boot 5: GCS unreachable"):
+    with phase("boot 6: GCS unreachable"):
         vm.machine.reboot()
         run = vm.machine.wait_startup_run(timeout=600)
 
@@ -386,7 +434,7 @@ def test_unreachable_gcs_names_the_step_and_its_own_error(vm: Vm) -> None:
     vm.cloud.metadata["instance/attributes/kgg-workload-sha256"] = vm.archive.sha256
 
 
-def test_idle_vm_powers_itself_off_while_jupyterlab_runs(vm: Vm) -> None:
+def test_idle_vm_asks_its_group_to_delete_it_while_jupyterlab_runs(vm: Vm) -> None:
     vm.give_metadata(vm.settings(idleShutdownMinutes=1), idle_check_seconds=IDLE_CHECK_SECONDS)
     vm.machine.reboot()
     run = vm.machine.wait_startup_run(timeout=300)
@@ -395,22 +443,42 @@ def test_idle_vm_powers_itself_off_while_jupyterlab_runs(vm: Vm) -> None:
     assert vm.machine.running()
     status = vm.status()
     assert status is not None
-    assert status["steps"]["idle"]["detail"] == "powers off after 1 idle minutes"
+    assert status["steps"]["idle"]["detail"] == "stops after 1 idle minutes"
     answer = requests.get(
         f"https://127.0.0.1:{vm.port}/api/status", verify=str(vm.tmp / "jupyter.crt"), timeout=10
     )
     assert answer.status_code == 403  # up, and the test's request is no activity (no login)
 
-    with phase("idle shutdown: 1 idle minute, checked every 20 s"):
-        exit_status = vm.machine.wait_exit(timeout=60 + 3 * IDLE_CHECK_SECONDS + 60)
+    late = vm.machine.exec(
+        "runuser", "-u", "jupyter", "--", "sh", "-c", "echo late > /home/jupyter/work/late.txt"
+    )  # fmt: skip
+    assert late.returncode == 0, late.stderr
+    resize = (
+        f"POST /compute/v1/projects/{PROJECT}/regions/us-central1/instanceGroupManagers/{GROUP}"
+        "/resize?size=0"
+    )
+
+    with phase("idle stop: 1 idle minute, checked every 20 s"):
+        wait_for(
+            lambda: vm.cloud.requested("/resize") or None,
+            timeout=60 + 3 * IDLE_CHECK_SECONDS + 60,
+            what="the group resize",
+        )
         waited = time.monotonic() - up_since
 
-    assert exit_status == EXIT_POWEROFF
-    # The idle window, then at most three timer periods.
+    # The idle window, then at most three timer periods; the VM never powered itself off (its
+    # group would have made it again): it asked the group to delete it.
     assert waited <= 60 + 3 * IDLE_CHECK_SECONDS
+    assert vm.cloud.requested("/resize") == [resize]
+    assert vm.machine.running()
     status = vm.status()
     assert status is not None
     assert status["phase"] == "idle"
     assert status["steps"]["idle"]["detail"].startswith(
-        "powered off: no training and no notebook activity"
+        "stopped: no training and no notebook activity"
     )
+    assert status["error"] is None
+    assert read_bytes_of(vm, "workspace/late.txt") == b"late\n"  # the last sync before the stop
+    # What the group does next: it deletes the VM, whose shutdown runs the final sync again.
+    vm.machine.exec("systemctl", "poweroff")
+    assert vm.machine.wait_exit(timeout=120) == EXIT_POWEROFF

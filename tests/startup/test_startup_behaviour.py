@@ -521,7 +521,7 @@ def test_idle_check_without_an_env_powers_off_an_old_vm(vm: FakeVm) -> None:
     assert vm.flagged("shutdown")
     status = vm.status()
     assert status["phase"] == "idle"
-    assert status["steps"]["idle"]["detail"] == "powered off: no environment, up 3700s"
+    assert status["steps"]["idle"]["detail"] == "stopped: no environment, up 3700s"
 
 
 def test_idle_check_without_an_env_keeps_a_young_vm_up(vm: FakeVm) -> None:
@@ -605,3 +605,30 @@ def test_a_kernel_upgrade_gets_the_module_for_the_new_kernel_without_a_reboot(vm
     assert vm.calls("reboot") == []
     assert vm.status()["steps"]["driver"]["state"] == "done"
     assert vm.handed_over()
+
+
+def test_idle_check_without_an_env_in_a_group_resizes_it_instead_of_powering_off(
+    vm: FakeVm,
+) -> None:
+    """A group recreates a VM that powers off (a loop that keeps paying): it must delete it."""
+    vm.fail("uv", "sync")
+    vm.flag("driver-loaded")
+    assert vm.boot().returncode != 0
+    vm.set_metadata(
+        {
+            "instance/attributes/kgg-instance-group": "kgg-dev-1a2b3c",
+            "instance/attributes/kgg-instance-group-region": "us-central1",
+            "project/project-id": "my-project",
+        }
+    )
+    (vm.root / "proc").mkdir()
+    (vm.root / "proc/uptime").write_text("3700.00 100.0\n")
+
+    check = vm.run_bootstrap("idle-check")
+
+    assert check.returncode == 0, check.stderr
+    assert not vm.flagged("shutdown")
+    assert vm.cloud.requested("/resize") == [
+        "POST /compute/v1/projects/my-project/regions/us-central1/instanceGroupManagers/"
+        "kgg-dev-1a2b3c/resize?size=0"
+    ]

@@ -61,13 +61,13 @@ class FakeSystem(System):
         ok = Completed(argv, 0, "", "")
         if name == "systemctl":
             words = [arg for arg in argv[1:] if not arg.startswith("-")]
-            verb, unit = words[0], words[-1]
+            verb, unit, units = words[0], words[-1], set(words[1:])
             if verb == "is-active":
                 return Completed(argv, 0 if unit in self.active else 3, "", "")
             if verb in ("start", "restart") or (verb == "enable" and "--now" in argv):
-                self.active.add(unit)
+                self.active |= units
             elif verb in ("stop", "disable"):
-                self.active.discard(unit)
+                self.active -= units
             elif verb == "show":
                 state = self.states.get(unit, "active" if unit in self.active else "inactive")
                 return Completed(argv, 0, state + "\n", "")

@@ -337,4 +337,47 @@ def test_idle_step_enables_the_timer(agent: Agent, system: FakeSystem) -> None:
 
     assert "kgg-idle-check.timer" in system.active
     detail = uploaded_status(agent.instance.bucket)["steps"]["idle"]["detail"]
-    assert detail == "powers off after 60 idle minutes"
+    assert detail == "stops after 60 idle minutes"
+
+
+def with_workspace(agent: Agent) -> Agent:
+    instance = dataclasses.replace(agent.instance, workspace_prefix="workspace/", group="g")
+    return dataclasses.replace(agent, instance=instance)
+
+
+def test_the_workspace_comes_back_as_the_notebook_user_before_jupyter_starts(
+    agent: Agent, system: FakeSystem
+) -> None:
+    agent = with_workspace(agent)
+
+    assert boot(agent) == 0
+
+    restore = next(
+        i for i, call in enumerate(system.calls) if call[-2:] == ["workspace", "restore"]
+    )
+    start = system.calls.index(["systemctl", "restart", "kgg-jupyter.service"])
+    assert restore < start
+    assert system.calls[restore][:4] == ["runuser", "-u", "jupyter", "--"]
+    assert agent.paths.workspace_restored.exists()
+    assert {"kgg-workspace-sync.timer", "kgg-workspace-final.service"} <= system.active
+    final = (agent.paths.units / "kgg-workspace-final.service").read_text()
+    assert "User=jupyter" in final
+    assert (
+        "ExecStop=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm workspace sync --deadline 20"
+        in final
+    )
+    sync = (agent.paths.units / "kgg-workspace-sync.service").read_text()
+    assert "User=jupyter" in sync and "workspace sync" in sync
+
+
+def test_a_workspace_that_cannot_be_restored_keeps_syncing_off(
+    agent: Agent, system: FakeSystem
+) -> None:
+    agent = with_workspace(agent)
+    system.failing.append("workspace restore")
+
+    assert boot(agent) == 0  # JupyterLab still comes up: the user can work
+
+    assert not agent.paths.workspace_restored.exists()
+    detail = uploaded_status(agent.instance.bucket)["steps"]["jupyter"]["detail"]
+    assert "workspace NOT restored from gs://" in detail

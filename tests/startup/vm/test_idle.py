@@ -10,6 +10,7 @@ from pathlib import Path
 from startup.vm.agent import Agent
 from startup.vm.idle import boot_time, decide, idle_check, parse_time
 from startup.vm.job_state import JobState, read_job_state
+from startup.vm.stop import stop_vm
 from tests.startup.vm.conftest import FakeSystem, uploaded_status
 
 
@@ -165,7 +166,7 @@ def check(agent: Agent, uptime_seconds: float = 7200):
         paths=agent.paths,
         settings=settings,
         system=agent.system,
-        status=agent.status,
+        stop=lambda detail: stop_vm(agent, detail),
         log=agent.log,
         now=datetime.now(UTC),
     )
@@ -178,10 +179,10 @@ def test_idle_check_powers_off_an_old_vm_whose_jupyter_is_gone(
 
     assert decision.shutdown
     assert "did not answer" in decision.reason
-    assert system.powered_off == "keras-gpu-gcp: idle"
+    assert system.powered_off == f"keras-gpu-gcp: stopped: {decision.reason}"  # no group
     status = uploaded_status(agent.instance.bucket)
     assert status["phase"] == "idle"
-    assert status["steps"]["idle"]["detail"] == f"powered off: {decision.reason}"
+    assert status["steps"]["idle"]["detail"] == f"stopped: {decision.reason}"
 
 
 def test_idle_check_stays_up_while_training_runs(agent: Agent, system: FakeSystem) -> None:

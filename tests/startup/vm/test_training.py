@@ -106,7 +106,7 @@ def test_failed_training_is_reported_and_powers_off_with_shutdown_after_training
     assert status["error"]["message"] == "python -m workload train exited with 3"
     assert "Traceback: boom" in status["error"]["log_tail"]
     assert "the run resumes at the next boot" in status["error"]["hint"]
-    assert system.powered_off == "keras-gpu-gcp: training ended"
+    assert system.powered_off == "keras-gpu-gcp: stopped: training ended (shutdownAfterTraining)"
     assert agent.marked(f"training-done-{RUN_ID}") is None
 
 
@@ -119,7 +119,7 @@ def test_successful_training_powers_off_with_shutdown_after_training(
 
     assert training_job(agent, poll_seconds=0.1) == 0
 
-    assert system.powered_off == "keras-gpu-gcp: training ended"
+    assert system.powered_off == "keras-gpu-gcp: stopped: training ended (shutdownAfterTraining)"
     assert uploaded_status(BUCKET)["training"] == "done"
 
 

