@@ -1,6 +1,6 @@
-"""The Google endpoints the VM talks to before its Python env exists, on one loopback HTTP server:
-the metadata server, Secret Manager's `versions/latest:access`, GCS's JSON download and simple
-media upload, Compute Engine's group resize, and plain files (the uv wheel). Each answers like the real one where the VM can
+"""The Google endpoints the VM talks to, on one loopback HTTP server: the metadata server, Secret
+Manager's `versions/latest:access`, GCS's JSON download and simple media upload, Compute Engine's
+group resize, and plain files (the uv wheel). Each answers like the real one where the VM can
 tell (headers it requires, status codes); tests inject failures and read the request log.
 
 The startup script reaches it through its KGG_* endpoint seams (`FakeCloud.environment()`); the

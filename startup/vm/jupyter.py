@@ -22,7 +22,6 @@ from startup.vm.config import (
     WORKSPACE_SYNC_UNIT,
     VmSettings,
 )
-from startup.vm.system import CommandError
 from startup.vm.units import render, write_if_changed
 from startup.vm.workspace import FINAL_SYNC_SECONDS, SYNC_SECONDS, workspace_command
 
@@ -177,13 +176,13 @@ def _write_units(agent: Agent) -> bool:
     refresh = {"app": paths.on_vm(paths.app), "python": paths.on_vm(paths.venv_python)}
     if agent.instance.workspace_url:
         workspace = refresh | {"user": NOTEBOOK_USER, "home": paths.on_vm(paths.notebook_home)}
-        for unit, template, extra in (
+        for name, template, extra in (
             (WORKSPACE_SYNC_UNIT, "kgg-workspace-sync.service.j2", {}),
             (WORKSPACE_SYNC_TIMER, "kgg-workspace-sync.timer.j2", {"period": SYNC_SECONDS}),
             (WORKSPACE_FINAL_UNIT, "kgg-workspace-final.service.j2",
              {"deadline": FINAL_SYNC_SECONDS}),
         ):  # fmt: skip
-            write_if_changed(paths.units / unit, render(template, **workspace, **extra))
+            write_if_changed(paths.units / name, render(template, **workspace, **extra))
     write_if_changed(
         paths.units / PASSWORD_REFRESH_UNIT, render("kgg-password-refresh.service.j2", **refresh)
     )
@@ -192,6 +191,13 @@ def _write_units(agent: Agent) -> bool:
         render("kgg-password-refresh.timer.j2", period=PASSWORD_REFRESH_SECONDS),
     )
     return write_if_changed(paths.units / JUPYTER_UNIT, unit)
+
+
+def _log_unit(agent: Agent, unit: str) -> None:
+    """What systemd says of a unit, into the log (the status document shows its tail)."""
+    status = agent.system.systemctl("status", "--no-pager", "--lines=0", unit, check=False)
+    journal = agent.system.run(["journalctl", "-u", unit, "-n", "20", "--no-pager"], check=False)
+    agent.log.error("%s\n%s", status.stdout.strip(), journal.stdout.strip())
 
 
 def restore_workspace(agent: Agent) -> str:
@@ -226,20 +232,21 @@ def setup(agent: Agent) -> str:
     if agent.instance.workspace_url:
         agent.system.systemctl("enable", "--now", WORKSPACE_SYNC_TIMER, WORKSPACE_FINAL_UNIT)
     environment = agent.marked("python-env")
-    if changed or agent.marked("python-env-jupyter") != environment:
-        agent.system.systemctl("restart", JUPYTER_UNIT)
-    elif not agent.system.is_active(JUPYTER_UNIT):
-        agent.system.systemctl("start", JUPYTER_UNIT)
+    verb = "restart" if changed or agent.marked("python-env-jupyter") != environment else "start"
+    if verb == "restart" or not agent.system.is_active(JUPYTER_UNIT):
+        started = agent.system.systemctl(verb, JUPYTER_UNIT, check=False)
+        if started.returncode != 0:
+            _log_unit(agent, JUPYTER_UNIT)
+            raise StepFailed(
+                f"`systemctl {verb} {JUPYTER_UNIT}` failed: {started.stderr.strip()}",
+                f"its unit's log is in log_tail; journalctl -u {JUPYTER_UNIT}",
+            )
     agent.mark("python-env-jupyter", environment or "")
     local = f"https://127.0.0.1:{agent.settings.notebook_port}"
     deadline = time.monotonic() + START_SECONDS
     while not agent.jupyter_answers(local):
         if time.monotonic() >= deadline:
-            try:
-                status = agent.system.systemctl("status", "--no-pager", JUPYTER_UNIT, check=False)
-                agent.log.error("%s", status.stdout)
-            except CommandError:
-                pass
+            _log_unit(agent, JUPYTER_UNIT)
             raise StepFailed(
                 f"JupyterLab does not answer on {local}", f"journalctl -u {JUPYTER_UNIT}"
             )

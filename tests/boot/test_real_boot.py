@@ -52,6 +52,7 @@ TRAINING_ARGS = [
 ]  # fmt: skip
 IDLE_CHECK_SECONDS = 20  # the idle timer's period in the idle-shutdown test
 GROUP = "kgg-dev-1a2b3c"  # the VM's managed instance group (infra/component.py)
+KEEP_ENV = "KGG_BOOT_KEEP"  # =1: keep the machine's root after the suite, to read its journal
 PROJECT = "boot-test-project"
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
@@ -160,7 +161,10 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
             yield test_vm
         finally:
             machine.kill()
-            shutil.rmtree(machine.root, ignore_errors=True)
+            if os.environ.get(KEEP_ENV) == "1":
+                print(f"\nthe machine's root is kept in {machine.root} ({KEEP_ENV}=1)")
+            else:
+                shutil.rmtree(machine.root, ignore_errors=True)
 
 
 def steps(status: dict[str, Any]) -> dict[str, str]:

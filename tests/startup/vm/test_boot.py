@@ -368,6 +368,11 @@ def test_the_workspace_comes_back_as_the_notebook_user_before_jupyter_starts(
     )
     sync = (agent.paths.units / "kgg-workspace-sync.service").read_text()
     assert "User=jupyter" in sync and "workspace sync" in sync
+    # JupyterLab's own unit is intact beside them (a real boot found it overwritten once).
+    assert (
+        "ExecStart=/opt/keras-gpu-gcp/venv/bin/jupyter lab --config="
+        in (agent.paths.units / "kgg-jupyter.service").read_text()
+    )
 
 
 def test_a_workspace_that_cannot_be_restored_keeps_syncing_off(
