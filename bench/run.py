@@ -393,11 +393,14 @@ def _gib(value: float | None) -> float | None:
 
 DOCS_HEADER = """# Benchmarks
 
-The last full run of `uv run python bench/run.py` (issue 6) and the machine it ran on. Rerun it
-to refresh this page: about 10 minutes on an idle 2-core machine, 15 when it is shared, plus 6
-minutes once to generate the synthetic data (2.9 GB in `bench/.cache/`). `--quick` checks that
-every part runs in under 3 minutes (112 px, 120 images: figures not comparable); `--gpu` measures
-a GPU VM and prints `skipped: no GPU` elsewhere.
+The last full run of `uv run python bench/run.py` (issues 6 and 14) and the machine it ran on.
+Rerun it to refresh this page: about 10 minutes per precision on an idle 2-core machine, more
+when it is shared, plus 6 minutes once to generate the synthetic data (2.9 GB in
+`bench/.cache/`). `--precisions float32,bfloat16` picks what is measured besides float32 and the
+job's `--precision auto`. `--quick` checks that every part runs in a few minutes (112 px, 120
+images, float32 and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the
+job's mixed precision with and without XLA, the real job end to end) and prints `skipped: no
+GPU` elsewhere.
 
 How the figures are obtained:
 - **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into
@@ -425,6 +428,11 @@ How the figures are obtained:
   forward + weight gradients of trainable layers + input gradients above the first trainable one.
 - **CPUs busy** = process CPU seconds / wall seconds while timed: below the core count means other
   processes shared the machine, and the rates are lower than on an idle one.
+- **Precisions side by side**: each row is measured once per Keras dtype policy (`float32`,
+  `mixed_bfloat16`, ...), one after the other in the same run, every model built in that policy as
+  `--precision` makes the job build it; `(auto)` marks the job's own choice on the machine. Absolute
+  rates drift between runs on a shared machine; ratios between rows of one run hold. The load
+  average (1, 5, 15 min) at start and end is recorded with the machine.
 
 """
 

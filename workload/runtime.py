@@ -75,9 +75,10 @@ def choose_precision(
         return Precision(POLICIES[fastest], f"auto: {device}")
     if requested in native:
         return Precision(POLICIES[requested], f"--precision {requested}")
+    where = device if compute_capabilities else "this CPU"
     return Precision(
         POLICIES[requested],
-        f"--precision {requested}, emulated on a {device}: expect it slower than float32",
+        f"--precision {requested}, emulated on {where}: expect it slower than float32",
     )
 
 
