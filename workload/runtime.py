@@ -38,10 +38,6 @@ class Precision:
     policy: str
     reason: str
 
-    @property
-    def mixed(self) -> bool:
-        return self.policy != "float32"
-
 
 def choose_precision(
     requested: str,
