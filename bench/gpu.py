@@ -127,19 +127,10 @@ def main(plan: Plan, data_root: Path) -> int:
         forward_steps=GPU_STEPS, training_steps=GPU_STEPS,
     )  # fmt: skip
     full = run.full_sizes()
-    measured = [
-        precisions.measure_setting(
-            setting,
-            images,
-            labels,
-            steps,
-            defaults.unfreeze_blocks,
-            train_lib.MAPS_VIEWS,
-            full,
-            sample_gpu=True,
-        )
-        for setting in gpu_settings(auto.policy, job_xla)
-    ]
+    measured = precisions.measure_settings(
+        gpu_settings(auto.policy, job_xla), images, labels, steps, defaults.unfreeze_blocks,
+        train_lib.MAPS_VIEWS, full, sample_gpu=True,
+    )  # fmt: skip
     del images
     epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
     precisions.add_rows(

@@ -7,8 +7,9 @@ Shared by the CPU run (bench/run.py) and the GPU run (bench/gpu.py)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,8 +68,8 @@ class Measured:
     utilisation: float | None = None
 
 
-def measure_setting(
-    setting: Setting,
+def measure_settings(
+    settings: list[Setting],
     images: np.ndarray,
     labels: np.ndarray,
     plan: Plan,
@@ -76,44 +77,67 @@ def measure_setting(
     views: int,
     sizes: estimate.Sizes,
     sample_gpu: bool = False,
-) -> Measured:
-    """Every rate of one Setting, each model built in its policy as the job builds it."""
+) -> list[Measured]:
+    """Every rate of every Setting, each model built in its policy as the job builds it.
+
+    Row by row, each row for every Setting in turn: on a shared machine whose load drifts, the
+    Settings' figures of one row are measured minutes apart at most, not a whole pass apart."""
     from bench.run import log
 
-    jit = setting.jit_compile
     size = images.shape[1]
-    with measure.precision(setting.policy):
-        log(f"{setting.label}: phase 1, {plan.feature_steps} batches")
+    rows: dict[Setting, dict[str, Any]] = {setting: {} for setting in settings}
+
+    def each(what: str, measure_one: Callable[[Setting], dict[str, Any]]) -> None:
+        for setting in settings:
+            log(f"{setting.label}: {what}")
+            with measure.precision(setting.policy):
+                rows[setting].update(measure_one(setting))
+            measure._clear()
+
+    def phase_1(setting: Setting) -> dict[str, Any]:
         features, last_block, maps = measure.feature_steps(
-            images, plan.feature_steps, setting.policy, jit
+            images, plan.feature_steps, setting.policy, setting.jit_compile
         )
-        measure._clear()
-        log(f"{setting.label}: head epoch on cached features (full size)")
-        head_s = measure.head_epoch(sizes.train, sizes.val, FEATURES, N_CLASSES, jit)
-        log(f"{setting.label}: phase 2, {plan.finetune_steps} steps")
+        return {"features": features, "last_block": last_block, "maps": maps}
+
+    def phase_2(setting: Setting) -> dict[str, Any]:
         sampler = hardware.UtilizationSampler() if sample_gpu else None
         with sampler or contextlib.nullcontext():
             if unfreeze_blocks == 1:
+                maps = rows[setting].pop("maps")
                 finetune = measure.finetune_steps(
-                    maps, labels, N_CLASSES, plan.finetune_steps, views, jit
+                    maps, labels, N_CLASSES, plan.finetune_steps, views, setting.jit_compile
                 )
             else:
                 finetune = measure.finetune_steps_on_images(
-                    images, labels, N_CLASSES, plan.finetune_steps, unfreeze_blocks, jit
-                )
-        del maps
-        log(f"{setting.label}: guide recipe, {plan.guide_steps} steps")
-        guide = measure.guide_steps(images, labels, N_CLASSES, plan.guide_steps, jit)
-        log(f"{setting.label}: VGG16 forward {plan.forward_steps}, training {plan.training_steps}")
-        forward = measure.vgg16_forward(plan.forward_steps, size, jit)
-        training = measure.vgg16_training(plan.training_steps, size, jit)
-    utilisation = None
-    if sampler is not None and finetune.window is not None:
-        busy = hardware.utilization_in(sampler.samples, *finetune.window)
-        utilisation = sum(busy) / len(busy) if busy else None
-    return Measured(
-        setting, features, last_block, head_s, finetune, guide, forward, training, utilisation
-    )
+                    images, labels, N_CLASSES, plan.finetune_steps, unfreeze_blocks,
+                    setting.jit_compile,
+                )  # fmt: skip
+        busy = (
+            hardware.utilization_in(sampler.samples, *finetune.window)
+            if sampler is not None and finetune.window is not None
+            else []
+        )
+        return {"finetune": finetune, "utilisation": sum(busy) / len(busy) if busy else None}
+
+    each(f"phase 1, {plan.feature_steps} batches", phase_1)
+    each("head epoch on cached features (full size)", lambda s: {
+        "head_epoch_s": measure.head_epoch(
+            sizes.train, sizes.val, FEATURES, N_CLASSES, s.jit_compile
+        )})  # fmt: skip
+    each(f"phase 2, {plan.finetune_steps} steps", phase_2)
+    each(f"guide recipe, {plan.guide_steps} steps", lambda s: {
+        "guide": measure.guide_steps(images, labels, N_CLASSES, plan.guide_steps, s.jit_compile)
+    })  # fmt: skip
+    each(f"VGG16 forward, {plan.forward_steps} batches", lambda s: {
+        "forward": measure.vgg16_forward(plan.forward_steps, size, s.jit_compile)
+    })  # fmt: skip
+    each(f"VGG16 training, {plan.training_steps} steps", lambda s: {
+        "training": measure.vgg16_training(plan.training_steps, size, s.jit_compile)
+    })  # fmt: skip
+    for values in rows.values():
+        values.pop("maps", None)
+    return [Measured(setting, **values) for setting, values in rows.items()]
 
 
 def rates(decode_ips: float, measured: Measured, views: int, on_maps: bool) -> estimate.Rates:

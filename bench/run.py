@@ -245,12 +245,10 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
 
     auto = runtime.local_precision()
     full = full_sizes()
-    measured = [
-        precisions.measure_setting(
-            setting, images, labels, plan, defaults.unfreeze_blocks, train_lib.MAPS_VIEWS, full
-        )
-        for setting in precisions.settings(wanted, auto.policy)
-    ]
+    measured = precisions.measure_settings(
+        precisions.settings(wanted, auto.policy), images, labels, plan,
+        defaults.unfreeze_blocks, train_lib.MAPS_VIEWS, full,
+    )  # fmt: skip
     del images
     epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
     totals = precisions.add_rows(

@@ -122,11 +122,13 @@ def test_gpu_run_reports_every_target_from_its_measurements(
     pipeline = measure.PipelineResult(120, 1.0, 0.1, 0.01, 0.1)
     monkeypatch.setattr(measure, "input_pipeline", lambda *args: (pipeline, None, None))
 
-    def measured(setting: Setting, *args: object, **kwargs: object) -> Measured:
-        speed = (2.5 if setting.policy != "float32" else 1.0) * (1.1 if setting.jit_compile else 1)
-        return _measured(setting, 100 * speed, utilisation=97.0)
+    def measured(settings: list[Setting], *args: object, **kwargs: object) -> list[Measured]:
+        def speed(s: Setting) -> float:
+            return 100 * (2.5 if s.policy != "float32" else 1.0) * (1.1 if s.jit_compile else 1)
 
-    monkeypatch.setattr(precisions, "measure_setting", measured)
+        return [_measured(s, speed(s), utilisation=97.0) for s in settings]
+
+    monkeypatch.setattr(precisions, "measure_settings", measured)
 
     def job(data_root: Path, size: int, cache: Path, log_path: Path) -> float:
         log_path.write_text("done: held-out micro-F1 0.9\n")
