@@ -141,20 +141,21 @@ def test_backup_restore_never_writes_outside_the_work_folder(
     gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from workload.config import TrainConfig
-    from workload.runstate import Run
+    from workload.runstate import STATE_VERSION, Run
 
     bucket = gcs_bucket_like_real_gcs
     config = TrainConfig(data="unused", out=f"gs://{bucket}/runs/r1", cache_dir=str(tmp_path / "c"))
+    fingerprint = {"options": config.fingerprint(), "data": {"digest": "d", "files": 1, "bytes": 1}}
     state = {
-        "version": 1,
-        "fingerprint": config.fingerprint(),
+        "version": STATE_VERSION,
+        "fingerprint": fingerprint,
         "phases": {"head": {"epochs_done": 1, "done": False}},
         "history": [],
     }
     storage.write_json(f"gs://{bucket}/runs/r1/backup/state.json", state)
     victim = tmp_path / "home" / ".ipython" / "startup.py"
     plant_hostile_objects(bucket, "runs/r1/backup", victim, b"import os")
-    run = Run(config)
+    run = Run(config, fingerprint)
     assert run.state["phases"]["head"]["epochs_done"] == 1
     assert victims_untouched(victim)
     assert capsys.readouterr().err.count("warning: not downloading") == 2
