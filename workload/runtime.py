@@ -37,6 +37,8 @@ class Precision:
 
     policy: str
     reason: str
+    # True when the hardware has no native arithmetic for it: slower than float32, not faster.
+    emulated: bool = False
 
 
 def choose_precision(
@@ -75,6 +77,7 @@ def choose_precision(
     return Precision(
         POLICIES[requested],
         f"--precision {requested}, emulated on {where}: expect it slower than float32",
+        emulated=True,
     )
 
 

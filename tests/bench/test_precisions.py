@@ -14,6 +14,8 @@ from bench.report import Report
 from workload.runtime import Precision
 
 SIZES = estimate.Sizes(3801, 949, 794)
+ZEN3 = frozenset({"avx2", "fma"})
+ZEN4 = frozenset({"avx2", "fma", "avx512f", "avx512_bf16"})
 
 
 def _steps(images_per_second: float) -> measure.Steps:
@@ -150,3 +152,23 @@ def test_gpu_run_reports_every_target_from_its_measurements(
     )  # fmt: skip
     assert report.value("phase 2: fine-tuning (fit), mixed_bfloat16") == pytest.approx(1.1)
     assert report.value("retracing warnings in the job's output") == 0
+
+
+@pytest.mark.parametrize(("emulated", "measured"), [(True, []), (False, ["bfloat16"])])
+def test_quick_run_measures_bfloat16_only_where_the_hardware_computes_it(
+    monkeypatch: pytest.MonkeyPatch, emulated: bool, measured: list[str]
+) -> None:
+    """Emulated bfloat16 takes minutes per guide step on a CPU without AVX512_BF16: --quick
+    skips it there and says so, and measures it where it is native."""
+    from workload import runtime
+
+    def local_precision(requested: str = "auto") -> Precision:
+        return runtime.choose_precision(requested, [], ZEN3 if emulated else ZEN4)
+
+    monkeypatch.setattr(runtime, "local_precision", local_precision)
+    report = Report(mode="quick", machine={})
+    assert run._native(run.QUICK, report) == measured
+    notes = [n for n in report.notes if "Not measured" in n]
+    assert len(notes) == emulated
+    if emulated:
+        assert "emulated on this CPU" in notes[0] and "--precisions bfloat16" in notes[0]

@@ -73,6 +73,7 @@ def test_requested_precision_overrides_auto_and_says_when_it_is_emulated(
     assert chosen.policy == policy
     assert chosen.reason.startswith(f"--precision {requested}")
     assert ("emulated" in chosen.reason) is emulated
+    assert chosen.emulated is emulated
 
 
 def test_cpu_flags_come_from_the_first_processor_of_proc_cpuinfo() -> None:
