@@ -54,7 +54,7 @@ def precision(policy: str) -> Iterator[None]:
         yield
 
 
-def _clear() -> None:
+def clear_session() -> None:
     import keras
 
     keras.backend.clear_session()
@@ -187,19 +187,19 @@ def guide_steps(
     )
     schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
     optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
-    train_lib._compile(model, optimizer, jit_compile)
+    train_lib.compile_model(model, optimizer, jit_compile)
     result = fit_steps(model, _dataset(x, y, n_classes, shuffle=True), steps, BATCH)
     del model
-    _clear()
+    clear_session()
     return result
 
 
 def feature_steps(
     images: np.ndarray, steps: int, policy: str = "float32", jit_compile: bool = False
 ) -> tuple[Steps, Steps, np.ndarray]:
-    """Phase 1 exactly as the job runs it with one block to fine-tune: train._block4_maps (the
+    """Phase 1 exactly as the job runs it with one block to fine-tune: train.write_frozen_maps (the
     frozen trunk's block4_pool maps, chunked model.predict into a 16-bit .npy of the policy's
-    maps dtype) on steps x 32 images after a one-batch warm-up, then train._features of block5
+    maps dtype) on steps x 32 images after a one-batch warm-up, then train.pooled_features of block5
     + pooling on those maps. Build the models in `policy` (see `precision`).
 
     Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
@@ -215,25 +215,25 @@ def feature_steps(
     dtype = train_lib.maps_dtype(policy)
     with tempfile.TemporaryDirectory(prefix="bench-maps-") as folder:
         path = Path(folder, "maps.npy")
-        train_lib._block4_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
+        train_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib._block4_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
+        train_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
-        maps = train_lib._cached_maps(path, len(x), dtype)
+        maps = train_lib.read_cached_maps(path, len(x), dtype)
     if maps.shape[0] != len(x):
         raise ValueError(f"maps of {maps.shape[0]} images, expected {len(x)}")
     maps_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
-        train_lib._features(last_block, maps[:BATCH], BATCH, jit_compile)
+        train_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib._features(last_block, maps, BATCH, jit_compile)
+        train_lib.pooled_features(last_block, maps, BATCH, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
     last_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     del base, trunk, last_block
-    _clear()
+    clear_session()
     return maps_steps, last_steps, maps
 
 
@@ -254,7 +254,7 @@ def head_epoch(
     y_val = rng.integers(0, n_classes, n_val)
     weights = data_lib.class_weights(y_train, n_classes)[y_train]
     head = model_lib.build_head(f_train, n_classes, 0.3)
-    train_lib._compile(head, keras.optimizers.Adam(1e-3), jit_compile)
+    train_lib.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
     ends: list[float] = []
     clock = time.perf_counter
     head.fit(
@@ -265,7 +265,7 @@ def head_epoch(
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: ends.append(clock()))],
     )
     del head
-    _clear()
+    clear_session()
     return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
@@ -294,7 +294,7 @@ def finetune_steps(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, 1)
     model = model_lib.build_maps_model(last_block, head)
-    train_lib._compile(model, keras.optimizers.Adam(1e-5), jit_compile)
+    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     n = (steps + 1) * BATCH
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
@@ -302,7 +302,7 @@ def finetune_steps(
     ds = _dataset(rows, y, n_classes, sample_weights=weights, shuffle=True, views=views)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, last_block, head
-    _clear()
+    clear_session()
     return result
 
 
@@ -328,13 +328,13 @@ def finetune_steps_on_images(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
     model = model_lib.build_finetune_model(extractor, head)
-    train_lib._compile(model, keras.optimizers.Adam(1e-5), jit_compile)
+    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     weights = data_lib.class_weights(y, n_classes)[y]
     ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, extractor, head
-    _clear()
+    clear_session()
     return result
 
 
@@ -357,7 +357,7 @@ def vgg16_forward(steps: int, size: int = IMAGE_SIZE, jit_compile: bool = False)
     seconds = time.perf_counter() - started
     cpus = (time.process_time() - cpu) / seconds
     del model
-    _clear()
+    clear_session()
     return Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
 
 
@@ -376,5 +376,5 @@ def vgg16_training(steps: int, size: int = IMAGE_SIZE, jit_compile: bool = False
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     result = fit_steps(model, ds, steps, BATCH)
     del model
-    _clear()
+    clear_session()
     return result

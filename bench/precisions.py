@@ -92,7 +92,7 @@ def measure_settings(
             log(f"{setting.label}: {what}")
             with measure.precision(setting.policy):
                 rows[setting].update(measure_one(setting))
-            measure._clear()
+            measure.clear_session()
 
     def phase_1(setting: Setting) -> dict[str, Any]:
         features, last_block, maps = measure.feature_steps(
@@ -230,11 +230,11 @@ def add_rows(
                     _how(m.guide, "build_guide_model + model.fit", guide_flops))),
         (SECTION_TRAIN, "phase 1: block4 maps (frozen blocks 1-4)", "img/s",
          lambda m: (m.features.images_per_second,
-                    _how(m.features, "train._block4_maps (chunked model.predict, 16-bit .npy)",
+                    _how(m.features, "train.write_frozen_maps (chunked model.predict, 16-bit .npy)",
                          trunk_flops))),
         (SECTION_TRAIN, "phase 1: block5 + pooling on the maps", "img/s",
          lambda m: (m.last_block.images_per_second,
-                    _how(m.last_block, "train._features of build_last_block",
+                    _how(m.last_block, "train.pooled_features of build_last_block",
                          flops.forward_flops(block5)))),
         (SECTION_TRAIN, "phase 1: head epoch on cached features", "s",
          lambda m: (m.head_epoch_s,

@@ -420,7 +420,7 @@ GPU` elsewhere.
 How the figures are obtained:
 - **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into
   the `.npy` cache), `workload.data.make_dataset` (tf.data), `workload.model.build_*` and
-  `workload.train._compile` / `_block4_maps` / `_features`. VGG16 weights are random
+  `workload.train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
 - **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's
   `block4_pool` maps once: of every training image as is and flipped left-right (its phase-2

@@ -144,7 +144,7 @@ def _epoch_callback(
     return EpochKeeper()
 
 
-def _compile(model: Any, optimizer: Any, jit_compile: bool = False) -> None:
+def compile_model(model: Any, optimizer: Any, jit_compile: bool = False) -> None:
     """Loss and metrics of every phase. Under mixed_float16 Keras wraps the optimizer in a
     LossScaleOptimizer (compile's auto_scale_loss); bfloat16 needs no loss scaling."""
     import keras
@@ -217,7 +217,7 @@ def _fit_phase(
     run.save()
 
 
-def _features(
+def pooled_features(
     extractor: Any, images: np.ndarray, batch_size: int, jit_compile: bool = False
 ) -> np.ndarray:
     """Pooled features of the frozen base, one forward pass (phase 1 trains on these).
@@ -241,7 +241,7 @@ def maps_dtype(policy: str) -> np.dtype:
     return MAPS_DTYPE
 
 
-def _block4_maps(
+def write_frozen_maps(
     trunk: Any,
     images: np.ndarray,
     batch_size: int,
@@ -471,7 +471,7 @@ def _train_guide(
         schedule = keras.optimizers.schedules.InverseTimeDecay(
             config.guide_lr, decay_steps=1, decay_rate=config.guide_decay
         )
-        _compile(
+        compile_model(
             model,
             keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
             runtime.jit_compile,
@@ -539,13 +539,13 @@ def _train_fast(
         if not maps:
             for name, images, n_views in (("train", x_train, views), ("val", x_val, 1)):
                 path = run.local_only / f"maps.{name}.{policy}.npy"
-                maps[name] = _cached_maps(path, len(images) * n_views, dtype)
+                maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
                 if not len(maps[name]):
                     for other in run.local_only.glob(f"maps.{name}.*.npy"):
                         other.unlink()  # made at another precision: never used, 1 GB+ of disk
                     print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
-                    _block4_maps(trunk, images, batch, path, n_views, dtype, xla)
-                    maps[name] = _cached_maps(path, len(images) * n_views, dtype)
+                    write_frozen_maps(trunk, images, batch, path, n_views, dtype, xla)
+                    maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
         return maps
 
     if ps["done"]:
@@ -565,12 +565,12 @@ def _train_fast(
         if on_maps:
             load_maps()
             # Unaugmented features for the head: the first view, block5 + pooling on the maps.
-            f_train = _features(last_block, maps["train"][: len(x_train)], batch, xla)
-            f_val = _features(last_block, maps["val"], batch, xla)
+            f_train = pooled_features(last_block, maps["train"][: len(x_train)], batch, xla)
+            f_val = pooled_features(last_block, maps["val"], batch, xla)
             images = views * len(x_train) + len(x_val)
         else:
-            f_train = _features(extractor, x_train, batch, xla)
-            f_val = _features(extractor, x_val, batch, xla)
+            f_train = pooled_features(extractor, x_train, batch, xla)
+            f_val = pooled_features(extractor, x_val, batch, xla)
             images = len(x_train) + len(x_val)
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
@@ -592,7 +592,7 @@ def _train_fast(
     train_weights = class_weights[y_train]
     with runtime.strategy.scope():
         head = model_lib.build_head(f_train, n_classes, config.head_dropout)
-        _compile(head, keras.optimizers.Adam(config.head_lr), xla)
+        compile_model(head, keras.optimizers.Adam(config.head_lr), xla)
 
     def head_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
         train_ds, steps = data_lib.training_dataset(
@@ -617,7 +617,7 @@ def _train_fast(
         # The full image -> probabilities model: evaluated and saved, whichever path trains it.
         model = model_lib.build_finetune_model(extractor, head)
         trained = model_lib.build_maps_model(last_block, head) if on_maps else model
-        _compile(trained, keras.optimizers.Adam(config.finetune_lr), xla)
+        compile_model(trained, keras.optimizers.Adam(config.finetune_lr), xla)
     print(f"finetune: trainable {unfrozen}" + (" on cached block4 maps" if on_maps else ""))
 
     def finetune_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
@@ -649,7 +649,7 @@ def _train_fast(
     return model
 
 
-def _cached_maps(path: Path, rows: int, dtype: np.dtype) -> np.ndarray:
+def read_cached_maps(path: Path, rows: int, dtype: np.dtype) -> np.ndarray:
     """The maps cached at `path` as `dtype` when they are whole and have `rows` rows; else an
     empty array (a missing file, or one a kill or full disk left unreadable: deleted, computed
     again)."""
