@@ -273,3 +273,28 @@ def gpu_catalogue_key(name: str) -> str | None:
         if re.search(rf"\b{token}\b", lowered):
             return key
     return None
+
+
+# Dense (no sparsity) float16/bfloat16 Tensor Core peak of each GPU, TFLOP/s, from NVIDIA's
+# datasheets (they quote twice these "with sparsity" for A100 and newer): what the features
+# phase is measured against. First match of the lowered nvidia-smi name wins.
+GPU_16BIT_DENSE_TFLOPS = (
+    ("h200", 989.0),  # H200 SXM: BF16 1,979 with sparsity
+    ("h100 nvl", 835.0),  # 1,671 with sparsity
+    ("h100 pcie", 756.0),  # 1,513 with sparsity
+    ("h100", 989.0),  # H100 SXM5, nvidia-smi "NVIDIA H100 80GB HBM3": 1,979 with sparsity
+    ("a100", 312.0),
+    ("l4", 121.0),  # 242 with sparsity
+    ("v100-pcie", 112.0),
+    ("v100", 125.0),  # SXM2
+    ("t4", 65.0),  # float16 only: no bfloat16 Tensor Cores
+)
+
+
+def gpu_16bit_peak_flops(name: str) -> float | None:
+    """The GPU's dense 16-bit Tensor Core peak in FLOP/s; None for a GPU not in the table."""
+    lowered = name.lower()
+    for token, tflops in GPU_16BIT_DENSE_TFLOPS:
+        if re.search(rf"\b{re.escape(token)}\b", lowered):
+            return tflops * 1e12
+    return None

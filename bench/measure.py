@@ -12,6 +12,7 @@ import gc
 import io
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,18 @@ class Steps:
         return self.batch / self.seconds_per_step
 
 
-def _clear() -> None:
+@contextlib.contextmanager
+def precision(policy: str) -> Iterator[None]:
+    """Builds every model of the block in Keras dtype policy `policy`, as runtime.configure
+    makes the job do; the global policy is put back afterwards."""
+    from workload import runtime
+
+    with runtime.keeping_global_policy():
+        runtime.set_policy(policy)
+        yield
+
+
+def clear_session() -> None:
     import keras
 
     keras.backend.clear_session()
@@ -158,7 +170,9 @@ def _repeat_to(images: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.n
     return images[index], labels[index]
 
 
-def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int) -> Steps:
+def guide_steps(
+    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, jit_compile: bool = False
+) -> Steps:
     """The guide recipe's training step: VGG16 with fc1/fc2, every layer trainable, SGD+nesterov,
     built and compiled by the job's own functions (weights=None: speed does not depend on them)."""
     size = images.shape[1]
@@ -172,17 +186,21 @@ def guide_steps(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: i
         model_lib.build_base("vgg16", None, size, include_top=True), n_classes
     )
     schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
-    train_lib._compile(model, keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True))
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    train_lib.compile_model(model, optimizer, jit_compile)
     result = fit_steps(model, _dataset(x, y, n_classes, shuffle=True), steps, BATCH)
     del model
-    _clear()
+    clear_session()
     return result
 
 
-def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Steps, np.ndarray]:
-    """Phase 1 exactly as the job runs it with one block to fine-tune: train._block4_maps (the
-    frozen trunk's block4_pool maps, chunked model.predict into a float16 .npy) on steps x 32
-    images after a one-batch warm-up, then train._features of block5 + pooling on those maps.
+def feature_steps(
+    images: np.ndarray, steps: int, policy: str = "float32", jit_compile: bool = False
+) -> tuple[Steps, Steps, np.ndarray]:
+    """Phase 1 exactly as the job runs it with one block to fine-tune: train.write_frozen_maps (the
+    frozen trunk's block4_pool maps, chunked model.predict into a 16-bit .npy of the policy's
+    maps dtype) on steps x 32 images after a one-batch warm-up, then train.pooled_features of block5
+    + pooling on those maps. Build the models in `policy` (see `precision`).
 
     Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
     import tempfile
@@ -194,31 +212,34 @@ def feature_steps(images: np.ndarray, steps: int) -> tuple[Steps, Steps, np.ndar
     base.trainable = False
     trunk, last_block = model_lib.build_frozen_trunk(base), model_lib.build_last_block(base)
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
+    dtype = train_lib.maps_dtype(policy)
     with tempfile.TemporaryDirectory(prefix="bench-maps-") as folder:
         path = Path(folder, "maps.npy")
-        train_lib._block4_maps(trunk, images[:BATCH], BATCH, path)
+        train_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib._block4_maps(trunk, x, BATCH, path)
+        train_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
-        maps = np.load(path)
+        maps = train_lib.read_cached_maps(path, len(x), dtype)
     if maps.shape[0] != len(x):
         raise ValueError(f"maps of {maps.shape[0]} images, expected {len(x)}")
     maps_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
-        train_lib._features(last_block, maps[:BATCH], BATCH)
+        train_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib._features(last_block, maps, BATCH)
+        train_lib.pooled_features(last_block, maps, BATCH, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
     last_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     del base, trunk, last_block
-    _clear()
+    clear_session()
     return maps_steps, last_steps, maps
 
 
-def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> float:
+def head_epoch(
+    n_train: int, n_val: int, n_features: int, n_classes: int, jit_compile: bool = False
+) -> float:
     """Seconds of one head epoch on cached features (the job's build_head, Adam, class weights,
     validation on n_val), on full-size random features; the second epoch is timed."""
     import keras
@@ -233,7 +254,7 @@ def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> flo
     y_val = rng.integers(0, n_classes, n_val)
     weights = data_lib.class_weights(y_train, n_classes)[y_train]
     head = model_lib.build_head(f_train, n_classes, 0.3)
-    train_lib._compile(head, keras.optimizers.Adam(1e-3))
+    train_lib.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
     ends: list[float] = []
     clock = time.perf_counter
     head.fit(
@@ -244,12 +265,17 @@ def head_epoch(n_train: int, n_val: int, n_features: int, n_classes: int) -> flo
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: ends.append(clock()))],
     )
     del head
-    _clear()
+    clear_session()
     return (ends[-1] - ends[0]) / (len(ends) - 1)
 
 
 def finetune_steps(
-    maps: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, views: int = 2
+    maps: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    steps: int,
+    views: int = 2,
+    jit_compile: bool = False,
 ) -> Steps:
     """Phase 2 as the job runs it with one block unfrozen: block5 + head on cached block4 maps
     (build_last_block + build_maps_model), Adam 1e-5, class-weighted batches drawing one of
@@ -268,7 +294,7 @@ def finetune_steps(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, 1)
     model = model_lib.build_maps_model(last_block, head)
-    train_lib._compile(model, keras.optimizers.Adam(1e-5))
+    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     n = (steps + 1) * BATCH
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
@@ -276,12 +302,17 @@ def finetune_steps(
     ds = _dataset(rows, y, n_classes, sample_weights=weights, shuffle=True, views=views)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, last_block, head
-    _clear()
+    clear_session()
     return result
 
 
 def finetune_steps_on_images(
-    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, unfreeze_blocks: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    steps: int,
+    unfreeze_blocks: int,
+    jit_compile: bool = False,
 ) -> Steps:
     """Phase 2 as the job runs it with more than one block unfrozen: extractor + head on
     augmented images, Adam 1e-5, class-weighted batches."""
@@ -297,20 +328,20 @@ def finetune_steps_on_images(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
     model = model_lib.build_finetune_model(extractor, head)
-    train_lib._compile(model, keras.optimizers.Adam(1e-5))
+    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     weights = data_lib.class_weights(y, n_classes)[y]
     ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, extractor, head
-    _clear()
+    clear_session()
     return result
 
 
 # --- 4. the standard VGG16 against the machine's peak -------------------------------------------
 
 
-def vgg16_forward(steps: int, size: int = IMAGE_SIZE) -> Steps:
+def vgg16_forward(steps: int, size: int = IMAGE_SIZE, jit_compile: bool = False) -> Steps:
     """keras.applications.VGG16(weights=None), include_top, inference on batches of 32 through a
     compiled tf.function (no input pipeline): the raw speed of the model on this machine."""
     import keras
@@ -318,7 +349,7 @@ def vgg16_forward(steps: int, size: int = IMAGE_SIZE) -> Steps:
 
     model = keras.applications.VGG16(weights=None, input_shape=(size, size, 3))
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH, size, size, 3)), tf.float32)
-    forward = tf.function(model.__call__)
+    forward = tf.function(model.__call__, jit_compile=jit_compile)
     forward(x, training=False).numpy()
     started, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
@@ -326,23 +357,24 @@ def vgg16_forward(steps: int, size: int = IMAGE_SIZE) -> Steps:
     seconds = time.perf_counter() - started
     cpus = (time.process_time() - cpu) / seconds
     del model
-    _clear()
+    clear_session()
     return Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
 
 
-def vgg16_training(steps: int, size: int = IMAGE_SIZE) -> Steps:
+def vgg16_training(steps: int, size: int = IMAGE_SIZE, jit_compile: bool = False) -> Steps:
     """keras.applications.VGG16(weights=None) trained end to end (SGD, momentum) with model.fit on
     an in-memory batch repeated: forward + backward + update, no input pipeline cost."""
     import keras
     import tensorflow as tf
 
     model = keras.applications.VGG16(weights=None, input_shape=(size, size, 3))
-    model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "categorical_crossentropy")
+    optimizer = keras.optimizers.SGD(1e-3, momentum=0.9)
+    model.compile(optimizer, "categorical_crossentropy", jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (BATCH, size, size, 3)).astype(np.float32)
     y = np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, BATCH)]
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     result = fit_steps(model, ds, steps, BATCH)
     del model
-    _clear()
+    clear_session()
     return result

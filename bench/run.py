@@ -23,12 +23,17 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench import dataset, estimate, flops, hardware, measure
+from bench import dataset, estimate, flops, hardware, measure, precisions
 from bench import report as report_lib
+from bench.precisions import Measured
 from bench.report import Report, Target
+
+if TYPE_CHECKING:
+    from workload.runtime import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -51,20 +56,21 @@ class Plan:
     training_steps: int
     probe_steps: int
     image_size: int = 224
+    # --precision values measured besides float32 and auto (the job's default).
+    precisions: tuple[str, ...] = ()
 
 
 FULL = Plan("full", dataset.REAL_TRAIN_IMAGES, dataset.REAL_TEST_IMAGES, 3, 4, 4, 4, 3, 2)
-# Checks that every part runs, in minutes: 112 px (4x fewer FLOPs), figures not comparable.
-QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112)
+# Checks that every part runs, in minutes: 112 px (4x fewer FLOPs), figures not comparable;
+# bfloat16 too where the hardware computes it (emulated, one guide step takes minutes).
+QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bfloat16",))
 # --quick measures the fast recipe's memory only (the target); a child costs about a minute.
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
-GPU_STEPS = 30
 
 # From the job's TrainConfig defaults (workload/config.py); read at run time where possible.
 SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
-SECTION_TRAIN = "2. Training throughput, batch 32 (job's models)"
-SECTION_E2E = "3. End to end on the full-size data, and peak memory"
-SECTION_FLOPS = "4. VGG16 (keras.applications, weights=None) against the machine's peak"
+SECTION_E2E = precisions.SECTION_E2E
+SECTION_FLOPS = precisions.SECTION_FLOPS
 
 
 def log(message: str) -> None:
@@ -162,7 +168,8 @@ def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
     return split_sizes(labels, test)
 
 
-def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
+def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
+    """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
     from workload import train as train_lib
     from workload.config import TrainConfig
 
@@ -234,235 +241,137 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak) -> None:
         Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
     )
 
-    log(f"phase 1: features, {plan.feature_steps} batches")
-    features, last_block, maps = measure.feature_steps(images, plan.feature_steps)
-    measure._clear()
-    log("head epoch on cached features (full size)")
+    from workload import runtime
+
+    auto = runtime.local_precision()
     full = full_sizes()
-    head_s = measure.head_epoch(full.train, full.val, 512, n_classes)
-    log(f"phase 2: fine-tuning, {plan.finetune_steps} steps")
-    on_maps = defaults.unfreeze_blocks == 1
-    if on_maps:
-        finetune = measure.finetune_steps(
-            maps, labels, n_classes, plan.finetune_steps, train_lib.MAPS_VIEWS
-        )
-    else:
-        finetune = measure.finetune_steps_on_images(
-            images, labels, n_classes, plan.finetune_steps, defaults.unfreeze_blocks
-        )
-    del maps
-    log(f"guide recipe: {plan.guide_steps} steps")
-    guide = measure.guide_steps(images, labels, n_classes, plan.guide_steps)
+    measured = precisions.measure_settings(
+        precisions.settings(wanted, auto.policy), images, labels, plan,
+        defaults.unfreeze_blocks, train_lib.MAPS_VIEWS, full,
+    )  # fmt: skip
     del images
-
-    size = plan.image_size
-    vgg = flops.vgg16_layers(size)
-    guide_layers = flops.vgg16_layers(size, top=True, classes=n_classes)
-    unfrozen = flops.block_layers(vgg, set(range(6 - defaults.unfreeze_blocks, 6)))
-    block5 = [layer for layer in vgg if layer.name in flops.block_layers(vgg, {5})]
-    trunk_flops = flops.forward_flops([layer for layer in vgg if layer not in block5])
-    last_block_flops = flops.forward_flops(block5)
-    finetune_flops = (
-        flops.training_flops(block5) if on_maps else flops.training_flops(vgg, unfrozen)
+    epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
+    totals = precisions.add_rows(
+        report, measured, first_ips, plan.image_size, defaults.unfreeze_blocks,
+        train_lib.MAPS_VIEWS, epochs, full,
+    )  # fmt: skip
+    by_policy = {m.setting.policy: m for m in measured}
+    job = next(m for m in measured if m.setting.auto)
+    job_totals = totals[job.setting.label]
+    report.notes.append(
+        f"The job's --precision auto on this machine: {auto.policy} ({auto.reason}); the peak "
+        "RSS rows run the job at it."
     )
-    guide_flops = flops.training_flops(guide_layers)
-
-    def how(steps: measure.Steps, what: str, flop_per_image: int) -> str:
-        return (
-            f"{what}; {steps.steps} timed step(s) of 32 after 1 warm-up, "
-            f"{steps.seconds_per_step:.2f} s/step, "
-            f"{steps.images_per_second * flop_per_image / 1e9:.0f} GFLOP/s, "
-            f"{steps.cpus_used:.2f} CPUs busy"
-        )
-
-    rates = _rates(
-        first_ips, features, last_block, guide, head_s, finetune, train_lib.MAPS_VIEWS, on_maps
-    )
-    report.add(
-        SECTION_TRAIN,
-        "guide recipe (all layers, SGD)",
-        guide.images_per_second,
-        "img/s",
-        how(guide, "build_guide_model + model.fit", guide_flops),
-    )
-    report.add(
-        SECTION_TRAIN,
-        "phase 1: block4 maps (frozen blocks 1-4)",
-        features.images_per_second,
-        "img/s",
-        how(features, "train._block4_maps (chunked model.predict, float16 .npy)", trunk_flops),
-    )
-    report.add(
-        SECTION_TRAIN,
-        "phase 1: block5 + pooling on the maps",
-        last_block.images_per_second,
-        "img/s",
-        how(last_block, "train._features of build_last_block", last_block_flops),
-    )
-    report.add(
-        SECTION_TRAIN,
-        "phase 1: head epoch on cached features",
-        head_s,
-        "s",
-        f"build_head + Adam, {full.train} train / {full.val} val rows, epoch 2-3 mean",
-    )
-    what = (
-        f"build_maps_model on cached block4 maps, {train_lib.MAPS_VIEWS} views"
-        if on_maps
-        else "build_finetune_model, augmented batches"
-    )
-    report.add(
-        SECTION_TRAIN,
-        f"phase 2: fine-tuning (last {defaults.unfreeze_blocks} block"
-        + (", on cached maps)" if on_maps else ")"),
-        finetune.images_per_second,
-        "img/s",
-        how(finetune, what, finetune_flops),
-    )
-    report.add(
-        SECTION_TRAIN,
-        f"guide epoch ({full.train} train + {full.val} val)",
-        estimate.guide_epoch_seconds(full, rates),
-        "s",
-        "extrapolated; the 2018 guide: ~6000 s/epoch on CPU, ~130 s on a K80",
-    )
-
-    guide_total = estimate.guide_seconds(full, rates, defaults.guide_epochs)
-    fast_total = estimate.fast_seconds(full, rates, defaults.head_epochs, defaults.finetune_epochs)
-    report.add(
-        SECTION_E2E,
-        f"guide recipe, {defaults.guide_epochs} epochs",
-        guide_total["total"],
-        "s",
-        "extrapolated: " + _parts(guide_total),
-    )
-    report.add(
-        SECTION_E2E,
-        f"fast recipe, {defaults.head_epochs} head + {defaults.finetune_epochs} fine-tune epochs",
-        fast_total["total"],
-        "s",
-        "extrapolated (no early stop): " + _parts(fast_total),
-    )
-    speedup = guide_total["total"] / fast_total["total"]
-    report.add(SECTION_E2E, "fast vs guide", speedup, "x", "guide time / fast time")
+    on_maps = defaults.unfreeze_blocks == 1
+    job_rates = precisions.rates(first_ips, job, train_lib.MAPS_VIEWS, on_maps)
     report.targets.append(
         Target(
-            "fast recipe end to end vs guide",
-            speedup,
+            f"fast recipe end to end vs guide, {job.setting.label}",
+            job_totals.speedup,
             ">=",
             10,
             "x",
             _speedup_why(
-                fast_total,
-                guide_total,
+                job_totals.fast,
                 defaults.finetune_epochs,
                 estimate.max_finetune_epochs(
-                    full, rates, guide_total["total"], defaults.head_epochs
+                    full, job_rates, job_totals.guide["total"], defaults.head_epochs
                 ),
                 defaults.unfreeze_blocks,
             ),
         )
     )
+    report.targets.append(_precision_target(auto, totals, by_policy))
     report.targets.append(Target("fast recipe peak RSS", _gib(rss["fast"]), "<=", 6, "GiB"))
+    if "float32" in by_policy:
+        _add_peak_rows(report, by_policy["float32"], peak, plan.image_size)
+    no_gpu = "no GPU here: run `bench/run.py --gpu` on a GPU VM"
+    report.targets += [
+        Target("GPU utilisation in phase 2", None, ">=", 90, "%", no_gpu),
+        Target("mixed precision vs float32 on a GPU", None, ">=", 2, "x", no_gpu),
+    ]
 
-    log(f"VGG16 forward: {plan.forward_steps} batches; training: {plan.training_steps} steps")
-    forward = measure.vgg16_forward(plan.forward_steps, size)
-    training = measure.vgg16_training(plan.training_steps, size)
+
+def _native(plan: Plan, report: Report) -> list[str]:
+    """The plan's extra precisions that this machine computes natively; the others are named in
+    a note (emulated bfloat16 is several times slower than float32: minutes per guide step)."""
+    from workload import runtime
+
+    native = []
+    for precision in plan.precisions:
+        chosen = runtime.local_precision(precision)
+        if chosen.emulated:
+            report.notes.append(
+                f"Not measured: {chosen.reason} (add --precisions {precision} to measure it)."
+            )
+        else:
+            native.append(precision)
+    return native
+
+
+def _precision_target(
+    auto: Precision, totals: dict[str, precisions.Totals], by_policy: dict[str, Measured]
+) -> Target:
+    """The fast recipe end to end at the job's auto precision against float32 (issue 14)."""
+    name = f"fast recipe end to end, auto ({auto.policy}) vs float32"
+
+    def fast(policy: str) -> float:
+        return totals[by_policy[policy].setting.label].fast["total"]
+
+    if "float32" not in by_policy:
+        return Target(name, None, ">=", 1.7, "x", "float32 not measured (--precisions)")
+    if auto.policy == "float32":
+        others = [f"{p} {fast('float32') / fast(p):.2f}x" for p in by_policy if p != "float32"]
+        why = f"auto is float32 here ({auto.reason}): nothing to compare"
+        if others:
+            why += "; measured anyway: " + ", ".join(others)
+        return Target(name, None, ">=", 1.7, "x", why)
+    return Target(name, fast("float32") / fast(auto.policy), ">=", 1.7, "x", "in this run")
+
+
+def _add_peak_rows(report: Report, measured: Measured, peak: hardware.Peak, size: int) -> None:
+    """float32 VGG16 against the machine's fp32 peak (section 4)."""
     top = flops.vgg16_layers(size, top=True)
-    forward_rate = forward.images_per_second * flops.forward_flops(top)
-    training_rate = training.images_per_second * flops.training_flops(top)
+    forward_rate = measured.forward.images_per_second * flops.forward_flops(top)
+    training_rate = measured.training.images_per_second * flops.training_flops(top)
     report.add(
         SECTION_FLOPS,
-        "forward",
-        forward.images_per_second,
-        "img/s",
-        f"tf.function call, {forward.steps} batches of 32; "
-        f"{flops.forward_flops(top) / 1e9:.1f} GFLOP/img at {size} px; "
-        f"{forward.cpus_used:.2f} CPUs busy",
-    )
-    report.add(
-        SECTION_FLOPS,
-        "forward achieved",
+        "forward achieved, float32",
         forward_rate / 1e9,
         "GFLOP/s",
         f"{100 * forward_rate / peak.flops:.0f}% of peak {peak.flops / 1e9:.0f} GFLOP/s",
     )
     report.add(
         SECTION_FLOPS,
-        "training step",
-        training.images_per_second,
-        "img/s",
-        f"model.fit, SGD, {training.steps} steps of 32; "
-        f"{flops.training_flops(top) / 1e9:.1f} GFLOP/img; {training.cpus_used:.2f} CPUs busy",
-    )
-    report.add(
-        SECTION_FLOPS,
-        "training achieved",
+        "training achieved, float32",
         training_rate / 1e9,
         "GFLOP/s",
         f"{100 * training_rate / peak.flops:.0f}% of peak",
     )
     report.add(SECTION_FLOPS, "machine peak fp32", peak.flops / 1e9, "GFLOP/s", peak.formula())
     report.targets.append(
-        Target("VGG16 forward vs machine peak", 100 * forward_rate / peak.flops, ">=", 50, "%")
+        Target("VGG16 forward vs machine peak (float32)", 100 * forward_rate / peak.flops, ">=",
+               50, "%")
+    )  # fmt: skip
+    report.notes.append(
+        "GCP_FACTS records VGG16 forward ~10.5 img/s and training ~3.7 img/s on another 2-core "
+        f"machine (TF 2.20); here {measured.forward.images_per_second:.1f} and "
+        f"{measured.training.images_per_second:.1f} in float32 at {size} px."
     )
     if peak.clock_source.startswith("/proc/cpuinfo"):
         # The rate the forward reached needs at least this clock at the assumed FLOPs/cycle.
         implied_ghz = forward_rate / (peak.cores * peak.flops_per_cycle) / 1e9
         report.notes.append(
             f"The peak uses the {peak.clock_ghz:.3f} GHz this VM reports (no cpufreq, so a boost "
-            f"clock is unknown); the forward's {forward_rate / 1e9:.0f} GFLOP/s needs at least "
-            f"{implied_ghz:.2f} GHz at {peak.flops_per_cycle} FLOPs/cycle. Where that exceeds "
-            "the reported clock the cores boost, the true peak is higher and the percentages "
-            "of peak are upper bounds."
+            f"clock is unknown); the float32 forward's {forward_rate / 1e9:.0f} GFLOP/s needs at "
+            f"least {implied_ghz:.2f} GHz at {peak.flops_per_cycle} FLOPs/cycle. Where that "
+            "exceeds the reported clock the cores boost, the true peak is higher and the "
+            "percentages of peak are upper bounds."
         )
-    report.notes.append(
-        "GCP_FACTS records VGG16 forward ~10.5 img/s and training ~3.7 img/s on another 2-core "
-        f"machine (TF 2.20); here {forward.images_per_second:.1f} and "
-        f"{training.images_per_second:.1f}. 10.5 img/s is 325 GFLOP/s, which 2 cores reach only "
-        "with two 512-bit FMA units (64 FLOPs/cycle): that machine had a different CPU."
-    )
-    no_gpu = "no GPU here: run `bench/run.py --gpu` on a GPU VM"
-    report.targets += [
-        Target("GPU utilisation in phase 2", None, ">=", 90, "%", no_gpu),
-        Target("mixed_float16 vs float32 (CC >= 7.0)", None, ">=", 2, "x", no_gpu),
-    ]
-
-
-def _rates(
-    first_ips: float,
-    features: measure.Steps,
-    last_block: measure.Steps,
-    guide: measure.Steps,
-    head_s: float,
-    finetune: measure.Steps,
-    views: int,
-    on_maps: bool,
-) -> estimate.Rates:
-    # Validation and evaluation passes of the image model run the whole frozen-base forward:
-    # blocks 1-4 at the maps' rate, then block5 + pooling at its own.
-    forward_ips = 1 / (1 / features.images_per_second + 1 / last_block.images_per_second)
-    return estimate.Rates(
-        decode_ips=first_ips,
-        forward_ips=forward_ips,
-        guide_ips=guide.images_per_second,
-        features_ips=features.images_per_second if on_maps else forward_ips,
-        head_epoch_s=head_s,
-        finetune_ips=finetune.images_per_second,
-        last_block_ips=last_block.images_per_second if on_maps else None,
-        views=views if on_maps else 1,
-    )
-
-
-def _parts(parts: dict[str, float]) -> str:
-    return ", ".join(
-        f"{k} {report_lib.format_duration(v)}" for k, v in parts.items() if k != "total"
-    )
 
 
 def _speedup_why(
     fast: dict[str, float],
-    guide: dict[str, float],
     finetune_epochs: int,
     max_epochs: int,
     unfreeze_blocks: int,
@@ -499,16 +408,19 @@ def _gib(value: float | None) -> float | None:
 
 DOCS_HEADER = """# Benchmarks
 
-The last full run of `uv run python bench/run.py` (issue 6) and the machine it ran on. Rerun it
-to refresh this page: about 10 minutes on an idle 2-core machine, 15 when it is shared, plus 6
-minutes once to generate the synthetic data (2.9 GB in `bench/.cache/`). `--quick` checks that
-every part runs in under 3 minutes (112 px, 120 images: figures not comparable); `--gpu` measures
-a GPU VM and prints `skipped: no GPU` elsewhere.
+The last full run of `uv run python bench/run.py` (issues 6 and 14) and the machine it ran on.
+Rerun it to refresh this page: about 10 minutes per precision on an idle 2-core machine, more
+when it is shared, plus 6 minutes once to generate the synthetic data (2.9 GB in
+`bench/.cache/`). `--precisions float32,bfloat16` picks what is measured besides float32 and the
+job's `--precision auto`. `--quick` checks that every part runs in a few minutes (112 px, 120
+images, float32 and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the
+job's mixed precision with and without XLA, the real job end to end) and prints `skipped: no
+GPU` elsewhere.
 
 How the figures are obtained:
 - **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into
   the `.npy` cache), `workload.data.make_dataset` (tf.data), `workload.model.build_*` and
-  `workload.train._compile` / `_block4_maps` / `_features`. VGG16 weights are random
+  `workload.train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
 - **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's
   `block4_pool` maps once: of every training image as is and flipped left-right (its phase-2
@@ -531,6 +443,11 @@ How the figures are obtained:
   forward + weight gradients of trainable layers + input gradients above the first trainable one.
 - **CPUs busy** = process CPU seconds / wall seconds while timed: below the core count means other
   processes shared the machine, and the rates are lower than on an idle one.
+- **Precisions side by side**: each row is measured once per Keras dtype policy (`float32`,
+  `mixed_bfloat16`, ...), one after the other in the same run, every model built in that policy as
+  `--precision` makes the job build it; `(auto)` marks the job's own choice on the machine. Absolute
+  rates drift between runs on a shared machine; ratios between rows of one run hold. The load
+  average (1, 5, 15 min) at start and end is recorded with the machine.
 
 """
 
@@ -547,6 +464,22 @@ def write_docs(report: Report) -> None:
     DOCS.write_text(DOCS_HEADER + report_lib.format_markdown(report))
 
 
+def _loads(loads: tuple[float, float, float]) -> str:
+    return " / ".join(f"{load:.2f}" for load in loads)
+
+
+def _precision_list(text: str) -> list[str]:
+    from workload.runtime import PRECISIONS
+
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    unknown = [value for value in values if value not in PRECISIONS]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use comma-separated values of {list(PRECISIONS)}"
+        )
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, one step per phase")
@@ -559,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="JSON",
         help="only rewrite docs/BENCHMARKS.md from a saved full run (bench/results/latest.json)",
+    )
+    parser.add_argument(
+        "--precisions",
+        type=_precision_list,
+        help="comma-separated --precision values to measure side by side (default: float32 and "
+        "auto; --quick adds bfloat16); auto, the job's default, is always measured",
     )
     args = parser.parse_args(argv)
     if args.docs_from:
@@ -573,15 +512,18 @@ def main(argv: list[str] | None = None) -> int:
     cpu, peak = hardware.read_cpu()
     report = Report(mode=plan.name, machine=machine_description(cpu, peak))
     started = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    run_cpu(plan, report, peak)
-    load_after = os.getloadavg()[0]
-    report.machine["load average (1 min)"] = f"{load_before:.2f} at start, {load_after:.2f} at end"
+    load_before = os.getloadavg()
+    run_cpu(plan, report, peak, ["float32", *(args.precisions or _native(plan, report)), "auto"])
+    load_after = os.getloadavg()
+    report.machine["load average (1, 5, 15 min)"] = (
+        f"{_loads(load_before)} at start, {_loads(load_after)} at end"
+    )
     report.notes.append(f"The benchmark itself ran {time.perf_counter() - started:.0f} s.")
-    if max(load_before, load_after) > cpu.logical_cpus + 0.5:
+    if max(load_before[0], load_after[0]) > cpu.logical_cpus + 0.5:
         report.notes.append(
-            f"Other processes were running (load {load_before:.1f}/{load_after:.1f} on "
-            f"{cpu.logical_cpus} CPUs): rates are lower than on an idle machine."
+            f"Other processes were running (load {load_before[0]:.1f}/{load_after[0]:.1f} on "
+            f"{cpu.logical_cpus} CPUs): rates are lower than on an idle machine; the ratios "
+            "between rows of one run still hold."
         )
     print(report_lib.format_text(report))
     write_outputs(report, docs=args.docs and plan is FULL)

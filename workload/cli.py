@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from workload.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
+from workload.runtime import PRECISIONS
 
 # Exit codes of `train` and `predict` (README "Exit codes"):
 EXIT_USAGE = 2  # bad data, path, option or model; data or options that differ from --out's run
@@ -76,6 +77,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--workers", type=int, help=f"parallel transfers (default {defaults.workers})")
     add(
+        "--precision",
+        choices=PRECISIONS,
+        help="arithmetic: auto (default) picks bfloat16 on GPUs of compute capability >= 8.0 "
+        "and CPUs with AVX512_BF16/AMX, float16 on GPUs of 7.x, float32 elsewhere",
+    )
+    add(
         "--restart",
         action="store_true",
         help="start over when --out holds a run this command cannot resume or report (other "
@@ -94,7 +101,7 @@ TRAIN_OPTIONS = (
     "base", "weights", "image_size", "batch_size", "val_split", "holdout", "seed", "head_epochs",
     "head_lr",
     "finetune_epochs", "finetune_lr", "unfreeze_blocks", "patience", "guide_epochs", "guide_lr",
-    "cache_dir", "workers", "progress",
+    "cache_dir", "workers", "progress", "precision",
 )  # fmt: skip
 
 

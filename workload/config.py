@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from workload.runtime import PRECISIONS
+
 Recipe = Literal["fast", "guide"]
 RECIPES: tuple[str, ...] = ("fast", "guide")
 BASES: tuple[str, ...] = ("vgg16", "vgg19")
@@ -27,7 +29,9 @@ GUIDE_DEFAULTS: dict[str, Any] = {
 FAST_DEFAULTS: dict[str, Any] = {"image_size": 224, "batch_size": 32, "holdout": 0.1}
 # Options that say where and how fast a run works, not what it trains: outside the fingerprint.
 # `data` is there too: the data's identity is its content (data.DataIdentity), not its path.
-NOT_FINGERPRINTED = frozenset({"data", "out", "cache_dir", "workers", "progress"})
+# `precision` too: "auto" means another policy on other hardware, and a run resumed on another
+# machine type must go on; its scores agree within tests/workload/test_precision.py's tolerance.
+NOT_FINGERPRINTED = frozenset({"data", "out", "cache_dir", "workers", "progress", "precision"})
 # The smallest value of each count (0 fine-tuning epochs: the head alone).
 MINIMUMS = {"batch_size": 1, "workers": 1, "head_epochs": 1, "finetune_epochs": 0,
             "guide_epochs": 1, "patience": 1, "seed": 0}  # fmt: skip
@@ -66,10 +70,16 @@ class TrainConfig:
     cache_dir: str = str(DEFAULT_CACHE_DIR)
     workers: int = 8
     progress: bool = True
+    # auto: bfloat16 or float16 where the hardware computes them natively (workload.runtime).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe {self.recipe!r} is unknown; use one of {list(RECIPES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision {self.precision!r} is unknown; use one of {list(PRECISIONS)}"
+            )
         if self.base not in BASES:
             raise ValueError(f"base {self.base!r} is unknown; use one of {list(BASES)}")
         if self.image_size < 32:

@@ -537,6 +537,16 @@ def make_dataset(
     return _pipeline(images, labels, n_classes, batch_size, sample_weights, None, range(1))
 
 
+def prediction_batches(images: np.ndarray, batch_size: int) -> Any:
+    """float32 batches of `images` in row order for Model.predict, each exactly `batch_size`
+    rows: the last is padded with copies of its final row (model_lib.predict drops their
+    predictions). One batch shape, one trace of a model's predict function (and one XLA
+    compilation): a shorter last batch, or labels of another shape, would trace it again."""
+    labels = np.zeros(len(images), np.int64)
+    dataset = _pipeline(images, labels, 1, batch_size, None, None, range(1), pad=True)
+    return dataset.map(lambda x, y: x)
+
+
 def training_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -572,11 +582,13 @@ def _pipeline(
     epochs: range,
     views: int = 1,
     augment: bool = False,
+    pad: bool = False,
 ) -> Any:
     """A tf.data pipeline over (epoch, step) pairs that gathers each batch's rows from `images`.
 
     Rows are gathered by index, batch by batch: the array is never copied into the pipeline
-    (from_tensor_slices would copy it, and a shuffle buffer would hold another copy)."""
+    (from_tensor_slices would copy it, and a shuffle buffer would hold another copy). `pad`
+    fills the last batch up to `batch_size` rows with copies of its final row."""
     import tensorflow as tf
 
     n = len(labels)
@@ -589,6 +601,8 @@ def _pipeline(
     def gather(epoch: np.int64, step: np.int64) -> tuple[np.ndarray, ...]:
         order = np.arange(n) if seed is None else epoch_rows(n, views, seed, int(epoch))
         rows = order[step * batch_size : (step + 1) * batch_size]
+        if pad:
+            rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
         x = images[rows]
         if augment and seed is not None:
             x = augment_batch(x, np.random.default_rng([*seed, int(epoch), int(step)]))
@@ -602,10 +616,11 @@ def _pipeline(
     def prepare(epoch: Any, step: Any) -> tuple[Any, ...]:
         x, *rest = tf.numpy_function(gather, [epoch, step], out_types, stateful=False)
         x = tf.cast(x, tf.float32)
-        x.set_shape((None, *images.shape[1:]))
-        rest[0].set_shape((None, n_classes))
+        rows = batch_size if pad else None
+        x.set_shape((rows, *images.shape[1:]))
+        rest[0].set_shape((rows, n_classes))
         if weights is not None:
-            rest[1].set_shape((None,))
+            rest[1].set_shape((rows,))
         return (x, *rest)
 
     plan = (np.repeat(np.asarray(epochs, np.int64), steps), np.tile(np.arange(steps), len(epochs)))

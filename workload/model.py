@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from workload import data as data_lib
 from workload import storage
 
 # keras.applications' "caffe" preprocessing for VGG: RGB -> BGR, minus the ImageNet BGR mean.
@@ -94,7 +95,10 @@ _PREPROCESS: Any = None
 
 
 def preprocess_layer(**kwargs: Any) -> Any:
-    """A new VGG preprocessing layer; the class is defined once, on first use (lazy Keras)."""
+    """A new VGG preprocessing layer; the class is defined once, on first use (lazy Keras).
+
+    The models build it with dtype float32: the mean is subtracted exactly, and the first
+    convolution rounds the result to a mixed policy's 16 bits once."""
     global _PREPROCESS
     if _PREPROCESS is None:
         _PREPROCESS = _preprocess_layer()
@@ -142,7 +146,7 @@ def build_guide_model(base_model: Any, n_classes: int) -> Any:
 
     features = keras.Model(base_model.input, base_model.get_layer("fc2").output, name="vgg")
     inputs = keras.Input(base_model.input.shape[1:], name="image")
-    x = preprocess_layer(name="preprocess")(inputs)
+    x = preprocess_layer(name="preprocess", dtype="float32")(inputs)
     x = features(x)
     outputs = species_output(n_classes)(x)
     return keras.Model(inputs, outputs, name="guide")
@@ -167,7 +171,7 @@ def build_feature_extractor(base_model: Any) -> Any:
     import keras
 
     inputs = keras.Input(base_model.input.shape[1:], name="image")
-    x = preprocess_layer(name="preprocess")(inputs)
+    x = preprocess_layer(name="preprocess", dtype="float32")(inputs)
     x = base_model(x, training=False)
     outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, outputs, name="features")
@@ -184,7 +188,7 @@ def build_frozen_trunk(base_model: Any) -> Any:
 
     trunk = keras.Model(base_model.input, base_model.get_layer(FROZEN_OUTPUT).output)
     inputs = keras.Input(base_model.input.shape[1:], name="image")
-    x = preprocess_layer(name="preprocess")(inputs)
+    x = preprocess_layer(name="preprocess", dtype="float32")(inputs)
     return keras.Model(inputs, trunk(x, training=False), name="trunk")
 
 
@@ -215,11 +219,12 @@ def build_head(features: np.ndarray, n_classes: int, dropout: float) -> Any:
     # Channels that are (nearly) dead on the training set would be divided by ~0 and explode as
     # soon as fine-tuning wakes them up: floor their variance at a fraction of the typical one.
     variance = np.maximum(variance, 1e-2 * float(np.mean(variance)) + 1e-12)
-    # float32 even under mixed precision: float16 would round tiny variances to zero.
+    # The whole head is float32 under mixed precision: float16 would round tiny variances to
+    # zero, and 16-bit standardised features would cost accuracy for no speed (it is tiny).
     x = keras.layers.Normalization(
         mean=features.mean(axis=0), variance=variance, name="standardize", dtype="float32"
     )(inputs)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dropout(dropout, name="dropout", dtype="float32")(x)
     outputs = species_output(n_classes)(x)
     return keras.Model(inputs, outputs, name="head")
 
@@ -249,6 +254,31 @@ def build_maps_model(last_block: Any, head: Any) -> Any:
 
     inputs = keras.Input(last_block.input.shape[1:], name="maps")
     return keras.Model(inputs, inference_copy(head)(last_block(inputs)), name="fast_last_block")
+
+
+def predict(
+    model: Any, images: np.ndarray, batch_size: int, verbose: int = 0, jit_compile: bool = False
+) -> np.ndarray:
+    """`model`'s outputs for every row of `images`, in order, in batches of one shape (see
+    data.prediction_batches): its predict function is traced once, however often it is called.
+
+    `jit_compile`: XLA (runtime.Runtime.jit_compile), which model.predict reads from the model."""
+    if model.jit_compile != jit_compile:
+        model.jit_compile = jit_compile
+    batches = data_lib.prediction_batches(images, batch_size)
+    return model.predict(batches, verbose=verbose)[: len(images)]
+
+
+def compute_in(model: Any, policy: str) -> None:
+    """Makes the layers that a mixed policy ran in (model.keras keeps the policy it was trained
+    in) compute in `policy`, the one this machine runs fastest; layers built float32 on purpose
+    (the head, the softmax, the preprocessing) stay float32. Variables are float32 under every
+    policy, so only the arithmetic changes. Call it before the model's first use."""
+    import keras
+
+    for layer in _layers(model):
+        if layer.dtype_policy.name.startswith("mixed_"):
+            layer.dtype_policy = keras.DTypePolicy(policy)
 
 
 def _layers(model: Any) -> Iterator[Any]:

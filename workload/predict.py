@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workload import data as data_lib
+from workload import model as model_lib
 from workload import storage
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "model.keras"
+BATCH_SIZE = 32
 
 
 class ModelError(ValueError):
@@ -59,10 +59,12 @@ def _image_files(images: str, cache_dir: str) -> tuple[Path, list[str]]:
 
 
 def _load(local_model: Path, model_url: str, class_names: list[str]) -> Any:
-    """The Keras model, or a one-line ModelError for a file that is not one of ours."""
+    """The Keras model, computing in this machine's precision (a model trained in bfloat16 or
+    float16 on a GPU would crawl on a laptop's CPU), or a one-line ModelError for a file that
+    is not one of ours."""
     import keras
 
-    from workload import model as model_lib
+    from workload import runtime
 
     model_lib.preprocess_layer()  # registers the custom layer before loading
     try:
@@ -79,6 +81,7 @@ def _load(local_model: Path, model_url: str, class_names: list[str]) -> Any:
             f"model {model_url} predicts {outputs} classes, but class_names.json beside it "
             f"lists {len(class_names)}; use the two files of one run"
         )
+    model_lib.compute_in(network, runtime.local_precision().policy)
     return network
 
 
@@ -94,7 +97,7 @@ def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
             print(f"skipped {item['file']}: {item['reason']}")
         if not ok:
             raise data_lib.DataError(f"no readable image under {images}")
-        probs = network.predict(pixels.astype(np.float32), verbose=0)
+        probs = model_lib.predict(network, pixels, BATCH_SIZE)
     from workload.report import predictions_csv
 
     target = out if out.endswith(".csv") else storage.join(out, PREDICTIONS_FILE)

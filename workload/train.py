@@ -45,6 +45,8 @@ LAST_BLOCK_SHARE = 0.1
 MAPS_CHUNK_BATCHES = 8
 # Cached views of each training image for fine-tuning on block4 maps: as is, flipped left-right.
 MAPS_VIEWS = 2
+# What block4 maps are stored as outside mixed_bfloat16 (see maps_dtype).
+MAPS_DTYPE = np.dtype(np.float16)
 
 
 def _verbose() -> int:
@@ -142,13 +144,16 @@ def _epoch_callback(
     return EpochKeeper()
 
 
-def _compile(model: Any, optimizer: Any) -> None:
+def compile_model(model: Any, optimizer: Any, jit_compile: bool = False) -> None:
+    """Loss and metrics of every phase. Under mixed_float16 Keras wraps the optimizer in a
+    LossScaleOptimizer (compile's auto_scale_loss); bfloat16 needs no loss scaling."""
     import keras
 
     model.compile(
         optimizer=optimizer,
         loss="categorical_crossentropy",
         metrics=["accuracy", keras.metrics.F1Score(average="micro", name="micro_f1")],
+        jit_compile=jit_compile,
     )
 
 
@@ -212,23 +217,50 @@ def _fit_phase(
     run.save()
 
 
-def _features(extractor: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+def pooled_features(
+    extractor: Any, images: np.ndarray, batch_size: int, jit_compile: bool = False
+) -> np.ndarray:
     """Pooled features of the frozen base, one forward pass (phase 1 trains on these).
 
     `images` may also be cached block4 maps, with `extractor` the last block + pooling."""
-    ds = data_lib.make_dataset(images, np.zeros(len(images), np.int64), 1, batch_size)
-    return extractor.predict(ds.map(lambda x, y: x), verbose=_verbose()).astype(np.float32)
+    from workload import model as model_lib
+
+    features = model_lib.predict(extractor, images, batch_size, _verbose(), jit_compile)
+    return features.astype(np.float32)
 
 
-def _block4_maps(
-    trunk: Any, images: np.ndarray, batch_size: int, path: Path, views: int = 1
+def maps_dtype(policy: str) -> np.dtype:
+    """What cached block4 maps are stored as: bfloat16 under mixed_bfloat16 (the trunk's own
+    output; float16's range ends at 65504), else float16 (the trunk's output under
+    mixed_float16; under float32 half the bytes of it, 1.5 GB less at full size, for rounding
+    far below what the fine-tuned block5 resolves)."""
+    if policy == "mixed_bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return MAPS_DTYPE
+
+
+def write_frozen_maps(
+    trunk: Any,
+    images: np.ndarray,
+    batch_size: int,
+    path: Path,
+    views: int = 1,
+    dtype: np.dtype = MAPS_DTYPE,
+    jit_compile: bool = False,
 ) -> None:
     """Writes the frozen trunk's maps of `images` (view 1: as they are, view 2: flipped left to
-    right) to `path` as one float16 .npy, chunk by chunk: at full size the float32 output of one
-    predict over the training set would be 1.5 GB, the float16 file is half that per view."""
+    right) to `path` as one 16-bit .npy (`dtype`, see maps_dtype; bfloat16 is written as its
+    uint16 bits, which numpy reads back without ml_dtypes), chunk by chunk: at full size the
+    float32 output of one predict over the training set would be 1.5 GB, the 16-bit file is
+    half that per view."""
+    from workload import model as model_lib
+
+    stored = np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
     shape = (views * len(images), *trunk.output.shape[1:])
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
-              "fortran_order": False, "shape": shape}  # fmt: skip
+    header = {"descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
+              "shape": shape}  # fmt: skip
     chunk = MAPS_CHUNK_BATCHES * batch_size
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.lib.format.write_array_header_2_0(handle, header)
@@ -237,9 +269,8 @@ def _block4_maps(
                 part = images[start : start + chunk]
                 if view == 1:
                     part = part[:, :, ::-1]
-                ds = data_lib.make_dataset(part, np.zeros(len(part), np.int64), 1, batch_size)
-                out = trunk.predict(ds.map(lambda x, y: x), verbose=0)
-                handle.write(out.astype(np.float16).tobytes())
+                out = model_lib.predict(trunk, part, batch_size, jit_compile=jit_compile)
+                handle.write(out.astype(dtype).view(stored).tobytes())
 
 
 def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
@@ -247,6 +278,7 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
 
     --out holding a run of other data or options raises RunMismatch, or with `restart` is
     replaced; so is a run whose checkpoint cannot be read (CheckpointError)."""
+    from workload import runtime as runtime_lib
     from workload.metrics import headline
 
     identity = data_lib.data_identity(config.data)
@@ -262,15 +294,16 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     first = "features" if config.recipe == "fast" else "guide"
     current = {"phase": first}
     try:
-        try:
-            return _train(run, current)
-        except CheckpointError as error:
-            if not restart:
-                raise
-            print(f"{error}: starting over (--restart)")
-            run.start_over()
-            current["phase"] = first
-            return _train(run, current)
+        with runtime_lib.keeping_global_policy():
+            try:
+                return _train(run, current)
+            except CheckpointError as error:
+                if not restart:
+                    raise
+                print(f"{error}: starting over (--restart)")
+                run.start_over()
+                current["phase"] = first
+                return _train(run, current)
     except SimulatedInterruption:
         raise  # a simulated hard kill: nothing is written, as after a real one
     except (Exception, Terminated) as error:
@@ -327,7 +360,7 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     )
     resolved = model_lib.resolve_weights(config.weights, config.cache_dir)
     # TensorFlow only now: a bad data folder or weights path fails in seconds, not after its import.
-    runtime = runtime_lib.configure(config.seed)
+    runtime = runtime_lib.configure(config.seed, config.precision)
     print(f"devices: {runtime.describe()}")
 
     if config.recipe == "guide":
@@ -342,23 +375,24 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     run.progress("running", "evaluate", 0, 1)
     batch = runtime.batch(config.batch_size)
     evaluated = time.perf_counter()
-    validation = _evaluate(model, x_val, y_val, class_names, batch)
+    validation = _evaluate(runtime, model, x_val, y_val, class_names, batch)
     inference_seconds = time.perf_counter() - evaluated
     from workload.metrics import summary
 
     # The headline: the held-out split, which nothing was chosen on (validation picked the fast
     # recipe's best epochs and stopped it early); validation only without one.
-    metrics = _evaluate(model, x_hold, y_hold, class_names, batch) if len(x_hold) else validation
+    metrics = (
+        _evaluate(runtime, model, x_hold, y_hold, class_names, batch) if len(x_hold) else validation
+    )
     metrics["scored_on"] = "holdout" if len(x_hold) else "validation"
     metrics["validation"] = {**summary(validation), "chose_epochs": config.recipe == "fast"}
     metrics["warnings"] = warnings
     metrics["data"] = run.fingerprint["data"]
+    # This process's policy: a run resumed elsewhere may have trained its phases in another.
+    metrics["precision"] = runtime.precision.policy
     submission = None
     if test is not None and len(test.files):
-        test_probs = model.predict(
-            data_lib.make_dataset(test.images, np.zeros(len(test.files), np.int64), 1, batch),
-            verbose=0,
-        )
+        test_probs = model_lib.predict(model, test.images, batch, jit_compile=runtime.jit_compile)
         from workload.report import predictions_csv
 
         submission = predictions_csv(test.files, test_probs, class_names)
@@ -377,12 +411,18 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
 
 
 def _evaluate(
-    model: Any, images: np.ndarray, labels: np.ndarray, class_names: list[str], batch: int
+    runtime: Any,
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    batch: int,
 ) -> dict[str, Any]:
     """classification_metrics of the model's predictions on one labelled set."""
+    from workload import model as model_lib
     from workload.metrics import classification_metrics
 
-    probs = model.predict(data_lib.make_dataset(images, labels, len(class_names), batch), verbose=0)
+    probs = model_lib.predict(model, images, batch, jit_compile=runtime.jit_compile)
     return classification_metrics(labels, np.argmax(probs, axis=1), class_names)
 
 
@@ -431,9 +471,10 @@ def _train_guide(
         schedule = keras.optimizers.schedules.InverseTimeDecay(
             config.guide_lr, decay_steps=1, decay_rate=config.guide_decay
         )
-        _compile(
+        compile_model(
             model,
             keras.optimizers.SGD(schedule, momentum=config.guide_momentum, nesterov=True),
+            runtime.jit_compile,
         )
     batch = runtime.batch(config.batch_size)
 
@@ -486,19 +527,25 @@ def _train_fast(
         trunk = model_lib.build_frozen_trunk(base) if on_maps else None
         last_block = model_lib.build_last_block(base) if on_maps else None
     batch = runtime.batch(config.batch_size)
+    xla = runtime.jit_compile
+    policy = runtime.precision.policy
+    dtype = maps_dtype(policy)
     maps: dict[str, np.ndarray] = {}
 
     def load_maps() -> dict[str, np.ndarray]:
-        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine)
-        or unreadable. They live in the run's work folder, which only ever holds one run."""
+        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine),
+        unreadable, or made at another precision (the policy is in the file name). They live
+        in the run's work folder, which only ever holds one run."""
         if not maps:
             for name, images, n_views in (("train", x_train, views), ("val", x_val, 1)):
-                path = run.local_only / f"maps.{name}.npy"
-                maps[name] = _cached_maps(path, len(images) * n_views)
+                path = run.local_only / f"maps.{name}.{policy}.npy"
+                maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
                 if not len(maps[name]):
+                    for other in run.local_only.glob(f"maps.{name}.*.npy"):
+                        other.unlink()  # made at another precision: never used, 1 GB+ of disk
                     print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
-                    _block4_maps(trunk, images, batch, path, n_views)
-                    maps[name] = np.load(path)
+                    write_frozen_maps(trunk, images, batch, path, n_views, dtype, xla)
+                    maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
         return maps
 
     if ps["done"]:
@@ -518,12 +565,12 @@ def _train_fast(
         if on_maps:
             load_maps()
             # Unaugmented features for the head: the first view, block5 + pooling on the maps.
-            f_train = _features(last_block, maps["train"][: len(x_train)], batch)
-            f_val = _features(last_block, maps["val"], batch)
+            f_train = pooled_features(last_block, maps["train"][: len(x_train)], batch, xla)
+            f_val = pooled_features(last_block, maps["val"], batch, xla)
             images = views * len(x_train) + len(x_val)
         else:
-            f_train = _features(extractor, x_train, batch)
-            f_val = _features(extractor, x_val, batch)
+            f_train = pooled_features(extractor, x_train, batch, xla)
+            f_val = pooled_features(extractor, x_val, batch, xla)
             images = len(x_train) + len(x_val)
         seconds = time.perf_counter() - started
         _save_arrays(base_path, base.get_weights())
@@ -545,7 +592,7 @@ def _train_fast(
     train_weights = class_weights[y_train]
     with runtime.strategy.scope():
         head = model_lib.build_head(f_train, n_classes, config.head_dropout)
-        _compile(head, keras.optimizers.Adam(config.head_lr))
+        compile_model(head, keras.optimizers.Adam(config.head_lr), xla)
 
     def head_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
         train_ds, steps = data_lib.training_dataset(
@@ -570,7 +617,7 @@ def _train_fast(
         # The full image -> probabilities model: evaluated and saved, whichever path trains it.
         model = model_lib.build_finetune_model(extractor, head)
         trained = model_lib.build_maps_model(last_block, head) if on_maps else model
-        _compile(trained, keras.optimizers.Adam(config.finetune_lr))
+        compile_model(trained, keras.optimizers.Adam(config.finetune_lr), xla)
     print(f"finetune: trainable {unfrozen}" + (" on cached block4 maps" if on_maps else ""))
 
     def finetune_batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
@@ -602,15 +649,17 @@ def _train_fast(
     return model
 
 
-def _cached_maps(path: Path, rows: int) -> np.ndarray:
-    """The maps cached at `path` when they are whole and have `rows` rows; else an empty array
-    (a missing file, or one a kill or full disk left unreadable: deleted, computed again)."""
+def read_cached_maps(path: Path, rows: int, dtype: np.dtype) -> np.ndarray:
+    """The maps cached at `path` as `dtype` when they are whole and have `rows` rows; else an
+    empty array (a missing file, or one a kill or full disk left unreadable: deleted, computed
+    again)."""
     if not path.is_file():
         return np.empty(0)
     try:
         maps = np.load(path)
-        if len(maps) != rows:
-            raise ValueError(f"{len(maps)} rows, expected {rows}")
+        if len(maps) != rows or maps.dtype.itemsize != dtype.itemsize:
+            raise ValueError(f"{len(maps)} rows of {maps.dtype}, expected {rows} of {dtype}")
+        maps = maps.view(dtype)
     except (OSError, ValueError, EOFError) as error:
         data_lib.warn(f"cached maps {path} are unreadable ({error}); deleted, computing again")
         path.unlink(missing_ok=True)

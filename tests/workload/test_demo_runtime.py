@@ -9,7 +9,7 @@ from PIL import Image
 
 from workload import data
 from workload.demo import IMAGES_PER_CLASS, SPECIES, TEST_IMAGES, make_dataset
-from workload.runtime import Runtime, wants_mixed_precision
+from workload.runtime import Precision, Runtime
 
 
 def test_demo_data_has_twelve_imbalanced_classes_odd_formats_and_corrupt_files(
@@ -30,17 +30,9 @@ def test_demo_data_has_twelve_imbalanced_classes_odd_formats_and_corrupt_files(
     assert images.dtype == np.uint8
 
 
-def test_mixed_precision_only_when_every_gpu_has_tensor_cores() -> None:
-    assert wants_mixed_precision([(7, 5)])  # T4
-    assert wants_mixed_precision([(8, 0), (8, 0)])  # A100 x2
-    assert not wants_mixed_precision([(3, 7)])  # K80, the 2018 guide's GPU
-    assert not wants_mixed_precision([(7, 0), (6, 0)])
-    assert not wants_mixed_precision([])  # CPU
-
-
 def test_global_batch_is_rounded_up_to_a_multiple_of_the_replicas() -> None:
     class Strategy:
         num_replicas_in_sync = 3
 
-    runtime = Runtime(Strategy(), ["a", "b", "c"], mixed_precision=True)
+    runtime = Runtime(Strategy(), ["a", "b", "c"], Precision("mixed_float16", "test"))
     assert [runtime.batch(size) for size in (32, 33, 3, 1)] == [33, 33, 3, 3]

@@ -275,27 +275,11 @@ def test_predict_reads_model_and_images_from_gs_and_writes_there(
     assert all(0.0 < float(row[2]) <= 1.0 for row in rows[1:])
 
 
-def test_fast_recipe_runs_under_mixed_precision(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The GPU path's dtypes (float16 compute, float32 output and standardisation), on the CPU."""
-    import keras
-
-    from workload import runtime
-
-    configure = runtime.configure
-
-    def mixed(seed: int) -> runtime.Runtime:
-        default = configure(seed)
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        return runtime.Runtime(default.strategy, ["pretend T4"], mixed_precision=True)
-
-    monkeypatch.setattr(runtime, "configure", mixed)
+def test_fast_recipe_runs_under_mixed_float16(tmp_path: Path) -> None:
+    """A T4's dtypes (float16 compute with loss scaling, float32 head), on the CPU."""
     write_tiny_data(tmp_path / "data")
-    try:
-        metrics = train(_config(tmp_path))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    metrics = train(_config(tmp_path, precision="float16"))
+    assert metrics["precision"] == "mixed_float16"
     assert np.isfinite(metrics["micro_f1"])
     rows = list(csv.DictReader(io.StringIO(Path(tmp_path, "out/history.csv").read_text())))
     assert all(np.isfinite(float(row["loss"])) for row in rows)
@@ -314,9 +298,9 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 configure = runtime.configure
 
 
-def mirrored(seed):
-    configure(seed)  # seeds and float32 policy, as on a real machine
-    return runtime.Runtime(strategy, ["a", "b"], mixed_precision=False)
+def mirrored(seed, precision):
+    chosen = configure(seed, "float32").precision  # seeds and policy, as on a real machine
+    return runtime.Runtime(strategy, ["a", "b"], chosen)
 
 
 runtime.configure = mirrored
