@@ -95,9 +95,9 @@ def main(plan: Plan, data_root: Path) -> int:
         return 0
 
     from bench import measure, run
-    from workload import runtime
-    from workload import train as train_lib
-    from workload.config import TrainConfig
+    from workload.job import runtime
+    from workload.job import train as train_lib
+    from workload.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
     gpu = gpus[0]

@@ -33,7 +33,7 @@ from bench.precisions import Measured
 from bench.report import Report, Target
 
 if TYPE_CHECKING:
-    from workload.runtime import Precision
+    from workload.job.runtime import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -67,7 +67,7 @@ QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bf
 # --quick measures the fast recipe's memory only (the target); a child costs about a minute.
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
 
-# From the job's TrainConfig defaults (workload/config.py); read at run time where possible.
+# From the job's TrainConfig defaults (workload/job/config.py); read at run time where possible.
 SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
 SECTION_E2E = precisions.SECTION_E2E
 SECTION_FLOPS = precisions.SECTION_FLOPS
@@ -153,8 +153,8 @@ def data_root_for(plan: Plan) -> Path:
 
 def split_sizes(labels: np.ndarray, test: int) -> estimate.Sizes:
     """Train/validation/test counts as the job splits them (its own stratified_split)."""
-    from workload import data as data_lib
-    from workload.config import TrainConfig
+    from workload.job import data as data_lib
+    from workload.job.config import TrainConfig
 
     config = TrainConfig(data="", out="")
     train_idx, val_idx = data_lib.stratified_split(labels, config.val_split, config.seed)
@@ -170,8 +170,8 @@ def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
     """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
-    from workload import train as train_lib
-    from workload.config import TrainConfig
+    from workload.job import train as train_lib
+    from workload.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
     log(f"dataset: {plan.train_images} train + {plan.test_images} test images (once, cached)")
@@ -241,7 +241,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
     )
 
-    from workload import runtime
+    from workload.job import runtime
 
     auto = runtime.local_precision()
     full = full_sizes()
@@ -295,7 +295,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
 def _native(plan: Plan, report: Report) -> list[str]:
     """The plan's extra precisions that this machine computes natively; the others are named in
     a note (emulated bfloat16 is several times slower than float32: minutes per guide step)."""
-    from workload import runtime
+    from workload.job import runtime
 
     native = []
     for precision in plan.precisions:
@@ -418,9 +418,9 @@ job's mixed precision with and without XLA, the real job end to end) and prints 
 GPU` elsewhere.
 
 How the figures are obtained:
-- **Everything runs the project's own code**: `workload.data.load_images` (decode + resize into
-  the `.npy` cache), `workload.data.make_dataset` (tf.data), `workload.model.build_*` and
-  `workload.train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
+- **Everything runs the job's own code** (workload/job/): `data.load_images` (decode + resize
+  into the `.npy` cache), `data.make_dataset` (tf.data), `model.build_*` and
+  `train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
 - **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's
   `block4_pool` maps once: of every training image as is and flipped left-right (its phase-2
@@ -469,7 +469,7 @@ def _loads(loads: tuple[float, float, float]) -> str:
 
 
 def _precision_list(text: str) -> list[str]:
-    from workload.runtime import PRECISIONS
+    from workload.job.runtime import PRECISIONS
 
     values = [value.strip() for value in text.split(",") if value.strip()]
     unknown = [value for value in values if value not in PRECISIONS]

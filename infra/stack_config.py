@@ -1,6 +1,6 @@
 """Reads a stack's configuration from the project files the way the Pulumi CLI would:
 Pulumi.yaml defaults, then Pulumi.<stack>.yaml, then overrides. For tests and for
-`python -m startup render`, which run without the CLI."""
+`python -m infra render`, which run without the CLI."""
 
 from __future__ import annotations
 

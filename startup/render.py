@@ -12,16 +12,56 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from startup.vm import units
 from startup.vm.config import VmSettings
 
-if TYPE_CHECKING:
-    from infra.settings import StackSettings
+
+class GpuSpec(Protocol):
+    """The catalogue facts about the stack's GPU that the script needs."""
+
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def driver_branch(self) -> str: ...
+    @property
+    def tensorflow_build(self) -> str: ...
+
+
+class StackSettings(Protocol):
+    """What the renderer reads from a stack's settings (infra.settings.StackSettings has it):
+    startup/ depends on these names only, never on infra/, which imports this module."""
+
+    @property
+    def gpu(self) -> GpuSpec: ...
+    @property
+    def gpus_attached(self) -> int: ...
+    @property
+    def gpu_type(self) -> str: ...
+    @property
+    def machine_type(self) -> str: ...
+    @property
+    def image(self) -> str: ...
+    @property
+    def spot(self) -> bool: ...
+    @property
+    def notebook_port(self) -> int: ...
+    @property
+    def idle_shutdown_minutes(self) -> int: ...
+    @property
+    def shutdown_after_training(self) -> bool: ...
+    @property
+    def run_training(self) -> bool: ...
+    @property
+    def data_path(self) -> str: ...
+    @property
+    def training_args(self) -> Sequence[str]: ...
+
 
 TEMPLATES = Path(__file__).resolve().parent
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from startup.vm.job_state import write_job_state
+from workload.layout import MANIFEST_NAME
 
-MANIFEST = "_upload_manifest.json"
 STABLE_MINUTES = 5
 POLL_SECONDS = 30
 
@@ -101,7 +101,7 @@ def wait_for_data(
     previous: Check | None = None
     polls = 0
     while True:
-        manifest = client.bucket(bucket).blob(f"{prefix}/{MANIFEST}").exists()
+        manifest = client.bucket(bucket).blob(f"{prefix}/{MANIFEST_NAME}").exists()
         blobs = client.list_blobs(bucket, prefix=f"{prefix}/train/")
         listing = Listing.of(
             (b.size or 0, b.updated.isoformat() if b.updated else "") for b in blobs

@@ -15,7 +15,7 @@ from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
 from startup.vm.status import log_tail
 from startup.vm.stop import stop_vm
-from workload.cli import EXIT_RETRY
+from workload.job.cli import EXIT_RETRY
 
 # How often the service looks for the uploaded data (KGG_DATA_POLL_SECONDS in the tests).
 DATA_POLL_SECONDS = 30.0

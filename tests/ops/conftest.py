@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workload import ops_cli
+from workload.ops import cli as ops_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {"Black-grass": 3, "Charlock": 2, "Maize": 4}

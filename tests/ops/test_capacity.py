@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workload.capacity import group_state, render_group
+from workload.ops.capacity import group_state, render_group
 
 from .fake_gce import fixture_body
 

@@ -57,7 +57,7 @@ def test_upload_status_runs_and_pull_from_the_command_line_never_import_tensorfl
 def test_start_stop_and_ssh_never_import_tensorflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workload.gce import ENDPOINT_ENV
+    from workload.ops.gce import ENDPOINT_ENV
 
     from .fake_gce import GROUP_PATH, running_fake
 

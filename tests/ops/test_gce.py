@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from workload.gce import Compute, GceError, GroupRef
+from workload.ops.gce import Compute, GceError, GroupRef
 
 GROUP = GroupRef("kgg-demo-project", "us-central1", "kgg-dev-0a1b2c")
 

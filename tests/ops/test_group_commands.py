@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workload import ops_cli, storage
-from workload.gce import ENDPOINT_ENV
+from workload import storage
+from workload.ops import cli as ops_cli
+from workload.ops.gce import ENDPOINT_ENV
 
 from .conftest import run_workload
 from .fake_gce import GROUP_PATH, FakeCompute, running_fake

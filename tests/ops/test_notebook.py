@@ -126,7 +126,7 @@ def _finished_job(folder: Path) -> None:
     """What a finished unattended run leaves behind, made with the package's own writers."""
     import keras
 
-    from workload import metrics, report
+    from workload.job import metrics, report
 
     folder.mkdir(parents=True)
     names = list(COLORS)

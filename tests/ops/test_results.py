@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.hostile import plant_hostile_objects, victims_untouched
-from workload import ops_cli, results, storage
+from workload import storage
+from workload.ops import cli as ops_cli
+from workload.ops import results
 
 from .conftest import run_cli, run_workload
 

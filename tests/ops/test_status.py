@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from workload import status, storage
+from workload import storage
 from workload.documents import StartupStatus
+from workload.ops import status
 
 from .conftest import run_cli, run_workload
 

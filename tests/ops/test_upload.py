@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workload import storage, upload
+from workload import storage
+from workload.ops import upload
 
 from .conftest import CLASSES, TEST_IMAGES, make_dataset, run_cli, run_workload
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.__main__ import main, parse_override
 from infra.catalogue import CURRENT_GPUS, IMAGES
-from startup.__main__ import main, parse_override
 from startup.render import CARRIED, render_startup_script, shell_quote, vm_settings
 from startup.vm.jupyter import jupyter_config
 from tests.startup.harness import heredoc, settings_for

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from workload.cli import main
-from workload.runstate import FAIL_AFTER_ENV
+from workload.job.runstate import FAIL_AFTER_ENV
 
 TINY = 32  # the smallest input VGG accepts: keeps every TensorFlow test to seconds
 # The options of every tiny run: random weights, 32 px, two epochs of each phase.

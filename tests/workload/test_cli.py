@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.workload.conftest import train_argv, workload, write_tiny_data
-from workload.cli import EXIT_USAGE, build_parser, config_from_args, main
-from workload.config import TrainConfig, resolve
+from workload.cli import build_parser, main
+from workload.job.cli import EXIT_USAGE, config_from_args
+from workload.job.config import TrainConfig, resolve
 
 
 def _config(*argv: str) -> TrainConfig:
@@ -54,7 +55,7 @@ def test_bad_options_are_rejected_naming_the_value(option: dict, match: str) -> 
 
 def test_cli_and_storage_import_without_tensorflow() -> None:
     code = (
-        "import sys, workload.cli, workload.storage, workload.train, workload.demo;"
+        "import sys, workload.cli, workload.storage, workload.job.train, workload.demo;"
         "workload.cli.build_parser();"
         "assert not [m for m in sys.modules if m.startswith(('tensorflow', 'keras'))]"
     )

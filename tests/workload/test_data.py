@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.workload.conftest import png_bytes, write_tiny_data
-from workload import data, storage
+from workload import storage
+from workload.job import data
 
 
 def _write(path: Path, payload: bytes) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workload import data
 from workload.demo import IMAGES_PER_CLASS, SPECIES, TEST_IMAGES, make_dataset
-from workload.runtime import Precision, Runtime
+from workload.job import data
+from workload.job.runtime import Precision, Runtime
 
 
 def test_demo_data_has_twelve_imbalanced_classes_odd_formats_and_corrupt_files(

@@ -20,7 +20,7 @@ from tests.workload.conftest import (
     write_class_images,
     write_tiny_data,
 )
-from workload.cli import EXIT_USAGE
+from workload.job.cli import EXIT_USAGE
 
 
 @pytest.fixture(scope="module")

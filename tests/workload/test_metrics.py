@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workload.metrics import classification_metrics, confusion_matrix
+from workload.job.metrics import classification_metrics, confusion_matrix
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns() -> None:

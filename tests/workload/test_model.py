@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.workload.conftest import TINY
-from workload import model, storage
+from workload import storage
+from workload.job import model
 
 
 def test_imagenet_and_none_pass_through_to_keras_applications(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_full_model_predicts_as_the_last_block_on_cached_maps_after_training_it(
     """Phase 2 trains block5 + head on cached block4 maps; the saved image model must agree."""
     import keras
 
-    from workload import train
+    from workload.job import train
 
     base = model.build_base("vgg16", None, TINY, include_top=False)
     base.trainable = False
@@ -124,7 +125,7 @@ def test_full_model_predicts_as_the_last_block_on_cached_maps_after_training_it(
 
 
 def test_second_view_of_the_cached_maps_is_the_left_right_flipped_image(tmp_path: Path) -> None:
-    from workload import train
+    from workload.job import train
 
     base = model.build_base("vgg16", None, TINY, include_top=False)
     trunk = model.build_frozen_trunk(base)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tests.workload.conftest import TinyRun, train_argv, workload, write_tiny_data
-from workload.cli import EXIT_USAGE
-from workload.config import resolve
-from workload.runstate import FAIL_AFTER_ENV
-from workload.runtime import choose_precision, cpu_flags
+from workload.job.cli import EXIT_USAGE
+from workload.job.config import resolve
+from workload.job.runstate import FAIL_AFTER_ENV
+from workload.job.runtime import choose_precision, cpu_flags
 
 REPO = Path(__file__).resolve().parents[2]
 ZEN3 = frozenset({"avx", "avx2", "fma"})  # no bfloat16 arithmetic

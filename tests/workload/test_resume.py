@@ -24,8 +24,8 @@ from tests.workload.conftest import (
     workload,
     write_class_images,
 )
-from workload.cli import EXIT_RETRY, EXIT_USAGE
-from workload.runstate import FAIL_AFTER_ENV
+from workload.job.cli import EXIT_RETRY, EXIT_USAGE
+from workload.job.runstate import FAIL_AFTER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 # history.csv on the CPU: a resumed run repeats the uninterrupted one to float32 rounding of

@@ -125,7 +125,7 @@ def test_local_path_joins_a_plain_name(tmp_path: Path) -> None:
 def test_vm_data_fetch_never_writes_outside_its_cache(
     gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from workload.data import fetch_data
+    from workload.job.data import fetch_data
 
     bucket = gcs_bucket_like_real_gcs
     storage.write_bytes(f"gs://{bucket}/data/ds/train/a/1.png", b"png")
@@ -140,8 +140,8 @@ def test_vm_data_fetch_never_writes_outside_its_cache(
 def test_backup_restore_never_writes_outside_the_work_folder(
     gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from workload.config import TrainConfig
-    from workload.runstate import STATE_VERSION, Run
+    from workload.job.config import TrainConfig
+    from workload.job.runstate import STATE_VERSION, Run
 
     bucket = gcs_bucket_like_real_gcs
     config = TrainConfig(data="unused", out=f"gs://{bucket}/runs/r1", cache_dir=str(tmp_path / "c"))

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from tests.workload.conftest import TINY, TinyRun, workload, write_tiny_data
-from workload import data, storage
-from workload.config import TrainConfig, resolve
-from workload.runstate import FAIL_AFTER_ENV, SimulatedInterruption
-from workload.train import train
+from workload import storage
+from workload.job import data
+from workload.job.config import TrainConfig, resolve
+from workload.job.runstate import FAIL_AFTER_ENV, SimulatedInterruption
+from workload.job.train import train
 
 TINY_OPTIONS: dict[str, Any] = {
     "weights": "none",
@@ -74,8 +75,8 @@ def _recomputed(run: TinyRun, files: list[str]) -> dict[str, Any]:
     the job: decoded as the job decodes, labelled by their class folder."""
     import keras
 
-    from workload import model as model_lib
-    from workload.metrics import classification_metrics
+    from workload.job import model as model_lib
+    from workload.job.metrics import classification_metrics
 
     classes = json.loads((run.out / "class_names.json").read_text())
     images = np.stack([data.decode_image(run.data / name, TINY) for name in files])
@@ -121,7 +122,7 @@ def test_headline_score_is_the_held_out_split_that_nothing_chose_on(fast_run: Ti
 
 
 def test_result_line_and_runs_table_name_the_held_out_score(fast_run: TinyRun) -> None:
-    from workload import results
+    from workload.ops import results
 
     metrics = json.loads((fast_run.out / "metrics.json").read_text())
     assert f"done: held-out micro-F1 {metrics['micro_f1']:.4f}" in fast_run.result.out
@@ -136,7 +137,7 @@ def test_result_line_and_runs_table_name_the_held_out_score(fast_run: TinyRun) -
 
 def test_runs_table_shows_old_and_unknown_score_sets_as_validation() -> None:
     """Runs from before the held-out split scored validation; bucket text is never echoed."""
-    from workload import results
+    from workload.ops import results
 
     old = results.summarize_run("r0", {"accuracy": 0.9, "micro_f1": 0.9}, None)
     odd = results.summarize_run("r1", {"micro_f1": 0.9, "scored_on": "\x1b[2Jall"}, None)
@@ -151,7 +152,7 @@ def test_saved_model_holds_no_optimizer_state(fast_run: TinyRun) -> None:
     import h5py
     import keras
 
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     with zipfile.ZipFile(fast_run.out / "model.keras") as archive:
         weights = io.BytesIO(archive.read("model.weights.h5"))
@@ -257,7 +258,7 @@ def test_final_model_is_the_best_monitored_epoch_across_head_and_finetune(
 def test_predict_reads_model_and_images_from_gs_and_writes_there(
     fast_run: TinyRun, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    from workload.predict import predict
+    from workload.job.predict import predict
 
     for name in ("model.keras", "class_names.json"):
         storage.upload_file(fast_run.out / name, f"gs://{gcs_bucket}/runs/r/{name}")
@@ -291,8 +292,8 @@ import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from workload import runtime, train
-from workload.config import resolve
+from workload.job import runtime, train
+from workload.job.config import resolve
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 configure = runtime.configure

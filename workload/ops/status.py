@@ -20,10 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
-from workload.capacity import GroupState, render_group
 from workload.documents import Failure, StartupStatus, Step
-from workload.gce import GceError
-from workload.lines import GCE_NAME, clock, field, format_duration
+from workload.layout import PROGRESS_FILE
+from workload.ops.capacity import GroupState, render_group
+from workload.ops.gce import GceError
+from workload.ops.lines import GCE_NAME, clock, field, format_duration
 from workload.terminal import clean_document
 from workload.timestamps import parse_time
 
@@ -386,7 +387,7 @@ def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Doc | None]:
     progress = None
     if run_id:
         progress = parse_doc(
-            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/progress.json")
+            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
     return startup, progress
 

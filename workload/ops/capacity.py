@@ -1,5 +1,5 @@
 """What GCE says about the VM's group: running, stopped, or waiting for capacity, and the last
-error per zone since when. `group_state` is a pure function of the API's answers (workload.gce),
+error per zone since when. `group_state` is a pure function of the API's answers (workload.ops.gce),
 `render_group` of the state and the time, so every case is tested without a cloud.
 
 The API's shapes: https://cloud.google.com/compute/docs/reference/rest/v1/regionInstanceGroupManagers
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from workload.gce import last_segment, zone_of
-from workload.lines import GCE_NAME, clock, field, format_duration
+from workload.ops.gce import last_segment, zone_of
+from workload.ops.lines import GCE_NAME, clock, field, format_duration
 from workload.timestamps import parse_time
 
 # Capacity, not quota: GCE retries these by itself and a quota increase does not help.

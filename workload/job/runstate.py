@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
-from workload.config import NOT_FINGERPRINTED, TrainConfig
+from workload.job.config import NOT_FINGERPRINTED, TrainConfig
+from workload.layout import BACKUP_DIR, PROGRESS_FILE
 
 STATE_VERSION = 2
 PROGRESS_VERSION = 1
@@ -53,7 +54,6 @@ class CheckpointError(ValueError):
 
 
 # Resume checkpoints live under <out>/backup; `pull` leaves them behind.
-BACKUP_DIR = "backup"
 # Files in this folder of the work dir are never mirrored to the bucket: cached feature maps
 # (~2 GB at full size) that a resumed run on a fresh machine recomputes in one forward pass.
 LOCAL_ONLY_DIR = "local"
@@ -148,7 +148,7 @@ def finished_metrics(
 
     A finished run of other data or options raises RunMismatch, or with `restart` has its
     results deleted (this run replaces it); None when there is nothing finished to report."""
-    progress = _read_optional_json(storage.join(config.out, "progress.json"))
+    progress = _read_optional_json(storage.join(config.out, PROGRESS_FILE))
     if not (isinstance(progress, dict) and progress.get("state") == "done"):
         return None
     reason = mismatch(progress.get("fingerprint"), fingerprint, config)
@@ -309,7 +309,7 @@ class Run:
                 include=lambda name: (
                     name != "state.json"
                     and not name.startswith(f"{LOCAL_ONLY_DIR}/")
-                    and not name.startswith(".")  # temporary files (workload.atomic)
+                    and not name.startswith(".")  # temporary files (workload.job.atomic)
                 ),
             )
             storage.upload_file(
@@ -356,7 +356,7 @@ class Run:
         }
         if error is not None:
             document["error"] = error
-        storage.write_json(storage.join(self.config.out, "progress.json"), document)
+        storage.write_json(storage.join(self.config.out, PROGRESS_FILE), document)
 
     def put(self, name: str, data: bytes | str) -> None:
         """Writes one result file under --out."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
-from workload.runstate import BACKUP_DIR
+from workload.layout import BACKUP_DIR, PROGRESS_FILE
 from workload.terminal import printable
 
 RUNS_PREFIX = "runs"
@@ -104,8 +104,8 @@ def list_runs(bucket: str) -> list[RunSummary]:
             storage.read_json(f"{base}/metrics.json") if f"{run_id}/metrics.json" in names else None
         )
         progress = (
-            storage.read_json(f"{base}/progress.json")
-            if f"{run_id}/progress.json" in names
+            storage.read_json(f"{base}/{PROGRESS_FILE}")
+            if f"{run_id}/{PROGRESS_FILE}" in names
             else None
         )
         updated = max((i.updated for i in infos if i.updated), default=None)
@@ -208,7 +208,7 @@ def render_pull(run_id: str, target: Path, stats: storage.SyncStats) -> str:
             f"  refused {stats.refused} objects whose names lead outside {target} (warnings "
             "above); this tool never writes such names: check who can write the bucket"
         )
-    for name in ("metrics.json", "submission.csv", "progress.json"):
+    for name in ("metrics.json", "submission.csv", PROGRESS_FILE):
         path = target / name
         if path.is_file():
             lines.append(f"  {path}")

@@ -1,7 +1,7 @@
 """One training run from data to results, resumable after a kill at any point.
 
 The phases (features, head, finetune for the fast recipe; guide for the 2018 one) checkpoint every
-epoch through workload.runstate. A rerun of the same command with the same data continues from
+epoch through workload.job.runstate. A rerun of the same command with the same data continues from
 the last finished epoch, on the trajectory the uninterrupted run would have taken (each epoch's
 data order, augmentation and dropout are drawn from the seed, the phase and the epoch alone); a
 rerun of a finished run changes nothing. Other data or options never resume or report that run.
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from workload import data as data_lib
 from workload import storage
-from workload.atomic import atomic_path
-from workload.config import TrainConfig
-from workload.runstate import (
+from workload.job import data as data_lib
+from workload.job.atomic import atomic_path
+from workload.job.config import TrainConfig
+from workload.job.runstate import (
     CheckpointError,
     Run,
     SimulatedInterruption,
@@ -84,7 +84,7 @@ def _epoch_callback(
     """Per epoch: history row, latest/best weights, early stopping, state, progress, backup."""
     import keras
 
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     config = run.config
     ps = run.phase(phase)
@@ -223,7 +223,7 @@ def pooled_features(
     """Pooled features of the frozen base, one forward pass (phase 1 trains on these).
 
     `images` may also be cached block4 maps, with `extractor` the last block + pooling."""
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     features = model_lib.predict(extractor, images, batch_size, _verbose(), jit_compile)
     return features.astype(np.float32)
@@ -255,7 +255,7 @@ def write_frozen_maps(
     uint16 bits, which numpy reads back without ml_dtypes), chunk by chunk: at full size the
     float32 output of one predict over the training set would be 1.5 GB, the 16-bit file is
     half that per view."""
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     stored = np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
     shape = (views * len(images), *trunk.output.shape[1:])
@@ -278,8 +278,8 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
 
     --out holding a run of other data or options raises RunMismatch, or with `restart` is
     replaced; so is a run whose checkpoint cannot be read (CheckpointError)."""
-    from workload import runtime as runtime_lib
-    from workload.metrics import headline
+    from workload.job import runtime as runtime_lib
+    from workload.job.metrics import headline
 
     identity = data_lib.data_identity(config.data)
     fingerprint = fingerprint_of(config, identity.to_dict())
@@ -320,8 +320,8 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
 
 
 def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
-    from workload import model as model_lib
-    from workload import runtime as runtime_lib
+    from workload.job import model as model_lib
+    from workload.job import runtime as runtime_lib
 
     config = run.config
     started = time.perf_counter()
@@ -377,7 +377,7 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     evaluated = time.perf_counter()
     validation = _evaluate(runtime, model, x_val, y_val, class_names, batch)
     inference_seconds = time.perf_counter() - evaluated
-    from workload.metrics import summary
+    from workload.job.metrics import summary
 
     # The headline: the held-out split, which nothing was chosen on (validation picked the fast
     # recipe's best epochs and stopped it early); validation only without one.
@@ -393,7 +393,7 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     submission = None
     if test is not None and len(test.files):
         test_probs = model_lib.predict(model, test.images, batch, jit_compile=runtime.jit_compile)
-        from workload.report import predictions_csv
+        from workload.job.report import predictions_csv
 
         submission = predictions_csv(test.files, test_probs, class_names)
     _write_results(
@@ -419,8 +419,8 @@ def _evaluate(
     batch: int,
 ) -> dict[str, Any]:
     """classification_metrics of the model's predictions on one labelled set."""
-    from workload import model as model_lib
-    from workload.metrics import classification_metrics
+    from workload.job import model as model_lib
+    from workload.job.metrics import classification_metrics
 
     probs = model_lib.predict(model, images, batch, jit_compile=runtime.jit_compile)
     return classification_metrics(labels, np.argmax(probs, axis=1), class_names)
@@ -457,7 +457,7 @@ def _train_guide(
     """The 2018 recipe: VGG with fc1/fc2, all layers trained with SGD, no augmentation."""
     import keras
 
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     config = run.config
     ps = run.phase("guide")
@@ -511,7 +511,7 @@ def _train_fast(
     trains on images with flips and 90-degree rotations."""
     import keras
 
-    from workload import model as model_lib
+    from workload.job import model as model_lib
 
     config = run.config
     on_maps = config.unfreeze_blocks == 1
@@ -679,8 +679,8 @@ def _write_results(
     seconds_this_process: float,
 ) -> None:
     """Every result file, then progress.json "done" LAST: it is the finished-run marker."""
-    from workload import model as model_lib
-    from workload import report
+    from workload.job import model as model_lib
+    from workload.job import report
 
     config = run.config
     skipped = dataset.skipped + (test.skipped if test else [])
@@ -728,7 +728,7 @@ def _write_results(
         eta_seconds=0.0,
         images_per_second=metrics["images_per_second"].get("inference"),
     )
-    from workload.metrics import headline
+    from workload.job.metrics import headline
 
     print(f"done: {headline(metrics)}; results in {config.out}")
     # The backup only serves resuming; a finished run keeps its results, not hundreds of MB of

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
+from workload.layout import MANIFEST_NAME
 from workload.terminal import printable
 
-MANIFEST_NAME = "_upload_manifest.json"
 MANIFEST_VERSION = 1
 DEFAULT_PREFIX = "data/plant-seedlings"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})

@@ -1,5 +1,7 @@
-"""`python -m startup render`: the startup script for a stack, as `pulumi up` sends it. Needs the
-project's infra/ package (the laptop). What runs on the VM is `python -m startup.vm`."""
+"""`python -m infra render`: the startup script for a stack, as `pulumi up` sends it, without
+Pulumi or the cloud. It lives beside the stack loader (infra/stack_config.py), which `pulumi up`
+uses too: infra/ uses startup/'s renderer, startup/ never imports infra/. What runs on the VM is
+`python -m startup.vm`."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ Pulumi.dev.yaml does) the script is rendered anyway, with a note on stderr that 
 will refuse the stack until it is set. Any other invalid setting exits 2 with the reason.
 
 examples:
-  python -m startup render --stack dev
-  python -m startup render --stack dev --set gpuType=nvidia-l4 \\
+  python -m infra render --stack dev
+  python -m infra render --stack dev --set gpuType=nvidia-l4 \\
       --set 'allowedSourceRanges=["203.0.113.7/32"]'
 """
 
@@ -73,8 +75,8 @@ def _render(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m startup",
-        description="The VM's startup script: print it for a stack (render).",
+        prog="python -m infra",
+        description="The stack, without Pulumi: print the VM's startup script (render).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

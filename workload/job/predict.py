@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workload import data as data_lib
-from workload import model as model_lib
 from workload import storage
+from workload.job import data as data_lib
+from workload.job import model as model_lib
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "model.keras"
@@ -64,7 +64,7 @@ def _load(local_model: Path, model_url: str, class_names: list[str]) -> Any:
     is not one of ours."""
     import keras
 
-    from workload import runtime
+    from workload.job import runtime
 
     model_lib.preprocess_layer()  # registers the custom layer before loading
     try:
@@ -98,7 +98,7 @@ def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
         if not ok:
             raise data_lib.DataError(f"no readable image under {images}")
         probs = model_lib.predict(network, pixels, BATCH_SIZE)
-    from workload.report import predictions_csv
+    from workload.job.report import predictions_csv
 
     target = out if out.endswith(".csv") else storage.join(out, PREDICTIONS_FILE)
     csv = predictions_csv([files[i] for i in ok], probs, class_names, with_confidence=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from workload.runtime import PRECISIONS
+from workload.job.runtime import PRECISIONS
 
 Recipe = Literal["fast", "guide"]
 RECIPES: tuple[str, ...] = ("fast", "guide")
@@ -70,7 +70,7 @@ class TrainConfig:
     cache_dir: str = str(DEFAULT_CACHE_DIR)
     workers: int = 8
     progress: bool = True
-    # auto: bfloat16 or float16 where the hardware computes them natively (workload.runtime).
+    # auto: bfloat16 or float16 where the hardware computes them natively (workload.job.runtime).
     precision: str = "auto"
 
     def __post_init__(self) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from workload import storage
-from workload.atomic import atomic_path
-from workload.upload import MANIFEST_NAME
+from workload.job.atomic import atomic_path
+from workload.layout import MANIFEST_NAME
 
 CACHE_VERSION = 2
 SPLIT_DIRS = ("train", "test")

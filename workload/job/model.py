@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from workload import data as data_lib
 from workload import storage
+from workload.job import data as data_lib
 
 # keras.applications' "caffe" preprocessing for VGG: RGB -> BGR, minus the ImageNet BGR mean.
 # https://github.com/keras-team/keras/blob/master/keras/src/applications/imagenet_utils.py

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workload.capacity import GroupState
-    from workload.gce import Compute, GroupRef
+    from workload.ops.capacity import GroupState
+    from workload.ops.gce import Compute, GroupRef
 
 STACK_BUCKET_OUTPUT = "bucketName"
 STACK_GROUP_OUTPUT = "instanceGroup"
 STACK_DATA_PATH_KEY = "dataPath"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where Pulumi.yaml is
 
 
 class StackValueError(RuntimeError):
@@ -120,7 +120,7 @@ def _add_group(parser: argparse.ArgumentParser) -> None:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    from workload import upload
+    from workload.ops import upload
 
     bucket = resolve_bucket(args.bucket)
     # With the bucket from the stack, the prefix must be the stack's dataPath too, or the VM
@@ -141,7 +141,7 @@ def _upload(args: argparse.Namespace) -> int:
 def _group_reader(args: argparse.Namespace) -> Callable[[], GroupState | None] | None:
     """What `status` shows of GCE's view: the group from --group or the stack, when there is one
     (the bucket's documents are worth showing without it)."""
-    from workload import gce
+    from workload.ops import gce
 
     try:
         group = gce.GroupRef.parse(resolve_group(args.group))
@@ -162,7 +162,7 @@ def read_group(compute: Compute, group: GroupRef) -> GroupState:
     """GCE's view of the VM's group: the group, its VMs, their errors, its template."""
     from datetime import UTC, datetime
 
-    from workload.capacity import group_state
+    from workload.ops.capacity import group_state
 
     described = compute.get_group(group)
     template = compute.get_template(str(described.get("instanceTemplate") or ""))
@@ -178,7 +178,7 @@ def read_group(compute: Compute, group: GroupRef) -> GroupState:
 def _status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from workload import status
+    from workload.ops import status
 
     bucket = resolve_bucket(args.bucket)
     source = f"gs://{bucket}/{status.STATUS_KEY}"
@@ -197,7 +197,7 @@ def _status(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("\nstopped watching; the VM carries on")
             return 130
-    from workload.gce import GceError
+    from workload.ops.gce import GceError
 
     startup, progress = status.fetch_documents(bucket)
     group = None
@@ -211,14 +211,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _group_and_compute(args: argparse.Namespace) -> tuple[Compute, GroupRef]:
-    from workload import gce
+    from workload.ops import gce
 
     group = gce.GroupRef.parse(resolve_group(args.group))
     return gce.Compute.from_environment(), group
 
 
 def _start(args: argparse.Namespace) -> int:
-    from workload.capacity import zone_list
+    from workload.ops.capacity import zone_list
 
     compute, group = _group_and_compute(args)
     state = read_group(compute, group)
@@ -258,14 +258,14 @@ def _stop(args: argparse.Namespace) -> int:
 def _print_group(state: GroupState) -> None:
     from datetime import UTC, datetime
 
-    from workload.capacity import render_group
+    from workload.ops.capacity import render_group
 
     print("\n".join(render_group(state, datetime.now(UTC))))
 
 
 def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[str]:
     """`gcloud compute ssh` for the group's running VM, wherever GCE put it."""
-    from workload.gce import GceError
+    from workload.ops.gce import GceError
 
     vm = state.running
     if vm is None or not vm.name or not vm.zone:
@@ -297,7 +297,7 @@ def _ssh(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from workload import results
+    from workload.ops import results
 
     bucket = resolve_bucket(args.bucket)
     run_id, target, stats = results.pull_run(
@@ -308,7 +308,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from workload import results, status, storage
+    from workload import storage
+    from workload.ops import results, status
 
     bucket = resolve_bucket(args.bucket)
     startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
@@ -321,10 +322,10 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     """Turns the errors a user can fix into one clear line on stderr and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
-        from workload.gce import GceError
-        from workload.results import RunNotFoundError
+        from workload.ops.gce import GceError
+        from workload.ops.results import RunNotFoundError
+        from workload.ops.upload import LayoutError
         from workload.storage import StorageError, UnsafeNameError
-        from workload.upload import LayoutError
 
         try:
             return command(args)
@@ -345,7 +346,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Adds the laptop commands to the `python -m workload` parser."""
-    from workload.upload import DEFAULT_PREFIX
+    from workload.ops.upload import DEFAULT_PREFIX
 
     upload = subparsers.add_parser(
         "upload",
