@@ -50,6 +50,7 @@ DEBIAN_COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
 # Debian's sources in both formats: deb822 (GCE's images) and the one-line sources.list.
 DEBIAN_SOURCES = ("etc/apt/sources.list.d/debian.sources", "etc/apt/sources.list")
 STATUS_OBJECT = "status/startup.json"
+LOG_OBJECT = "logs/startup.log"  # startup/vm/logsync.py keeps it up to date after the env
 
 
 class Failure(Exception):
@@ -232,6 +233,29 @@ def status(changes: list[str], bucket: str) -> None:
             log(f"status uploads failed for {spent:.0f}s: no more from this boot (local: {path})")
 
     update_file(path, changes, upload)
+    if any(re.fullmatch(r"step\.[a-z-]+=(done|skipped|failed)", change) for change in changes):
+        upload_log(bucket, budget)
+
+
+def upload_log(bucket: str, budget: Path) -> None:
+    """The startup log to logs/startup.log at a step's end (the agent's log sync takes over
+    once the env exists); within the same budget as the status uploads."""
+    try:
+        spent = float(budget.read_text())
+    except (OSError, ValueError):
+        spent = 0.0
+    log_file = STATE / "startup.log"
+    if not bucket or spent >= UPLOAD_BUDGET_SECONDS or not log_file.is_file():
+        return
+    started = time.monotonic()
+    url = f"{GCS_UPLOAD_URL}/b/{bucket}/o?uploadType=media&name={quote(LOG_OBJECT)}"
+    try:
+        headers = {"Authorization": f"Bearer {token()}", "Content-Type": "text/plain"}
+        request(url, headers=headers, data=log_file.read_bytes(), timeout=20, attempts=2)
+        return
+    except (Failure, OSError) as error:
+        log(f"could not upload the startup log (continuing): {error}")
+    budget.write_text(f"{spent + time.monotonic() - started:.1f}\n")
 
 
 def os_release(root: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Laptop commands (upload, status, pull, runs, start, stop, ssh): registered on the workload CLI.
+"""Laptop commands (upload, status, pull, runs, logs, start, stop, ssh, ...) for the CLI.
 
 They need only google-cloud-storage (and the google-auth it brings, for Compute Engine) and tqdm,
 never TensorFlow, so each module is imported inside its command.
@@ -317,11 +317,25 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from workload import logs
+
+    source = logs.log_source(resolve_bucket(args.bucket), args.which)
+    if not args.follow:
+        return logs.print_log(source, sys.stdout)
+    try:
+        return logs.follow(source, sys.stdout, interval=args.interval)
+    except KeyboardInterrupt:
+        print("\nstopped following; the VM carries on")
+        return 130
+
+
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns the errors a user can fix into one clear line on stderr and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
         from workload.gce import GceError
+        from workload.logs import LogNotFoundError
         from workload.results import RunNotFoundError
         from workload.storage import StorageError, UnsafeNameError
         from workload.upload import LayoutError
@@ -332,6 +346,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             StackValueError,
             GceError,
             LayoutError,
+            LogNotFoundError,
             RunNotFoundError,
             StorageError,
             UnsafeNameError,
@@ -419,6 +434,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_bucket(runs)
     runs.set_defaults(func=_guarded(_runs))
+
+    logs = subparsers.add_parser(
+        "logs",
+        help="print the VM's startup log or a run's training log (-f follows it)",
+        description=(
+            "Prints gs://BUCKET/logs/startup.log (`startup`) or gs://BUCKET/runs/RUN/train.log "
+            "(`train`: the VM's current run; or a run id, or `latest`), which the VM uploads "
+            "every few seconds: also readable once the VM is stopped. With -f, prints what is "
+            "new until the boot or the run ends (exit 0 done, 1 failed)."
+        ),
+    )
+    logs.add_argument(
+        "which", nargs="?", default="train", metavar="startup|train|RUN", help="default: train"
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
+    logs.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between polls with -f (default 5)"
+    )
+    _add_bucket(logs)
+    logs.set_defaults(func=_guarded(_logs))
 
     _group_command(
         subparsers,

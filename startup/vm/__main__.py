@@ -97,11 +97,22 @@ def _workspace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_sync(args: argparse.Namespace) -> int:
+    """The logs to the bucket every few seconds until SIGTERM (kgg-log-sync.service)."""
+    from startup.vm.agent import from_vm
+    from startup.vm.logsync import LogMirror, log_objects, sync_loop
+
+    agent = from_vm(budget_shared=False)
+    sync_loop(LogMirror(agent.instance.bucket, log_objects(agent.paths, agent.instance.run_id)))
+    return 0
+
+
 COMMANDS = {
     "boot": (_boot, "the boot steps after the Python env (the startup script runs it)"),
     "training-job": (_training_job, "the training service"),
     "idle-check": (_idle_check, "stop the VM when idle (the idle timer)"),
     "refresh-password": (_refresh_password, "restart JupyterLab when its password changed"),
+    "log-sync": (_log_sync, "the startup and training logs to the bucket (kgg-log-sync)"),
     "workspace": (_workspace, "as the notebook user: the workspace to or from the bucket"),
 }
 

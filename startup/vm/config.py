@@ -21,6 +21,7 @@ TRAINING_UNIT = "kgg-training.service"
 IDLE_UNIT = "kgg-idle-check.service"
 IDLE_TIMER = "kgg-idle-check.timer"
 STARTUP_UNIT = "google-startup-scripts.service"
+LOG_SYNC_UNIT = "kgg-log-sync.service"
 
 
 @dataclass(frozen=True)

@@ -632,3 +632,14 @@ def test_idle_check_without_an_env_in_a_group_resizes_it_instead_of_powering_off
         "POST /compute/v1/projects/my-project/regions/us-central1/instanceGroupManagers/"
         "kgg-dev-1a2b3c/resize?size=0"
     ]
+
+
+def test_the_startup_log_reaches_the_bucket_at_each_step_end_before_the_env(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("uv", "sync")
+
+    vm.boot()
+
+    log = vm.cloud.objects["logs/startup.log"].decode()
+    assert "step driver: done" in log
+    assert "step python failed: uv sync failed after 3 attempts" in log
