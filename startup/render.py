@@ -81,6 +81,8 @@ def vm_settings(
     settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
 ) -> VmSettings:
     """What the VM agent reads from /etc/keras-gpu-gcp/settings.json."""
+    from infra.specs import estimated_hourly_usd
+
     gpu = settings.gpu
     return VmSettings(
         gpu_name=gpu.display_name,
@@ -99,6 +101,7 @@ def vm_settings(
         python_min=PYTHON_MIN,
         python_max=PYTHON_MAX,
         managed_python=MANAGED_PYTHON,
+        hourly_usd=estimated_hourly_usd(settings),
     )
 
 

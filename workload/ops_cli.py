@@ -313,7 +313,8 @@ def _runs(args: argparse.Namespace) -> int:
     bucket = resolve_bucket(args.bucket)
     startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
     current = startup.run_id if startup else None
-    print(results.render_runs(results.list_runs(bucket), bucket, current))
+    costs = results.run_costs(bucket)
+    print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
     return 0
 
 

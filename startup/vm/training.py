@@ -11,6 +11,7 @@ from types import FrameType
 
 from startup.vm.agent import Agent, StepFailed
 from startup.vm.config import NOTEBOOK_USER, TRAINING_UNIT
+from startup.vm.cost import CostTicker
 from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
 from startup.vm.logsync import LogMirror, restore_training_log, train_log_object
@@ -109,6 +110,7 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
     finally:
         signal.signal(signal.SIGTERM, previous)
         mirror.sync()
+        CostTicker(agent)(force=True)  # the run's last minutes, while its state says running
     if returncode == EXIT_RETRY:  # the job itself was told to stop (SIGTERM): it resumes
         return _interrupted(agent)
     if returncode == 0:

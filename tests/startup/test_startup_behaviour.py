@@ -122,7 +122,8 @@ def test_status_document_is_uploaded_at_every_step(vm: FakeVm) -> None:
         if step["state"] == "running"
     }
     assert running == set(OWN_STEPS)
-    assert all(upload.content_type == "application/json" for upload in vm.cloud.uploads)
+    statuses = [upload for upload in vm.cloud.uploads if upload.name == "status/startup.json"]
+    assert statuses and all(upload.content_type == "application/json" for upload in statuses)
 
 
 def test_the_agent_gets_the_settings_and_the_idle_timer_is_on_before_the_env(vm: FakeVm) -> None:
