@@ -102,6 +102,7 @@ def vm_settings(
         python_max=PYTHON_MAX,
         managed_python=MANAGED_PYTHON,
         hourly_usd=estimated_hourly_usd(settings),
+        notebook_access=settings.notebook_access,
     )
 
 

@@ -49,6 +49,7 @@ class VmSettings:
     # The catalogue's $/h for this VM (on-demand or spot; None where it has no price): the cost
     # ledger's estimate (startup/vm/cost.py).
     hourly_usd: float | None = None
+    notebook_access: str = "public"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VmSettings:

@@ -15,6 +15,7 @@ from startup.vm.cost import CostTicker
 from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
 from startup.vm.logsync import LogMirror, restore_training_log, train_log_object
+from startup.vm.notify import run_ended
 from startup.vm.status import log_tail
 from startup.vm.stop import stop_vm
 from workload.cli import EXIT_RETRY
@@ -127,6 +128,7 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
             f"error.log_tail={log_tail(agent.paths.training_log)}",
             f"error.hint=journalctl -u {TRAINING_UNIT}; the run resumes at the next boot",
         )
+    run_ended(agent, "done" if returncode == 0 else "failed")
     if agent.settings.shutdown_after_training:
         agent.log.info("training ended (exit %d); stopping (shutdownAfterTraining)", returncode)
         stop_vm(agent, "stopped: training ended (shutdownAfterTraining)", idle=False)
