@@ -3,11 +3,15 @@
 import pulumi
 
 from infra.component import GpuNotebook
-from infra.pulumi_config import load_settings
+from infra.pulumi_config import load_notify_webhook, load_settings
 
 settings, jupyter_password = load_settings()
 notebook = GpuNotebook(
-    "keras-gpu", settings, jupyter_password=jupyter_password, stack=pulumi.get_stack()
+    "keras-gpu",
+    settings,
+    jupyter_password=jupyter_password,
+    stack=pulumi.get_stack(),
+    notify_webhook=load_notify_webhook(),
 )
 
 for output_name, value in notebook.stack_outputs.items():

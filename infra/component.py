@@ -31,6 +31,7 @@ class GpuNotebook(pulumi.ComponentResource):
         stack: str,
         build_dir: Path = BUILD_DIR,
         opts: pulumi.ResourceOptions | None = None,
+        notify_webhook: pulumi.Input[str] | None = None,
     ) -> None:
         super().__init__("keras-gpu-gcp:index:GpuNotebook", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -153,6 +154,35 @@ class GpuNotebook(pulumi.ComponentResource):
                 opts=child,
             )
         )
+        # The webhook URL is a credential (anyone holding it posts to the channel): Secret
+        # Manager, like the password hash, never metadata.
+        self.notify_secret: gcp.secretmanager.Secret | None = None
+        secret_versions = [self.password_version]
+        if notify_webhook is not None:
+            self.notify_secret = gcp.secretmanager.Secret(
+                f"{name}-notify-webhook",
+                secret_id=suffix.hex.apply(lambda hex_: specs.notify_secret_id(stack, hex_)),
+                replication={"auto": {}},
+                labels=labels,
+                opts=child,
+            )
+            secret_versions.append(
+                gcp.secretmanager.SecretVersion(
+                    f"{name}-notify-webhook-url",
+                    secret=self.notify_secret.id,
+                    secret_data=pulumi.Output.secret(notify_webhook),
+                    opts=child,
+                )
+            )
+            grants.append(
+                gcp.secretmanager.SecretIamMember(
+                    f"{name}-notify-webhook-access",
+                    secret_id=self.notify_secret.id,
+                    role=specs.SECRET_ROLE,
+                    member=member,
+                    opts=child,
+                )
+            )
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
         startup_script = render_startup_script(settings)
         group_name = suffix.hex.apply(lambda hex_: specs.instance_group_name(stack, hex_))
@@ -162,6 +192,7 @@ class GpuNotebook(pulumi.ComponentResource):
             workload_object=self.workload.name,
             password_secret=self.password_secret.name,
             group=group_name,
+            notify_secret=self.notify_secret.name if self.notify_secret else "",
         ).apply(
             lambda values: specs.instance_metadata(
                 settings, startup_script, archive_sha256=archive.sha256, **values
@@ -225,7 +256,7 @@ class GpuNotebook(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The VM reads the secret at boot: its version and the grants come first.
-                depends_on=[*grants, self.password_version],
+                depends_on=[*grants, *secret_versions],
                 # The size belongs to the VM (idle shutdown resizes to 0) and to
                 # `workload start|stop`: `pulumi up` sets it only when it creates the group.
                 ignore_changes=["targetSize"],
@@ -260,8 +291,12 @@ class GpuNotebook(pulumi.ComponentResource):
 
         self.bucket_name = self.bucket.name
         self.external_ip = self.address.address
-        self.notebook_url = pulumi.Output.concat(
-            "https://", self.address.address, ":", str(settings.notebook_port)
+        self.notebook_url = (
+            pulumi.Output.from_input(specs.IAP_NOTEBOOK_URL.format(port=settings.notebook_port))
+            if settings.notebook_access == "iap"
+            else pulumi.Output.concat(
+                "https://", self.address.address, ":", str(settings.notebook_port)
+            )
         )
         self.stack_outputs = {
             "bucketName": self.bucket_name,
@@ -279,7 +314,7 @@ class GpuNotebook(pulumi.ComponentResource):
             "workspaceUrl": pulumi.Output.concat(
                 "gs://", self.bucket_name, "/", specs.WORKSPACE_PREFIX
             ),
-            "estimatedHourlyUsd": specs.estimated_hourly_usd(settings),
+            "estimatedHourlyUsd": settings.estimated_hourly_usd,
             "gpu": specs.gpu_summary(settings),
         }
         self.register_outputs(self.stack_outputs)

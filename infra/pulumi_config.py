@@ -15,6 +15,7 @@ from infra.settings import (
     IPV4_ADDRESSES,
     SettingsError,
     StackSettings,
+    check_webhook,
     parse_settings,
 )
 
@@ -66,3 +67,9 @@ def load_settings() -> tuple[StackSettings, pulumi.Output[str]]:
             f"--filter=name={settings.gpu_type}` and fix `zones` (or `gcp:zone`)"
         )
     return settings, pulumi.Output.secret(password)
+
+
+def load_notify_webhook() -> pulumi.Output[str] | None:
+    """notifyWebhook (a secret Output), checked at preview; None when it is not set."""
+    value = pulumi.Config().get("notifyWebhook")
+    return pulumi.Output.secret(check_webhook(value)) if value else None

@@ -20,6 +20,7 @@ from infra.catalogue import (
     IMAGES,
     ZONE_REGIONS,
     GpuSpec,
+    hourly_cost_usd,
     looks_like_machine_type,
 )
 
@@ -32,6 +33,12 @@ WIDE_OPEN_ADDRESSES = 2**24
 IPV4_ADDRESSES = 2**32
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+
+
+# Google's IAP TCP-forwarding range: the only source `notebookAccess: iap` lets reach the VM.
+# https://cloud.google.com/iap/docs/using-tcp-forwarding#create-firewall-rule
+IAP_SOURCE_RANGE = "35.235.240.0/20"
+NOTEBOOK_ACCESS = ("public", "iap")
 
 
 class SettingsError(ValueError):
@@ -59,6 +66,21 @@ class StackSettings:
     training_args: tuple[str, ...]
     keep_bucket_on_destroy: bool
     labels: tuple[tuple[str, str], ...]
+    # public: the notebook port from allowedSourceRanges; iap: from Google's IAP range only,
+    # reached with `python -m workload notebook` (an IAP tunnel).
+    notebook_access: str = "public"
+
+    @property
+    def estimated_hourly_usd(self) -> float | None:
+        """The catalogue price of the VM (on-demand or spot) per hour; None where it has none."""
+        return hourly_cost_usd(self.gpu, self.machine_type, self.gpu_count, self.spot)
+
+    @property
+    def notebook_source_ranges(self) -> tuple[str, ...]:
+        """Who the notebook firewall admits."""
+        if self.notebook_access == "iap":
+            return (IAP_SOURCE_RANGE,)
+        return self.allowed_source_ranges
 
     @property
     def gpu(self) -> GpuSpec:
@@ -79,7 +101,7 @@ class StackSettings:
 
     @property
     def widely_open(self) -> bool:
-        return self.reachable_addresses > WIDE_OPEN_ADDRESSES
+        return self.notebook_access == "public" and self.reachable_addresses > WIDE_OPEN_ADDRESSES
 
     @property
     def zones_without_gpu(self) -> tuple[str, ...]:
@@ -301,6 +323,31 @@ def _data_path(value: str) -> str:
     return path
 
 
+def _notebook_access(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in NOTEBOOK_ACCESS:
+        raise SettingsError(
+            f"notebookAccess {value!r} is not one of {list(NOTEBOOK_ACCESS)}; `iap` keeps the "
+            "notebook off the internet (`pulumi config set notebookAccess iap`)"
+        )
+    return text
+
+
+def check_webhook(url: str) -> str:
+    """notifyWebhook: an https URL with a host (Slack, Discord or any JSON webhook). The error
+    never repeats the URL: it is a secret."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme != "https" or not parts.hostname or not url.strip().isprintable():
+        raise SettingsError(
+            "notifyWebhook is not an https:// URL with a host (value hidden: it is a secret); "
+            "set it with `pulumi config set --secret notifyWebhook https://hooks.slack.com/...`"
+            " or remove it with `pulumi config rm notifyWebhook`"
+        )
+    return url.strip()
+
+
 def parse_settings(
     raw: Mapping[str, Any], *, project: str, region: str, zone: str = ""
 ) -> StackSettings:
@@ -313,6 +360,8 @@ def parse_settings(
     image = str(_require(raw, "image"))
     if image not in IMAGES:
         raise SettingsError(f"image {image!r} is not one of {sorted(IMAGES)}")
+    access = _notebook_access(_require(raw, "notebookAccess"))
+    listed = _as_list(raw, "allowedSourceRanges")
     return StackSettings(
         project=project,
         region=region,
@@ -323,7 +372,9 @@ def parse_settings(
         boot_disk_size_gb=_as_int(raw, "bootDiskSizeGb", 50, 65536),
         image=image,
         spot=_as_bool(raw, "spot"),
-        allowed_source_ranges=_source_ranges(_as_list(raw, "allowedSourceRanges")),
+        # With iap nobody reaches the port directly: the ranges are optional (and unused).
+        allowed_source_ranges=_source_ranges(listed) if listed or access == "public" else (),
+        notebook_access=access,
         notebook_port=_as_int(raw, "notebookPort", 1024, 65535),
         idle_shutdown_minutes=_as_int(raw, "idleShutdownMinutes", 0, 7 * 24 * 60),
         shutdown_after_training=_as_bool(raw, "shutdownAfterTraining"),
@@ -341,5 +392,5 @@ def parse_settings(
 CONFIG_KEYS = (
     "zones", "gpuType", "gpuCount", "machineType", "bootDiskSizeGb", "image", "spot",
     "allowedSourceRanges", "notebookPort", "idleShutdownMinutes", "shutdownAfterTraining",
-    "runTraining", "dataPath", "trainingArgs", "keepBucketOnDestroy", "labels",
+    "runTraining", "dataPath", "trainingArgs", "keepBucketOnDestroy", "labels", "notebookAccess",
 )  # fmt: skip

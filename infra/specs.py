@@ -7,12 +7,13 @@ import hashlib
 import re
 from typing import Any
 
-from infra.catalogue import IMAGES, hourly_cost_usd
-from infra.settings import StackSettings
+from infra.catalogue import IMAGES
+from infra.settings import IAP_SOURCE_RANGE, StackSettings
 
-# Google's IAP TCP forwarding range: the only source an SSH rule needs
-# (https://cloud.google.com/iap/docs/using-tcp-forwarding#create-firewall-rule).
-IAP_SOURCE_RANGE = "35.235.240.0/20"
+# With notebookAccess iap the notebook is reached through a tunnel to the laptop's own port.
+IAP_NOTEBOOK_URL = "https://localhost:{port} (through `python -m workload notebook`)"
+# The metadata key naming the webhook URL's secret (only with notifyWebhook set).
+NOTIFY_SECRET_KEY = "kgg-notify-webhook-secret"
 NETWORK_TAG = "keras-gpu-notebook"
 # The VM's own subnet in the stack's dedicated network.
 SUBNET_RANGE = "10.42.0.0/24"
@@ -172,6 +173,11 @@ def password_secret_id(stack: str, suffix: str) -> str:
     return f"{service_account_id(stack, suffix)}-jupyter-password"
 
 
+def notify_secret_id(stack: str, suffix: str) -> str:
+    """The Secret Manager id of the notification webhook URL."""
+    return f"{service_account_id(stack, suffix)}-notify-webhook"
+
+
 def run_id(workload_sha256: str, settings: StackSettings) -> str:
     """Same code, data path and training args give the same run id, so a rebooted or preempted
     VM resumes its run; changing any of them starts a fresh run next to the old one."""
@@ -183,7 +189,7 @@ def notebook_firewall(settings: StackSettings) -> dict[str, Any]:
     return {
         "direction": "INGRESS",
         "allows": [{"protocol": "tcp", "ports": [str(settings.notebook_port)]}],
-        "source_ranges": list(settings.allowed_source_ranges),
+        "source_ranges": list(settings.notebook_source_ranges),
         "target_tags": [NETWORK_TAG],
     }
 
@@ -219,24 +225,25 @@ def instance_metadata(
     workload_object: str,
     password_secret: str,
     group: str,
+    notify_secret: str = "",
 ) -> dict[str, str]:
     """Every metadata key the VM reads at boot (docs/ARCHITECTURE.md), from what the program knows
     and what the cloud assigned."""
-    return static_metadata(settings, startup_script) | {
-        "kgg-bucket": bucket,
-        "kgg-workload-object": workload_object,
-        "kgg-workload-sha256": archive_sha256,
-        "kgg-run-id": run_id(archive_sha256, settings),
-        PASSWORD_SECRET_KEY: password_secret,
-        GROUP_NAME_KEY: group,
-        GROUP_REGION_KEY: settings.region,
-        WORKSPACE_PREFIX_KEY: WORKSPACE_PREFIX,
-    }
+    return (
+        static_metadata(settings, startup_script)
+        | {
+            "kgg-bucket": bucket,
+            "kgg-workload-object": workload_object,
+            "kgg-workload-sha256": archive_sha256,
+            "kgg-run-id": run_id(archive_sha256, settings),
+            PASSWORD_SECRET_KEY: password_secret,
+            GROUP_NAME_KEY: group,
+            GROUP_REGION_KEY: settings.region,
+            WORKSPACE_PREFIX_KEY: WORKSPACE_PREFIX,
+        }
+        | ({NOTIFY_SECRET_KEY: notify_secret} if notify_secret else {})
+    )
 
 
 def gpu_summary(settings: StackSettings) -> str:
     return f"{settings.gpus_attached}x {settings.gpu_type}"
-
-
-def estimated_hourly_usd(settings: StackSettings) -> float | None:
-    return hourly_cost_usd(settings.gpu, settings.machine_type, settings.gpu_count, settings.spot)

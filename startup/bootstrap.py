@@ -20,6 +20,7 @@ one) to stderr and to $KGG_LAST_ERROR: the script puts them in the status docume
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ DEBIAN_COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
 # Debian's sources in both formats: deb822 (GCE's images) and the one-line sources.list.
 DEBIAN_SOURCES = ("etc/apt/sources.list.d/debian.sources", "etc/apt/sources.list")
 STATUS_OBJECT = "status/startup.json"
+LOG_OBJECT = "logs/startup.log"  # startup/vm/logsync.py keeps it up to date after the env
 
 
 class Failure(Exception):
@@ -78,6 +80,8 @@ METADATA_URL = env("METADATA_URL", "http://metadata.google.internal/computeMetad
 GCS_API_URL = env("GCS_API_URL", "https://storage.googleapis.com/storage/v1")
 GCS_UPLOAD_URL = env("GCS_UPLOAD_URL", "https://storage.googleapis.com/upload/storage/v1")
 COMPUTE_URL = env("COMPUTE_URL", "https://compute.googleapis.com/compute/v1")
+SECRET_MANAGER_URL = env("SECRET_MANAGER_URL", "https://secretmanager.googleapis.com/v1")
+NOTIFY_KEY = "instance/attributes/kgg-notify-webhook-secret"
 GROUP_KEY = "instance/attributes/kgg-instance-group"
 GROUP_REGION_KEY = "instance/attributes/kgg-instance-group-region"
 ATTEMPTS = int(env("RETRY_ATTEMPTS", "5"))
@@ -232,6 +236,72 @@ def status(changes: list[str], bucket: str) -> None:
             log(f"status uploads failed for {spent:.0f}s: no more from this boot (local: {path})")
 
     update_file(path, changes, upload)
+    if "phase=failed" in changes:
+        notify_startup_failure(changes)
+    if any(re.fullmatch(r"step\.[a-z-]+=(done|skipped|failed)", change) for change in changes):
+        upload_log(bucket, budget)
+
+
+def upload_log(bucket: str, budget: Path) -> None:
+    """The startup log to logs/startup.log at a step's end (the agent's log sync takes over
+    once the env exists); within the same budget as the status uploads."""
+    try:
+        spent = float(budget.read_text())
+    except (OSError, ValueError):
+        spent = 0.0
+    log_file = STATE / "startup.log"
+    if not bucket or spent >= UPLOAD_BUDGET_SECONDS or not log_file.is_file():
+        return
+    started = time.monotonic()
+    url = f"{GCS_UPLOAD_URL}/b/{bucket}/o?uploadType=media&name={quote(LOG_OBJECT)}"
+    try:
+        headers = {"Authorization": f"Bearer {token()}", "Content-Type": "text/plain"}
+        request(url, headers=headers, data=log_file.read_bytes(), timeout=20, attempts=2)
+        return
+    except (Failure, OSError) as error:
+        log(f"could not upload the startup log (continuing): {error}")
+    budget.write_text(f"{spent + time.monotonic() - started:.1f}\n")
+
+
+def webhook_payload(url: str, text: str, fields: dict) -> dict:
+    """Slack's incoming webhooks take `text`, Discord's `content`; any other gets the text and
+    the fields as JSON."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "hooks.slack.com":
+        return {"text": text}
+    if ".".join(host.split(".")[-2:]) in ("discord.com", "discordapp.com"):
+        return {"content": text}
+    return {"text": text, **fields}
+
+
+def post_webhook(url: str, text: str, fields: dict) -> None:
+    """One message to the stack's webhook; the URL is a secret and is never logged."""
+    data = json.dumps(webhook_payload(url, text, fields)).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "keras-gpu-gcp"}
+    request(url, headers=headers, data=data, timeout=15, attempts=3)
+
+
+def notify_startup_failure(changes: list[str]) -> None:
+    """Before the env: the webhook (if the stack has one) hears that the startup script failed.
+    A notification that cannot be sent is logged; it never changes the script's outcome."""
+    try:
+        secret = metadata(NOTIFY_KEY, attempts=2)
+    except Failure:
+        return  # no notifyWebhook on this stack
+    fields = dict(change.partition("=")[::2] for change in changes)
+    step, message = fields.get("error.step", "?"), fields.get("error.message", "")
+    try:
+        if not SECRET.fullmatch(secret):
+            raise Failure(f"{NOTIFY_KEY} {secret!r} is not projects/P/secrets/S")
+        call = f"{SECRET_MANAGER_URL}/{secret}/versions/latest:access"
+        answer = json.loads(request(call, headers={"Authorization": f"Bearer {token()}"}))
+        url = base64.b64decode(answer["payload"]["data"]).decode().strip()
+        name = metadata("instance/name", attempts=1)
+        text = f"keras-gpu-gcp: the startup script failed on {name} at step {step}: {message}"
+        post_webhook(url, text, {"event": "startup-failed", "instance": name, "step": step,
+                                 "message": message})  # fmt: skip
+    except (Failure, KeyError, TypeError, ValueError) as error:
+        log(f"could not send the failure notification (continuing): {error}")
 
 
 def os_release(root: Path) -> dict[str, str]:

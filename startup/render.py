@@ -61,6 +61,10 @@ class StackSettings(Protocol):
     def data_path(self) -> str: ...
     @property
     def training_args(self) -> Sequence[str]: ...
+    @property
+    def estimated_hourly_usd(self) -> float | None: ...
+    @property
+    def notebook_access(self) -> str: ...
 
 
 TEMPLATES = Path(__file__).resolve().parent
@@ -139,6 +143,8 @@ def vm_settings(
         python_min=PYTHON_MIN,
         python_max=PYTHON_MAX,
         managed_python=MANAGED_PYTHON,
+        hourly_usd=settings.estimated_hourly_usd,
+        notebook_access=settings.notebook_access,
     )
 
 

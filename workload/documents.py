@@ -6,7 +6,8 @@ and tolerant reading (the laptop trusts nothing from the bucket).
 
 Changes are `KEY=VALUE` words, the form the shell passes: `phase=driver`, `step.NAME=STATE`
 (stamps started/finished), `detail.NAME=TEXT`, `error=` (clears it), `error.FIELD=TEXT`,
-`gpus=ONE PER LINE`, and the plain fields below.
+`gpus=ONE PER LINE`, `cost.FIELD=NUMBER` (and `cost.spot=true|false`, `cost.since=TIME`),
+and the plain fields below.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ STEPS = ("preflight", "driver", "python", "gpu-check", "jupyter", "training", "i
 STEP_STATES = ("pending", "running", "done", "skipped", "failed")
 PLAIN_FIELDS = ("phase", "training", "notebook_url", "tls_sha256", "run_id", "instance", "zone")
 ERROR_FIELDS = ("step", "message", "log_tail", "hint")
+# The running time and its estimated cost (the ledger's summary, `cost.FIELD=NUMBER` changes).
+COST_FIELDS = ("hourly_usd", "vm_seconds", "vm_usd", "run_seconds", "run_usd", "total_seconds",
+               "total_usd")  # fmt: skip
 
 
 class ChangeError(ValueError):
@@ -39,6 +43,12 @@ def now_text() -> str:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value == value and abs(value) < 1e12 else None  # no NaN, no inf
 
 
 @dataclass
@@ -69,6 +79,30 @@ class Failure:
 
 
 @dataclass
+class Cost:
+    """What the VM has cost, estimated: catalogue price x running hours (on-demand or spot,
+    `spot`), for this VM since it booted, for its run's training, and for every VM of the
+    stack since its first boot (`since`)."""
+
+    hourly_usd: float | None = None
+    spot: bool = False
+    vm_seconds: float | None = None
+    vm_usd: float | None = None
+    run_seconds: float | None = None
+    run_usd: float | None = None
+    total_seconds: float | None = None
+    total_usd: float | None = None
+    since: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Cost | None:
+        if not isinstance(data, dict):
+            return None
+        numbers = {name: _number(data.get(name)) for name in COST_FIELDS}
+        return cls(spot=data.get("spot") is True, since=_text(data.get("since")), **numbers)
+
+
+@dataclass
 class StartupStatus:
     """The boot steps, what the VM serves, and the last error. Fields beyond the steps are
     written by whoever knows them (the script, the agent, the training service)."""
@@ -84,6 +118,7 @@ class StartupStatus:
     zone: str | None = None
     training: str = "off"
     error: Failure | None = None
+    cost: Cost | None = None
     version: int = VERSION
 
     @classmethod
@@ -102,6 +137,7 @@ class StartupStatus:
             error=Failure(**{f: _text(error.get(f)) for f in ERROR_FIELDS})
             if isinstance(error, dict)
             else None,
+            cost=Cost.from_json(data.get("cost")),
             **{name: value for name, value in plain.items() if value is not None},
         )
 
@@ -131,6 +167,17 @@ class StartupStatus:
             elif kind == "error" and name in ERROR_FIELDS:
                 self.error = self.error or Failure()
                 setattr(self.error, name, value)
+            elif kind == "cost" and (name in COST_FIELDS or name in ("spot", "since")):
+                self.cost = self.cost or Cost()
+                if name == "spot":
+                    self.cost.spot = value == "true"
+                elif name == "since":
+                    self.cost.since = value
+                else:
+                    try:
+                        setattr(self.cost, name, float(value) if value else None)
+                    except ValueError:
+                        raise ChangeError(f"{change!r}: not a number") from None
             elif key == "gpus":
                 self.gpus = [line for line in value.splitlines() if line.strip()]
             elif key in PLAIN_FIELDS:

@@ -196,6 +196,29 @@ def write_bytes(url: str | os.PathLike[str], data: bytes, content_type: str | No
     _guard(url, lambda: blob.upload_from_string(data, content_type=content_type))
 
 
+def generation(url: str) -> tuple[int, int] | None:
+    """The object's (generation, size), or None when it does not exist: a follower reads only
+    what a new generation added."""
+    blob = _blob(url)
+    found = _guard(url, lambda: blob.bucket.get_blob(blob.name))
+    return None if found is None else (int(found.generation), int(found.size or 0))
+
+
+def read_from(url: str, start: int, object_generation: int) -> bytes | None:
+    """The bytes of that generation of the object from `start` on; None when that generation is
+    gone (replaced meanwhile: the caller looks again)."""
+    from google.api_core import exceptions as api
+
+    bucket, key = split_gcs(url)
+    blob = client().bucket(bucket).blob(key, generation=object_generation)
+    try:
+        return blob.download_as_bytes(start=start)
+    except api.NotFound:
+        return None
+    except api.GoogleAPICallError as error:
+        raise _explain(url, error) from error
+
+
 def read_json(url: str | os.PathLike[str]) -> Any | None:
     data = read_bytes(url)
     return None if data is None else json.loads(data)

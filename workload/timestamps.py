@@ -1,4 +1,5 @@
-"""ISO-8601 timestamps as the status documents, Jupyter and GCS write them."""
+"""ISO-8601 timestamps as the status documents, Jupyter and GCS write them, and durations as
+the laptop and the VM's notifications print them."""
 
 from __future__ import annotations
 
@@ -15,3 +16,15 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """`75` -> `1m 15s`, `3725` -> `1h 02m`: short enough for a table cell."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"

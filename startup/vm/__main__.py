@@ -97,11 +97,28 @@ def _workspace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_sync(args: argparse.Namespace) -> int:
+    """The logs to the bucket every few seconds until SIGTERM (kgg-log-sync.service)."""
+    from startup.vm.agent import from_vm
+    from startup.vm.cost import CostTicker
+    from startup.vm.logsync import LogMirror, log_objects, sync_loop
+
+    agent = from_vm(budget_shared=False)
+    ticker = CostTicker(agent)
+    mirror = LogMirror(agent.instance.bucket, log_objects(agent.paths, agent.instance.run_id))
+    try:
+        sync_loop(mirror, also=ticker)
+    finally:
+        ticker(force=True)  # the VM stopping: its last minute counts
+    return 0
+
+
 COMMANDS = {
     "boot": (_boot, "the boot steps after the Python env (the startup script runs it)"),
     "training-job": (_training_job, "the training service"),
     "idle-check": (_idle_check, "stop the VM when idle (the idle timer)"),
     "refresh-password": (_refresh_password, "restart JupyterLab when its password changed"),
+    "log-sync": (_log_sync, "the logs and the cost ledger to the bucket (kgg-log-sync)"),
     "workspace": (_workspace, "as the notebook user: the workspace to or from the bucket"),
 }
 

@@ -37,6 +37,8 @@ class Agent:
     instance: Instance
     read_password_hash: Callable[[str], str]
     jupyter_answers: Callable[[str], bool]
+    # The notification webhook's URL from its secret (None: this agent sends none).
+    read_webhook: Callable[[str], str] | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger(LOG_TAG))
 
     def marker(self, name: str) -> Path:
@@ -67,6 +69,13 @@ class Agent:
             f"error.hint={hint}",
             f"error.log_tail={log_tail(log_file or self.paths.log)}",
         )
+        from startup.vm.notify import notify
+
+        notify(
+            self,
+            f"keras-gpu-gcp: the boot failed on {self.instance.name} at step {step}: {error}",
+            {"event": "startup-failed", "step": step, "message": str(error)},
+        )
 
 
 def configure_logging(paths: Paths) -> None:
@@ -90,7 +99,7 @@ def configure_logging(paths: Paths) -> None:
 def from_vm(*, budget_shared: bool) -> Agent:
     """The agent on the VM itself (`python -m startup.vm ...`). The boot shares the startup
     script's upload budget; the services have their own."""
-    from startup.vm.cloud import Bucket, read_password_hash
+    from startup.vm.cloud import Bucket, read_password_hash, read_secret
     from startup.vm.jupyter import jupyter_answers
 
     paths = paths_from_environment()
@@ -113,4 +122,5 @@ def from_vm(*, budget_shared: bool) -> Agent:
         instance=instance,
         read_password_hash=lambda secret: read_password_hash(endpoints, metadata, secret),
         jupyter_answers=jupyter_answers,
+        read_webhook=lambda secret: read_secret(endpoints, metadata, secret, "the webhook URL"),
     )

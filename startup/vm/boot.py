@@ -7,9 +7,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from startup.vm import jupyter
+from startup.vm import jupyter, logsync
 from startup.vm.agent import Agent, StepFailed
-from startup.vm.config import IDLE_TIMER, TRAINING_UNIT, expected_gpus
+from startup.vm.config import IDLE_TIMER, LOG_SYNC_UNIT, TRAINING_UNIT, expected_gpus
 from startup.vm.job_state import read_job_state
 from startup.vm.units import render, write_if_changed
 
@@ -101,8 +101,24 @@ STEPS: tuple[tuple[str, Callable[[Agent], str | None]], ...] = (
 SKIP_REASONS = {"training": "runTraining is false", "idle": "idleShutdownMinutes is 0"}
 
 
+def start_log_sync(agent: Agent) -> None:
+    """The loop that mirrors the logs to the bucket; the boot goes on without it (its log
+    is still in the status document's tail and the serial console)."""
+    changed = logsync.write_unit(agent.paths)
+    agent.system.systemctl("daemon-reload", check=False)
+    verb = "restart" if changed else "start"
+    result = agent.system.systemctl("enable", LOG_SYNC_UNIT, check=False)
+    if result.returncode == 0:
+        result = agent.system.systemctl(verb, LOG_SYNC_UNIT, check=False)
+    if result.returncode != 0:
+        agent.log.warning("%s did not start: %s", LOG_SYNC_UNIT, (result.stderr or "").strip())
+
+
 def boot(agent: Agent) -> int:
-    """Runs the steps in order; 0 when all are done, 1 at the first failure."""
+    """Runs the steps in order; 0 when all are done, 1 at the first failure. The startup log
+    goes to the bucket at every step end."""
+    start_log_sync(agent)
+    mirror = logsync.LogMirror(agent.instance.bucket, {agent.paths.log: logsync.STARTUP_LOG_OBJECT})
     for name, step in STEPS:
         agent.log.info("step %s: start", name)
         agent.status.update(f"phase={name}", f"step.{name}=running")
@@ -110,6 +126,7 @@ def boot(agent: Agent) -> int:
             detail = step(agent)
         except (StepFailed, subprocess.SubprocessError, OSError, RuntimeError) as error:
             agent.fail(name, error)
+            mirror.sync()
             return 1
         if detail is None:
             detail = SKIP_REASONS[name]
@@ -118,7 +135,9 @@ def boot(agent: Agent) -> int:
         else:
             agent.log.info("step %s: done: %s", name, detail)
             agent.status.update(f"step.{name}=done", f"detail.{name}={detail}")
+        mirror.sync()
     phase = "training" if agent.system.is_active(TRAINING_UNIT) else "done"
     agent.status.update(f"phase={phase}")
     agent.log.info("boot: all steps done")
+    mirror.sync()
     return 0

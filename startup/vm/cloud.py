@@ -70,6 +70,8 @@ class Instance:
     group_region: str = ""
     project: str = ""
     workspace_prefix: str = ""
+    # The notification webhook URL's secret (notifyWebhook); empty: no notifications.
+    notify_secret: str = ""
 
     @property
     def workspace_url(self) -> str | None:
@@ -101,11 +103,20 @@ class Instance:
             group_region=optional("instance/attributes/kgg-instance-group-region"),
             project=optional("project/project-id"),
             workspace_prefix=optional("instance/attributes/kgg-workspace-prefix"),
+            notify_secret=optional("instance/attributes/kgg-notify-webhook-secret"),
         )
 
 
 def read_password_hash(endpoints: Endpoints, metadata: Metadata, secret: str) -> str:
     """The Jupyter argon2 hash from the secret's newest version; never logged."""
+    value = read_secret(endpoints, metadata, secret, "the Jupyter password hash")
+    if not value.startswith("argon2:"):
+        raise CloudError(f"{secret} holds no Jupyter argon2 hash")
+    return value
+
+
+def read_secret(endpoints: Endpoints, metadata: Metadata, secret: str, what: str) -> str:
+    """The secret's newest version as text, with the VM's service account; never logged."""
     request = urllib.request.Request(
         f"{endpoints.secret_manager}/{secret}/versions/latest:access",
         headers={"Authorization": f"Bearer {metadata.token()}"},
@@ -115,15 +126,12 @@ def read_password_hash(endpoints: Endpoints, metadata: Metadata, secret: str) ->
             answer: Any = json.load(response)
     except (OSError, ValueError) as error:
         raise CloudError(
-            f"could not read the Jupyter password hash from Secret Manager ({secret}): {error}"
+            f"could not read {what} from Secret Manager ({secret}): {error}"
         ) from error
     try:
-        value = base64.b64decode(answer["payload"]["data"]).decode()
+        return base64.b64decode(answer["payload"]["data"]).decode().strip()
     except (KeyError, TypeError, ValueError):
-        value = ""
-    if not value.startswith("argon2:"):
-        raise CloudError(f"{secret} holds no Jupyter argon2 hash")
-    return value.strip()
+        return ""
 
 
 def resize_group(endpoints: Endpoints, metadata: Metadata, instance: Instance, size: int) -> None:

@@ -21,6 +21,7 @@ TRAINING_UNIT = "kgg-training.service"
 IDLE_UNIT = "kgg-idle-check.service"
 IDLE_TIMER = "kgg-idle-check.timer"
 STARTUP_UNIT = "google-startup-scripts.service"
+LOG_SYNC_UNIT = "kgg-log-sync.service"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class VmSettings:
     python_min: str
     python_max: str
     managed_python: str
+    # The catalogue's $/h for this VM (on-demand or spot; None where it has no price): the cost
+    # ledger's estimate (startup/vm/cost.py).
+    hourly_usd: float | None = None
+    notebook_access: str = "public"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VmSettings:
@@ -96,6 +101,18 @@ class Paths:
     @property
     def training_log(self) -> Path:
         return self.state / "training.log"
+
+    @property
+    def cost_ledger(self) -> Path:
+        return self.state / "cost.json"
+
+    @property
+    def boot_id(self) -> Path:
+        return self._at("proc/sys/kernel/random/boot_id")
+
+    @property
+    def uptime(self) -> Path:
+        return self._at("proc/uptime")
 
     @property
     def app(self) -> Path:

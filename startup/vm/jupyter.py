@@ -252,6 +252,8 @@ def setup(agent: Agent) -> str:
             )
         time.sleep(POLL_SECONDS)
     url = f"https://{agent.instance.external_ip or '127.0.0.1'}:{agent.settings.notebook_port}"
+    if agent.settings.notebook_access == "iap":  # the firewall admits only IAP's tunnels
+        url = f"https://localhost:{agent.settings.notebook_port} (python -m workload notebook)"
     agent.status.update(f"notebook_url={url}", f"tls_sha256={tls_fingerprint(agent)}")
     return f"JupyterLab at {url} (user {NOTEBOOK_USER}){workspace_note}"
 

@@ -11,8 +11,11 @@ from types import FrameType
 
 from startup.vm.agent import Agent, StepFailed
 from startup.vm.config import NOTEBOOK_USER, TRAINING_UNIT
+from startup.vm.cost import CostTicker
 from startup.vm.data_wait import wait_for_data
 from startup.vm.job_state import write_job_state
+from startup.vm.logsync import LogMirror, restore_training_log, train_log_object
+from startup.vm.notify import run_ended
 from startup.vm.status import log_tail
 from startup.vm.stop import stop_vm
 from workload.job.cli import EXIT_RETRY
@@ -75,6 +78,8 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
     bucket, run_id = agent.instance.bucket, agent.instance.run_id
     data = f"gs://{bucket}/{agent.settings.data_path.strip('/')}"
     out = f"gs://{bucket}/runs/{run_id}"
+    restore_training_log(agent.paths, bucket, run_id)
+    mirror = LogMirror(bucket, {agent.paths.training_log: train_log_object(run_id)})
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         write_job_state(agent.paths.job_state, "waiting")
@@ -105,6 +110,8 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
         return _interrupted(agent)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        mirror.sync()
+        CostTicker(agent)(force=True)  # the run's last minutes, while its state says running
     if returncode == EXIT_RETRY:  # the job itself was told to stop (SIGTERM): it resumes
         return _interrupted(agent)
     if returncode == 0:
@@ -121,6 +128,7 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
             f"error.log_tail={log_tail(agent.paths.training_log)}",
             f"error.hint=journalctl -u {TRAINING_UNIT}; the run resumes at the next boot",
         )
+    run_ended(agent, "done" if returncode == 0 else "failed")
     if agent.settings.shutdown_after_training:
         agent.log.info("training ended (exit %d); stopping (shutdownAfterTraining)", returncode)
         stop_vm(agent, "stopped: training ended (shutdownAfterTraining)", idle=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra.catalogue import CURRENT_GPUS, GPUS, ZONE_REGIONS, hourly_cost_usd
-from infra.specs import estimated_hourly_usd, service_account_id
+from infra.specs import service_account_id
 from infra.stack_config import settings_for_stack
 
 
@@ -52,7 +52,7 @@ def test_t4_cost_on_demand_and_spot():
 def test_g2_price_already_includes_its_l4():
     settings = settings_for_stack("dev", {"allowedSourceRanges": ["1.2.3.4/32"],
                                           "gpuType": "nvidia-l4", "spot": True})  # fmt: skip
-    assert estimated_hourly_usd(settings) == pytest.approx(0.3973 + 0.005)
+    assert settings.estimated_hourly_usd == pytest.approx(0.3973 + 0.005)
 
 
 def test_unknown_price_gives_no_estimate_rather_than_a_guess():

@@ -39,9 +39,12 @@ def test_pulumi_yaml_declares_every_key_with_a_description():
     from infra.stack_config import PROJECT_ROOT
 
     declared = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["config"]
-    assert set(declared) == set(CONFIG_KEYS) | {"jupyterPassword"}
+    assert set(declared) == set(CONFIG_KEYS) | {"jupyterPassword", "notifyWebhook"}
     assert all(spec.get("description") for spec in declared.values())
     assert declared["jupyterPassword"]["secret"] is True
+    assert (
+        declared["notifyWebhook"]["secret"] is True and "default" not in declared["notifyWebhook"]
+    )
     assert "jupyterPassword" not in declared_defaults()
 
 
@@ -225,7 +228,7 @@ def test_parse_settings_reads_engine_strings():
         "image": "ubuntu-2204", "spot": "true", "allowedSourceRanges": '["203.0.113.7/32"]',
         "notebookPort": "8888", "idleShutdownMinutes": "0", "shutdownAfterTraining": "false",
         "runTraining": "true", "dataPath": "data", "trainingArgs": '["--recipe", "guide"]',
-        "keepBucketOnDestroy": "true", "labels": "{}",
+        "keepBucketOnDestroy": "true", "labels": "{}", "notebookAccess": "public",
     }  # fmt: skip
     raw["zones"] = '["us-central1-c"]'
     result = parse_settings(raw, project="p", region="us-central1", zone="us-central1-b")

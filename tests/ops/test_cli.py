@@ -63,7 +63,19 @@ def test_start_stop_and_ssh_never_import_tensorflow(
 
     with running_fake("running") as fake:
         monkeypatch.setenv(ENDPOINT_ENV, fake.url)
-        for argv in (["start"], ["stop"], ["ssh", "--print"]):
+        for argv in (["start"], ["stop"], ["ssh", "--print"], ["notebook", "--print"]):
             result = _workload(argv[0], "--group", GROUP_PATH, *argv[1:], cwd=tmp_path)
             assert result.returncode == 0, result.stderr
             assert result.stdout.rstrip().endswith("no tensorflow"), argv
+
+
+def test_logs_and_ssh_config_never_import_tensorflow(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"gs://{gcs_bucket}/logs/startup.log", b"step driver: done\n")
+    logs = _workload("logs", "startup", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.rstrip().endswith("no tensorflow")
+
+    config = ["ssh-config", "--group", "projects/p/regions/r/instanceGroupManagers/g"]
+    entry = _workload(*config, "--name", "kgg-dev", "--user", "me", "--print", cwd=tmp_path)
+    assert entry.returncode == 0, entry.stderr
+    assert entry.stdout.rstrip().endswith("no tensorflow")

@@ -122,7 +122,8 @@ def test_status_document_is_uploaded_at_every_step(vm: FakeVm) -> None:
         if step["state"] == "running"
     }
     assert running == set(OWN_STEPS)
-    assert all(upload.content_type == "application/json" for upload in vm.cloud.uploads)
+    statuses = [upload for upload in vm.cloud.uploads if upload.name == "status/startup.json"]
+    assert statuses and all(upload.content_type == "application/json" for upload in statuses)
 
 
 def test_the_agent_gets_the_settings_and_the_idle_timer_is_on_before_the_env(vm: FakeVm) -> None:
@@ -632,3 +633,43 @@ def test_idle_check_without_an_env_in_a_group_resizes_it_instead_of_powering_off
         "POST /compute/v1/projects/my-project/regions/us-central1/instanceGroupManagers/"
         "kgg-dev-1a2b3c/resize?size=0"
     ]
+
+
+def test_the_startup_log_reaches_the_bucket_at_each_step_end_before_the_env(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("uv", "sync")
+
+    vm.boot()
+
+    log = vm.cloud.objects["logs/startup.log"].decode()
+    assert "step driver: done" in log
+    assert "step python failed: uv sync failed after 3 attempts" in log
+
+
+def test_a_failure_before_the_env_posts_to_the_webhook_from_bootstrap(vm: FakeVm) -> None:
+    from tests.webhook_server import running_webhook
+
+    secret = "projects/123456789012/secrets/kgg-dev-0a1b2c-notify-webhook"
+    with running_webhook() as webhook:
+        vm.cloud.put_secret(secret, webhook.url + "\n")
+        vm.set_metadata({"instance/attributes/kgg-notify-webhook-secret": secret})
+        vm.flag("driver-loaded")
+        vm.fail("uv", "sync")
+
+        assert vm.boot().returncode != 0
+
+    ((path, body),) = webhook.posts
+    assert path == "/hooks/T000/B000/secret-token"
+    assert body["text"] == (
+        "keras-gpu-gcp: the startup script failed on kgg-dev-vm at step python: "
+        "uv sync failed after 3 attempts: error: stub uv failure"
+    )
+    assert (body["event"], body["step"]) == ("startup-failed", "python")
+    assert "secret-token" not in (vm.root / "var/lib/keras-gpu-gcp/startup.log").read_text()
+
+
+def test_a_stack_without_a_webhook_boots_and_fails_without_posting(vm: FakeVm) -> None:
+    vm.flag("driver-loaded")
+    vm.fail("uv", "sync")
+    assert vm.boot().returncode != 0
+    assert vm.cloud.requested("secrets/") == []

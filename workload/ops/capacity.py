@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workload.ops.gce import last_segment, zone_of
-from workload.ops.lines import GCE_NAME, clock, field, format_duration
-from workload.timestamps import parse_time
+from workload.ops.lines import GCE_NAME, clock, field
+from workload.timestamps import format_duration, parse_time
 
 # Capacity, not quota: GCE retries these by itself and a quota increase does not help.
 STOCKOUT_CODES = frozenset(

@@ -1,4 +1,4 @@
-"""Laptop commands (upload, status, pull, runs, start, stop, ssh): registered on the workload CLI.
+"""Laptop commands (upload, status, pull, runs, logs, start, stop, ssh, ...) for the CLI.
 
 They need only google-cloud-storage (and the google-auth it brings, for Compute Engine) and tqdm,
 never TensorFlow, so each module is imported inside its command.
@@ -263,8 +263,8 @@ def _print_group(state: GroupState) -> None:
     print("\n".join(render_group(state, datetime.now(UTC))))
 
 
-def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[str]:
-    """`gcloud compute ssh` for the group's running VM, wherever GCE put it."""
+def running_vm(group: GroupRef, state: GroupState) -> tuple[str, str]:
+    """The name and zone of the group's running VM, wherever GCE put it."""
     from workload.ops.gce import GceError
 
     vm = state.running
@@ -273,17 +273,26 @@ def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[st
             f"the group {group.name} has no running VM to reach ({state.phase}); "
             "see `python -m workload status`, start it with `python -m workload start`"
         )
-    command = ["gcloud", "compute", "ssh", vm.name, "--zone", vm.zone, "--project", group.project]
+    return vm.name, vm.zone
+
+
+def ssh_command(group: GroupRef, state: GroupState, extra: list[str]) -> list[str]:
+    """`gcloud compute ssh` for the group's running VM, wherever GCE put it."""
+    name, zone = running_vm(group, state)
+    command = ["gcloud", "compute", "ssh", name, "--zone", zone, "--project", group.project]
     command.append("--tunnel-through-iap")
     return [*command, *(["--", *extra] if extra else [])]
 
 
 def _ssh(args: argparse.Namespace) -> int:
+    compute, group = _group_and_compute(args)
+    return _run_gcloud(ssh_command(group, read_group(compute, group), args.remote), args.print_only)
+
+
+def _run_gcloud(command: list[str], print_only: bool = False) -> int:
     import shlex
 
-    compute, group = _group_and_compute(args)
-    command = ssh_command(group, read_group(compute, group), args.remote)
-    if args.print_only:
+    if print_only:
         print(shlex.join(command))
         return 0
     if shutil.which("gcloud") is None:
@@ -294,6 +303,90 @@ def _ssh(args: argparse.Namespace) -> int:
         )
         return 2
     return subprocess.run(command, check=False).returncode
+
+
+def _notebook(args: argparse.Namespace) -> int:
+    """The IAP tunnel to JupyterLab (notebookAccess iap), open until Ctrl-C."""
+    from workload.ops.remote import tunnel_command
+
+    compute, group = _group_and_compute(args)
+    name, zone = running_vm(group, read_group(compute, group))
+    command = tunnel_command(name, zone, group.project, args.port, args.local_port)
+    url = f"https://localhost:{args.local_port}"
+    if not args.print_only:
+        print(f"JupyterLab: {url} (through IAP to {name}; Ctrl-C closes the tunnel)")
+        print("  the certificate is self-signed: check its SHA-256 against `workload status`")
+        if args.open:
+            import threading
+            import webbrowser
+
+            threading.Timer(3.0, webbrowser.open, [url]).start()  # once the tunnel listens
+    try:
+        return _run_gcloud(command, args.print_only)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _ssh_proxy(args: argparse.Namespace) -> int:
+    """ssh's ProxyCommand: replaces itself with the IAP tunnel on stdin/stdout."""
+    import os
+
+    from workload.ops.remote import proxy_command
+
+    compute, group = _group_and_compute(args)
+    name, zone = running_vm(group, read_group(compute, group))
+    command = proxy_command(name, zone, group.project, args.port)
+    if shutil.which("gcloud") is None:
+        print("error: gcloud is not installed (https://cloud.google.com/sdk/docs/install)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    os.execvp(command[0], command)
+
+
+def _ssh_config(args: argparse.Namespace) -> int:
+    from workload.ops import remote
+
+    group = resolve_group(args.group)
+    host = args.name or f"kgg-{_stack_name()}"
+    user = args.user or remote.os_login_user(_gcloud_account())
+    entry = remote.host_entry(host, group, user)
+    if args.print_only:
+        print(entry, end="")
+        return 0
+    path = Path(args.config).expanduser()
+    changed = remote.write_ssh_config(path, host, entry)
+    print(f"{'wrote' if changed else 'unchanged:'} the entry for `ssh {host}` in {path}")
+    if not user:
+        print(
+            "  no OS Login user known: add --user NAME (`gcloud compute os-login describe-profile`)"
+        )
+    print(f"  first run `python -m workload ssh` once (it registers your key with OS Login); "
+          f"VS Code: Remote-SSH: Connect to Host... -> {host}")  # fmt: skip
+    return 0
+
+
+def _stack_name(
+    which: Callable[[str], str | None] = shutil.which, run: Runner = subprocess.run
+) -> str:
+    fix = "pass --name HOST"
+    if which("pulumi") is None:
+        raise StackValueError(f"no --name given and the pulumi CLI is not installed; {fix}")
+    result = _pulumi(["stack", "--show-name"], run)
+    name = result.stdout.strip()
+    if result.returncode != 0 or not name:
+        raise StackValueError(f"`pulumi stack --show-name` gave nothing; {fix}")
+    return name
+
+
+def _gcloud_account(run: Runner = subprocess.run) -> str:
+    if shutil.which("gcloud") is None:
+        return ""
+    try:
+        result = run(["gcloud", "config", "get-value", "account"], capture_output=True,
+                     text=True, timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -314,8 +407,22 @@ def _runs(args: argparse.Namespace) -> int:
     bucket = resolve_bucket(args.bucket)
     startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
     current = startup.run_id if startup else None
-    print(results.render_runs(results.list_runs(bucket), bucket, current))
+    costs = results.run_costs(bucket)
+    print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
     return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from workload.ops import logs
+
+    source = logs.log_source(resolve_bucket(args.bucket), args.which)
+    if not args.follow:
+        return logs.print_log(source, sys.stdout)
+    try:
+        return logs.follow(source, sys.stdout, interval=args.interval)
+    except KeyboardInterrupt:
+        print("\nstopped following; the VM carries on")
+        return 130
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -323,6 +430,8 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     def run(args: argparse.Namespace) -> int:
         from workload.ops.gce import GceError
+        from workload.ops.logs import LogNotFoundError
+        from workload.ops.remote import UnsafeHostError
         from workload.ops.results import RunNotFoundError
         from workload.ops.upload import LayoutError
         from workload.storage import StorageError, UnsafeNameError
@@ -332,7 +441,9 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except (
             StackValueError,
             GceError,
+            UnsafeHostError,
             LayoutError,
+            LogNotFoundError,
             RunNotFoundError,
             StorageError,
             UnsafeNameError,
@@ -421,6 +532,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_bucket(runs)
     runs.set_defaults(func=_guarded(_runs))
 
+    logs = subparsers.add_parser(
+        "logs",
+        help="print the VM's startup log or a run's training log (-f follows it)",
+        description=(
+            "Prints gs://BUCKET/logs/startup.log (`startup`) or gs://BUCKET/runs/RUN/train.log "
+            "(`train`: the VM's current run; or a run id, or `latest`), which the VM uploads "
+            "every few seconds: also readable once the VM is stopped. With -f, prints what is "
+            "new until the boot or the run ends (exit 0 done, 1 failed)."
+        ),
+    )
+    logs.add_argument(
+        "which", nargs="?", default="train", metavar="startup|train|RUN", help="default: train"
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
+    logs.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between polls with -f (default 5)"
+    )
+    _add_bucket(logs)
+    logs.set_defaults(func=_guarded(_logs))
+
     _group_command(
         subparsers,
         "start",
@@ -449,6 +580,49 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--print", dest="print_only", action="store_true", help="print the command, do not run it"
     )
     ssh.add_argument("remote", nargs="*", metavar="COMMAND", help="command to run on the VM")
+
+    notebook = _group_command(
+        subparsers,
+        "notebook",
+        _notebook,
+        "open JupyterLab through an IAP tunnel (notebookAccess iap)",
+        "Runs `gcloud compute start-iap-tunnel VM PORT --local-host-port=localhost:LOCAL` to the "
+        "group's running VM and opens https://localhost:LOCAL. Needs IAP access "
+        "(roles/iap.tunnelResourceAccessor) on the project.",
+    )
+    notebook.add_argument("--port", type=int, default=8888, help="the notebook port (default 8888)")
+    notebook.add_argument(
+        "--local-port", type=int, default=8888, help="the laptop's port (default 8888)"
+    )
+    notebook.add_argument("--no-open", dest="open", action="store_false", help="no browser")
+    notebook.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the command, do not run it"
+    )
+
+    proxy = _group_command(
+        subparsers,
+        "ssh-proxy",
+        _ssh_proxy,
+        "ssh ProxyCommand to the VM through IAP (used by the ssh-config entry)",
+        "Finds the group's running VM and becomes `gcloud compute start-iap-tunnel VM PORT "
+        "--listen-on-stdin`.",
+    )
+    proxy.add_argument("--port", default="22", help="the VM's port (default 22)")
+
+    ssh_config = _group_command(
+        subparsers,
+        "ssh-config",
+        _ssh_config,
+        "add `Host kgg-<stack>` to ~/.ssh/config (ssh, scp, VS Code Remote-SSH through IAP)",
+        "Writes, between marked lines, a Host entry whose ProxyCommand is `workload ssh-proxy`; "
+        "running it again replaces only that entry.",
+    )
+    ssh_config.add_argument("--name", help="the Host name (default kgg-<pulumi stack>)")
+    ssh_config.add_argument("--user", help="OS Login user (default: from the gcloud account)")
+    ssh_config.add_argument("--config", default="~/.ssh/config", help="default ~/.ssh/config")
+    ssh_config.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the entry, write nothing"
+    )
 
 
 def _group_command(

@@ -10,18 +10,6 @@ from datetime import UTC, datetime
 GCE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-def format_duration(seconds: float) -> str:
-    """`75` -> `1m 15s`, `3725` -> `1h 02m`: short enough for a table cell."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
 def clock(moment: datetime | None) -> str:
     """`10:04:30` in UTC, or `-`."""
     return moment.astimezone(UTC).strftime("%H:%M:%S") if moment else "-"

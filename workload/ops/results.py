@@ -16,6 +16,7 @@ from typing import Any
 from workload import storage
 from workload.layout import BACKUP_DIR, PROGRESS_FILE
 from workload.terminal import printable
+from workload.timestamps import format_duration
 
 RUNS_PREFIX = "runs"
 LATEST = "latest"
@@ -121,14 +122,47 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None) -> str:
-    """The `runs` table: one line per run, newest last; `current` (the VM's run) is starred."""
+COST_OBJECT = "status/cost.json"  # the VM's cost ledger (startup/vm/cost.py)
+
+
+def run_costs(bucket: str) -> dict[str, tuple[float, float | None]]:
+    """Each run's training time and its estimated cost from the VM's ledger (the bucket's
+    text: numbers only, anything else dropped)."""
+    ledger = storage.read_json(f"gs://{bucket}/{COST_OBJECT}") if bucket else None
+    runs = ledger.get("runs") if isinstance(ledger, dict) else None
+    costs: dict[str, tuple[float, float | None]] = {}
+    for run_id, entry in (runs if isinstance(runs, dict) else {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        seconds, usd = entry.get("seconds"), entry.get("usd")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            number = isinstance(usd, int | float) and not isinstance(usd, bool)
+            costs[str(run_id)] = (float(seconds), float(usd) if number else None)
+    return costs
+
+
+def _cost_cells(cost: tuple[float, float | None] | None) -> tuple[str, str]:
+    if cost is None:
+        return "-", "-"
+    seconds, usd = cost
+    return format_duration(seconds), "-" if usd is None else f"{usd:.2f}"
+
+
+def render_runs(
+    runs: list[RunSummary],
+    bucket: str,
+    current: str | None = None,
+    costs: dict[str, tuple[float, float | None]] | None = None,
+) -> str:
+    """The `runs` table: one line per run, newest last; `current` (the VM's run) is starred.
+    `costs` (from the VM's ledger) adds the training time and its estimated cost."""
     if not runs:
         return (
             f"No runs in {runs_url(bucket)}/ yet. The VM starts one once the data is uploaded "
             "(`python -m workload status` shows where it stands)."
         )
-    header = ("run", "state", "micro-F1", "accuracy", "scored on", "updated (UTC)", "files", "MB")
+    header = ("run", "state", "micro-F1", "accuracy", "scored on", "updated (UTC)", "files", "MB",
+              "trained", "~USD")  # fmt: skip
+    costs = costs or {}
     # Run ids are object names and states come from the runs' documents: the bucket's text.
     rows = [header] + [
         (
@@ -140,6 +174,7 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
             run.updated.strftime("%Y-%m-%d %H:%M") if run.updated else "-",
             str(run.files),
             f"{run.size / 1e6:.1f}",
+            *_cost_cells(costs.get(run.run_id)),
         )
         for run in runs
     ]
@@ -149,6 +184,8 @@ def render_runs(runs: list[RunSummary], bucket: str, current: str | None = None)
     ]
     if current in {run.run_id for run in runs}:
         lines.append("* the VM's current run (kgg-run-id)")
+    if costs:
+        lines.append("trained, ~USD: the job's running time x the catalogue price (an estimate)")
     lines.append(f"pull one with: python -m workload pull RUN (or `pull {LATEST}`)")
     return "\n".join(lines)
 

@@ -20,13 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
-from workload.documents import Failure, StartupStatus, Step
+from workload.documents import Cost, Failure, StartupStatus, Step
 from workload.layout import PROGRESS_FILE
 from workload.ops.capacity import GroupState, render_group
 from workload.ops.gce import GceError
-from workload.ops.lines import GCE_NAME, clock, field, format_duration
+from workload.ops.lines import GCE_NAME, clock, field
 from workload.terminal import clean_document
-from workload.timestamps import parse_time
+from workload.timestamps import format_duration, parse_time
 
 STATUS_KEY = "status/startup.json"
 RUNS_PREFIX = "runs"
@@ -348,6 +348,7 @@ def render_status(
             "  fingerprint it shows is this one)"
         )
     lines += render_training(startup, progress, now)
+    lines += render_cost(startup.cost, startup.run_id)
     if _is_failed(startup, progress):
         lines += render_failure(startup, progress, group)
     else:
@@ -358,6 +359,37 @@ def render_status(
         if newest and outcome(startup, progress) is None and now - newest > STALE_AFTER:
             lines += _silence(format_duration((now - newest).total_seconds()), group)
     return "\n".join(lines)
+
+
+def _usd(value: float | None) -> str:
+    return "" if value is None else f", ${value:.2f}"
+
+
+def render_cost(cost: Cost | None, run_id: str | None) -> list[str]:
+    """The VM's running time and what it cost, said plainly to be an estimate."""
+    if cost is None or cost.vm_seconds is None:
+        return []
+    kind = "spot" if cost.spot else "on-demand"
+    price = (
+        f"${cost.hourly_usd:.2f}/h {kind}"
+        if cost.hourly_usd is not None
+        else f"no catalogue price for this {kind} VM"
+    )
+    since = parse_time(cost.since)
+    lines = [
+        field("Cost", f"estimate: catalogue price x running time ({price}); not your bill"),
+        f"  this VM:  up {format_duration(cost.vm_seconds)}{_usd(cost.vm_usd)}",
+    ]
+    if run_id and cost.run_seconds is not None:
+        lines.append(
+            f"  run {run_id}: trained {format_duration(cost.run_seconds)}{_usd(cost.run_usd)}"
+        )
+    if cost.total_seconds is not None:
+        start = f" since {since:%Y-%m-%d}" if since else ""
+        lines.append(
+            f"  all VMs{start}: {format_duration(cost.total_seconds)}{_usd(cost.total_usd)}"
+        )
+    return lines
 
 
 def parse_doc(data: bytes | None) -> Doc | None:

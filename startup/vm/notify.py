@@ -1,0 +1,58 @@
+"""Notifications to the stack's webhook (notifyWebhook, a Slack, Discord or generic JSON URL kept
+in Secret Manager): one message when a run ends or fails, and when the boot fails. The payload and
+the post are bootstrap.py's (stdlib), which sends the same message when the startup script fails
+before the env exists. A message that cannot be sent is logged and changes nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from startup.bootstrap import Failure, post_webhook
+from startup.vm.agent import Agent
+from startup.vm.cloud import CloudError
+from workload import storage
+from workload.documents import read
+from workload.timestamps import format_duration
+
+
+def notify(agent: Agent, text: str, fields: dict[str, Any]) -> bool:
+    """Posts `text` (and `fields`, for a generic webhook); True when it was sent."""
+    secret = agent.instance.notify_secret
+    if not secret or agent.read_webhook is None:
+        return False
+    try:
+        url = agent.read_webhook(secret)
+        if not url.startswith(("https://", "http://")):
+            raise CloudError(f"{secret} holds no http(s) URL")
+        post_webhook(url, text, {"run_id": agent.instance.run_id,
+                                 "instance": agent.instance.name, **fields})  # fmt: skip
+    except (CloudError, Failure, OSError) as error:
+        agent.log.warning("notification not sent: %s", error)
+        return False
+    return True
+
+
+def run_ended(agent: Agent, state: str) -> bool:
+    """The run's end: its state, headline score, training time and estimated cost."""
+    run_id = agent.instance.run_id
+    try:
+        metrics = storage.read_json(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
+    except (storage.StorageError, ValueError):
+        metrics = None
+    metrics = metrics if isinstance(metrics, dict) else {}
+    score = metrics.get("micro_f1")
+    cost = read(agent.paths.status).cost
+    parts = [f"keras-gpu-gcp: run {run_id} {state}"]
+    fields: dict[str, Any] = {"event": f"run-{state}", "state": state}
+    if isinstance(score, int | float):
+        scored_on = str(metrics.get("scored_on") or "validation")
+        parts.append(f"micro-F1 {score:.4f} on {scored_on}")
+        fields |= {"micro_f1": score, "scored_on": scored_on}
+    if cost is not None and cost.run_seconds is not None:
+        parts.append(f"trained {format_duration(cost.run_seconds)}")
+        fields["seconds"] = cost.run_seconds
+        if cost.run_usd is not None:
+            parts.append(f"~${cost.run_usd:.2f} (estimate)")
+            fields["usd_estimate"] = cost.run_usd
+    parts.append(f"on {agent.instance.name}")
+    return notify(agent, ", ".join(parts), fields)

@@ -1,0 +1,131 @@
+"""The VM's logs to the bucket (startup/vm/logsync.py): the startup log and the run's training
+log, uploaded while they grow, at every boot step end and when the job ends; on the GCS
+emulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from startup.vm.agent import Agent
+from startup.vm.boot import boot
+from startup.vm.config import LOG_SYNC_UNIT
+from startup.vm.logsync import (
+    STARTUP_LOG_OBJECT,
+    LogMirror,
+    log_objects,
+    restore_training_log,
+    sync_loop,
+    train_log_object,
+)
+from startup.vm.training import training_job
+from tests.startup.harness import RUN_ID
+from tests.startup.vm.conftest import FakeSystem
+from tests.startup.vm.test_training import DATA, put
+from workload import storage
+
+
+def read(bucket: str, name: str) -> str | None:
+    data = storage.read_bytes(f"gs://{bucket}/{name}")
+    return None if data is None else data.decode()
+
+
+def test_each_log_goes_to_its_object_and_again_only_when_it_changed(agent: Agent) -> None:
+    bucket = agent.instance.bucket
+    agent.paths.training_log.write_text("epoch 1/3\n")
+    mirror = LogMirror(bucket, log_objects(agent.paths, RUN_ID))
+
+    first = mirror.sync()
+    unchanged = mirror.sync()
+    with agent.paths.training_log.open("a") as log:
+        log.write("epoch 2/3\n")
+    grown = mirror.sync()
+
+    assert sorted(first) == sorted([STARTUP_LOG_OBJECT, f"runs/{RUN_ID}/train.log"])
+    assert unchanged == []
+    assert grown == [f"runs/{RUN_ID}/train.log"]
+    assert read(bucket, train_log_object(RUN_ID)) == "epoch 1/3\nepoch 2/3\n"
+    assert read(bucket, STARTUP_LOG_OBJECT) == agent.paths.log.read_text()
+
+
+def test_a_vm_on_a_new_disk_continues_the_runs_log(agent: Agent) -> None:
+    bucket = agent.instance.bucket
+    put(bucket, train_log_object(RUN_ID), b"epoch 1/3 (the first VM)\n")
+
+    assert restore_training_log(agent.paths, bucket, RUN_ID)
+    with agent.paths.training_log.open("a") as log:
+        log.write("epoch 2/3 (this VM)\n")
+    LogMirror(bucket, log_objects(agent.paths, RUN_ID)).sync()
+
+    assert read(bucket, train_log_object(RUN_ID)) == (
+        "epoch 1/3 (the first VM)\nepoch 2/3 (this VM)\n"
+    )
+
+
+def test_a_local_log_is_never_replaced_by_the_buckets(agent: Agent) -> None:
+    agent.paths.training_log.write_text("local lines\n")
+    put(agent.instance.bucket, train_log_object(RUN_ID), b"older\n")
+
+    assert not restore_training_log(agent.paths, agent.instance.bucket, RUN_ID)
+    assert agent.paths.training_log.read_text() == "local lines\n"
+
+
+def test_the_loop_uploads_the_last_lines_when_the_vm_stops(agent: Agent) -> None:
+    bucket = agent.instance.bucket
+    mirror = LogMirror(bucket, log_objects(agent.paths, RUN_ID))
+    agent.paths.training_log.write_text("epoch 1/3\n")
+
+    def stopping(seconds: float) -> None:
+        with agent.paths.training_log.open("a") as log:
+            log.write("saved epoch 1; stopping\n")
+        os.kill(os.getpid(), signal.SIGTERM)  # what systemd does to the unit
+
+    sync_loop(mirror, every=0, sleep=stopping)
+
+    assert read(bucket, train_log_object(RUN_ID)) == "epoch 1/3\nsaved epoch 1; stopping\n"
+
+
+def test_the_loop_runs_the_ledger_tick_each_round(agent: Agent) -> None:
+    ticks: list[int] = []
+    mirror = LogMirror(agent.instance.bucket, {})
+    sync_loop(mirror, every=0, also=lambda: ticks.append(1), rounds=3, sleep=lambda s: None)
+    assert len(ticks) == 3
+
+
+def test_boot_starts_the_log_sync_service_and_uploads_the_startup_log(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+
+    unit = (agent.paths.units / LOG_SYNC_UNIT).read_text()
+    assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm log-sync" in unit
+    assert LOG_SYNC_UNIT in system.active
+    assert "boot: all steps done" in (read(agent.instance.bucket, STARTUP_LOG_OBJECT) or "")
+
+
+def test_a_failed_step_reaches_the_buckets_startup_log(agent: Agent, system: FakeSystem) -> None:
+    system.tensorflow_gpus = "0"
+
+    assert boot(agent) == 1
+
+    assert "step gpu-check failed" in (read(agent.instance.bucket, STARTUP_LOG_OBJECT) or "")
+
+
+def test_the_training_log_is_in_the_bucket_when_the_job_ends(
+    agent: Agent, system: FakeSystem
+) -> None:
+    put(agent.instance.bucket, f"{DATA}/train/Maize/1.png", b"png")
+    put(agent.instance.bucket, f"{DATA}/_upload_manifest.json", b'{"version": 1}')
+    system.job = "echo 'epoch 1/1 loss 0.5'; echo 'saved model'; exit 0"
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    assert read(agent.instance.bucket, train_log_object(RUN_ID)) == (
+        "epoch 1/1 loss 0.5\nsaved model\n"
+    )
+
+
+def test_a_log_not_written_yet_is_skipped(agent: Agent, tmp_path: Path) -> None:
+    mirror = LogMirror(agent.instance.bucket, {tmp_path / "absent.log": "logs/absent.log"})
+    assert mirror.sync() == []

@@ -1,0 +1,114 @@
+"""Notifications (startup/vm/notify.py, bootstrap.py's post): one message to the stack's webhook
+when a run ends or fails and when the boot fails, against a local HTTP server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from startup.bootstrap import webhook_payload
+from startup.vm.agent import Agent
+from startup.vm.boot import boot
+from startup.vm.training import training_job
+from tests.startup.harness import RUN_ID
+from tests.startup.vm.conftest import FakeSystem
+from tests.startup.vm.test_training import DATA, put
+from tests.webhook_server import Webhook, running_webhook
+
+SECRET = "projects/123456789012/secrets/kgg-dev-0a1b2c-notify-webhook"
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    with running_webhook() as hook:
+        yield hook
+
+
+@pytest.fixture
+def notifying(agent: Agent, webhook: Webhook) -> Agent:
+    """The agent of a stack with notifyWebhook: the secret's URL is the local server."""
+    secrets = {SECRET: webhook.url}
+    return dataclasses.replace(
+        agent,
+        instance=dataclasses.replace(agent.instance, notify_secret=SECRET),
+        read_webhook=lambda secret: secrets[secret],
+    )
+
+
+def with_data(agent: Agent) -> None:
+    put(agent.instance.bucket, f"{DATA}/train/Maize/1.png", b"png")
+    put(agent.instance.bucket, f"{DATA}/_upload_manifest.json", b'{"version": 1}')
+
+
+def test_a_finished_run_posts_its_state_score_time_and_cost(
+    notifying: Agent, webhook: Webhook
+) -> None:
+    with_data(notifying)
+    metrics = {"micro_f1": 0.9531, "scored_on": "holdout"}
+    put(notifying.instance.bucket, f"runs/{RUN_ID}/metrics.json", json.dumps(metrics).encode())
+    notifying.status.update("cost.run_seconds=2400", "cost.run_usd=0.39")
+
+    assert training_job(notifying, poll_seconds=0.1) == 0
+
+    ((path, body),) = webhook.posts
+    assert path == "/hooks/T000/B000/secret-token"
+    assert body["text"] == (
+        f"keras-gpu-gcp: run {RUN_ID} done, micro-F1 0.9531 on holdout, trained 40m 00s, "
+        "~$0.39 (estimate), on kgg-dev-vm"
+    )
+    assert (body["event"], body["state"], body["run_id"]) == ("run-done", "done", RUN_ID)
+    assert (body["micro_f1"], body["seconds"], body["usd_estimate"]) == (0.9531, 2400.0, 0.39)
+
+
+def test_a_failed_run_posts_that_it_failed(
+    notifying: Agent, webhook: Webhook, system: FakeSystem
+) -> None:
+    with_data(notifying)
+    system.job = "echo 'Traceback'; exit 1"
+
+    assert training_job(notifying, poll_seconds=0.1) == 1
+
+    ((_, body),) = webhook.posts
+    assert body["text"].startswith(f"keras-gpu-gcp: run {RUN_ID} failed")
+    assert body["state"] == "failed"
+
+
+def test_a_failed_boot_step_posts_the_step_and_the_error(
+    notifying: Agent, webhook: Webhook, system: FakeSystem
+) -> None:
+    system.tensorflow_gpus = "0"
+
+    assert boot(notifying) == 1
+
+    ((_, body),) = webhook.posts
+    assert body["event"] == "startup-failed" and body["step"] == "gpu-check"
+    assert body["text"].startswith("keras-gpu-gcp: the boot failed on kgg-dev-vm at step gpu-check")
+
+
+def test_a_stack_without_a_webhook_posts_nothing(agent: Agent, webhook: Webhook) -> None:
+    with_data(agent)
+    assert training_job(agent, poll_seconds=0.1) == 0
+    assert webhook.posts == []
+
+
+def test_a_webhook_that_fails_changes_nothing_else(notifying: Agent) -> None:
+    broken = dataclasses.replace(notifying, read_webhook=lambda secret: "http://127.0.0.1:9/x")
+    with_data(broken)
+    assert training_job(broken, poll_seconds=0.1) == 0
+    assert "notification not sent" in broken.paths.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://hooks.slack.com/services/T/B/X", {"text": "hi"}),
+        ("https://discord.com/api/webhooks/1/x", {"content": "hi"}),
+        ("https://ptb.discordapp.com/api/webhooks/1/x", {"content": "hi"}),
+        ("https://example.com/hook", {"text": "hi", "state": "done"}),
+    ],
+)
+def test_each_kind_of_webhook_gets_the_body_it_takes(url: str, expected: dict) -> None:
+    assert webhook_payload(url, "hi", {"state": "done"}) == expected

@@ -1,0 +1,111 @@
+"""Reaching the VM from the laptop through IAP (Google's Identity-Aware Proxy, which checks the
+user's IAM rights): the notebook tunnel (`notebook`), the ssh proxy (`ssh-proxy`) and the
+`~/.ssh/config` entry that uses it (`ssh-config`), so `ssh kgg-<stack>` and VS Code Remote-SSH
+reach the VM wherever its group put it. The VM's name and zone are looked up at each use."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `python -m workload ssh-config`)"
+END = "# <<< keras-gpu-gcp {name} <<<"
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class UnsafeHostError(ValueError):
+    """A Host name or ssh config that the entry cannot be written into safely."""
+
+
+def tunnel_command(
+    name: str, zone: str, project: str, remote_port: int, local_port: int
+) -> list[str]:
+    """`gcloud compute start-iap-tunnel` from localhost:LOCAL to the VM's port."""
+    return [
+        "gcloud", "compute", "start-iap-tunnel", name, str(remote_port),
+        f"--local-host-port=localhost:{local_port}", "--zone", zone, "--project", project,
+    ]  # fmt: skip
+
+
+def proxy_command(name: str, zone: str, project: str, port: str) -> list[str]:
+    """ssh's ProxyCommand: the tunnel on stdin/stdout."""
+    return [
+        "gcloud", "compute", "start-iap-tunnel", name, port, "--listen-on-stdin",
+        "--zone", zone, "--project", project, "--verbosity=warning",
+    ]  # fmt: skip
+
+
+def host_entry(host: str, group: str, user: str | None, python: str = sys.executable) -> str:
+    """The marked `Host` block. Its ProxyCommand asks the group for its running VM at each
+    connection (a recreated VM has a new name, zone and host key: the key is not pinned, the
+    tunnel itself is authenticated by IAP to the VM GCE names)."""
+    if not HOST_NAME.fullmatch(host):
+        raise UnsafeHostError(f"host name {host!r} must be letters, digits, . _ - (--name)")
+    proxy = shlex.join(
+        [
+            "env",
+            f"PYTHONPATH={PROJECT_ROOT}",
+            python,
+            "-m",
+            "workload",
+            "ssh-proxy",
+            "--group",
+            group,
+            "--port",
+        ]
+    )
+    lines = [
+        BEGIN.format(name=host),
+        f"Host {host}",
+        f"  HostName {host}",
+        *([f"  User {user}"] if user else []),
+        "  IdentityFile ~/.ssh/google_compute_engine",
+        f"  ProxyCommand {proxy} %p",
+        "  StrictHostKeyChecking no",
+        "  UserKnownHostsFile /dev/null",
+        "  ServerAliveInterval 30",
+        END.format(name=host),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def with_entry(config: str, host: str, entry: str) -> str:
+    """`config` with the block for `host` replaced (or added at the end); every other byte kept."""
+    begin, end = BEGIN.format(name=host), END.format(name=host)
+    start = config.find(begin)
+    if start >= 0:
+        stop = config.find(end, start)
+        if stop < 0:
+            raise UnsafeHostError(f"~/.ssh/config has {begin!r} without its end line; remove it")
+        stop = config.find("\n", stop)
+        stop = len(config) if stop < 0 else stop + 1
+        return config[:start] + entry + config[stop:]
+    separator = (
+        "" if not config or config.endswith("\n\n") else ("\n" if config.endswith("\n") else "\n\n")
+    )
+    return config + separator + entry
+
+
+def write_ssh_config(path: Path, host: str, entry: str) -> bool:
+    """Writes the entry into `path` (made 0600 if new); True when the file changed."""
+    # Bytes as they are: no newline translation, and bytes that are not UTF-8 kept.
+    old = path.read_bytes().decode("utf-8", "surrogateescape") if path.exists() else ""
+    new = with_entry(old, host, entry)
+    if new == old:
+        return False
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.kgg-tmp")
+    tmp.write_bytes(new.encode("utf-8", "surrogateescape"))
+    tmp.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o600)
+    tmp.replace(path)
+    return True
+
+
+def os_login_user(account: str) -> str | None:
+    """OS Login's POSIX name for a Google account: the address with every character that is not
+    a letter or digit made `_` (alice@example.com -> alice_example_com)."""
+    account = account.strip().lower()
+    return re.sub(r"[^a-z0-9]", "_", account) if "@" in account else None
