@@ -112,3 +112,11 @@ def test_ssh_config_refuses_a_host_name_that_could_inject_options(
     assert result.returncode == 2
     assert "must be letters, digits" in result.stderr
     assert not (tmp_path / "home" / ".ssh" / "config").exists()
+
+
+def test_proxy_command_runs_the_workload_package_of_this_checkout() -> None:
+    """ssh runs the ProxyCommand from any folder: its PYTHONPATH must hold this checkout."""
+    from workload.ops import cli, remote
+
+    assert (remote.PROJECT_ROOT / "workload" / "__main__.py").is_file()
+    assert (cli.PROJECT_ROOT / "Pulumi.yaml").is_file()

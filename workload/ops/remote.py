@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: ssh runs its workload
 BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `python -m workload ssh-config`)"
 END = "# <<< keras-gpu-gcp {name} <<<"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
