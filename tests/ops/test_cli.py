@@ -67,3 +67,13 @@ def test_start_stop_and_ssh_never_import_tensorflow(
             result = _workload(argv[0], "--group", GROUP_PATH, *argv[1:], cwd=tmp_path)
             assert result.returncode == 0, result.stderr
             assert result.stdout.rstrip().endswith("no tensorflow"), argv
+
+
+def test_tensorboard_mirror_never_imports_tensorflow(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/tensorboard/head/train/events.1", b"e")
+    result = _workload(
+        "tensorboard", "r1", "--no-serve", "--bucket", gcs_bucket, "--cache", "tb", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tb" / gcs_bucket / "r1/head/train/events.1").read_bytes() == b"e"
+    assert result.stdout.rstrip().endswith("no tensorflow")
