@@ -7,3 +7,6 @@ MANIFEST_NAME = "_upload_manifest.json"
 PROGRESS_FILE = "progress.json"
 # In a run folder: resume checkpoints, removed when the run is done; `pull` leaves them behind.
 BACKUP_DIR = "backup"
+# In a run folder: TensorBoard event files, one folder per phase (head, finetune, guide), each
+# with train/ and validation/; a resumed run adds files, never replaces them.
+TENSORBOARD_DIR = "tensorboard"

@@ -79,3 +79,13 @@ def test_logs_and_ssh_config_never_import_tensorflow(gcs_bucket: str, tmp_path: 
     entry = _workload(*config, "--name", "kgg-dev", "--user", "me", "--print", cwd=tmp_path)
     assert entry.returncode == 0, entry.stderr
     assert entry.stdout.rstrip().endswith("no tensorflow")
+
+
+def test_tensorboard_mirror_never_imports_tensorflow(gcs_bucket: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/tensorboard/head/train/events.1", b"e")
+    result = _workload(
+        "tensorboard", "r1", "--no-serve", "--bucket", gcs_bucket, "--cache", "tb", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tb" / gcs_bucket / "r1/head/train/events.1").read_bytes() == b"e"
+    assert result.stdout.rstrip().endswith("no tensorflow")

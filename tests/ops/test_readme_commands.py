@@ -11,7 +11,9 @@ import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 COMMAND = re.compile(
-    r"^uv run python -m workload ((?:upload|status|pull|runs|start|stop|ssh)\b[^#\n]*)", re.M
+    r"^uv run python -m workload "
+    r"((?:upload|status|pull|runs|tensorboard|start|stop|ssh)\b[^#\n]*)",
+    re.M,
 )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from workload import storage
 from workload.job.config import NOT_FINGERPRINTED, TrainConfig
-from workload.layout import BACKUP_DIR, PROGRESS_FILE
+from workload.layout import BACKUP_DIR, PROGRESS_FILE, TENSORBOARD_DIR
 
 STATE_VERSION = 2
 PROGRESS_VERSION = 1
@@ -166,10 +166,12 @@ def finished_metrics(
 
 
 def delete_results(config: TrainConfig) -> None:
-    """Deletes the run's result files (the done marker first) and its backup under --out."""
+    """Deletes the run's result files (the done marker first), its backup and its TensorBoard
+    event files under --out."""
     for name in RESULT_FILES:
         storage.delete_file(storage.join(config.out, name))
     storage.delete_prefix(storage.join(config.out, BACKUP_DIR))
+    storage.delete_prefix(storage.join(config.out, TENSORBOARD_DIR))
 
 
 class Run:

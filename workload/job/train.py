@@ -24,6 +24,7 @@ import numpy as np
 
 from workload import storage
 from workload.job import data as data_lib
+from workload.job import tensorboard
 from workload.job.atomic import atomic_path
 from workload.job.config import TrainConfig
 from workload.job.runstate import (
@@ -205,7 +206,11 @@ def _fit_phase(
             epochs=epochs,
             initial_epoch=ps["epochs_done"],
             steps_per_epoch=steps,
-            callbacks=[_epoch_callback(run, phase, epochs, n_train, eta_extra, seed)],
+            callbacks=[
+                # Before the epoch's state is saved: a kill right after finds its scalars synced.
+                tensorboard.callback(run, phase),
+                _epoch_callback(run, phase, epochs, n_train, eta_extra, seed),
+            ],
             verbose=_verbose(),
             shuffle=False,  # each epoch's order is drawn by the dataset (data.epoch_rows)
         )

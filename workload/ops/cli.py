@@ -1,4 +1,5 @@
-"""Laptop commands (upload, status, pull, runs, logs, start, stop, ssh, ...) for the CLI.
+"""Laptop commands (upload, status, pull, runs, logs, tensorboard, start, stop, ssh, ...) for
+the CLI.
 
 They need only google-cloud-storage (and the google-auth it brings, for Compute Engine) and tqdm,
 never TensorFlow, so each module is imported inside its command.
@@ -425,6 +426,18 @@ def _logs(args: argparse.Namespace) -> int:
         return 130
 
 
+def _tensorboard(args: argparse.Namespace) -> int:
+    from workload.ops import tensorboard
+
+    bucket = resolve_bucket(args.bucket)
+    cache = Path(args.cache) if args.cache else tensorboard.default_cache()
+    if args.no_serve:
+        print(tensorboard.render_mirror(tensorboard.mirror(bucket, args.run, cache)))
+        return 0
+    tensorboard.require_tensorboard()  # before the download, not after it
+    return tensorboard.serve(bucket, args.run, cache, args.port, args.refresh)
+
+
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns the errors a user can fix into one clear line on stderr and exit code 2."""
 
@@ -433,6 +446,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         from workload.ops.logs import LogNotFoundError
         from workload.ops.remote import UnsafeHostError
         from workload.ops.results import RunNotFoundError
+        from workload.ops.tensorboard import TensorBoardMissingError
         from workload.ops.upload import LayoutError
         from workload.storage import StorageError, UnsafeNameError
 
@@ -447,6 +461,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             RunNotFoundError,
             StorageError,
             UnsafeNameError,
+            TensorBoardMissingError,
         ) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -551,6 +566,37 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_bucket(logs)
     logs.set_defaults(func=_guarded(_logs))
+
+    board = subparsers.add_parser(
+        "tensorboard",
+        help="TensorBoard on a run's event files, mirrored from the bucket",
+        description=(
+            "Mirrors gs://BUCKET/runs/RUN/tensorboard/ (or every run's, for `all`) into a local "
+            "cache, copying only what changed, and runs TensorBoard on it at "
+            "http://localhost:PORT/, mirroring again every --refresh seconds. Needs the "
+            "tensorboard package: `uv sync --group tensorboard`."
+        ),
+    )
+    board.add_argument(
+        "run", metavar="RUN", nargs="?", default="latest", help="run id, `latest` or `all`"
+    )
+    _add_bucket(board)
+    board.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="the local mirror (default ~/.cache/keras-gpu-gcp/tensorboard)",
+    )
+    board.add_argument("--port", type=int, default=6006, help="TensorBoard's port (default 6006)")
+    board.add_argument(
+        "--refresh",
+        type=float,
+        default=60.0,
+        help="seconds between mirrors while TensorBoard runs (default 60; 0 = once)",
+    )
+    board.add_argument(
+        "--no-serve", action="store_true", help="only mirror the files and print where they are"
+    )
+    board.set_defaults(func=_guarded(_tensorboard))
 
     _group_command(
         subparsers,
