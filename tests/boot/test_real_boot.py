@@ -316,6 +316,19 @@ def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) 
         vm.machine.root / STATE / f"markers/training-done-{vm.attribute('kgg-run-id')}"
     ).exists()
 
+    # Issue 13 on a real boot: the logs, the TensorBoard events and the cost reach the bucket
+    # through the real units (kgg-log-sync, the training service), readable once the VM is gone.
+    train_log = read_bytes_of(vm, f"{run}train.log") or b""
+    assert b"done: " in train_log  # the job's result line, uploaded when the job ended
+    startup_log = read_bytes_of(vm, "logs/startup.log") or b""
+    assert b"step jupyter: done" in startup_log and b"step training: done" in startup_log
+    assert any(name.startswith("tensorboard/head/") for name in written)
+    ledger = read_json(vm.storage, BUCKET, "status/cost.json")
+    assert ledger is not None
+    runs = ledger["runs"]
+    assert runs[vm.attribute("kgg-run-id")]["seconds"] > 0
+    assert all(boot["hourly_usd"] > 0 for boot in ledger["boots"].values())
+
 
 def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
     # A notebook user (from a Jupyter terminal) swaps the workspace for a link to root's code.
