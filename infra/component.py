@@ -132,57 +132,24 @@ class GpuNotebook(pulumi.ComponentResource):
         )
         # The hash goes to Secret Manager, readable by the VM's account alone: metadata is open to
         # every project Viewer and to every process on the VM.
-        self.password_secret = gcp.secretmanager.Secret(
-            f"{name}-jupyter-password",
-            secret_id=suffix.hex.apply(lambda hex_: specs.password_secret_id(stack, hex_)),
-            replication={"auto": {}},
-            labels=labels,
-            opts=child,
-        )
-        self.password_version = gcp.secretmanager.SecretVersion(
-            f"{name}-jupyter-password-hash",
-            secret=self.password_secret.id,
-            secret_data=password_hash,
-            opts=child,
-        )
-        grants.append(
-            gcp.secretmanager.SecretIamMember(
-                f"{name}-jupyter-password-access",
-                secret_id=self.password_secret.id,
-                role=specs.SECRET_ROLE,
-                member=member,
-                opts=child,
-            )
-        )
+        self.password_secret, self.password_version, grant = _vm_secret(
+            f"{name}-jupyter-password", "hash",
+            suffix.hex.apply(lambda hex_: specs.password_secret_id(stack, hex_)),
+            password_hash, member, labels, child,
+        )  # fmt: skip
+        grants.append(grant)
+        secret_versions = [self.password_version]
         # The webhook URL is a credential (anyone holding it posts to the channel): Secret
         # Manager, like the password hash, never metadata.
         self.notify_secret: gcp.secretmanager.Secret | None = None
-        secret_versions = [self.password_version]
         if notify_webhook is not None:
-            self.notify_secret = gcp.secretmanager.Secret(
-                f"{name}-notify-webhook",
-                secret_id=suffix.hex.apply(lambda hex_: specs.notify_secret_id(stack, hex_)),
-                replication={"auto": {}},
-                labels=labels,
-                opts=child,
-            )
-            secret_versions.append(
-                gcp.secretmanager.SecretVersion(
-                    f"{name}-notify-webhook-url",
-                    secret=self.notify_secret.id,
-                    secret_data=pulumi.Output.secret(notify_webhook),
-                    opts=child,
-                )
-            )
-            grants.append(
-                gcp.secretmanager.SecretIamMember(
-                    f"{name}-notify-webhook-access",
-                    secret_id=self.notify_secret.id,
-                    role=specs.SECRET_ROLE,
-                    member=member,
-                    opts=child,
-                )
-            )
+            self.notify_secret, version, grant = _vm_secret(
+                f"{name}-notify-webhook", "url",
+                suffix.hex.apply(lambda hex_: specs.notify_secret_id(stack, hex_)),
+                pulumi.Output.secret(notify_webhook), member, labels, child,
+            )  # fmt: skip
+            grants.append(grant)
+            secret_versions.append(version)
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
         startup_script = render_startup_script(settings)
         group_name = suffix.hex.apply(lambda hex_: specs.instance_group_name(stack, hex_))
@@ -318,3 +285,26 @@ class GpuNotebook(pulumi.ComponentResource):
             "gpu": specs.gpu_summary(settings),
         }
         self.register_outputs(self.stack_outputs)
+
+
+def _vm_secret(
+    name: str,
+    version_suffix: str,
+    secret_id: pulumi.Input[str],
+    data: pulumi.Input[str],
+    member: pulumi.Input[str],
+    labels: pulumi.Input[dict[str, str]],
+    opts: pulumi.ResourceOptions,
+) -> tuple[gcp.secretmanager.Secret, gcp.secretmanager.SecretVersion, pulumi.Resource]:
+    """A Secret Manager secret holding `data` as its one version, and the grant that lets the
+    VM's account (`member`) alone read it."""
+    secret = gcp.secretmanager.Secret(
+        name, secret_id=secret_id, replication={"auto": {}}, labels=labels, opts=opts
+    )
+    version = gcp.secretmanager.SecretVersion(
+        f"{name}-{version_suffix}", secret=secret.id, secret_data=data, opts=opts
+    )
+    grant = gcp.secretmanager.SecretIamMember(
+        f"{name}-access", secret_id=secret.id, role=specs.SECRET_ROLE, member=member, opts=opts
+    )
+    return secret, version, grant
