@@ -146,3 +146,64 @@ def test_tensorboard_command_mirrors_the_run_and_its_reader_finds_the_history(
     assert_events_match_history(tmp_path / "tb" / BUCKET / "r1", rows)
     again = run_workload(*argv, cwd=tmp_path)
     assert "downloaded 0 files" in again.stdout, again.stdout
+
+
+TRAIN = ("train", "--data", "data", "--out", "out", "--cache-dir", "cache", "--weights", "none",
+         "--image-size", "32", "--head-epochs", "1", "--finetune-epochs", "1")  # fmt: skip
+NO_TENSORBOARD = Path(__file__).parents[1] / "ops" / "fixtures" / "no_tensorboard"
+
+
+def test_the_job_installs_tensorboard_wherever_it_runs() -> None:
+    """tf.summary needs the tensorboard package and TensorFlow 2.21 no longer brings it: the
+    job's own group (ml; the VM installs it beside the vm extra) must. A real boot's job failed
+    at its first epoch without it."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    groups = project["dependency-groups"]
+
+    def names(group: str) -> set[str]:
+        found = set()
+        for item in groups[group]:
+            if isinstance(item, dict):
+                found |= names(item["include-group"])
+            else:
+                found.add(item.split(">")[0].split("<")[0].split("[")[0].strip())
+        return found
+
+    assert "tensorboard" in names("ml")
+    assert "ml" in project["tool"]["uv"]["default-groups"]
+
+
+def test_a_job_without_tensorboard_trains_without_event_files(tmp_path: Path) -> None:
+    write_tiny_data(tmp_path / "data")
+    hide = (
+        f"import sys; sys.path.insert(0, {str(NO_TENSORBOARD)!r}); import sitecustomize, runpy; "
+        "runpy.run_module('workload', run_name='__main__')"
+    )
+    result = run_workload(*TRAIN, cwd=tmp_path, program=("-c", hide))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "head: no TensorBoard event files: the tensorboard package is not installed" in (
+        result.stdout
+    )
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert not (tmp_path / "out" / "tensorboard").exists()
+
+
+def test_a_crash_inside_fit_exits_1_with_its_traceback(tmp_path: Path) -> None:
+    """An exception nobody foresaw: the traceback, then exit 1 at once (TensorFlow's native
+    threads once kept a crashed job alive on a real boot, and the VM up with it)."""
+    write_tiny_data(tmp_path / "data")
+    crash = (
+        "import keras, runpy\n"
+        "from workload.job import tensorboard\n"
+        "class Boom(keras.callbacks.Callback):\n"
+        "    def on_epoch_end(self, epoch, logs=None):\n"
+        "        raise RuntimeError('boom inside fit')\n"
+        "tensorboard.callback = lambda run, phase: Boom()\n"
+        "runpy.run_module('workload', run_name='__main__')\n"
+    )
+    result = run_workload(*TRAIN, cwd=tmp_path, program=("-c", crash))
+    assert result.returncode == 1
+    assert "RuntimeError: boom inside fit" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr

@@ -35,13 +35,22 @@ def sync(run: Run) -> storage.SyncStats | None:
     )
 
 
-def callback(run: Run, phase: str) -> Any:
+def callback(run: Run, phase: str) -> Any | None:
     """Keras' TensorBoard callback for one phase: epoch scalars (loss, accuracy, micro-F1 and the
     learning rate; validation's in validation/), flushed and synced at every epoch end.
 
     It must come before the callback that saves the epoch's state: that one may stop the
-    process (a simulated kill), and the epoch's scalars are then already in the bucket."""
+    process (a simulated kill), and the epoch's scalars are then already in the bucket.
+
+    None, with one line saying so, where the tensorboard package is missing (tf.summary needs
+    it): the run goes on without event files rather than failing at its first epoch."""
     import keras
+
+    try:
+        import tensorboard  # noqa: F401  (tf.summary's implementation)
+    except ImportError:
+        print(f"{phase}: no TensorBoard event files: the tensorboard package is not installed")
+        return None
 
     class SyncedTensorBoard(keras.callbacks.TensorBoard):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

@@ -208,7 +208,7 @@ def _fit_phase(
             steps_per_epoch=steps,
             callbacks=[
                 # Before the epoch's state is saved: a kill right after finds its scalars synced.
-                tensorboard.callback(run, phase),
+                *filter(None, [tensorboard.callback(run, phase)]),
                 _epoch_callback(run, phase, epochs, n_train, eta_extra, seed),
             ],
             verbose=_verbose(),
