@@ -1,8 +1,9 @@
 """`status/startup.json`: what the VM reports about its boot and its services, as one typed model
-for its three users. The startup script's helper (startup/bootstrap.py) runs it with the image's
-own python3 before any environment exists, the VM agent (startup/vm) imports it, and
-`python -m workload status` reads it. Hence: stdlib only, Python 3.10 (Ubuntu 22.04's python3),
-and tolerant reading (the laptop trusts nothing from the bucket).
+for its three users (and, at the end, the training job's `runs/<run-id>/progress.json`). The
+startup script's helper (startup/bootstrap.py) runs it with the image's own python3 before any
+environment exists, the VM agent (startup/vm) imports it, and `python -m workload status` reads
+it. Hence: stdlib only, Python 3.10 (Ubuntu 22.04's python3), and tolerant reading (the laptop
+trusts nothing from the bucket).
 
 Changes are `KEY=VALUE` words, the form the shell passes: `phase=driver`, `step.NAME=STATE`
 (stamps started/finished), `detail.NAME=TEXT`, `error=` (clears it), `error.FIELD=TEXT`,
@@ -185,6 +186,65 @@ class StartupStatus:
             else:
                 raise ChangeError(f"{change!r}: unknown key {key!r}")
         self.updated = now
+
+
+PROGRESS_VERSION = 1
+RUN_STATES = ("running", "done", "failed", "interrupted")
+
+
+def _metric(value: Any) -> float | str | None:
+    return value if isinstance(value, str) else _number(value)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """`runs/<run-id>/progress.json`: the training job (workload.job.runstate) writes it every
+    epoch; `workload status`, `runs` and `logs -f` read it, and a later run with the same --out
+    compares its `fingerprint`. Read tolerantly: a field of the wrong type is absent."""
+
+    state: str | None = None
+    recipe: str | None = None
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    updated: str | None = None
+    # Scores by name; the finished run's also says which split they come from (`scored_on`).
+    metrics: dict[str, float | str] = field(default_factory=dict)
+    eta_seconds: float | None = None
+    images_per_second: float | None = None
+    error: str | None = None
+    fingerprint: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        document = {"version": PROGRESS_VERSION, **dataclasses.asdict(self)}
+        if self.error is None:
+            del document["error"]
+        return document
+
+    @classmethod
+    def from_json(cls, data: Any) -> Progress | None:
+        if not isinstance(data, dict):
+            return None
+        state = data.get("state")
+        metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+
+        def count(name: str) -> int | None:
+            value = _number(data.get(name))
+            return int(value) if value is not None and value == int(value) else None
+
+        return cls(
+            state=state if state in RUN_STATES else None,
+            recipe=_text(data.get("recipe")),
+            phase=_text(data.get("phase")),
+            epoch=count("epoch"),
+            epochs=count("epochs"),
+            updated=_text(data.get("updated")),
+            metrics={str(k): v for k, v in metrics.items() if _metric(v) is not None},
+            eta_seconds=_number(data.get("eta_seconds")),
+            images_per_second=_number(data.get("images_per_second")),
+            error=_text(data.get("error")),
+            fingerprint=data.get("fingerprint"),
+        )
 
 
 def read(path: Path) -> StartupStatus:

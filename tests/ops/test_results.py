@@ -11,6 +11,7 @@ import pytest
 
 from tests.hostile import plant_hostile_objects, victims_untouched
 from workload import storage
+from workload.documents import Progress
 from workload.ops import cli as ops_cli
 from workload.ops import results
 
@@ -39,14 +40,18 @@ def test_summary_prefers_final_metrics_over_progress() -> None:
     summary = results.summarize_run(
         "r1",
         {"accuracy": 0.91, "micro_f1": 0.905},
-        {"state": "done", "metrics": {"val_accuracy": 0.5}},
+        Progress.from_json({"state": "done", "metrics": {"val_accuracy": 0.5}}),
     )
     assert (summary.state, summary.micro_f1, summary.accuracy) == ("done", 0.905, 0.91)
 
 
 def test_summary_of_a_running_run_uses_its_validation_metrics() -> None:
     summary = results.summarize_run(
-        "r1", None, {"state": "running", "metrics": {"val_accuracy": 0.8, "val_micro_f1": 0.79}}
+        "r1",
+        None,
+        Progress.from_json(
+            {"state": "running", "metrics": {"val_accuracy": 0.8, "val_micro_f1": 0.79}}
+        ),
     )
     assert (summary.state, summary.micro_f1, summary.accuracy) == ("running", 0.79, 0.8)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from workload import storage
-from workload.documents import StartupStatus
+from workload.documents import Progress, StartupStatus
 from workload.ops import status
 
 from .conftest import run_cli, run_workload
@@ -52,11 +52,17 @@ def _doc(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
+def _progress(**overrides: Any) -> Progress:
+    progress = Progress.from_json(_progress_doc(**overrides))
+    assert progress is not None
+    return progress
+
+
 def _startup(**overrides: Any) -> StartupStatus:
     return StartupStatus.from_json(_doc(**overrides))
 
 
-def _progress(**overrides: Any) -> dict[str, Any]:
+def _progress_doc(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": 1,
         "updated": "2026-11-27T10:04:00Z",
@@ -221,18 +227,18 @@ def test_silent_vm_is_flagged_as_possibly_stopped() -> None:
     ],
 )
 def test_outcome(
-    startup: StartupStatus | None, progress: dict | None, expected: str | None
+    startup: StartupStatus | None, progress: Progress | None, expected: str | None
 ) -> None:
     assert status.outcome(startup, progress) == expected
 
 
 def test_fetch_reads_the_status_and_the_named_runs_progress(gcs_bucket: str) -> None:
     storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _doc(run_id="r7"))
-    storage.write_json(f"gs://{gcs_bucket}/runs/r7/progress.json", _progress(epoch=7))
-    storage.write_json(f"gs://{gcs_bucket}/runs/r6/progress.json", _progress(epoch=6))
+    storage.write_json(f"gs://{gcs_bucket}/runs/r7/progress.json", _progress_doc(epoch=7))
+    storage.write_json(f"gs://{gcs_bucket}/runs/r6/progress.json", _progress_doc(epoch=6))
     startup, progress = status.fetch_documents(gcs_bucket)
     assert startup is not None and startup.run_id == "r7"
-    assert progress is not None and progress["epoch"] == 7
+    assert progress is not None and progress.epoch == 7
 
 
 def test_fetch_treats_an_empty_status_object_as_not_reported(gcs_bucket: str) -> None:
@@ -313,7 +319,7 @@ def test_status_watch_command_ends_when_the_run_is_done(
     gcs_bucket: str, parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage.write_json(f"gs://{gcs_bucket}/status/startup.json", _doc(training="running"))
-    storage.write_json(f"gs://{gcs_bucket}/runs/run-1/progress.json", _progress(state="done"))
+    storage.write_json(f"gs://{gcs_bucket}/runs/run-1/progress.json", _progress_doc(state="done"))
     code = run_cli(parser, "status", "--bucket", gcs_bucket, "--watch", "--interval", "0.01")
     assert code == 0
     assert "next: python -m workload pull run-1" in capsys.readouterr().out
@@ -346,7 +352,7 @@ def _status_command(bucket: str, startup: dict[str, Any], tmp_path: Path, **prog
     storage.write_json(f"gs://{bucket}/status/startup.json", startup)
     if progress:
         run_id = startup["run_id"]
-        storage.write_json(f"gs://{bucket}/runs/{run_id}/progress.json", _progress(**progress))
+        storage.write_json(f"gs://{bucket}/runs/{run_id}/progress.json", _progress_doc(**progress))
     return run_workload("status", "--bucket", bucket, cwd=tmp_path)
 
 

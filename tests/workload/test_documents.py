@@ -107,3 +107,28 @@ def test_the_helper_runs_without_the_environment(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "var/lib/keras-gpu-gcp/status.json").read_text())
     assert written["phase"] == "driver"
+
+
+def test_progress_written_by_the_job_reads_back_as_the_same_model() -> None:
+    from workload.documents import Progress
+
+    written = Progress(
+        state="done", recipe="fast", phase="done", epoch=10, epochs=10,
+        updated="2026-11-27T10:00:00Z",
+        metrics={"accuracy": 0.9, "micro_f1": 0.875, "scored_on": "holdout"},
+        fingerprint={"data": {"digest": "ab"}},
+    )  # fmt: skip
+    document = json.loads(json.dumps(written.to_json()))
+    assert document["version"] == 1 and "error" not in document
+    assert Progress.from_json(document) == written
+
+
+def test_progress_from_the_bucket_keeps_only_fields_of_the_right_type() -> None:
+    from workload.documents import Progress
+
+    read = Progress.from_json(
+        {"state": "exploded", "epoch": "3", "epochs": 2.5, "eta_seconds": float("nan"),
+         "images_per_second": True, "metrics": {"loss": 0.5, "bad": [1], "nan": float("inf")}}
+    )  # fmt: skip
+    assert read == Progress(metrics={"loss": 0.5})
+    assert Progress.from_json(["not", "a", "document"]) is None

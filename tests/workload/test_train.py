@@ -122,11 +122,12 @@ def test_headline_score_is_the_held_out_split_that_nothing_chose_on(fast_run: Ti
 
 
 def test_result_line_and_runs_table_name_the_held_out_score(fast_run: TinyRun) -> None:
+    from workload.documents import Progress
     from workload.ops import results
 
     metrics = json.loads((fast_run.out / "metrics.json").read_text())
     assert f"done: held-out micro-F1 {metrics['micro_f1']:.4f}" in fast_run.result.out
-    progress = json.loads((fast_run.out / "progress.json").read_text())
+    progress = Progress.from_json(json.loads((fast_run.out / "progress.json").read_text()))
     summary = results.summarize_run("r1", metrics, progress)
     table = results.render_runs([summary], "b").splitlines()
     assert table[0].split()[:6] == ["run", "state", "micro-F1", "accuracy", "scored", "on"]

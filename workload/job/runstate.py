@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
+from workload.documents import Progress
 from workload.job.config import NOT_FINGERPRINTED, TrainConfig
 from workload.layout import BACKUP_DIR, PROGRESS_FILE, TENSORBOARD_DIR
 
 STATE_VERSION = 2
-PROGRESS_VERSION = 1
 # Simulates a kill after this many finished epochs (the features pass counts as one): tests and
 # rehearsals of the resume path.
 FAIL_AFTER_ENV = "KGG_FAIL_AFTER_EPOCHS"
@@ -148,10 +148,10 @@ def finished_metrics(
 
     A finished run of other data or options raises RunMismatch, or with `restart` has its
     results deleted (this run replaces it); None when there is nothing finished to report."""
-    progress = _read_optional_json(storage.join(config.out, PROGRESS_FILE))
-    if not (isinstance(progress, dict) and progress.get("state") == "done"):
+    progress = Progress.from_json(_read_optional_json(storage.join(config.out, PROGRESS_FILE)))
+    if progress is None or progress.state != "done":
         return None
-    reason = mismatch(progress.get("fingerprint"), fingerprint, config)
+    reason = mismatch(progress.fingerprint, fingerprint, config)
     if reason is None:
         metrics = _read_optional_json(storage.join(config.out, "metrics.json"))
         return metrics if isinstance(metrics, dict) else {}
@@ -343,21 +343,19 @@ class Run:
 
         A failed run adds `error` (the exception's message), which `workload status` shows.
         `fingerprint` tells a later run with the same --out whether it is this run."""
-        document: dict[str, Any] = {
-            "version": PROGRESS_VERSION,
-            "updated": _now(),
-            "state": state,
-            "recipe": self.config.recipe,
-            "phase": phase,
-            "epoch": epoch,
-            "epochs": epochs,
-            "metrics": metrics or {},
-            "eta_seconds": eta_seconds,
-            "images_per_second": images_per_second,
-            "fingerprint": self.fingerprint,
-        }
-        if error is not None:
-            document["error"] = error
+        document = Progress(
+            state=state,
+            recipe=self.config.recipe,
+            phase=phase,
+            epoch=epoch,
+            epochs=epochs,
+            updated=_now(),
+            metrics=metrics or {},
+            eta_seconds=eta_seconds,
+            images_per_second=images_per_second,
+            error=error,
+            fingerprint=self.fingerprint,
+        ).to_json()
         storage.write_json(storage.join(self.config.out, PROGRESS_FILE), document)
 
     def put(self, name: str, data: bytes | str) -> None:

@@ -15,7 +15,13 @@ from typing import TextIO
 from workload import storage
 from workload.layout import PROGRESS_FILE
 from workload.ops.results import LATEST, resolve_run
-from workload.ops.status import RUNS_PREFIX, STATUS_KEY, fetch_documents, parse_doc, parse_startup
+from workload.ops.status import (
+    RUNS_PREFIX,
+    STATUS_KEY,
+    fetch_documents,
+    parse_progress,
+    parse_startup,
+)
 from workload.terminal import printable
 
 STARTUP = "startup"
@@ -42,10 +48,10 @@ class LogSource:
 
 def _run_ended(bucket: str, run_id: str) -> Callable[[], int | None]:
     def ended() -> int | None:
-        progress = parse_doc(
+        progress = parse_progress(
             storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
-        return ENDED_RUN_STATES.get(str((progress or {}).get("state")))
+        return ENDED_RUN_STATES.get(progress.state) if progress and progress.state else None
 
     return ended
 

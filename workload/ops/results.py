@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workload import storage
+from workload.documents import Progress
 from workload.layout import BACKUP_DIR, PROGRESS_FILE
 from workload.terminal import printable
 from workload.timestamps import format_duration
@@ -59,28 +60,28 @@ def _number(doc: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 def summarize_run(
     run_id: str,
     metrics: dict[str, Any] | None,
-    progress: dict[str, Any] | None,
+    progress: Progress | None,
     updated: datetime | None = None,
     files: int = 0,
     size: int = 0,
 ) -> RunSummary:
     """A run's summary from its final metrics, else its progress: a pure function of the docs."""
     metrics = metrics if isinstance(metrics, dict) else None
-    progress = progress if isinstance(progress, dict) else None
+    scores = progress.metrics if progress else None
     if metrics is not None:
-        state = str(metrics.get("state") or (progress or {}).get("state") or "done")
+        state = str(metrics.get("state") or (progress.state if progress else None) or "done")
     elif progress is not None:
-        state = str(progress.get("state") or "running")
+        state = progress.state or "running"
     else:
         state = "unknown"
-    docs = [d for d in (metrics, progress) if d is not None]
+    docs = [d for d in (metrics, scores) if d is not None]
     micro_f1 = next((v for d in docs if (v := _number(d, MICRO_F1_KEYS)) is not None), None)
     accuracy = next((v for d in docs if (v := _number(d, ACCURACY_KEYS)) is not None), None)
     scored_on = None
     if micro_f1 is not None or accuracy is not None:
         # Runs from before the held-out split, and progress while running, are on validation.
         # The documents are the bucket's text: only the two names the job writes are shown.
-        finals = [d for d in (metrics, (progress or {}).get("metrics")) if isinstance(d, dict)]
+        finals = [d for d in (metrics, scores) if d is not None]
         recorded = [d.get("scored_on") for d in finals if d.get("scored_on") in SCORED_ON]
         scored_on = recorded[0] if recorded else "validation"
     return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
@@ -105,7 +106,7 @@ def list_runs(bucket: str) -> list[RunSummary]:
             storage.read_json(f"{base}/metrics.json") if f"{run_id}/metrics.json" in names else None
         )
         progress = (
-            storage.read_json(f"{base}/{PROGRESS_FILE}")
+            Progress.from_json(storage.read_json(f"{base}/{PROGRESS_FILE}"))
             if f"{run_id}/{PROGRESS_FILE}" in names
             else None
         )

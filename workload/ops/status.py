@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from workload import storage
-from workload.documents import Cost, Failure, StartupStatus, Step
+from workload.documents import Cost, Failure, Progress, StartupStatus, Step
 from workload.layout import PROGRESS_FILE
 from workload.ops.capacity import GroupState, render_group
 from workload.ops.gce import GceError
@@ -201,7 +201,7 @@ def _metric_text(metrics: dict[str, Any]) -> str:
 
 
 def render_training(
-    startup: StartupStatus | None, progress: Doc | None, now: datetime
+    startup: StartupStatus | None, progress: Progress | None, now: datetime
 ) -> list[str]:
     """The training part of the status: the VM's view, then the job's progress."""
     run_id = startup.run_id if startup else None
@@ -226,22 +226,21 @@ def render_training(
         else:
             lines.append(field("Training", "not started"))
         return lines
-    state = str(progress.get("state") or "?")
+    state = progress.state or "?"
     lines.append(field("Training", f"{run}{state.upper() if state == 'failed' else state}"))
-    epoch, epochs = progress.get("epoch"), progress.get("epochs")
-    where = [f"recipe {progress.get('recipe', '?')}", f"phase {progress.get('phase', '?')}"]
+    epoch, epochs = progress.epoch, progress.epochs
+    where = [f"recipe {progress.recipe or '?'}", f"phase {progress.phase or '?'}"]
     if epoch is not None:
         where.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
     lines.append("  " + ", ".join(where))
-    metrics = progress.get("metrics")
-    if isinstance(metrics, dict) and metrics:
-        lines.append("  " + _metric_text(metrics))
+    if progress.metrics:
+        lines.append("  " + _metric_text(progress.metrics))
     speed = []
-    if isinstance(progress.get("images_per_second"), int | float):
-        speed.append(f"{progress['images_per_second']:.1f} img/s")
-    eta = progress.get("eta_seconds")
-    updated = parse_time(progress.get("updated"))
-    if state == "running" and isinstance(eta, int | float):
+    if progress.images_per_second is not None:
+        speed.append(f"{progress.images_per_second:.1f} img/s")
+    eta = progress.eta_seconds
+    updated = parse_time(progress.updated)
+    if state == "running" and eta is not None:
         remaining = eta - ((now - updated).total_seconds() if updated else 0)
         finish = (updated or now) + timedelta(seconds=eta)
         speed.append(f"ETA {format_duration(max(0.0, remaining))} (about {clock(finish)} UTC)")
@@ -249,25 +248,25 @@ def render_training(
         lines.append("  " + ", ".join(speed))
     if state == "done" and run_id:
         lines.append(f"  next: python -m workload pull {shlex.quote(str(run_id))}")
-    if state == "failed" and progress.get("error"):
-        lines.append(f"  error: {progress['error']}")
+    if state == "failed" and progress.error:
+        lines.append(f"  error: {progress.error}")
     return lines
 
 
-def _is_failed(startup: StartupStatus | None, progress: Doc | None) -> bool:
-    return (progress or {}).get("state") == "failed" or (
+def _is_failed(startup: StartupStatus | None, progress: Progress | None) -> bool:
+    return (progress is not None and progress.state == "failed") or (
         startup is not None
         and (startup.phase == "failed" or startup.error is not None or startup.training == "failed")
     )
 
 
-def outcome(startup: StartupStatus | None, progress: Doc | None) -> str | None:
+def outcome(startup: StartupStatus | None, progress: Progress | None) -> str | None:
     """`"failed"`, `"done"` (training ended, or the boot ended with training off) or None."""
     if startup is None:
         return None
     if _is_failed(startup, progress):
         return "failed"
-    if (progress or {}).get("state") == "done" or startup.training == "done":
+    if (progress is not None and progress.state == "done") or startup.training == "done":
         return "done"
     if startup.training == "off" and startup.phase in ("idle", "done"):
         return "done"
@@ -275,15 +274,15 @@ def outcome(startup: StartupStatus | None, progress: Doc | None) -> str | None:
 
 
 def render_failure(
-    startup: StartupStatus, progress: Doc | None, group: GroupState | None = None
+    startup: StartupStatus, progress: Progress | None, group: GroupState | None = None
 ) -> list[str]:
     error = startup.error or Failure()
     failed = (name for name, s in startup.steps.items() if s.state == "failed")
     step = error.step or next(failed, None)
-    if step is None and (progress or {}).get("state") == "failed":
+    if step is None and progress is not None and progress.state == "failed":
         step = "training"
     step = step or "unknown"
-    message = str(error.message or (progress or {}).get("error") or "no message")
+    message = str(error.message or (progress.error if progress else None) or "no message")
     lines = [f"FAILED at step {step!r}: {message}"]
     log_tail = (error.log_tail or "").rstrip()
     if log_tail:
@@ -324,7 +323,7 @@ def _silence(silence: str, group: GroupState | None) -> list[str]:
 
 def render_status(
     startup: StartupStatus | None,
-    progress: Doc | None,
+    progress: Progress | None,
     now: datetime,
     source: str = STATUS_KEY,
     group: GroupState | None = None,
@@ -353,7 +352,7 @@ def render_status(
         lines += render_failure(startup, progress, group)
     else:
         newest = max(
-            (t for t in (updated, parse_time((progress or {}).get("updated"))) if t),
+            (t for t in (updated, parse_time(progress.updated if progress else None)) if t),
             default=None,
         )
         if newest and outcome(startup, progress) is None and now - newest > STALE_AFTER:
@@ -412,13 +411,18 @@ def parse_startup(data: bytes | None) -> StartupStatus | None:
     return StartupStatus.from_json(doc) if doc else None
 
 
-def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Doc | None]:
+def parse_progress(data: bytes | None) -> Progress | None:
+    """runs/<run-id>/progress.json as the model, or None when it is missing or not one."""
+    return Progress.from_json(parse_doc(data))
+
+
+def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Progress | None]:
     """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json."""
     startup = parse_startup(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
     run_id = startup.run_id if startup else None
     progress = None
     if run_id:
-        progress = parse_doc(
+        progress = parse_progress(
             storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
     return startup, progress
