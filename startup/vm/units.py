@@ -14,15 +14,21 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-def render(template: str, **context: Any) -> str:
-    environment = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
+def jinja(folder: Path) -> Environment:
+    """Jinja for the project's templates (the startup script, units, Jupyter's config): an
+    unknown name is an error, nothing is HTML-escaped, block tags leave no blank lines."""
+    return Environment(
+        loader=FileSystemLoader(str(folder)),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def render(template: str, **context: Any) -> str:
+    environment = jinja(TEMPLATES)
     environment.filters["py"] = python_literal
     text = environment.get_template(template).render(**context)
     return text if text.endswith("\n") else text + "\n"
