@@ -4,6 +4,7 @@ are functions the tests set."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -136,3 +137,17 @@ def uploaded_status(bucket: str) -> dict[str, Any]:
 
     client = storage.Client(project="local", credentials=AnonymousCredentials())
     return json.loads(client.bucket(bucket).blob(STATUS_OBJECT).download_as_bytes())
+
+
+@pytest.fixture
+def history(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
+    """Every status document the agent uploads, in order."""
+    seen: list[dict] = []
+    upload = agent.status.bucket.upload  # type: ignore[union-attr]
+
+    def recording(name: str, data: bytes, content_type: str) -> None:
+        seen.append(json.loads(data))
+        upload(name, data, content_type)
+
+    monkeypatch.setattr(agent.status.bucket, "upload", recording)
+    yield seen

@@ -41,21 +41,12 @@ def test_boot_brings_every_step_up(agent: Agent, system: FakeSystem) -> None:
     assert {"kgg-jupyter.service", "kgg-training.service", "kgg-idle-check.timer"} <= system.active
 
 
-def test_status_is_uploaded_at_every_step(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[dict] = []
-    upload = agent.status.bucket.upload  # type: ignore[union-attr]
-
-    def recording(name: str, data: bytes, content_type: str) -> None:
-        import json
-
-        seen.append(json.loads(data))
-        upload(name, data, content_type)
-
-    monkeypatch.setattr(agent.status.bucket, "upload", recording)
-
+def test_status_is_uploaded_at_every_step(agent: Agent, history: list[dict]) -> None:
     assert boot(agent) == 0
 
-    running = {name for doc in seen for name, s in doc["steps"].items() if s["state"] == "running"}
+    running = {
+        name for doc in history for name, s in doc["steps"].items() if s["state"] == "running"
+    }
     assert running == set(AGENT_STEPS)
 
 

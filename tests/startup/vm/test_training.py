@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,20 +34,6 @@ def uploaded(agent: Agent) -> Agent:
     put(agent.instance.bucket, f"{DATA}/train/Maize/1.png", b"png")
     put(agent.instance.bucket, f"{DATA}/_upload_manifest.json", json.dumps({"version": 1}).encode())
     return agent
-
-
-@pytest.fixture
-def history(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
-    """Every status document the agent uploads, in order."""
-    seen: list[dict] = []
-    upload = agent.status.bucket.upload  # type: ignore[union-attr]
-
-    def recording(name: str, data: bytes, content_type: str) -> None:
-        seen.append(json.loads(data))
-        upload(name, data, content_type)
-
-    monkeypatch.setattr(agent.status.bucket, "upload", recording)
-    yield seen
 
 
 def sigterm_after(seconds: float, system: FakeSystem) -> threading.Timer:
