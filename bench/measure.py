@@ -86,7 +86,8 @@ def _batch_clock() -> Any:
 def fit_steps(model: Any, dataset: Any, steps: int, batch: int) -> Steps:
     """Times `steps` training steps of model.fit after one warm-up step (the job's fit path)."""
     clock = _batch_clock()
-    model.fit(dataset.take(steps + 1), epochs=1, verbose=0, callbacks=[clock])
+    # shuffle=False as in the job: the dataset draws its own order (fit's default only warns).
+    model.fit(dataset.take(steps + 1), epochs=1, verbose=0, shuffle=False, callbacks=[clock])
     ends = clock.ends
     if len(ends) < 2:
         raise ValueError(f"fit ran {len(ends)} steps; need at least 2 (warm-up + 1 timed)")
