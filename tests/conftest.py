@@ -6,9 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.boot import phases
 from workload.emulator import running_emulator
 
 TEST_BUCKET = "kgg-test-bucket"
+# The real-boot suite runs in one xdist worker; its phase timings reach the summary printed here
+# through the test reports (user_properties travel from worker to controller).
+BOOT_PHASES = "kgg_boot_phases"
+_boot_report: dict[str, list] = {}
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +57,25 @@ def gcs_bucket_like_real_gcs(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -
     yield gcs_bucket
     # While the normaliser still keeps `..`: the next test's clean-up could not delete them.
     _empty(gcs_bucket)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if call.when == "teardown" and item.get_closest_marker("boot"):
+        report.user_properties.append((BOOT_PHASES, phases.snapshot()))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == BOOT_PHASES:
+            _boot_report.update(value)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _boot_report.get("phases"):
+        return
+    terminalreporter.section("real-boot phases")
+    for line in phases.summary(_boot_report):
+        terminalreporter.write_line(line)

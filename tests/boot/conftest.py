@@ -8,8 +8,6 @@ import shutil
 
 import pytest
 
-from tests.boot.phases import NOTES, PHASES
-
 REQUIRED_ENV = "KGG_REQUIRE_BOOT_SUITE"
 TOOLS = {
     "systemd-nspawn": "systemd-container",
@@ -35,14 +33,3 @@ def boot_prerequisites() -> None:
     if os.environ.get(REQUIRED_ENV) == "1":
         pytest.fail(f"{message} ({REQUIRED_ENV}=1)", pytrace=False)
     pytest.skip(message)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not PHASES:
-        return
-    terminalreporter.section("real-boot phases")
-    for name, seconds in PHASES:
-        terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
-    terminalreporter.write_line(f"{sum(s for _, s in PHASES):7.1f} s  in all")
-    for note in NOTES:
-        terminalreporter.write_line(note)
