@@ -7,9 +7,10 @@ which calls it made. The fixtures follow the shapes of GCE's REST reference
 instanceTemplates.get) and its error catalogue; they were written from those documents, not
 captured from a live project (this machine has no GCP).
 
-Two things are live rather than replayed: a resize changes the `targetSize` later GETs of the
-group return, and listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
-recorded (the status view ignores errors older than a day).
+Three things are live rather than replayed: a resize changes the `targetSize` later GETs of the
+group return, listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
+recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` guest
+attributes are whatever a test sets (instances.getGuestAttributes; 404 while unset).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class FakeCompute:
     url: str = ""
     requests: list[Request] = field(default_factory=list)
     target_size: int | None = None
+    # The VM's `hostkeys/` guest attributes (live; None: nothing published, GCE answers 404).
+    host_keys: list[dict[str, str]] | None = None
 
     def exchanges(self) -> list[dict[str, Any]]:
         loaded = []
@@ -54,6 +57,12 @@ class FakeCompute:
         split = urlsplit(raw_path)
         query = parse_qs(split.query)
         self.requests.append(Request(method, split.path, query))
+        if split.path.endswith("/getGuestAttributes") and self.host_keys is not None:
+            return 200, {
+                "kind": "compute#guestAttributes",
+                "queryPath": query["queryPath"][0],
+                "queryValue": {"items": self.host_keys},
+            }
         for exchange in self.exchanges():
             request = exchange["request"]
             if (request["method"], request["path"]) != (method, split.path):

@@ -84,7 +84,11 @@ def test_ssh_config_writes_one_marked_entry_and_is_idempotent(gcloud: Path, tmp_
     assert text.count("Host kgg-dev\n") == 1
     assert "  User alice_example_com\n" in text
     proxy = next(line for line in text.splitlines() if "ProxyCommand" in line)
-    assert proxy.endswith(f"-m workload ssh-proxy --group {GROUP_PATH} --port %p")
+    known = tmp_path / "home" / ".ssh" / "kgg_known_hosts" / "kgg-dev"
+    assert proxy.endswith(
+        f"-m workload ssh-proxy --group {GROUP_PATH} --known-hosts {known} "
+        "--host-key-alias kgg-dev --port %p"
+    )
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
 
 

@@ -329,19 +329,38 @@ def _notebook(args: argparse.Namespace) -> int:
 
 
 def _ssh_proxy(args: argparse.Namespace) -> int:
-    """ssh's ProxyCommand: replaces itself with the IAP tunnel on stdin/stdout."""
+    """ssh's ProxyCommand: pins the running VM's host keys (with --known-hosts), then replaces
+    itself with the IAP tunnel on stdin/stdout. ssh reads the known_hosts file only once the
+    tunnel has brought it the VM's key, so the keys written here are the ones it checks."""
     import os
 
-    from workload.ops.remote import proxy_command
+    from workload.ops import remote
 
     compute, group = _group_and_compute(args)
     name, zone = running_vm(group, read_group(compute, group))
-    command = proxy_command(name, zone, group.project, args.port)
+    if args.known_hosts:
+        attributes = compute.guest_attributes(group.project, zone, name, remote.HOST_KEYS_PATH)
+        lines = remote.known_hosts_lines(args.host_key_alias or name, attributes)
+        if not lines:
+            print(no_host_keys(name), file=sys.stderr)
+            return 2
+        remote.write_known_hosts(Path(args.known_hosts), lines)
+    command = remote.proxy_command(name, zone, group.project, args.port)
     if shutil.which("gcloud") is None:
         print("error: gcloud is not installed (https://cloud.google.com/sdk/docs/install)",
               file=sys.stderr)  # fmt: skip
         return 2
     os.execvp(command[0], command)
+
+
+def no_host_keys(name: str) -> str:
+    return (
+        f"error: the VM {name} has published no SSH host keys (guest attributes hostkeys/, "
+        "written by its guest agent at its first boot), so ssh cannot check whom it reaches. "
+        "Try again in a minute; a VM made before the stack set enable-guest-attributes never "
+        "publishes them: `pulumi up`, then `python -m workload stop` and `start`. To connect "
+        "without checking the host key: `python -m workload ssh-config --no-pin-host-key`."
+    )
 
 
 def _ssh_config(args: argparse.Namespace) -> int:
@@ -350,13 +369,17 @@ def _ssh_config(args: argparse.Namespace) -> int:
     group = resolve_group(args.group)
     host = args.name or f"kgg-{_stack_name()}"
     user = args.user or remote.os_login_user(_gcloud_account())
-    entry = remote.host_entry(host, group, user)
+    path = Path(args.config).expanduser().absolute()
+    # The VM's keys, rewritten by the proxy at each connection: pinned to the VM running now.
+    known_hosts = path.parent / "kgg_known_hosts" / host if args.pin_host_key else None
+    entry = remote.host_entry(host, group, user, known_hosts)
     if args.print_only:
         print(entry, end="")
         return 0
-    path = Path(args.config).expanduser()
     changed = remote.write_ssh_config(path, host, entry)
     print(f"{'wrote' if changed else 'unchanged:'} the entry for `ssh {host}` in {path}")
+    if known_hosts is None:
+        print("  warning: any host key is accepted (--no-pin-host-key); only IAP checks the VM")
     if not user:
         print(
             "  no OS Login user known: add --user NAME (`gcloud compute os-login describe-profile`)"
@@ -650,10 +673,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "ssh-proxy",
         _ssh_proxy,
         "ssh ProxyCommand to the VM through IAP (used by the ssh-config entry)",
-        "Finds the group's running VM and becomes `gcloud compute start-iap-tunnel VM PORT "
-        "--listen-on-stdin`.",
+        "Finds the group's running VM, writes its published host keys to --known-hosts, and "
+        "becomes `gcloud compute start-iap-tunnel VM PORT --listen-on-stdin`.",
     )
     proxy.add_argument("--port", default="22", help="the VM's port (default 22)")
+    proxy.add_argument(
+        "--known-hosts",
+        help="write the VM's published host keys here first (the file the entry pins them in)",
+    )
+    proxy.add_argument("--host-key-alias", help="the name they are written under (HostKeyAlias)")
 
     ssh_config = _group_command(
         subparsers,
@@ -666,6 +694,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     ssh_config.add_argument("--name", help="the Host name (default kgg-<pulumi stack>)")
     ssh_config.add_argument("--user", help="OS Login user (default: from the gcloud account)")
     ssh_config.add_argument("--config", default="~/.ssh/config", help="default ~/.ssh/config")
+    ssh_config.add_argument(
+        "--no-pin-host-key",
+        dest="pin_host_key",
+        action="store_false",
+        help="accept any host key (for an image whose guest agent does not publish them)",
+    )
     ssh_config.add_argument(
         "--print", dest="print_only", action="store_true", help="print the entry, write nothing"
     )

@@ -106,6 +106,18 @@ class Compute:
             raise GceError(f"the group names an unexpected template {url!r}")
         return self._call("GET", path)
 
+    def guest_attributes(
+        self, project: str, zone: str, name: str, path: str
+    ) -> list[dict[str, Any]]:
+        """The VM's guest attributes under `path` (`hostkeys/`): [] while none is written."""
+        body = self._call(
+            "GET",
+            f"projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes",
+            params={"queryPath": path},
+            missing_ok=True,
+        )
+        return ((body or {}).get("queryValue") or {}).get("items") or []
+
     def resize(self, group: GroupRef, size: int) -> dict[str, Any]:
         """Sets the group's target size and waits for the operation: DONE means the group has
         scheduled the VM's creation or deletion, not that it happened."""
@@ -138,7 +150,14 @@ class Compute:
                 break
         return items
 
-    def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any]:
+        """The answer's JSON; {} for a 404 when `missing_ok` (GCE's answer for nothing there)."""
         import requests
 
         url = self.endpoint + path
@@ -146,6 +165,8 @@ class Compute:
             response = self.session.request(method, url, params=params, timeout=TIMEOUT_SECONDS)
         except requests.RequestException as error:
             raise GceError(f"{method} {url} failed: {error}") from None
+        if response.status_code == 404 and missing_ok:
+            return {}
         if response.status_code >= 400:
             raise GceError(_http_error(method, path, response))
         body = response.json() if response.content else {}

@@ -1,19 +1,30 @@
 """Reaching the VM from the laptop through IAP (Google's Identity-Aware Proxy, which checks the
 user's IAM rights): the notebook tunnel (`notebook`), the ssh proxy (`ssh-proxy`) and the
 `~/.ssh/config` entry that uses it (`ssh-config`), so `ssh kgg-<stack>` and VS Code Remote-SSH
-reach the VM wherever its group put it. The VM's name and zone are looked up at each use."""
+reach the VM wherever its group put it. The VM's name and zone are looked up at each use, and
+its SSH host keys pinned: the VM's guest agent publishes them as guest attributes (`hostkeys/`),
+which the proxy reads through the Compute API and writes to the entry's own known_hosts file
+before ssh checks the key."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: ssh runs its workload
 BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `python -m workload ssh-config`)"
 END = "# <<< keras-gpu-gcp {name} <<<"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+HOST_KEYS_PATH = "hostkeys/"  # the guest agent's namespace: one attribute per key type
+HOST_KEY_TYPES = frozenset(
+    {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"}
+)
+BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 class UnsafeHostError(ValueError):
@@ -38,24 +49,31 @@ def proxy_command(name: str, zone: str, project: str, port: str) -> list[str]:
     ]  # fmt: skip
 
 
-def host_entry(host: str, group: str, user: str | None, python: str = sys.executable) -> str:
+def host_entry(
+    host: str,
+    group: str,
+    user: str | None,
+    known_hosts: Path | None,
+    python: str = sys.executable,
+) -> str:
     """The marked `Host` block. Its ProxyCommand asks the group for its running VM at each
-    connection (a recreated VM has a new name, zone and host key: the key is not pinned, the
-    tunnel itself is authenticated by IAP to the VM GCE names)."""
+    connection (a recreated VM has a new name, zone and host keys) and, with `known_hosts`, writes
+    that VM's published host keys there for ssh to check strictly. Without it (`ssh-config
+    --no-pin-host-key`) any host key is accepted and only IAP authenticates the VM."""
     if not HOST_NAME.fullmatch(host):
         raise UnsafeHostError(f"host name {host!r} must be letters, digits, . _ - (--name)")
-    proxy = shlex.join(
+    proxy = ["env", f"PYTHONPATH={PROJECT_ROOT}", python, "-m", "workload", "ssh-proxy"]
+    proxy += ["--group", group]
+    if known_hosts is not None:
+        proxy += ["--known-hosts", str(known_hosts), "--host-key-alias", host]
+    checking = (
         [
-            "env",
-            f"PYTHONPATH={PROJECT_ROOT}",
-            python,
-            "-m",
-            "workload",
-            "ssh-proxy",
-            "--group",
-            group,
-            "--port",
+            f"  HostKeyAlias {host}",
+            f"  UserKnownHostsFile {_config_path(known_hosts)}",
+            "  StrictHostKeyChecking yes",
         ]
+        if known_hosts is not None
+        else ["  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null"]
     )
     lines = [
         BEGIN.format(name=host),
@@ -63,13 +81,60 @@ def host_entry(host: str, group: str, user: str | None, python: str = sys.execut
         f"  HostName {host}",
         *([f"  User {user}"] if user else []),
         "  IdentityFile ~/.ssh/google_compute_engine",
-        f"  ProxyCommand {proxy} %p",
-        "  StrictHostKeyChecking no",
-        "  UserKnownHostsFile /dev/null",
+        f"  ProxyCommand {shlex.join([*proxy, '--port'])} %p",
+        *checking,
         "  ServerAliveInterval 30",
         END.format(name=host),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _config_path(path: Path) -> str:
+    """A path as ssh_config reads it: quoted, and refused where ssh would expand or split it."""
+    text = str(path)
+    if not path.is_absolute() or any(char in text for char in '"%~\\') or not text.isprintable():
+        raise UnsafeHostError(
+            f"known_hosts path {text!r} cannot go into an ssh config; pass another --config"
+        )
+    return f'"{text}"'
+
+
+def known_hosts_lines(alias: str, attributes: list[dict[str, Any]]) -> list[str]:
+    """known_hosts lines for `alias` from the VM's `hostkeys/` guest attributes (key = key type,
+    value = the base64 public key). Any process on the VM can write guest attributes, so a line
+    is made only of a known key type and clean base64 whose own encoded type is that same type;
+    anything else is dropped."""
+    lines = set()
+    for attribute in attributes:
+        key_type, blob = str(attribute.get("key")), str(attribute.get("value")).strip()
+        if attribute.get("namespace") not in (None, HOST_KEYS_PATH.rstrip("/")):
+            continue
+        if key_type in HOST_KEY_TYPES and _encoded_type(blob) == key_type:
+            lines.add(f"{alias} {key_type} {blob}")
+    return sorted(lines)
+
+
+def _encoded_type(blob: str) -> str | None:
+    """The key type an SSH public key blob names in its first field (RFC 4253 6.6)."""
+    if not BASE64.fullmatch(blob):
+        return None
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if length <= 0 or 4 + length > len(raw):
+        return None
+    return raw[4 : 4 + length].decode("ascii", "replace")
+
+
+def write_known_hosts(path: Path, lines: list[str]) -> None:
+    """Replaces `path` with `lines` (0600, its folder 0700): the keys of the VM running now."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.kgg-tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def with_entry(config: str, host: str, entry: str) -> str:
