@@ -56,6 +56,8 @@ class FakeCloud:
     uploads: list[Upload] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    # What the VM wrote with PUT .../instance/guest-attributes/NAMESPACE/KEY.
+    guest_attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -128,6 +130,10 @@ class FakeCloud:
         if path.startswith(METADATA):
             if headers.get("Metadata-Flavor") != "Google":
                 return 403, b"Missing Metadata-Flavor:Google header.\n"
+            attribute = path.removeprefix(f"{METADATA}instance/guest-attributes/")
+            if method == "PUT" and attribute != path:
+                self.guest_attributes[attribute] = body.decode()
+                return 200, b""
             value = self.metadata.get(path.removeprefix(METADATA))
             return (200, value.encode()) if value is not None else (404, b"not found\n")
         if path.startswith(FILES):
@@ -178,6 +184,9 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._serve("POST")
+
+        def do_PUT(self) -> None:
+            self._serve("PUT")
 
         def log_message(self, *args: Any) -> None:  # quiet; the tests read `requests`
             pass

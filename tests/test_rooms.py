@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ("workload.storage", "workload.documents", "workload.layout", "workload.terminal",
-          "workload.timestamps", "workload.emulator")  # fmt: skip
+          "workload.timestamps", "workload.emulator", "workload.hostkeys")  # fmt: skip
 # (room, prefixes its modules must never import)
 FORBIDDEN = {
     "workload/job": ("workload.ops", "infra", "startup"),

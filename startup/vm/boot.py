@@ -7,8 +7,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from startup.vm import jupyter, logsync
+from startup.vm import hostkeys, jupyter, logsync
 from startup.vm.agent import Agent, StepFailed
+from startup.vm.cloud import CloudError
 from startup.vm.config import IDLE_TIMER, LOG_SYNC_UNIT, TRAINING_UNIT, expected_gpus
 from startup.vm.job_state import read_job_state
 from startup.vm.units import render, write_if_changed
@@ -114,10 +115,23 @@ def start_log_sync(agent: Agent) -> None:
         agent.log.warning("%s did not start: %s", LOG_SYNC_UNIT, (result.stderr or "").strip())
 
 
+def publish_host_keys(agent: Agent) -> None:
+    """The SSH host keys for the laptop's ssh entry to pin; the boot goes on without them (that
+    entry then refuses this VM, saying why)."""
+    try:
+        published = hostkeys.publish(agent.paths, agent.metadata)
+    except (CloudError, OSError) as error:
+        agent.log.warning("SSH host keys not published as guest attributes: %s", error)
+        return
+    agent.log.info("SSH host keys published (guest attributes hostkeys/): %s",
+                   ", ".join(published) or "none found")  # fmt: skip
+
+
 def boot(agent: Agent) -> int:
     """Runs the steps in order; 0 when all are done, 1 at the first failure. The startup log
     goes to the bucket at every step end."""
     start_log_sync(agent)
+    publish_host_keys(agent)
     mirror = logsync.LogMirror(agent.instance.bucket, {agent.paths.log: logsync.STARTUP_LOG_OBJECT})
     for name, step in STEPS:
         agent.log.info("step %s: start", name)

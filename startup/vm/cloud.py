@@ -50,6 +50,21 @@ class Metadata:
     def attribute(self, key: str) -> str:
         return self.get(f"instance/attributes/{key}")
 
+    def put_guest_attribute(self, path: str, value: str) -> None:
+        """Writes the guest attribute `namespace/key` (readable through the Compute API by whoever
+        may see the VM; enable-guest-attributes must be TRUE, else GCE refuses)."""
+        request = urllib.request.Request(
+            f"{self.url}/instance/guest-attributes/{path}",
+            data=value.encode(),
+            method="PUT",
+            headers={"Metadata-Flavor": "Google"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return
+        except (OSError, urllib.error.URLError) as failure:
+            raise CloudError(f"guest attribute {path}: {failure}") from failure
+
     def token(self) -> str:
         answer = json.loads(self.get("instance/service-accounts/default/token"))
         return str(answer["access_token"])

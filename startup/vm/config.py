@@ -115,6 +115,10 @@ class Paths:
         return self._at("proc/uptime")
 
     @property
+    def ssh_host_keys(self) -> Path:
+        return self._at("etc/ssh")
+
+    @property
     def app(self) -> Path:
         return self._at("opt/keras-gpu-gcp/app")
 

@@ -26,7 +26,9 @@ MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "curl", "ca-certificates", "openssl", "python3", "gnupg",
     "kmod", "iproute2", "procps", "sudo", "initramfs-tools", "linux-image-cloud-amd64",
+    "openssh-server",  # for its host keys; ssh.service is masked: the root shares the host network
 )  # fmt: skip
+MASKED_UNITS = ("ssh.service", "ssh.socket")
 CACHE = PROJECT_ROOT / ".cache" / "boot"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # metadata.google.internal inside the root: a loopback address of its own on the shared network.
@@ -116,6 +118,7 @@ def image_key() -> str:
         "packages": PACKAGES,
         "files": GUEST_FILES,
         "units": ENABLED_UNITS,
+        "masked": MASKED_UNITS,
         "host_ca": hashlib.sha256(HOST_CA_BUNDLE.read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
@@ -148,6 +151,9 @@ def build_image(cache: Path = CACHE) -> Path:
     wants.mkdir(parents=True, exist_ok=True)
     for unit in ENABLED_UNITS:
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    for unit in MASKED_UNITS:
+        (partial / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (partial / "etc/systemd/system" / unit).symlink_to("/dev/null")
     (partial / "var/log/journal").mkdir(parents=True, exist_ok=True)  # a persistent journal
     (partial / ".kgg-image-complete").touch()
     shutil.rmtree(root, ignore_errors=True)

@@ -243,6 +243,9 @@ def test_next_boot_brings_every_step_up(vm: Vm) -> None:
     # The training unit reports this itself, moments after the boot started it.
     waiting = f"waiting for data at gs://{BUCKET}/{DATA_PATH}/"
     wait_for(lambda: (vm.status() or {}).get("training") == waiting or None, 120, waiting)
+    # The host keys sshd serves, published for the laptop's ssh entry to pin.
+    public = (vm.machine.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    assert vm.cloud.guest_attributes[f"hostkeys/{public[0]}"] == public[1]
 
 
 def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:

@@ -356,10 +356,11 @@ def _ssh_proxy(args: argparse.Namespace) -> int:
 def no_host_keys(name: str) -> str:
     return (
         f"error: the VM {name} has published no SSH host keys (guest attributes hostkeys/, "
-        "written by its guest agent at its first boot), so ssh cannot check whom it reaches. "
-        "Try again in a minute; a VM made before the stack set enable-guest-attributes never "
-        "publishes them: `pulumi up`, then `python -m workload stop` and `start`. To connect "
-        "without checking the host key: `python -m workload ssh-config --no-pin-host-key`."
+        "written at every boot), so ssh cannot check whom it reaches. Try again once `python -m "
+        "workload status` shows the boot past its first steps; a VM made before the stack set "
+        "enable-guest-attributes cannot publish them: `pulumi up`, then `python -m workload "
+        "stop` and `start`. To connect without checking the host key: `python -m workload "
+        "ssh-config --no-pin-host-key`."
     )
 
 
@@ -698,7 +699,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--no-pin-host-key",
         dest="pin_host_key",
         action="store_false",
-        help="accept any host key (for an image whose guest agent does not publish them)",
+        help="accept any host key (only IAP then checks which VM answers)",
     )
     ssh_config.add_argument(
         "--print", dest="print_only", action="store_true", help="print the entry, write nothing"

@@ -2,29 +2,25 @@
 user's IAM rights): the notebook tunnel (`notebook`), the ssh proxy (`ssh-proxy`) and the
 `~/.ssh/config` entry that uses it (`ssh-config`), so `ssh kgg-<stack>` and VS Code Remote-SSH
 reach the VM wherever its group put it. The VM's name and zone are looked up at each use, and
-its SSH host keys pinned: the VM's guest agent publishes them as guest attributes (`hostkeys/`),
-which the proxy reads through the Compute API and writes to the entry's own known_hosts file
-before ssh checks the key."""
+its SSH host keys pinned: the VM publishes them as guest attributes (workload/hostkeys.py), which
+the proxy reads through the Compute API and writes to the entry's own known_hosts file before ssh
+checks the key."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from workload import hostkeys
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: ssh runs its workload
 BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `python -m workload ssh-config`)"
 END = "# <<< keras-gpu-gcp {name} <<<"
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-HOST_KEYS_PATH = "hostkeys/"  # the guest agent's namespace: one attribute per key type
-HOST_KEY_TYPES = frozenset(
-    {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"}
-)
-BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+HOST_KEYS_PATH = f"{hostkeys.NAMESPACE}/"  # guest attributes: one per key type
 
 
 class UnsafeHostError(ValueError):
@@ -101,31 +97,15 @@ def _config_path(path: Path) -> str:
 
 def known_hosts_lines(alias: str, attributes: list[dict[str, Any]]) -> list[str]:
     """known_hosts lines for `alias` from the VM's `hostkeys/` guest attributes (key = key type,
-    value = the base64 public key). Any process on the VM can write guest attributes, so a line
-    is made only of a known key type and clean base64 whose own encoded type is that same type;
-    anything else is dropped."""
+    value = the base64 public key); an attribute that is not a well-formed host key is dropped."""
     lines = set()
     for attribute in attributes:
         key_type, blob = str(attribute.get("key")), str(attribute.get("value")).strip()
-        if attribute.get("namespace") not in (None, HOST_KEYS_PATH.rstrip("/")):
+        if attribute.get("namespace") not in (None, hostkeys.NAMESPACE):
             continue
-        if key_type in HOST_KEY_TYPES and _encoded_type(blob) == key_type:
+        if hostkeys.is_host_key(key_type, blob):
             lines.add(f"{alias} {key_type} {blob}")
     return sorted(lines)
-
-
-def _encoded_type(blob: str) -> str | None:
-    """The key type an SSH public key blob names in its first field (RFC 4253 6.6)."""
-    if not BASE64.fullmatch(blob):
-        return None
-    try:
-        raw = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
-    if length <= 0 or 4 + length > len(raw):
-        return None
-    return raw[4 : 4 + length].decode("ascii", "replace")
 
 
 def write_known_hosts(path: Path, lines: list[str]) -> None:
