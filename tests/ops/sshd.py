@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from tests.prerequisites import unavailable
 
 SSHD = "/usr/sbin/sshd"  # sshd refuses to start from a relative path
 REQUIRED_ENV = "KGG_REQUIRE_SSHD"  # CI: .ci/run installs openssh-server, so the test must run
@@ -41,10 +41,8 @@ def require_openssh() -> None:
     missing = [tool for tool in (SSHD, "ssh", "ssh-keygen") if shutil.which(tool) is None]
     if not missing:
         return
-    message = f"needs {', '.join(missing)} (apt install openssh-server openssh-client)"
-    if os.environ.get(REQUIRED_ENV) == "1":
-        pytest.fail(f"{message} ({REQUIRED_ENV}=1)", pytrace=False)
-    pytest.skip(message)
+    unavailable(f"needs {', '.join(missing)} (apt install openssh-server openssh-client)",
+                REQUIRED_ENV)  # fmt: skip
 
 
 def keygen(path: Path) -> str:
