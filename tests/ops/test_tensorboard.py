@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from workload import storage
 
 from .conftest import REPO_ROOT, run_workload
@@ -141,7 +143,8 @@ def test_tensorboard_serves_the_mirrored_scalars_on_localhost(
     command = [sys.executable, "-m", "workload", "tensorboard", "r1", "--bucket", gcs_bucket,
                "--cache", str(tmp_path / "cache"), "--port", str(port),
                "--refresh", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # faulthandler: SIGABRT makes a command that does not stop print where each thread waits.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONFAULTHANDLER": "1"}
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -158,7 +161,11 @@ def test_tensorboard_serves_the_mirrored_scalars_on_localhost(
         assert scalars, f"no scalars from TensorBoard at {url}"
         assert [(step, value) for _, step, value in scalars] == [(0, 2.5), (1, 1.25)]
         server.send_signal(signal.SIGINT)  # Ctrl-C: the command stops TensorBoard with it
-        output, _ = server.communicate(timeout=90)  # generous: the CI machine may be busy
+        try:
+            output, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGABRT)
+            pytest.fail(f"Ctrl-C did not stop the command:\n{server.communicate(timeout=30)[0]}")
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)

@@ -10,9 +10,10 @@ process (`python -m tensorboard.main`): it may import TensorFlow; this command n
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,29 +114,32 @@ def server_command(logdir: Path, port: int) -> list[str]:
 
 def serve(bucket: str, run: str, cache: Path, port: int, refresh_seconds: float) -> int:
     """Runs TensorBoard on the mirror until it exits or Ctrl-C; mirrors again every
-    `refresh_seconds` (0: never) so a running training shows its new epochs."""
+    `refresh_seconds` (0: never) so a running training shows its new epochs. Ctrl-C only sets a
+    flag the loop checks: raised inside a mirror's transfer threads and locks, it could leave the
+    command hanging at exit instead of stopping."""
     result = mirror(bucket, run, cache)
     print(render_mirror(result))
     print(f"TensorBoard on http://localhost:{port}/ (Ctrl-C stops it)", flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = subprocess.Popen(server_command(result.logdir, port))
     try:
-        while server.poll() is None:
+        while server.poll() is None and not stop.wait(refresh_seconds or 0.5):
             if refresh_seconds <= 0:
-                server.wait()
-                break
-            time.sleep(refresh_seconds)
+                continue
             try:
                 mirror(bucket, run, cache)
             except storage.StorageError as error:  # the next refresh may reach it again
                 print(printable(f"(mirror skipped: {error})"), file=sys.stderr)
-    except KeyboardInterrupt:
-        print("\nstopping TensorBoard")
-        return 130
     finally:
+        signal.signal(signal.SIGINT, previous)
         if server.poll() is None:
             server.terminate()
             try:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
+    if stop.is_set():
+        print("\nstopping TensorBoard", flush=True)
+        return 130
     return server.returncode
