@@ -210,8 +210,8 @@ def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, s
     is secret: every project Viewer and every process on the VM can read it."""
     # `startup-script` updates in place; the `metadata_startup_script` argument would replace
     # the VM on every change.
-    # Guest attributes let the guest agent publish the VM's SSH host keys, which the laptop's ssh
-    # entry pins (workload/ops/remote.py): every recreated VM has new keys.
+    # Guest attributes let the VM publish its SSH host keys at every boot (startup/vm/hostkeys.py),
+    # which the laptop's ssh entry pins (workload/ops/remote.py): every recreated VM has new keys.
     metadata = {
         "startup-script": startup_script,
         "enable-oslogin": "TRUE",

@@ -116,7 +116,7 @@ class Compute:
             params={"queryPath": path},
             missing_ok=True,
         )
-        return ((body or {}).get("queryValue") or {}).get("items") or []
+        return (body.get("queryValue") or {}).get("items") or []
 
     def resize(self, group: GroupRef, size: int) -> dict[str, Any]:
         """Sets the group's target size and waits for the operation: DONE means the group has

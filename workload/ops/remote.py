@@ -110,11 +110,7 @@ def known_hosts_lines(alias: str, attributes: list[dict[str, Any]]) -> list[str]
 
 def write_known_hosts(path: Path, lines: list[str]) -> None:
     """Replaces `path` with `lines` (0600, its folder 0700): the keys of the VM running now."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.kgg-tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    _replace(path, "".join(f"{line}\n" for line in lines).encode(), 0o600)
 
 
 def with_entry(config: str, host: str, entry: str) -> str:
@@ -141,12 +137,18 @@ def write_ssh_config(path: Path, host: str, entry: str) -> bool:
     new = with_entry(old, host, entry)
     if new == old:
         return False
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    _replace(path, new.encode("utf-8", "surrogateescape"), mode)
+    return True
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Writes `path` whole or not at all (a temporary file renamed over it), its folder 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.kgg-tmp")
-    tmp.write_bytes(new.encode("utf-8", "surrogateescape"))
-    tmp.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o600)
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
     tmp.replace(path)
-    return True
 
 
 def os_login_user(account: str) -> str | None:
