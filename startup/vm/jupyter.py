@@ -56,23 +56,34 @@ def jupyter_answers(url: str) -> bool:
 
 
 def ensure_notebook_user(agent: Agent) -> None:
-    """The user and its workspace. The notebook user owns everything under its home, so root
-    never follows a link there: a workspace that is a link (made from a Jupyter terminal, say
-    to root's code) is moved aside, and ownership never goes through a link."""
+    """The user and its home. Root touches only the home folder itself (its parent, /home, is
+    root's, so no link can stand in for it); what is inside is the user's, and root never writes
+    there: the workspace is made by the user (`prepare_workspace`)."""
     paths = agent.paths
     if not agent.system.user_exists(NOTEBOOK_USER):
         agent.log.info("creating user %s", NOTEBOOK_USER)
         agent.system.create_user(NOTEBOOK_USER, paths.notebook_home)
-    workspace = paths.workspace
-    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
-        aside = workspace.with_name(f"{workspace.name}.moved-{int(time.time())}")
-        workspace.rename(aside)  # renames the link itself, never what it points to
-        agent.log.warning(
-            "%s was not a folder: moved to %s, and a new workspace made", workspace, aside
-        )
     paths.notebook_home.mkdir(parents=True, exist_ok=True)
-    workspace.mkdir(exist_ok=True)
-    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home, workspace)
+    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home)
+
+
+def prepare_workspace(agent: Agent) -> None:
+    """As the notebook user: the workspace folder (a link in its place moved aside) and the
+    walkthrough copied in once. A notebook-user process may swap any of it for a link at any
+    moment; running as that user, the copy can land only where the user may write anyway."""
+    paths = agent.paths
+    walkthrough = paths.on_vm(paths.app / "workload/notebooks/walkthrough.ipynb")
+    result = agent.system.run(
+        workspace_command(paths, "prepare", "--walkthrough", walkthrough), check=False
+    )
+    for line in result.stdout.splitlines():
+        agent.log.info("%s", line)
+    if result.returncode != 0:
+        raise StepFailed(
+            f"the notebook user could not make its workspace {paths.on_vm(paths.workspace)}: "
+            f"{(result.stderr or 'no output').strip().splitlines()[-1]}",
+            f"look at {paths.on_vm(paths.notebook_home)} (ls -la), or stop and start the VM",
+        )
 
 
 def ensure_tls_certificate(agent: Agent) -> None:
@@ -150,16 +161,6 @@ def _write_environment(agent: Agent) -> bool:
     return write_if_changed(agent.paths.jupyter_env, text, 0o600)
 
 
-def _copy_walkthrough(agent: Agent) -> None:
-    """Copied once: the user's edits survive reboots and archive updates (and a link the user
-    put there is theirs too: root writes nothing through it)."""
-    source = agent.paths.app / "workload/notebooks/walkthrough.ipynb"
-    target = agent.paths.workspace / "walkthrough.ipynb"
-    if source.is_file() and not (target.exists() or target.is_symlink()):
-        write_if_changed(target, source.read_text(), 0o644)
-        agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", target)
-
-
 def _write_units(agent: Agent) -> bool:
     """JupyterLab's unit (True when it changed) and the timer that restarts it with a new
     password: a changed password must not wait for a reboot to revoke the old one."""
@@ -220,12 +221,12 @@ def setup(agent: Agent) -> str:
     """The jupyter step; returns its detail for the status document."""
     ensure_notebook_user(agent)
     workspace_note = restore_workspace(agent)
+    prepare_workspace(agent)
     ensure_tls_certificate(agent)
     changed = write_if_changed(agent.paths.jupyter_config, jupyter_config(agent.settings))
     changed = write_password_hash(agent) or changed
     _write_token(agent)
     changed = _write_environment(agent) or changed
-    _copy_walkthrough(agent)
     changed = _write_units(agent) or changed
     agent.system.systemctl("daemon-reload")
     agent.system.systemctl("enable", "--now", PASSWORD_REFRESH_TIMER)

@@ -371,6 +371,44 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
     )
 
 
+def test_a_notebook_user_racing_a_rerun_of_the_script_gets_nothing_of_roots(vm: Vm) -> None:
+    """The README's troubleshooting rerun while a notebook-user process swaps ~/work for a link
+    to a folder systemd runs as root (its generators) the moment the step has made it: every
+    write of the step lands only where that user may write anyway."""
+    generators = "/usr/lib/systemd/system-generators"
+    before = vm.machine.exec("ls", "-A", generators).stdout
+    race = (
+        "cd /home/jupyter && mv work work.saved && rm -f work.saved/walkthrough.ipynb && "
+        "mkdir work && nohup sh -c 'while [ ! -e stop-race ]; do "
+        "if [ -d work ] && [ ! -L work ]; then "
+        f"mv work work.raced-$(date +%s%N) && ln -s {generators} work; fi; sleep 0.02; done; "
+        "touch race-stopped' >/dev/null 2>&1 </dev/null &"
+    )
+    started = vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", race)
+    assert started.returncode == 0, started.stderr
+    wait_for(
+        lambda: vm.machine.exec("test", "-L", "/home/jupyter/work").returncode == 0 or None,
+        timeout=30,
+        what="the racing link",
+    )
+
+    with phase("rerun of the startup script with a notebook user racing it"):
+        rerun = vm.machine.exec("google_metadata_script_runner", "startup")
+
+    stop = "touch stop-race; while [ ! -e race-stopped ]; do sleep 0.1; done"
+    vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", f"cd /home/jupyter && {stop}")
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "exit status 0" in rerun.stdout
+    assert vm.machine.exec("ls", "-A", generators).stdout == before
+    owned = vm.machine.exec("find", "/usr", "/opt", "/etc", "/var/lib", "-xdev", "-user", "jupyter")
+    assert owned.stdout.split() == ["/etc/keras-gpu-gcp/jupyter/tls/jupyter.key"]
+    tidy = (
+        "cd /home/jupyter && rm -rf work work.raced-* work.moved-* stop-race race-stopped && "
+        "mv work.saved work"
+    )
+    assert vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", tidy).returncode == 0
+
+
 def test_a_vm_recreated_in_another_zone_gets_its_workspace_and_finished_run_back(vm: Vm) -> None:
     """The group replaced the VM (preemption, a stockout elsewhere): a new disk holds no
     notebooks and no markers; the bucket holds both."""

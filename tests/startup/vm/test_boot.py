@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import ssl
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,22 @@ def test_a_workspace_that_is_a_link_is_moved_aside_and_never_followed(
     assert str(code) not in chowned
     assert all(call[1] == "--no-dereference" for call in system.called("chown"))
     assert not (code / "walkthrough.ipynb").exists()
+
+
+def test_root_makes_only_the_home_and_the_notebook_user_its_workspace(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+
+    home = agent.paths.notebook_home
+    chowned = [Path(arg) for call in system.called("chown") for arg in call[3:]]
+    assert [path for path in chowned if path.is_relative_to(home)] == [home]
+    prepare = system.called("runuser", "-u", "jupyter", "--")
+    assert [call[-4:] for call in prepare] == [
+        ["workspace", "prepare", "--walkthrough",
+         "/opt/keras-gpu-gcp/app/workload/notebooks/walkthrough.ipynb"],
+    ]  # fmt: skip
+    assert (agent.paths.workspace / "walkthrough.ipynb").read_text() == '{"cells": []}\n'
 
 
 def test_a_walkthrough_link_in_the_workspace_is_left_alone(agent: Agent) -> None:

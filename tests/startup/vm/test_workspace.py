@@ -130,3 +130,61 @@ def test_restore_refuses_object_names_that_climb_out(
     assert report.restored == 1
     assert files(root) == {"fine.txt": "ok"}
     assert not (tmp_path / "home/.bashrc").exists() and not (tmp_path / ".bashrc").exists()
+
+
+def test_prepare_makes_the_folder_and_copies_the_walkthrough_once(tmp_path: Path) -> None:
+    source = tmp_path / "app/walkthrough.ipynb"
+    source.parent.mkdir()
+    source.write_text('{"cells": []}')
+    root = tmp_path / "home/work"
+    root.parent.mkdir()
+
+    first = workspace.prepare(root, source)
+    (root / "walkthrough.ipynb").write_text('{"cells": ["mine"]}')
+    second = workspace.prepare(root, source)
+
+    assert first == [f"copied walkthrough.ipynb into {root}"] and second == []
+    assert (root / "walkthrough.ipynb").read_text() == '{"cells": ["mine"]}'
+
+
+def test_prepare_moves_a_link_aside_and_never_writes_through_one(tmp_path: Path) -> None:
+    """`ln -s /usr/lib/systemd/system-generators ~/work`, or a link in the walkthrough's place:
+    both stay the user's, and nothing lands where they point."""
+    source = tmp_path / "app/walkthrough.ipynb"
+    source.parent.mkdir()
+    source.write_text('{"cells": []}')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "work").symlink_to(elsewhere, target_is_directory=True)
+
+    notes = workspace.prepare(home / "work", source)
+
+    moved = list(home.glob("work.moved-*"))
+    assert len(moved) == 1 and moved[0].is_symlink()
+    assert "was not a folder: moved to" in notes[0]
+    assert list(elsewhere.iterdir()) == []
+    (home / "work/walkthrough.ipynb").unlink()
+    (home / "work/walkthrough.ipynb").symlink_to(elsewhere / "planted.ipynb")
+    assert workspace.prepare(home / "work", source) == []
+    assert not (elsewhere / "planted.ipynb").exists()
+
+
+def test_sync_of_a_workspace_swapped_for_a_link_sends_and_deletes_nothing(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "notes.md").write_text("mine")
+    sync(root, url(gcs_bucket))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other.txt").write_text("not the workspace")
+    root.rename(tmp_path / "work.real")
+    root.symlink_to(elsewhere, target_is_directory=True)
+
+    report = sync(root, url(gcs_bucket))
+
+    assert objects(gcs_bucket) == {"notes.md": "mine"}
+    assert report.summary().startswith(f"{root} is not a folder (a link?): nothing synced")
