@@ -56,6 +56,8 @@ KEEP_ENV = "KGG_BOOT_KEEP"  # =1: keep the machine's root after the suite, to re
 PROJECT = "boot-test-project"
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
+API_TOKEN = "/etc/keras-gpu-gcp/jupyter/api-token"
+TLS_ATTRIBUTE = "kgg/tls-sha256"  # workload/layout.py, spelled out: the old code lacks it
 
 
 @dataclass
@@ -259,6 +261,8 @@ def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
         fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)
     )
     (vm.tmp / "jupyter.crt").write_text(pem)
+    # What `status` vouches for: the VM's own guest attribute, not the bucket's document.
+    assert vm.cloud.guest_attributes[TLS_ATTRIBUTE] == status["tls_sha256"]
 
     anonymous, _ = login(vm, "not the password")
     assert anonymous.get(f"{url}/api/status", timeout=10).status_code == 403
@@ -277,17 +281,101 @@ def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
     assert "JUPYTER_TOKEN" not in environment
 
 
-def test_a_new_password_replaces_the_old_one_without_a_reboot(vm: Vm) -> None:
+def sha256_colons(pem: str) -> str:
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def pin_published_certificate(vm: Vm) -> None:
+    """Trusts JupyterLab's certificate as a user does: only if the VM published its fingerprint
+    (the guest attribute `status` reads)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", vm.port))
+    if sha256_colons(pem) == vm.cloud.guest_attributes.get(TLS_ATTRIBUTE):
+        (vm.tmp / "jupyter.crt").write_text(pem)
+
+
+# What a notebook user leaves behind to outlast a password change: Python that the server runs
+# (it accepts a backdoor password), a kernelspec, and an IPython startup file kernels run.
+BACKDOOR = "the notebook user's backdoor"
+PLANTED = {
+    ".jupyter/jupyter_config.py": (
+        "from jupyter_server.auth.identity import PasswordIdentityProvider as P\n"
+        "_check = P.passwd_check\n"
+        f"P.passwd_check = lambda self, typed: typed == {BACKDOOR!r} or _check(self, typed)\n"
+    ),
+    ".local/share/jupyter/kernels/planted/kernel.json": (
+        '{"argv": ["sh", "-c", "touch ~/planted-kernel-ran"], "display_name": "planted"}'
+    ),
+    ".ipython/profile_default/startup/00-planted.py": (
+        "import pathlib; pathlib.Path.home().joinpath('planted-startup-ran').touch()\n"
+    ),
+}
+
+
+def plant(vm: Vm) -> None:
+    for relative, text in PLANTED.items():
+        path = f"/home/jupyter/{relative}"
+        made = vm.machine.exec(
+            "runuser", "-u", "jupyter", "--", "sh", "-c",
+            f'mkdir -p "$(dirname {path})" && cat > {path} <<\'EOF\'\n{text}\nEOF',
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+
+
+def start_kernel(session: requests.Session, url: str) -> str:
+    """A python3 kernel through the API, as opening a notebook does; its id once it is idle."""
+    headers = {"X-XSRFToken": session.cookies.get("_xsrf", "")}
+    kernel = session.post(f"{url}/api/kernels", json={"name": "python3"}, headers=headers,
+                          timeout=60).json()["id"]  # fmt: skip
+
+    def idle() -> bool | None:
+        answer = session.get(f"{url}/api/kernels/{kernel}", timeout=10).json()
+        return answer.get("execution_state") == "idle" or None
+
+    wait_for(idle, timeout=120, what="the kernel's start")
+    return kernel
+
+
+def test_a_new_password_replaces_the_old_one_and_everything_its_holder_left(vm: Vm) -> None:
     """`pulumi config set --secret jupyterPassword` + `pulumi up` adds a secret version; the
-    VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it."""
+    VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it, a new
+    TLS key and a new API token, and nothing the old password's holder planted works."""
+    url = f"https://127.0.0.1:{vm.port}"
+    plant(vm)
+    token = vm.machine.exec("runuser", "-u", "jupyter", "--", "cat", API_TOKEN).stdout.strip()
+    old_session, status = login(vm, PASSWORD)
+    assert status == 302 and len(token) == 64
+    old_fingerprint = (vm.status() or {})["tls_sha256"]
     new_password = "another long passphrase"
     vm.cloud.put_secret(PASSWORD_SECRET, jupyter_password_hash(new_password, SALT))
 
     refresh = vm.machine.exec("systemctl", "start", "kgg-password-refresh.service")
     assert refresh.returncode == 0, refresh.stderr
-    wait_for(lambda: login(vm, new_password)[1] == 302 or None, timeout=180, what="the new login")
 
+    def new_login() -> bool | None:
+        try:
+            return login(vm, new_password)[1] == 302 or None
+        except requests.exceptions.SSLError:  # the new key: trusted as the VM published it
+            pin_published_certificate(vm)
+            return None
+
+    wait_for(new_login, timeout=180, what="the new login")
     assert login(vm, PASSWORD)[1] == 401
+    assert login(vm, BACKDOOR)[1] == 401
+    assert login(vm, token)[1] == 401  # the server takes its API token as a password too
+    assert old_session.get(f"{url}/api/status", timeout=10).status_code == 403
+    session, _ = login(vm, new_password)
+    kernelspecs = session.get(f"{url}/api/kernelspecs", timeout=10).json()["kernelspecs"]
+    assert "python3" in kernelspecs and "planted" not in kernelspecs
+    kernel = start_kernel(session, url)
+    ran = vm.machine.exec("ls", "/home/jupyter").stdout.split()
+    assert "planted-startup-ran" not in ran and "planted-kernel-ran" not in ran
+    session.delete(f"{url}/api/kernels/{kernel}", timeout=30,
+                   headers={"X-XSRFToken": session.cookies.get("_xsrf", "")})  # fmt: skip
+    new_fingerprint = sha256_colons((vm.tmp / "jupyter.crt").read_text())
+    assert new_fingerprint != old_fingerprint
+    assert (vm.status() or {})["tls_sha256"] == new_fingerprint
+    assert vm.cloud.guest_attributes[TLS_ATTRIBUTE] == new_fingerprint
     assert (
         "kgg-password-refresh.timer"
         in vm.machine.exec("systemctl", "list-timers", "--all", "--no-pager").stdout

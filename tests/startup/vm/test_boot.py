@@ -196,6 +196,51 @@ def test_a_changed_password_restarts_jupyter_without_a_reboot(
     assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm refresh-password" in unit
 
 
+def test_a_password_change_brings_a_new_tls_key_and_api_token_and_publishes_them(
+    agent: Agent, system: FakeSystem
+) -> None:
+    """Whoever held the old password could read the key and the token (the server also takes
+    the token as a login password): neither may outlive the change."""
+    from startup.vm.jupyter import refresh_password
+
+    assert boot(agent) == 0
+    key, token = agent.paths.tls_key.read_text(), agent.paths.api_token.read_text()
+    fingerprint = uploaded_status(agent.instance.bucket)["tls_sha256"]
+    agent = dataclasses.replace(agent, read_password_hash=lambda secret: "argon2:$argon2id$new")
+
+    assert refresh_password(agent) is True
+
+    assert agent.paths.tls_key.read_text() != key
+    assert agent.paths.api_token.read_text() != token
+    assert stat.S_IMODE(agent.paths.tls_key.stat().st_mode) == 0o600
+    status = uploaded_status(agent.instance.bucket)
+    assert status["tls_sha256"] != fingerprint
+    assert status["tls_sha256"] == jupyter.tls_fingerprint(agent)
+    assert sorted(path.name for path in agent.paths.tls_key.parent.iterdir()) == [
+        "jupyter.crt", "jupyter.key"
+    ]  # fmt: skip
+
+
+def test_the_servers_config_data_and_ipython_folders_are_out_of_the_users_reach(
+    agent: Agent,
+) -> None:
+    assert boot(agent) == 0
+
+    unit = (agent.paths.units / "kgg-jupyter.service").read_text()
+    environment = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    )
+    assert environment["JUPYTER_CONFIG_DIR"] == "/etc/keras-gpu-gcp/jupyter/config"
+    assert agent.paths.jupyter_config_dir.is_dir()
+    assert list(agent.paths.jupyter_config_dir.iterdir()) == []
+    for key in ("JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        assert environment[key].startswith("/run/kgg-jupyter/"), key
+    assert environment["PYTHONNOUSERSITE"] == "1"
+    assert "RuntimeDirectory=kgg-jupyter\n" in unit
+
+
 def test_a_further_boot_restarts_nothing_and_makes_no_new_certificate(
     agent: Agent, system: FakeSystem
 ) -> None:

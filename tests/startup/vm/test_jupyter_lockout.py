@@ -1,0 +1,154 @@
+"""A password change locks a notebook user out for good: a real Jupyter Server started the way the
+agent's unit says (its environment, its config, the hash and certificate the agent wrote), after
+that user planted a backdoor in ~/.jupyter/jupyter_config.py and a kernelspec in
+~/.local/share/jupyter. jupyter_core runs the user's config dir inside the server unless the unit
+points it elsewhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from infra.password import jupyter_password_hash
+from startup.vm.agent import Agent
+from startup.vm.boot import boot
+from startup.vm.config import JUPYTER_UNIT, Paths
+from startup.vm.jupyter import refresh_password
+
+from .test_jupyter_auth import REQUEST_SECONDS, STARTUP_SECONDS, free_port
+
+OLD_PASSWORD = "the password before the change"
+NEW_PASSWORD = "the password after the change"
+BACKDOOR = "the notebook user's backdoor"
+SALT = "c2FsdHNhbHRzYWx0c2FsdA=="
+# Python in ~/.jupyter/jupyter_config.py runs inside the server: it patches the password check.
+PLANTED_CONFIG = f"""
+from jupyter_server.auth.identity import PasswordIdentityProvider
+
+_check = PasswordIdentityProvider.passwd_check
+
+
+def _backdoor(self, password):
+    return password == {BACKDOOR!r} or _check(self, password)
+
+
+PasswordIdentityProvider.passwd_check = _backdoor
+"""
+PLANTED_KERNEL = '{"argv": ["sh", "-c", "touch ~/owned"], "display_name": "planted"}'
+
+
+def unit_environment(unit: str, paths: Paths) -> dict[str, str]:
+    """The unit's Environment= lines, with the VM's absolute paths placed under the test root;
+    PATH and PYTHONPATH stay the test's (its interpreter runs the server)."""
+    environment = {}
+    for line in unit.splitlines():
+        if not line.startswith("Environment="):
+            continue
+        key, _, value = line.removeprefix("Environment=").partition("=")
+        if key in ("PATH", "PYTHONPATH"):
+            continue
+        environment[key] = str(paths.root / value.lstrip("/")) if value.startswith("/") else value
+    return environment
+
+
+def exec_config(unit: str, paths: Paths) -> Path:
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    config = start.partition("--config=")[2].split()[0]
+    return paths.root / config.lstrip("/")
+
+
+@pytest.fixture
+def planted_home(agent: Agent) -> Path:
+    """The notebook user's home, with what a notebook user can leave behind."""
+    home = agent.paths.notebook_home
+    (home / ".jupyter").mkdir(parents=True)
+    (home / ".jupyter/jupyter_config.py").write_text(PLANTED_CONFIG)
+    kernel = home / ".local/share/jupyter/kernels/planted"
+    kernel.mkdir(parents=True)
+    (kernel / "kernel.json").write_text(PLANTED_KERNEL)
+    return home
+
+
+@pytest.fixture
+def changed(agent: Agent, planted_home: Path) -> Iterator[tuple[str, str]]:
+    """Boot with the old password, then the refresh timer's change to the new one; yields the
+    server's URL and certificate, started as the unit starts it."""
+    old, new = (jupyter_password_hash(password, SALT) for password in (OLD_PASSWORD, NEW_PASSWORD))
+    loopback = dataclasses.replace(agent.instance, external_ip="127.0.0.1")  # the cert's address
+    agent = dataclasses.replace(agent, instance=loopback, read_password_hash=lambda secret: old)
+    assert boot(agent) == 0
+    agent = dataclasses.replace(agent, read_password_hash=lambda secret: new)
+    assert refresh_password(agent) is True
+
+    paths = agent.paths
+    unit = (paths.units / JUPYTER_UNIT).read_text()
+    environment = unit_environment(unit, paths)
+    for line in unit.splitlines():  # what systemd makes for the unit before it starts it
+        if line.startswith("RuntimeDirectory="):
+            (paths.root / "run" / line.partition("=")[2]).mkdir(parents=True)
+    port = free_port()
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("JUPYTER")}
+    command = [sys.executable, "-m", "jupyter_server", f"--config={exec_config(unit, paths)}",
+               "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}"]  # fmt: skip
+    if os.geteuid() == 0:
+        command.append("--ServerApp.allow_root=True")
+    log = (paths.root / "server.log").open("w")
+    process = subprocess.Popen(
+        command,
+        cwd=paths.workspace,
+        env=clean | {"HOME": str(planted_home)} | environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url, cert = f"https://127.0.0.1:{port}", str(paths.tls_cert)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"jupyter server exited: {(paths.root / 'server.log').read_text()}")
+            try:
+                requests.get(f"{url}/api/status", verify=cert, timeout=2)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no answer in {STARTUP_SECONDS}s")
+                time.sleep(0.3)
+        yield url, cert
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def login(url: str, cert: str, password: str) -> tuple[requests.Session, int]:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = cert
+    session.get(f"{url}/login", timeout=REQUEST_SECONDS)
+    answer = session.post(
+        f"{url}/login",
+        data={"password": password, "_xsrf": session.cookies.get("_xsrf", "")},
+        allow_redirects=False,
+        timeout=REQUEST_SECONDS,
+    )
+    return session, answer.status_code
+
+
+def test_after_a_password_change_only_the_new_password_logs_in(changed: tuple[str, str]) -> None:
+    url, cert = changed
+
+    assert login(url, cert, OLD_PASSWORD)[1] == 401
+    assert login(url, cert, BACKDOOR)[1] == 401
+    session, status = login(url, cert, NEW_PASSWORD)
+    assert status == 302
+    specs = session.get(f"{url}/api/kernelspecs", timeout=REQUEST_SECONDS)
+    assert specs.status_code == 200
+    assert "planted" not in specs.json()["kernelspecs"]
