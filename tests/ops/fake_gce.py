@@ -9,8 +9,8 @@ captured from a live project (this machine has no GCP).
 
 Three things are live rather than replayed: a resize changes the `targetSize` later GETs of the
 group return, listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
-recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` guest
-attributes are whatever a test sets (instances.getGuestAttributes; 404 while unset).
+recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` and `kgg/`
+guest attributes are whatever a test sets (instances.getGuestAttributes; 404 while unset).
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class FakeCompute:
     url: str = ""
     requests: list[Request] = field(default_factory=list)
     target_size: int | None = None
-    # The VM's `hostkeys/` guest attributes (live; None: nothing published, GCE answers 404).
+    # The VM's `hostkeys/` and `kgg/` guest attributes (live; None: nothing published, GCE
+    # answers 404).
     host_keys: list[dict[str, str]] | None = None
+    notebook_attributes: list[dict[str, str]] | None = None
 
     def exchanges(self) -> list[dict[str, Any]]:
         loaded = []
@@ -57,12 +59,15 @@ class FakeCompute:
         split = urlsplit(raw_path)
         query = parse_qs(split.query)
         self.requests.append(Request(method, split.path, query))
-        if split.path.endswith("/getGuestAttributes") and self.host_keys is not None:
-            return 200, {
-                "kind": "compute#guestAttributes",
-                "queryPath": query["queryPath"][0],
-                "queryValue": {"items": self.host_keys},
-            }
+        if split.path.endswith("/getGuestAttributes"):
+            path = query["queryPath"][0]
+            items = self.host_keys if path.startswith("hostkeys/") else self.notebook_attributes
+            if items is not None:
+                return 200, {
+                    "kind": "compute#guestAttributes",
+                    "queryPath": path,
+                    "queryValue": {"items": items},
+                }
         for exchange in self.exchanges():
             request = exchange["request"]
             if (request["method"], request["path"]) != (method, split.path):

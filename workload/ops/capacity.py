@@ -15,6 +15,7 @@ from typing import Any
 
 from workload.ops.gce import last_segment, zone_of
 from workload.ops.lines import GCE_NAME, clock, field
+from workload.ops.notebook_identity import NotebookIdentity, template_url
 from workload.timestamps import format_duration, parse_time
 
 # Capacity, not quota: GCE retries these by itself and a quota increase does not help.
@@ -60,6 +61,8 @@ class GroupState:
     # have capacity now (ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS).
     attempt: ZoneError | None
     zones_available: tuple[str, ...]
+    # Where the notebook is and its published certificate: GCE's word, not the bucket's.
+    notebook: NotebookIdentity | None = None
 
     @property
     def running(self) -> Vm | None:
@@ -166,6 +169,9 @@ def group_state(
         zone_errors=_zone_errors(errors, now),
         attempt=attempt,
         zones_available=available,
+        notebook=NotebookIdentity(
+            template_url(template), missing="" if managed else "no VM in the group"
+        ),
     )
 
 

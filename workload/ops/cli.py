@@ -156,7 +156,7 @@ def _group_reader(args: argparse.Namespace) -> Callable[[], GroupState | None] |
     except gce.GceError as error:
         print(f"(no VM view from GCE: {error})", file=sys.stderr)
         return None
-    return lambda: read_group(compute, group)
+    return lambda: read_status_view(compute, group)
 
 
 def read_group(compute: Compute, group: GroupRef) -> GroupState:
@@ -174,6 +174,33 @@ def read_group(compute: Compute, group: GroupRef) -> GroupState:
         template,
         datetime.now(UTC),
     )
+
+
+def read_status_view(compute: Compute, group: GroupRef) -> GroupState:
+    """What `status` shows of GCE: the group, and the certificate fingerprint its running VM
+    published (the guest attribute only a process on the VM can write)."""
+    import dataclasses
+
+    from workload.ops.gce import GceError
+    from workload.ops.notebook_identity import TLS_QUERY, published_fingerprint
+
+    state = read_group(compute, group)
+    vm, notebook = state.running, state.notebook
+    if notebook is None or notebook.url is None:
+        return state
+    if vm is None or not vm.name or not vm.zone:
+        missing = "the VM is not running"
+        return dataclasses.replace(state, notebook=dataclasses.replace(notebook, missing=missing))
+    try:
+        attributes = compute.guest_attributes(group.project, vm.zone, vm.name, TLS_QUERY)
+    except GceError as error:
+        missing = f"its guest attributes are not readable: {error}"
+        return dataclasses.replace(state, notebook=dataclasses.replace(notebook, missing=missing))
+    fingerprint = published_fingerprint(attributes)
+    notebook = dataclasses.replace(
+        notebook, tls_sha256=fingerprint, missing="" if fingerprint else "not yet"
+    )
+    return dataclasses.replace(state, notebook=notebook)
 
 
 def _status(args: argparse.Namespace) -> int:
