@@ -93,6 +93,28 @@ def test_the_loop_runs_the_ledger_tick_each_round(agent: Agent) -> None:
     assert len(ticks) == 3
 
 
+def test_the_loop_goes_on_over_a_malformed_ledger_and_logs_what_it_dropped(agent: Agent) -> None:
+    """kgg-log-sync used to die on a bucket writer's `"boots": []` (and systemd restarted it,
+    again and again): now every round still uploads the logs."""
+    from startup.vm.cost import CostTicker
+    from tests.startup.vm.test_cost import booted
+
+    booted(agent, "b1", 60.0)
+    put(agent.instance.bucket, "status/cost.json", b'{"boots": [], "runs": "x", "since": 3}')
+    agent.paths.log.write_text("step jupyter: done\n")
+    mirror = LogMirror(agent.instance.bucket, {agent.paths.log: STARTUP_LOG_OBJECT})
+    clock = iter(range(0, 1000, 100))
+    ticker = CostTicker(agent, clock=lambda: float(next(clock)))
+
+    sync_loop(mirror, every=0, also=ticker, rounds=2, sleep=lambda s: None)
+
+    assert read(agent.instance.bucket, STARTUP_LOG_OBJECT).startswith("step jupyter: done\n")
+    ledger = storage.read_json(f"gs://{agent.instance.bucket}/status/cost.json")
+    assert ledger["boots"]["b1"]["seconds"] == 60.0 and ledger["runs"] == {}
+    log = agent.paths.log.read_text()
+    assert "dropped what is not a ledger's: since, boots (a list), runs (a str)" in log
+
+
 def test_boot_starts_the_log_sync_service_and_uploads_the_startup_log(
     agent: Agent, system: FakeSystem
 ) -> None:
