@@ -263,14 +263,33 @@ def upload_log(bucket: str, budget: Path) -> None:
     budget.write_text(f"{spent + time.monotonic() - started:.1f}\n")
 
 
+# Slack reads `&`, `<` and `>` as its markup (`<!channel>`, `<https://x|a disguised link>`): these
+# three, and only these, are escaped. https://api.slack.com/reference/surfaces/formatting#escaping
+SLACK_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Discord's markdown (masked links are `[text](url)`) shown as the characters themselves; its
+# mentions (`@everyone`, `<@id>`) notify no one: allowed_mentions parses none.
+# https://discord.com/developers/docs/resources/message#allowed-mentions-object
+DISCORD_MARKDOWN = frozenset("\\*_~`|[]<>@#")
+
+
+def slack_text(text: str) -> str:
+    return "".join(SLACK_ESCAPES.get(char, char) for char in text)
+
+
+def discord_text(text: str) -> str:
+    return "".join(f"\\{char}" if char in DISCORD_MARKDOWN else char for char in text)
+
+
 def webhook_payload(url: str, text: str, fields: dict) -> dict:
     """Slack's incoming webhooks take `text`, Discord's `content`; any other gets the text and
-    the fields as JSON."""
+    the fields as JSON. Parts of the text come from the bucket (a run's metrics, an error
+    message), whose writers must not post `<!channel>`, `@everyone` or a disguised link as the
+    bot: Slack's markup is escaped, Discord's markdown too, and Discord mentions nobody."""
     host = (urllib.parse.urlsplit(url).hostname or "").lower()
     if host == "hooks.slack.com":
-        return {"text": text}
+        return {"text": slack_text(text)}
     if ".".join(host.split(".")[-2:]) in ("discord.com", "discordapp.com"):
-        return {"content": text}
+        return {"content": discord_text(text), "allowed_mentions": {"parse": []}}
     return {"text": text, **fields}
 
 

@@ -14,6 +14,8 @@ from workload import storage
 from workload.documents import read
 from workload.timestamps import format_duration
 
+SCORED_ON = ("holdout", "validation")  # what metrics.json's `scored_on` may say
+
 
 def notify(agent: Agent, text: str, fields: dict[str, Any]) -> bool:
     """Posts `text` (and `fields`, for a generic webhook); True when it was sent."""
@@ -44,10 +46,12 @@ def run_ended(agent: Agent, state: str) -> bool:
     cost = read(agent.paths.status).cost
     parts = [f"keras-gpu-gcp: run {run_id} {state}"]
     fields: dict[str, Any] = {"event": f"run-{state}", "state": state}
-    if isinstance(score, int | float):
-        scored_on = str(metrics.get("scored_on") or "validation")
+    if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
+        # The bucket's text goes no further than the two names the job writes.
+        scored_on = metrics.get("scored_on")
+        scored_on = scored_on if scored_on in SCORED_ON else "validation"
         parts.append(f"micro-F1 {score:.4f} on {scored_on}")
-        fields |= {"micro_f1": score, "scored_on": scored_on}
+        fields |= {"micro_f1": float(score), "scored_on": scored_on}
     if cost is not None and cost.run_seconds is not None:
         parts.append(f"trained {format_duration(cost.run_seconds)}")
         fields["seconds"] = cost.run_seconds
