@@ -103,7 +103,10 @@ def log(message: str) -> None:
 def request(url: str, *, headers: dict[str, str] | None = None, data: bytes | None = None,
             timeout: float = 60, attempts: int = ATTEMPTS) -> bytes:  # fmt: skip
     """The body of a GET (or POST with data), retried with backoff; Failure with the last
-    error."""
+    error. Messages name the host alone: a netloc may carry user:password@, and urllib's own
+    errors repeat it, so it is blanked out of them too."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
     error = ""
     for attempt in range(1, attempts + 1):
         try:
@@ -116,12 +119,14 @@ def request(url: str, *, headers: dict[str, str] | None = None, data: bytes | No
                 break  # the answer will not change
         except (OSError, ValueError) as failure:
             error = str(getattr(failure, "reason", failure))
+        if userinfo:
+            error = error.replace(userinfo, "***")
         if attempt < attempts:
             delay = BASE_SECONDS * 2 ** (attempt - 1)
             log(f"attempt {attempt} of {attempts} failed: {error}; retrying in {delay:g}s")
             time.sleep(delay)
-    host = urllib.parse.urlsplit(url).netloc
-    raise Failure(f"{host}: {error} (after {attempt} attempt{'s' if attempt > 1 else ''})")
+    plural = "s" if attempt > 1 else ""
+    raise Failure(f"{host or 'the server'}: {error} (after {attempt} attempt{plural})")
 
 
 def metadata(path: str, attempts: int = ATTEMPTS) -> str:
@@ -294,7 +299,13 @@ def webhook_payload(url: str, text: str, fields: dict) -> dict:
 
 
 def post_webhook(url: str, text: str, fields: dict) -> None:
-    """One message to the stack's webhook; the URL is a secret and is never logged."""
+    """One message to the stack's webhook; the URL is a secret and is never logged, and one with
+    a user:password@ part is refused before anything could log it."""
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise Failure(
+            "the webhook URL has a user:password@ part, refused: it would reach the logs "
+            "(notifyWebhook: use the URL the service gives)"
+        )
     data = json.dumps(webhook_payload(url, text, fields)).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "keras-gpu-gcp"}
     request(url, headers=headers, data=data, timeout=15, attempts=3)

@@ -171,3 +171,27 @@ def test_slack_and_discord_markup_in_any_message_is_shown_as_text() -> None:
     assert discord == (
         "step data: \\<!channel\\> & \\<https://x\\|y\\> \\@everyone \\[a\\](https://x)"
     )
+
+
+def test_a_webhook_url_with_a_password_is_refused_and_never_logged(notifying: Agent) -> None:
+    """`https://user:token@host/...` in the secret: urllib's errors carry the netloc, so a failed
+    post used to write the token to startup.log (and the bucket's copy, and the status tail)."""
+    url = "http://kgg:tok3n-canary@127.0.0.1:9/hook"
+    agent = dataclasses.replace(notifying, read_webhook=lambda secret: url)
+    with_data(agent)
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    log = agent.paths.log.read_text()
+    assert "tok3n-canary" not in log
+    assert "notification not sent: the webhook URL has a user:password@ part, refused" in log
+
+
+def test_a_failed_request_names_the_host_and_never_the_userinfo() -> None:
+    from startup.bootstrap import Failure, request
+
+    with pytest.raises(Failure) as failed:
+        request("http://kgg:tok3n-canary@127.0.0.1:9/x", attempts=1)
+
+    assert str(failed.value).startswith("127.0.0.1:9: ")
+    assert "tok3n-canary" not in str(failed.value)
