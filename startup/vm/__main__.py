@@ -96,7 +96,9 @@ def _workspace(args: argparse.Namespace) -> int:
         report = restore(paths.workspace, url)
         for note in report.notes:
             print(f"workspace: {note}")
-        print(f"workspace: {report.restored} file(s) restored from {url}")
+        kept = f"; {len(report.kept)} local file(s) kept over the bucket's" if report.kept else ""
+        bound = "; stopped at its size bound" if report.unfinished else ""
+        print(f"workspace: {report.restored} file(s) restored from {url}{kept}{bound}")
         return 0
     if not paths.workspace_restored.exists():
         print("workspace: not restored at this boot yet: nothing synced")
