@@ -174,7 +174,10 @@ class CostTicker:
         local = paths.cost_ledger.read_bytes() if paths.cost_ledger.exists() else None
         ledger = _load(local, str(paths.cost_ledger))
         if not ledger:  # a new disk: the stack's earlier VMs are in the bucket's copy
-            ledger = _load(storage.read_bytes(url), url)
+            try:
+                ledger = _load(storage.read_limited(url), url)
+            except storage.TooLargeError as error:  # not a ledger: a new one replaces it
+                log.warning("cost ledger: %s; starting a new one", error)
         boot_id = paths.boot_id.read_text().strip()
         uptime = float(paths.uptime.read_text().split()[0])
         training = read_job_state(paths.job_state).state == "running"

@@ -5,6 +5,7 @@ before the env exists. A message that cannot be sent is logged and changes nothi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from startup.bootstrap import Failure, post_webhook
@@ -38,8 +39,9 @@ def run_ended(agent: Agent, state: str) -> bool:
     """The run's end: its state, headline score, training time and estimated cost."""
     run_id = agent.instance.run_id
     try:
-        metrics = storage.read_json(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
-    except (storage.StorageError, ValueError):
+        data = storage.read_limited(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
+        metrics = json.loads(data) if data else None
+    except (storage.StorageError, ValueError):  # the bucket's: any of it may be wrong
         metrics = None
     metrics = metrics if isinstance(metrics, dict) else {}
     score = metrics.get("micro_f1")

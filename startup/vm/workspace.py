@@ -1,10 +1,10 @@
 """The notebook user's workspace (/home/jupyter/work) kept in the bucket (gs://B/workspace/), so a
 VM recreated on a new disk, in another zone, finds it: restored at boot (missing files only: a
 local file is never replaced, nor deleted), synced every minute (new, changed and deleted files)
-and once more when the VM stops. It runs as the notebook user (`python -m startup.vm workspace ...`), and
-so does making the folder and copying the walkthrough into it (`workspace prepare`): root never
-walks or writes the user's files, whatever links the user puts there, and the bucket's object
-names go through `workload.storage.local_path` (the bucket is not trusted)."""
+and once more when the VM stops. It runs as the notebook user (`python -m startup.vm workspace
+...`), and so does making the folder and copying the walkthrough into it (`workspace prepare`):
+root never walks or writes the user's files, whatever links the user puts there, and the
+bucket's object names go through `workload.storage.local_path` (the bucket is not trusted)."""
 
 from __future__ import annotations
 

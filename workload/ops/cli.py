@@ -446,7 +446,12 @@ def _pull(args: argparse.Namespace) -> int:
 
     bucket = resolve_bucket(args.bucket)
     run_id, target, stats = results.pull_run(
-        bucket, args.run, args.to, workers=args.workers, progress=not args.quiet
+        bucket,
+        args.run,
+        args.to,
+        workers=args.workers,
+        progress=not args.quiet,
+        max_bytes=int(args.max_gb * 10**9),
     )
     print(results.render_pull(run_id, target, stats))
     return 0
@@ -457,7 +462,7 @@ def _runs(args: argparse.Namespace) -> int:
     from workload.ops import results, status
 
     bucket = resolve_bucket(args.bucket)
-    startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
+    startup = status.parse_startup(storage.read_limited(f"gs://{bucket}/{status.STATUS_KEY}"))
     current = startup.run_id if startup else None
     costs = results.run_costs(bucket)
     print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
@@ -588,6 +593,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_bucket(pull)
     pull.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     pull.add_argument("--quiet", action="store_true", help="no progress bar")
+    pull.add_argument(
+        "--max-gb",
+        type=float,
+        default=20.0,
+        help="download at most this much (default 20 GB; a run writes a few hundred MB)",
+    )
     pull.set_defaults(func=_guarded(_pull))
 
     runs = subparsers.add_parser(

@@ -416,13 +416,14 @@ def parse_progress(data: bytes | None) -> Progress | None:
 
 
 def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Progress | None]:
-    """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json."""
-    startup = parse_startup(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
+    """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json (each at
+    most a document's size: storage.TooLargeError names a bigger one)."""
+    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_KEY}"))
     run_id = startup.run_id if startup else None
     progress = None
     if run_id:
         progress = parse_progress(
-            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
+            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
     return startup, progress
 

@@ -19,10 +19,18 @@ from pathlib import Path
 
 from workload import storage
 from workload.layout import TENSORBOARD_DIR
-from workload.ops.results import RunNotFoundError, list_runs, resolve_run, runs_url
+from workload.ops.results import (
+    RunNotFoundError,
+    list_runs,
+    refuse_oversized,
+    resolve_run,
+    runs_url,
+)
 from workload.terminal import printable
 
 ALL = "all"
+# What one mirror downloads at most: a run's event files are kilobytes per epoch.
+MAX_MIRROR_BYTES = 2 * 10**9
 INSTALL_FIX = "uv sync --group tensorboard"
 APP_CACHE = "keras-gpu-gcp"
 
@@ -68,8 +76,13 @@ def mirror(bucket: str, run: str, cache: str | os.PathLike[str], progress: bool 
     else:
         run_ids = [resolve_run(bucket, run)]
         result = Mirror(storage.local_path(bucket_dir, run_ids[0]))
-    for run_id in run_ids:
-        source = f"{runs_url(bucket)}/{run_id}/{TENSORBOARD_DIR}"
+    sources = [f"{runs_url(bucket)}/{run_id}/{TENSORBOARD_DIR}" for run_id in run_ids]
+    for source in sources:
+        refuse_oversized(
+            source, lambda name: True, MAX_MIRROR_BYTES, "the TensorBoard mirror",
+            "copy what you need with `gcloud storage cp -r` instead",
+        )  # fmt: skip
+    for run_id, source in zip(run_ids, sources, strict=True):
         stats = storage.download_tree(
             source, storage.local_path(bucket_dir, run_id), progress=progress
         )

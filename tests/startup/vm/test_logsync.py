@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from startup.vm.agent import Agent
 from startup.vm.boot import boot
 from startup.vm.config import LOG_SYNC_UNIT
@@ -61,6 +63,19 @@ def test_a_vm_on_a_new_disk_continues_the_runs_log(agent: Agent) -> None:
     assert read(bucket, train_log_object(RUN_ID)) == (
         "epoch 1/3 (the first VM)\nepoch 2/3 (this VM)\n"
     )
+
+
+def test_a_runs_log_bigger_than_any_run_writes_is_not_taken_over(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from startup.vm import logsync
+
+    monkeypatch.setattr(logsync, "MAX_RESTORED_LOG_BYTES", 100)
+    put(agent.instance.bucket, train_log_object(RUN_ID), b"x" * 101)
+
+    assert not restore_training_log(agent.paths, agent.instance.bucket, RUN_ID)
+    assert not agent.paths.training_log.exists()
+    assert "the run's earlier log not restored: gs://" in agent.paths.log.read_text()
 
 
 def test_a_local_log_is_never_replaced_by_the_buckets(agent: Agent) -> None:
