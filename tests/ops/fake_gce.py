@@ -48,6 +48,9 @@ class FakeCompute:
     # answers 404).
     host_keys: list[dict[str, str]] | None = None
     notebook_attributes: list[dict[str, str]] | None = None
+    # The running VM's instance id, when a test has the group recreate it (live; None: the
+    # fixture's).
+    instance_id: str | None = None
 
     def exchanges(self) -> list[dict[str, Any]]:
         loaded = []
@@ -79,6 +82,9 @@ class FakeCompute:
                 body = {**body, "targetSize": self.target_size}
             elif split.path.endswith("/listErrors"):
                 body = _shift_timestamps(body)
+            elif split.path.endswith("/listManagedInstances") and self.instance_id is not None:
+                managed = [{**vm, "id": self.instance_id} for vm in body["managedInstances"]]
+                body = {**body, "managedInstances": managed}
             return exchange["response"]["status"], body
         message = f"The resource '{split.path}' was not found"
         return 404, {"error": {"code": 404, "message": message, "errors": []}}

@@ -35,6 +35,8 @@ class Vm:
     zone: str
     status: str
     action: str
+    # The instance's id: a VM the group recreates keeps its name but gets a new one.
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def _vm(managed: dict[str, Any]) -> Vm:
         zone=_safe_name(zone_of(url)),
         status=str(managed.get("instanceStatus") or ""),
         action=str(managed.get("currentAction") or ""),
+        id=str(managed.get("id") or "") if str(managed.get("id") or "").isdigit() else "",
     )
 
 

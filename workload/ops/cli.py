@@ -364,14 +364,17 @@ def _ssh_proxy(args: argparse.Namespace) -> int:
     from workload.ops import remote
 
     compute, group = _group_and_compute(args)
-    name, zone = running_vm(group, read_group(compute, group))
+    state = read_group(compute, group)
+    name, zone = running_vm(group, state)
     if args.known_hosts:
         attributes = compute.guest_attributes(group.project, zone, name, remote.HOST_KEYS_PATH)
         lines = remote.known_hosts_lines(args.host_key_alias or name, attributes)
         if not lines:
             print(no_host_keys(name), file=sys.stderr)
             return 2
-        remote.write_known_hosts(Path(args.known_hosts), lines)
+        instance_id = state.running.id if state.running else ""
+        if remote.pin_host_keys(Path(args.known_hosts), lines, instance_id):
+            print(remote.changed_keys_warning(name, instance_id), file=sys.stderr)
     command = remote.proxy_command(name, zone, group.project, args.port)
     if shutil.which("gcloud") is None:
         print("error: gcloud is not installed (https://cloud.google.com/sdk/docs/install)",
