@@ -232,7 +232,13 @@ def _write_units(agent: Agent) -> bool:
         ):  # fmt: skip
             write_if_changed(paths.units / name, render(template, **workspace, **extra))
     write_if_changed(
-        paths.units / PASSWORD_REFRESH_UNIT, render("kgg-password-refresh.service.j2", **refresh)
+        paths.units / PASSWORD_REFRESH_UNIT,
+        render(
+            "kgg-password-refresh.service.j2",
+            **refresh,
+            state=paths.on_vm(paths.state),
+            jupyter_conf=paths.on_vm(paths.jupyter),
+        ),
     )
     write_if_changed(
         paths.units / PASSWORD_REFRESH_TIMER,

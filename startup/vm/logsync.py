@@ -126,5 +126,6 @@ def write_unit(paths: Paths) -> bool:
         "kgg-log-sync.service.j2",
         app=paths.on_vm(paths.app),
         python=paths.on_vm(paths.venv_python),
+        state=paths.on_vm(paths.state),
     )
     return write_if_changed(paths.units / LOG_SYNC_UNIT, unit)

@@ -58,6 +58,7 @@ STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
 API_TOKEN = "/etc/keras-gpu-gcp/jupyter/api-token"
 TLS_ATTRIBUTE = "kgg/tls-sha256"  # workload/layout.py, spelled out: the old code lacks it
+LOG_SYNC = "kgg-log-sync.service"
 
 
 @dataclass
@@ -421,6 +422,42 @@ def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) 
     runs = ledger["runs"]
     assert runs[vm.attribute("kgg-run-id")]["seconds"] > 0
     assert all(boot["hourly_usd"] > 0 for boot in ledger["boots"].values())
+
+
+SANDBOX = ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges")
+ROOT_SERVICES = {  # each one's ProtectHome=
+    "kgg-log-sync.service": "yes",
+    "kgg-password-refresh.service": "yes",
+    "kgg-training.service": "tmpfs",
+    "kgg-idle-check.service": "tmpfs",
+}
+
+
+def test_the_root_services_run_sandboxed_and_still_do_their_work(vm: Vm) -> None:
+    """Their work is what the tests around this one check (the logs and the ledger reached the
+    bucket, a new password took effect, the run trained; the idle stop comes last); here, that
+    systemd ran them in their sandbox, seen from inside the running log sync too."""
+    for unit, home in ROOT_SERVICES.items():
+        shown = vm.machine.exec("systemctl", "show", *(f"--property={p}" for p in SANDBOX), unit)
+        values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+        assert values == {
+            "ProtectSystem": "strict", "ProtectHome": home, "PrivateTmp": "yes",
+            "NoNewPrivileges": "yes",
+        }, unit  # fmt: skip
+    pid = vm.machine.exec("systemctl", "show", "--property=MainPID", "--value", LOG_SYNC)
+    probe = (
+        "touch /usr/kgg-probe 2>&1; touch /etc/kgg-probe 2>&1; ls -A /home; "
+        f"touch /{STATE}/kgg-probe && echo state-writable && rm /{STATE}/kgg-probe"
+    )
+    inside = vm.machine.exec(
+        "nsenter", f"--target={pid.stdout.strip()}", "--mount", "--", "sh", "-c", probe
+    )
+    assert inside.stdout.splitlines() == [
+        "touch: cannot touch '/usr/kgg-probe': Read-only file system",
+        "touch: cannot touch '/etc/kgg-probe': Read-only file system",
+        "state-writable",
+    ], inside.stderr
+    assert vm.machine.exec("systemctl", "is-active", LOG_SYNC).stdout.strip() == "active"
 
 
 def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:

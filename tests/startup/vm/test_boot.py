@@ -439,3 +439,49 @@ def test_a_workspace_that_cannot_be_restored_keeps_syncing_off(
     assert not agent.paths.workspace_restored.exists()
     detail = uploaded_status(agent.instance.bucket)["steps"]["jupyter"]["detail"]
     assert "workspace NOT restored from gs://" in detail
+
+
+HARDENED = {"ProtectSystem": "strict", "PrivateTmp": "yes", "NoNewPrivileges": "yes"}
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_root_services_see_the_os_read_only_and_write_only_what_they_must(
+    agent: Agent,
+) -> None:
+    """Log sync, the password refresh, the training supervisor and the idle check run as root:
+    a bug or a hostile input in one cannot rewrite the OS, gain privileges or reach /home."""
+    from startup.render import render_startup_script
+    from tests.startup.harness import settings_for
+
+    assert boot(agent) == 0
+    script = render_startup_script(settings_for())
+    idle = script.split("kgg-idle-check.service\" <<'KGG_UNIT'\n", 1)[1].split("KGG_UNIT", 1)[0]
+    units = {
+        name: unit_settings((agent.paths.units / name).read_text())
+        for name in ("kgg-log-sync.service", "kgg-password-refresh.service",
+                     "kgg-training.service")
+    } | {"kgg-idle-check.service": unit_settings(idle)}  # fmt: skip
+
+    for name, settings in units.items():
+        for key, value in HARDENED.items():
+            assert settings.get(key) == [value], (name, key)
+    state = "/var/lib/keras-gpu-gcp"
+    assert units["kgg-log-sync.service"]["ReadWritePaths"] == [state]
+    assert units["kgg-log-sync.service"]["ProtectHome"] == ["yes"]
+    refresh = units["kgg-password-refresh.service"]
+    assert refresh["ReadWritePaths"] == [f"{state} /etc/keras-gpu-gcp/jupyter"]
+    assert refresh["ProtectHome"] == ["yes"]
+    training = units["kgg-training.service"]
+    assert (training["ReadWritePaths"], training["ProtectHome"]) == ([state], ["tmpfs"])
+    assert training["BindPaths"] == ["/home/jupyter"]  # the job's caches, as the notebook user
+    idle_check = units["kgg-idle-check.service"]
+    assert (idle_check["ReadWritePaths"], idle_check["ProtectHome"]) == ([state], ["tmpfs"])
+    assert idle_check["BindReadOnlyPaths"] == ["-/home/jupyter"]  # the last workspace sync
