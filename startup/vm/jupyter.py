@@ -86,7 +86,7 @@ def prepare_workspace(agent: Agent) -> None:
     if result.returncode != 0:
         raise StepFailed(
             f"the notebook user could not make its workspace {paths.on_vm(paths.workspace)}: "
-            f"{(result.stderr or 'no output').strip().splitlines()[-1]}",
+            f"{((result.stderr or '').strip().splitlines() or ['no output'])[-1]}",
             f"look at {paths.on_vm(paths.notebook_home)} (ls -la), or stop and start the VM",
         )
 

@@ -10,12 +10,10 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from infra.password import jupyter_password_hash
 from startup.vm.agent import Agent
@@ -23,7 +21,7 @@ from startup.vm.boot import boot
 from startup.vm.config import JUPYTER_UNIT, Paths
 from startup.vm.jupyter import refresh_password
 
-from .test_jupyter_auth import REQUEST_SECONDS, STARTUP_SECONDS, free_port
+from .test_jupyter_auth import REQUEST_SECONDS, Server, free_port, login, wait_until_serving
 
 OLD_PASSWORD = "the password before the change"
 NEW_PASSWORD = "the password after the change"
@@ -78,7 +76,7 @@ def planted_home(agent: Agent) -> Path:
 
 
 @pytest.fixture
-def changed(agent: Agent, planted_home: Path) -> Iterator[tuple[str, str]]:
+def changed(agent: Agent, planted_home: Path) -> Iterator[Server]:
     """Boot with the old password, then the refresh timer's change to the new one; yields the
     server's URL and certificate, started as the unit starts it."""
     old, new = (jupyter_password_hash(password, SALT) for password in (OLD_PASSWORD, NEW_PASSWORD))
@@ -110,45 +108,19 @@ def changed(agent: Agent, planted_home: Path) -> Iterator[tuple[str, str]]:
     )
     url, cert = f"https://127.0.0.1:{port}", str(paths.tls_cert)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter server exited: {(paths.root / 'server.log').read_text()}")
-            try:
-                requests.get(f"{url}/api/status", verify=cert, timeout=2)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no answer in {STARTUP_SECONDS}s")
-                time.sleep(0.3)
-        yield url, cert
+        wait_until_serving(process, url, cert, paths.root / "server.log")
+        yield Server(url=url, port=port, cert=cert, token="", pid=process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
         log.close()
 
 
-def login(url: str, cert: str, password: str) -> tuple[requests.Session, int]:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = cert
-    session.get(f"{url}/login", timeout=REQUEST_SECONDS)
-    answer = session.post(
-        f"{url}/login",
-        data={"password": password, "_xsrf": session.cookies.get("_xsrf", "")},
-        allow_redirects=False,
-        timeout=REQUEST_SECONDS,
-    )
-    return session, answer.status_code
-
-
-def test_after_a_password_change_only_the_new_password_logs_in(changed: tuple[str, str]) -> None:
-    url, cert = changed
-
-    assert login(url, cert, OLD_PASSWORD)[1] == 401
-    assert login(url, cert, BACKDOOR)[1] == 401
-    session, status = login(url, cert, NEW_PASSWORD)
-    assert status == 302
-    specs = session.get(f"{url}/api/kernelspecs", timeout=REQUEST_SECONDS)
+def test_after_a_password_change_only_the_new_password_logs_in(changed: Server) -> None:
+    assert login(changed, OLD_PASSWORD)[1].status_code == 401
+    assert login(changed, BACKDOOR)[1].status_code == 401
+    session, answer = login(changed, NEW_PASSWORD)
+    assert answer.status_code == 302
+    specs = session.get(f"{changed.url}/api/kernelspecs", timeout=REQUEST_SECONDS)
     assert specs.status_code == 200
     assert "planted" not in specs.json()["kernelspecs"]
