@@ -37,6 +37,7 @@ from tests.boot.image import METADATA_ADDRESS, build_image
 from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
 from tests.boot.phases import NOTES, phase
 from tests.fake_cloud import FakeCloud
+from tests.kernels import run_in_kernel, start_kernel, stop_kernel
 from tests.workload.conftest import write_tiny_data
 
 pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("boot_prerequisites")]
@@ -323,20 +324,6 @@ def plant(vm: Vm) -> None:
         assert made.returncode == 0, made.stderr
 
 
-def start_kernel(session: requests.Session, url: str) -> str:
-    """A python3 kernel through the API, as opening a notebook does; its id once it is idle."""
-    headers = {"X-XSRFToken": session.cookies.get("_xsrf", "")}
-    kernel = session.post(f"{url}/api/kernels", json={"name": "python3"}, headers=headers,
-                          timeout=60).json()["id"]  # fmt: skip
-
-    def idle() -> bool | None:
-        answer = session.get(f"{url}/api/kernels/{kernel}", timeout=10).json()
-        return answer.get("execution_state") == "idle" or None
-
-    wait_for(idle, timeout=120, what="the kernel's start")
-    return kernel
-
-
 def test_a_new_password_replaces_the_old_one_and_everything_its_holder_left(vm: Vm) -> None:
     """`pulumi config set --secret jupyterPassword` + `pulumi up` adds a secret version; the
     VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it, a new
@@ -369,10 +356,14 @@ def test_a_new_password_replaces_the_old_one_and_everything_its_holder_left(vm: 
     kernelspecs = session.get(f"{url}/api/kernelspecs", timeout=10).json()["kernelspecs"]
     assert "python3" in kernelspecs and "planted" not in kernelspecs
     kernel = start_kernel(session, url)
+    try:  # a cell, as the new password's holder runs one: IPython's startup files ran before it
+        code = "import os; print(os.environ['IPYTHONDIR'])"
+        printed = run_in_kernel(session, url, str(vm.tmp / "jupyter.crt"), kernel, code)
+    finally:
+        stop_kernel(session, url, kernel)
+    assert printed == "/run/kgg-jupyter/ipython\n"
     ran = vm.machine.exec("ls", "/home/jupyter").stdout.split()
     assert "planted-startup-ran" not in ran and "planted-kernel-ran" not in ran
-    session.delete(f"{url}/api/kernels/{kernel}", timeout=30,
-                   headers={"X-XSRFToken": session.cookies.get("_xsrf", "")})  # fmt: skip
     new_fingerprint = sha256_colons((vm.tmp / "jupyter.crt").read_text())
     assert new_fingerprint != old_fingerprint
     assert (vm.status() or {})["tls_sha256"] == new_fingerprint
@@ -517,21 +508,26 @@ def test_a_notebook_user_racing_a_rerun_of_the_script_gets_nothing_of_roots(vm: 
         what="the racing link",
     )
 
+    runs = len(vm.machine.startup_runs())
     with phase("rerun of the startup script with a notebook user racing it"):
-        rerun = vm.machine.exec("google_metadata_script_runner", "startup")
+        # What `sudo google_metadata_script_runner startup` does, in the unit's environment.
+        rerun = vm.machine.exec("systemctl", "start", "google-startup-scripts.service")
 
     stop = "touch stop-race; while [ ! -e race-stopped ]; do sleep 0.1; done"
     vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", f"cd /home/jupyter && {stop}")
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "exit status 0" in rerun.stdout
-    assert vm.machine.exec("ls", "-A", generators).stdout == before
+    after = vm.machine.exec("ls", "-A", generators).stdout
     owned = vm.machine.exec("find", "/usr", "/opt", "/etc", "/var/lib", "-xdev", "-user", "jupyter")
-    assert owned.stdout.split() == ["/etc/keras-gpu-gcp/jupyter/tls/jupyter.key"]
-    tidy = (
+    tidy = (  # first, so that a failure here leaves the next tests a workspace
         "cd /home/jupyter && rm -rf work work.raced-* work.moved-* stop-race race-stopped && "
         "mv work.saved work"
     )
     assert vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", tidy).returncode == 0
+    assert rerun.returncode == 0, rerun.stderr
+    assert [run.exit_status for run in vm.machine.startup_runs()[runs:]] == [0], (
+        vm.startup_journal()
+    )
+    assert after == before
+    assert owned.stdout.split() == ["/etc/keras-gpu-gcp/jupyter/tls/jupyter.key"]
 
 
 def test_a_vm_recreated_in_another_zone_gets_its_workspace_and_finished_run_back(vm: Vm) -> None:

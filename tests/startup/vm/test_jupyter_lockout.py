@@ -20,6 +20,7 @@ from startup.vm.agent import Agent
 from startup.vm.boot import boot
 from startup.vm.config import JUPYTER_UNIT, Paths
 from startup.vm.jupyter import refresh_password
+from tests.kernels import run_in_kernel, start_kernel, stop_kernel
 
 from .test_jupyter_auth import REQUEST_SECONDS, Server, free_port, login, wait_until_serving
 
@@ -41,6 +42,7 @@ def _backdoor(self, password):
 PasswordIdentityProvider.passwd_check = _backdoor
 """
 PLANTED_KERNEL = '{"argv": ["sh", "-c", "touch ~/owned"], "display_name": "planted"}'
+PLANTED_STARTUP = "import pathlib; pathlib.Path.home().joinpath('planted-startup-ran').touch()\n"
 
 
 def unit_environment(unit: str, paths: Paths) -> dict[str, str]:
@@ -72,6 +74,9 @@ def planted_home(agent: Agent) -> Path:
     kernel = home / ".local/share/jupyter/kernels/planted"
     kernel.mkdir(parents=True)
     (kernel / "kernel.json").write_text(PLANTED_KERNEL)
+    startup = home / ".ipython/profile_default/startup"
+    startup.mkdir(parents=True)
+    (startup / "00-planted.py").write_text(PLANTED_STARTUP)
     return home
 
 
@@ -124,3 +129,21 @@ def test_after_a_password_change_only_the_new_password_logs_in(changed: Server) 
     specs = session.get(f"{changed.url}/api/kernelspecs", timeout=REQUEST_SECONDS)
     assert specs.status_code == 200
     assert "planted" not in specs.json()["kernelspecs"]
+
+
+def test_a_kernel_started_after_the_change_runs_no_planted_startup_file(
+    changed: Server, planted_home: Path
+) -> None:
+    """Kernels inherit the server's IPYTHONDIR: a startup file the old password's holder left in
+    ~/.ipython would run inside every kernel the new one opens."""
+    session, _ = login(changed, NEW_PASSWORD)
+    kernel = start_kernel(session, changed.url)
+    try:
+        printed = run_in_kernel(
+            session, changed.url, changed.cert, kernel, "import os; print(os.environ['HOME'])"
+        )
+    finally:
+        stop_kernel(session, changed.url, kernel)
+
+    assert printed == f"{planted_home}\n"  # the kernel ran, as the user, with its home
+    assert not (planted_home / "planted-startup-ran").exists()
