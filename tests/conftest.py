@@ -22,32 +22,32 @@ _boot_report: dict[str, list] = {}
 
 
 @pytest.fixture(scope="session")
-def stack() -> iam.Stack:
+def iam_stack() -> iam.Stack:
     """The stack the IAM-enforcing doubles serve: the program declared for TEST_BUCKET."""
     return iam.stack(TEST_BUCKET)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def laptop_user(stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def laptop_user(iam_stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every test is the laptop user (the project's Owner, by default credentials that send its
     token) unless it takes the VM's identity (`as_vm`); a developer's own gcloud credentials
     never reach a test."""
     no_gcloud = tmp_path_factory.mktemp("no-gcloud")
-    with pytest.MonkeyPatch.context() as patch, acting_as(stack.owner_token):
+    with pytest.MonkeyPatch.context() as patch, acting_as(iam_stack.owner_token):
         patch.setenv("CLOUDSDK_CONFIG", str(no_gcloud))
         yield
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator(stack: iam.Stack) -> Iterator[str]:
+def gcs_emulator(iam_stack: iam.Stack) -> Iterator[str]:
     """A GCS emulator on 127.0.0.1 with TEST_BUCKET behind the IAM-enforcing front, for the whole
     session; yields the front's URL."""
-    with running_emulator(TEST_BUCKET, stack.authority) as url:
+    with running_emulator(TEST_BUCKET, iam_stack.authority) as url:
         yield url
 
 
 @pytest.fixture
-def as_vm(gcs_emulator: str, stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory,
+def as_vm(gcs_emulator: str, iam_stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCloud]:  # fmt: skip
     """This process takes the VM's identity, as on GCE: no credentials file, and google-auth's
     Compute Engine credentials from the (fake) metadata server, which hands out the VM's token.
@@ -57,7 +57,7 @@ def as_vm(gcs_emulator: str, stack: iam.Stack, tmp_path_factory: pytest.TempPath
     from tests.fake_cloud import FakeCloud
     from workload import storage
 
-    with FakeCloud(stack=stack) as cloud:
+    with FakeCloud(stack=iam_stack) as cloud:
         host = cloud.url.removeprefix("http://")
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path_factory.mktemp("no-gcloud")))

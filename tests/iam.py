@@ -72,7 +72,11 @@ def stack(
         group=f"kgg-dev-{suffix}",
         owner_token=authority.issue(LAPTOP_USER),
         vm_token=authority.issue(grants.identities[access.VM]),
-        stopper_token=authority.issue(grants.identities[access.STOPPER]),
+        stopper_token=(
+            authority.issue(grants.identities[access.STOPPER])
+            if access.STOPPER in grants.identities
+            else ""
+        ),
         password_secret=secrets["kg-jupyter-password"],
         notify_secret=secrets["kg-notify-webhook"],
     )

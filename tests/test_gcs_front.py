@@ -29,33 +29,33 @@ def _call(url: str, method: str, path: str, token: str | None, **kwargs: object)
     ],
 )
 def test_the_vm_is_refused_what_objectadmin_lacks_with_gcs_403_body(
-    gcs_bucket: str, gcs_emulator: str, stack: Stack, method: str, path: str, permission: str,
+    gcs_bucket: str, gcs_emulator: str, iam_stack: Stack, method: str, path: str, permission: str,
     noun: str,
 ) -> None:  # fmt: skip
-    answer = _call(gcs_emulator, method, path, stack.vm_token, json={})
+    answer = _call(gcs_emulator, method, path, iam_stack.vm_token, json={})
 
     assert answer.status_code == 403
     message = (
-        f"{stack.vm_email} does not have {permission} access to the Google Cloud Storage {noun}."
-        f" Permission '{permission}' denied on resource (or it may not exist)."
+        f"{iam_stack.vm_email} does not have {permission} access to the Google Cloud Storage "
+        f"{noun}. Permission '{permission}' denied on resource (or it may not exist)."
     )
     assert answer.json() == {"error": {"code": 403, "message": message, "errors": [
         {"message": message, "domain": "global", "reason": "forbidden"}]}}  # fmt: skip
 
 
 def test_the_vm_may_write_read_list_overwrite_and_delete_objects(
-    gcs_bucket: str, gcs_emulator: str, stack: Stack
+    gcs_bucket: str, gcs_emulator: str, iam_stack: Stack
 ) -> None:
     upload = f"/upload/storage/v1/b/{B}/o?uploadType=media&name=runs%2Fr%2Fa.txt"
     for data in (b"one", b"two"):  # the second replaces the first: needs objects.delete too
-        assert _call(gcs_emulator, "POST", upload, stack.vm_token, data=data).status_code == 200
+        assert _call(gcs_emulator, "POST", upload, iam_stack.vm_token, data=data).status_code == 200
     read = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}/o/runs%2Fr%2Fa.txt?alt=media",
-                 stack.vm_token)  # fmt: skip
+                 iam_stack.vm_token)  # fmt: skip
     assert read.content == b"two"
-    listed = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}/o", stack.vm_token).json()
+    listed = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}/o", iam_stack.vm_token).json()
     assert [item["name"] for item in listed["items"]] == ["runs/r/a.txt"]
     deleted = _call(gcs_emulator, "DELETE", f"/storage/v1/b/{B}/o/runs%2Fr%2Fa.txt",
-                    stack.vm_token)  # fmt: skip
+                    iam_stack.vm_token)  # fmt: skip
     assert deleted.ok  # GCS answers 204, the emulator 200
 
 
@@ -71,11 +71,13 @@ def test_an_anonymous_caller_gets_401_and_an_unknown_token_too(
 
 
 def test_a_missing_object_is_404_for_the_vm_and_a_missing_bucket_404_for_everyone(
-    gcs_bucket: str, gcs_emulator: str, stack: Stack
+    gcs_bucket: str, gcs_emulator: str, iam_stack: Stack
 ) -> None:
-    missing = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}/o/nothing?alt=media", stack.vm_token)
+    missing = _call(
+        gcs_emulator, "GET", f"/storage/v1/b/{B}/o/nothing?alt=media", iam_stack.vm_token
+    )
     assert missing.status_code == 404
-    no_bucket = _call(gcs_emulator, "GET", "/storage/v1/b/kgg-absent", stack.vm_token)
+    no_bucket = _call(gcs_emulator, "GET", "/storage/v1/b/kgg-absent", iam_stack.vm_token)
     assert no_bucket.status_code == 404
 
 
@@ -101,15 +103,15 @@ def test_a_multipart_upload_is_checked_on_the_name_in_its_metadata() -> None:
 
 
 def test_a_request_the_front_does_not_know_is_refused_loudly(
-    gcs_emulator: str, stack: Stack
+    gcs_emulator: str, iam_stack: Stack
 ) -> None:
-    answer = _call(gcs_emulator, "POST", "/batch/storage/v1", stack.owner_token, data=b"")
+    answer = _call(gcs_emulator, "POST", "/batch/storage/v1", iam_stack.owner_token, data=b"")
     assert answer.status_code == 501
     assert "does not know" in answer.text
 
 
 def test_the_laptop_user_is_the_projects_owner(gcs_bucket: str, gcs_emulator: str,
-                                               stack: Stack) -> None:  # fmt: skip
-    answer = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}", stack.owner_token)
+                                               iam_stack: Stack) -> None:  # fmt: skip
+    answer = _call(gcs_emulator, "GET", f"/storage/v1/b/{B}", iam_stack.owner_token)
     assert answer.status_code == 200
     assert json.loads(answer.content)["name"] == B

@@ -16,9 +16,9 @@ from workload import storage
 from workload.emulator import acting_as
 
 
-def _upload_as_the_laptop(stack: Stack, data: Path, url: str) -> None:
+def _upload_as_the_laptop(iam_stack: Stack, data: Path, url: str) -> None:
     """Data copied to the bucket by the laptop user, without `workload upload` (no manifest)."""
-    with acting_as(stack.owner_token):
+    with acting_as(iam_stack.owner_token):
         storage.upload_tree(data, url)
 
 
@@ -30,9 +30,9 @@ def test_the_vm_identity_is_enforced_objectadmin_only(gcs_bucket: str, as_vm: ob
 
 
 def test_a_fresh_gs_run_as_the_vm_exits_0_with_its_results(
-    gcs_bucket: str, tmp_path: Path, stack: Stack, as_vm: object
+    gcs_bucket: str, tmp_path: Path, iam_stack: Stack, as_vm: object
 ) -> None:
-    _upload_as_the_laptop(stack, write_tiny_data(tmp_path / "data"), f"gs://{gcs_bucket}/data")
+    _upload_as_the_laptop(iam_stack, write_tiny_data(tmp_path / "data"), f"gs://{gcs_bucket}/data")
     out = f"gs://{gcs_bucket}/runs/fresh"
 
     result = workload(
@@ -61,9 +61,9 @@ def test_a_bucket_that_does_not_exist_is_still_one_clear_line(as_vm: object) -> 
 
 
 def test_the_vm_cannot_read_another_bucket_and_is_told_so(
-    gcs_bucket: str, stack: Stack, as_vm: object
+    gcs_bucket: str, iam_stack: Stack, as_vm: object
 ) -> None:
-    other = client_with(stack.owner_token).create_bucket("kgg-someone-elses")
+    other = client_with(iam_stack.owner_token).create_bucket("kgg-someone-elses")
     try:
         with pytest.raises(storage.StorageError, match="no permission on bucket"):
             storage.read_bytes("gs://kgg-someone-elses/secret.txt")

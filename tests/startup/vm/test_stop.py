@@ -24,10 +24,10 @@ from tests.startup.vm.conftest import FakeSystem, uploaded_status
 
 def _grouped(agent: Agent, cloud: FakeCloud) -> Agent:
     """The agent of a VM in the test stack's group, its metadata server and APIs faked."""
-    stack = cloud.stack
+    iam_stack = cloud.stack
     instance = dataclasses.replace(
-        agent.instance, group=stack.group, group_region=REGION, project=stack.project,
-        workspace_prefix="workspace/", stop_workflow=stack.workflow.name,
+        agent.instance, group=iam_stack.group, group_region=REGION, project=iam_stack.project,
+        workspace_prefix="workspace/", stop_workflow=iam_stack.workflow.name,
     )  # fmt: skip
     endpoints = dataclasses.replace(
         agent.endpoints, workflows=cloud.environment()["KGG_WORKFLOWS_URL"]
@@ -37,36 +37,37 @@ def _grouped(agent: Agent, cloud: FakeCloud) -> Agent:
 
 
 @pytest.fixture
-def grouped(agent: Agent, stack: Stack) -> Iterator[tuple[Agent, FakeCloud]]:
-    with FakeCloud(stack=stack) as cloud:
+def grouped(agent: Agent, iam_stack: Stack) -> Iterator[tuple[Agent, FakeCloud]]:
+    with FakeCloud(stack=iam_stack) as cloud:
         yield _grouped(agent, cloud), cloud
 
 
-def without_grant(stack: Stack, role_suffix: str) -> Stack:
+def without_grant(iam_stack: Stack, role_suffix: str) -> Stack:
     """The stack with the bindings of one custom role removed (a grant that did not apply)."""
-    grants = stack.grants
+    grants = iam_stack.grants
     kept = tuple(b for b in grants.bindings if not b.role.endswith(role_suffix))
     changed = access.Grants(grants.project, kept, grants.custom_roles, grants.buckets,
                             grants.identities, grants.workflows)  # fmt: skip
-    authority = access.Authority(changed, dict(stack.authority.tokens))
-    return dataclasses.replace(stack, authority=authority)
+    authority = access.Authority(changed, dict(iam_stack.authority.tokens))
+    return dataclasses.replace(iam_stack, authority=authority)
 
 
 def test_idle_vm_in_a_group_syncs_its_workspace_then_its_workflow_resizes_the_group_to_zero(
     grouped: tuple[Agent, FakeCloud], system: FakeSystem
 ) -> None:
     agent, cloud = grouped
-    stack = cloud.stack
+    iam_stack = cloud.stack
 
     assert stop_vm(agent, "stopped: idle for 61 minutes", backoff=0)
 
     assert cloud.requested("/executions") == [
-        f"POST /workflows/v1/{stack.workflow.name}/executions",
-        f"GET /workflows/v1/{stack.workflow.name}/executions/e1",
+        f"POST /workflows/v1/{iam_stack.workflow.name}/executions",
+        f"GET /workflows/v1/{iam_stack.workflow.name}/executions/e1",
     ]
     # The workflow's account resized the group; the VM's never called Compute Engine.
-    assert cloud.requested("/compute/") == [f"POST /compute/v1/{stack.group_path}/resize?size=0"]
-    assert cloud.group_sizes[stack.group_path] == 0
+    resize = f"POST /compute/v1/{iam_stack.group_path}/resize?size=0"
+    assert cloud.requested("/compute/") == [resize]
+    assert cloud.group_sizes[iam_stack.group_path] == 0
     (execution,) = cloud.executions.values()
     assert execution["state"] == "SUCCEEDED"
     assert system.powered_off is None
@@ -100,9 +101,9 @@ def test_the_vms_own_token_cannot_touch_its_group_only_start_the_workflow(
 
 
 def test_a_refused_stop_keeps_the_vm_running_and_says_so_with_the_fix(
-    agent: Agent, stack: Stack, system: FakeSystem
+    agent: Agent, iam_stack: Stack, system: FakeSystem
 ) -> None:
-    with FakeCloud(stack=without_grant(stack, "_stop_invoke")) as cloud:
+    with FakeCloud(stack=without_grant(iam_stack, "_stop_invoke")) as cloud:
         grouped = _grouped(agent, cloud)
 
         assert not stop_vm(grouped, "stopped: idle for 61 minutes", backoff=0)
@@ -114,7 +115,7 @@ def test_a_refused_stop_keeps_the_vm_running_and_says_so_with_the_fix(
     assert error["step"] == "idle-stop"
     assert "403" in error["message"] and "workflows.executions.create" in error["message"]
     assert "python -m workload stop" in error["hint"]
-    assert stack.workflow.name in error["hint"]
+    assert iam_stack.workflow.name in error["hint"]
 
 
 def test_the_boot_checks_the_stop_path_without_stopping(grouped: tuple[Agent, FakeCloud]) -> None:
@@ -133,15 +134,15 @@ def test_the_boot_checks_the_stop_path_without_stopping(grouped: tuple[Agent, Fa
      ("_group_resize", "compute.instanceGroupManagers.get")],
 )  # fmt: skip
 def test_a_stop_path_that_is_not_authorized_fails_the_boot_loudly(
-    agent: Agent, stack: Stack, missing: str, denied: str
+    agent: Agent, iam_stack: Stack, missing: str, denied: str
 ) -> None:
     """A grant whose condition does not match fails at boot, not at the first idle hour."""
-    with FakeCloud(stack=without_grant(stack, missing)) as cloud:
+    with FakeCloud(stack=without_grant(iam_stack, missing)) as cloud:
         grouped = _grouped(agent, cloud)
 
         assert boot(grouped) == 1
 
-        assert cloud.group_sizes[stack.group_path] == 1
+        assert cloud.group_sizes[iam_stack.group_path] == 1
     status = uploaded_status(agent.instance.bucket)
     assert status["phase"] == "failed"
     assert status["error"]["step"] == "idle"
