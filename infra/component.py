@@ -290,24 +290,15 @@ class GpuNotebook(pulumi.ComponentResource):
             opts=opts,
         )
         stopper = self.stopper.email.apply(lambda email: f"serviceAccount:{email}")
-        self.group_resize_role = gcp.projects.IAMCustomRole(
-            f"{name}-group-resize-role",
-            project=settings.project,
-            role_id=suffix.hex.apply(lambda hex_: specs.group_resize_role_id(stack, hex_)),
-            title=f"keras-gpu-gcp stop workflow resizes the VM group ({stack})",
-            description="Read and resize the stack's own VM group (the stop workflow only).",
-            permissions=list(specs.STOPPER_PERMISSIONS),
-            opts=opts,
-        )
         # Exactly that group (an IAM condition on its resource name), never the project's others.
-        self.group_resize_grant = gcp.projects.IAMMember(
-            f"{name}-group-resize",
-            project=settings.project,
-            role=self.group_resize_role.name,
-            member=stopper,
-            condition=self.group_path.apply(specs.group_resize_condition),
-            opts=opts,
-        )
+        self.group_resize_role, self.group_resize_grant = _conditional_grant(
+            f"{name}-group-resize", settings.project,
+            suffix.hex.apply(lambda hex_: specs.group_resize_role_id(stack, hex_)),
+            f"keras-gpu-gcp stop workflow resizes the VM group ({stack})",
+            "Read and resize the stack's own VM group (the stop workflow only).",
+            specs.STOPPER_PERMISSIONS, stopper,
+            self.group_path.apply(specs.group_resize_condition), opts,
+        )  # fmt: skip
         workflow_name = suffix.hex.apply(lambda hex_: specs.stop_workflow_name(stack, hex_))
         self.stop_workflow_path = workflow_name.apply(
             lambda workflow: specs.workflow_path(settings.project, settings.region, workflow)
@@ -327,24 +318,38 @@ class GpuNotebook(pulumi.ComponentResource):
         )
         # Workflows has no IAM policy per workflow (the API and pulumi-gcp offer none): a project
         # binding whose condition names this workflow and its executions.
-        self.stop_invoke_role = gcp.projects.IAMCustomRole(
-            f"{name}-stop-invoke-role",
-            project=settings.project,
-            role_id=suffix.hex.apply(lambda hex_: specs.stop_invoke_role_id(stack, hex_)),
-            title=f"keras-gpu-gcp VM starts its stop workflow ({stack})",
-            description="Start the stack's stop workflow and read its executions (the VM).",
-            permissions=list(specs.STOP_INVOKE_PERMISSIONS),
-            opts=opts,
-        )
-        self.stop_invoke_grant = gcp.projects.IAMMember(
-            f"{name}-stop-invoke",
-            project=settings.project,
-            role=self.stop_invoke_role.name,
-            member=vm_member,
-            condition=self.stop_workflow_path.apply(specs.stop_invoke_condition),
-            opts=opts,
-        )
+        self.stop_invoke_role, self.stop_invoke_grant = _conditional_grant(
+            f"{name}-stop-invoke", settings.project,
+            suffix.hex.apply(lambda hex_: specs.stop_invoke_role_id(stack, hex_)),
+            f"keras-gpu-gcp VM starts its stop workflow ({stack})",
+            "Start the stack's stop workflow and read its executions (the VM).",
+            specs.STOP_INVOKE_PERMISSIONS, vm_member,
+            self.stop_workflow_path.apply(specs.stop_invoke_condition), opts,
+        )  # fmt: skip
         return [self.group_resize_grant, self.stop_invoke_grant]
+
+
+def _conditional_grant(
+    name: str,
+    project: str,
+    role_id: pulumi.Input[str],
+    title: str,
+    description: str,
+    permissions: tuple[str, ...],
+    member: pulumi.Input[str],
+    condition: pulumi.Input[dict[str, str]],
+    opts: pulumi.ResourceOptions,
+) -> tuple[gcp.projects.IAMCustomRole, gcp.projects.IAMMember]:
+    """A custom role with exactly `permissions`, bound on the project to `member` under an IAM
+    condition that names the one resource it is for."""
+    role = gcp.projects.IAMCustomRole(
+        f"{name}-role", project=project, role_id=role_id, title=title,
+        description=description, permissions=list(permissions), opts=opts,
+    )  # fmt: skip
+    grant = gcp.projects.IAMMember(
+        name, project=project, role=role.name, member=member, condition=condition, opts=opts
+    )
+    return role, grant
 
 
 def _vm_secret(
