@@ -70,7 +70,9 @@ def test_the_check_mode_of_the_declared_workflow_only_reads_the_group(iam_stack:
 
 
 @pytest.mark.parametrize("argument", [{"check": "yes"}, {"other": 1}, {}])
-def test_any_argument_but_check_true_means_stop_nothing_else(iam_stack: Stack, argument: dict) -> None:
+def test_any_argument_but_check_true_means_stop_nothing_else(
+    iam_stack: Stack, argument: dict
+) -> None:
     seen = []
     fake_workflows.run(iam_stack.workflow.source, argument,
                        lambda m, u, q, o: (seen.append(m), (200, {"name": "g"}))[1])  # fmt: skip
