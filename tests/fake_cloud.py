@@ -345,10 +345,8 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             status, data, content_type = cloud.answer(method, self.path, self.headers, body)
             self.send_response(status)
-            if self.path.startswith(("/computeMetadata/", "/?", "/")) and (
-                self.path == "/" or self.path.startswith(METADATA)
-            ):
-                self.send_header("Metadata-Flavor", "Google")
+            if self.path == "/" or self.path.startswith(METADATA):
+                self.send_header("Metadata-Flavor", "Google")  # google-auth checks it
             if content_type:
                 self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
