@@ -97,10 +97,18 @@ def local_path(root: str | os.PathLike[str], name: str) -> Path:
 
 
 def client() -> gcs.Client:
-    """The storage client, cached per emulator setting (the demo and tests switch it at run time).
+    """The storage client, cached per emulator setting (the demo and tests switch it at run time;
+    `forget_client` drops it when they switch identity).
 
-    Anonymous against the emulator (STORAGE_EMULATOR_HOST), default credentials otherwise."""
+    Default credentials, also against the emulator (STORAGE_EMULATOR_HOST), whose IAM-enforcing
+    front (workload/gcs_front.py) knows the caller by them; anonymous there only when there are
+    none (and the front refuses it, as GCS refuses an anonymous caller)."""
     return _client_for(os.environ.get(EMULATOR_ENV) or None)
+
+
+def forget_client() -> None:
+    """The next `client()` is made anew, with the credentials in force then."""
+    _client_for.cache_clear()
 
 
 @functools.cache
@@ -108,9 +116,16 @@ def _client_for(emulator_host: str | None) -> gcs.Client:
     from google.cloud import storage
 
     if emulator_host:
-        from google.auth.credentials import AnonymousCredentials
+        import google.auth
+        import google.auth.exceptions
 
-        return storage.Client(project="local", credentials=AnonymousCredentials())
+        try:
+            credentials, _ = google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
+        return storage.Client(project="local", credentials=credentials)
     import google.auth.exceptions
 
     try:
@@ -174,12 +189,27 @@ def read_bytes(url: str | os.PathLike[str]) -> bytes | None:
     try:
         return blob.download_as_bytes()
     except api.NotFound:
-        bucket = _blob(url).bucket
-        if not _guard(url, bucket.exists):
-            raise _explain(url, api.NotFound(f"bucket {bucket.name} not found")) from None
+        _check_bucket(url)
         return None
     except api.GoogleAPICallError as error:
         raise _explain(url, error) from error
+
+
+def _check_bucket(url: str) -> None:
+    """After a 404 on an object: raises when the bucket itself does not exist. A 403 here means
+    it exists and this identity may not read its metadata (storage.buckets.get, which the VM's
+    roles/storage.objectAdmin lacks): the object is simply missing."""
+    from google.api_core import exceptions as api
+
+    bucket = _blob(url).bucket
+    try:
+        found = bucket.exists()
+    except api.Forbidden:
+        return
+    except api.GoogleAPICallError as error:
+        raise _explain(url, error) from error
+    if not found:
+        raise _explain(url, api.NotFound(f"bucket {bucket.name} not found"))
 
 
 def write_bytes(url: str | os.PathLike[str], data: bytes, content_type: str | None = None) -> None:
