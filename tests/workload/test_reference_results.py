@@ -25,12 +25,13 @@ from tests.workload.conftest import train_argv, workload, write_tiny_data
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_results.json"
 # Each run's options on top of the tiny ones (conftest.TINY_ARGS); float32 everywhere, so that
 # the figures do not depend on whether this CPU computes bfloat16.
+FLOAT32 = ("--precision", "float32")
 RUNS: dict[str, tuple[str, ...]] = {
-    "fast": ("--precision", "float32"),
-    "fast-on-images": ("--precision", "float32", "--unfreeze-blocks", "2", "--head-epochs",
-                       "1", "--finetune-epochs", "1"),  # fmt: skip
-    "guide": ("--precision", "float32", "--recipe", "guide", "--guide-epochs", "2"),
-}
+    "fast": FLOAT32,
+    "fast-on-images": (*FLOAT32, "--unfreeze-blocks", "2", "--head-epochs", "1",
+                       "--finetune-epochs", "1"),
+    "guide": (*FLOAT32, "--recipe", "guide", "--guide-epochs", "2"),
+}  # fmt: skip
 HISTORY_COLUMNS = ("loss", "accuracy", "micro_f1", "val_loss", "val_accuracy", "val_micro_f1",
                    "learning_rate")  # fmt: skip
 RTOL, ATOL = 5e-3, 1e-5
