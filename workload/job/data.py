@@ -2,7 +2,7 @@
 
 Images are decoded and resized ONCE into a uint8 array cached on disk (keyed by the files' names,
 sizes and modification times and the image size), so no epoch and no rerun decodes a PNG again;
-it is read through a memory map (workload.job.arrays), so memory does not grow with the data.
+it is read row by row when gathered (workload.job.arrays), so memory does not grow with the data.
 The data's identity (`data_identity`) is its content, so a run and its caches notice when the
 data under the same path changed. TensorFlow is imported only inside the dataset builders, so
 everything else here is usable (and tested) without it.
@@ -32,7 +32,7 @@ from workload.job.arrays import DiskRows
 from workload.job.atomic import atomic_path
 from workload.layout import MANIFEST_NAME
 
-# 3: one row per file, readable or not, written in place and read memory-mapped (2: the
+# 3: one row per file, readable or not, written in place and read by row (2: the
 # readable images only, built in memory and loaded whole).
 CACHE_VERSION = 3
 # Files per decode task: few enough for a smooth progress bar, enough to amortise the hand-over.
@@ -488,8 +488,8 @@ def load_images(
 ) -> tuple[DiskRows, list[int], list[dict[str, str]]]:
     """Decoded images of `files` under `root`, with the indices that decoded and the skipped ones.
 
-    The result is the `ok` rows of a .npy under cache_dir/images, read through a memory map (it
-    is never held in memory), keyed by the files' names, sizes and modification times and the
+    The result is the `ok` rows of a .npy under cache_dir/images, read when gathered (it is
+    never held in memory), keyed by the files' names, sizes and modification times and the
     image size: a rerun or a resumed run opens it in milliseconds. Decoding writes each image
     into its row as it is decoded, on every core; the disk space is checked and reserved first
     (DiskSpaceError, one line)."""

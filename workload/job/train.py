@@ -548,7 +548,7 @@ def _train_fast(
     maps: dict[str, Any] = {}
 
     def load_maps() -> dict[str, Any]:
-        """The cached block4 maps, read memory-mapped; recomputed when missing (a resumed run on
+        """The cached block4 maps, read by row; recomputed when missing (a resumed run on
         a fresh machine), unreadable, or made at another precision (the policy is in the file
         name). They live in the run's work folder, which only ever holds one run; the disk
         space of those still to make is checked first, for both at once."""
@@ -684,7 +684,7 @@ def _train_fast(
 
 
 def read_cached_maps(path: Path, rows: int, dtype: np.dtype) -> Any:
-    """The maps cached at `path` as `dtype`, read through a memory map (arrays.DiskRows), when
+    """The maps cached at `path` as `dtype`, read when gathered (arrays.DiskRows), when
     they are whole and have `rows` rows; else an empty array (a missing file, or one a kill or
     full disk left unreadable: deleted, computed again)."""
     if not path.is_file():
