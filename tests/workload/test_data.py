@@ -150,6 +150,39 @@ def test_gs_data_is_mirrored_without_manifest_and_unchanged_files_are_not_copied
     assert (stats.copied, stats.skipped) == (1, 21)
 
 
+def test_the_data_is_listed_once_for_its_identity_and_its_mirror(
+    gcs_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    listed: list[str] = []
+    real = storage.list_objects
+    monkeypatch.setattr(storage, "list_objects", lambda u: (listed.append(str(u)), real(u))[1])
+    listing = data.list_data(url)
+    identity = data.data_identity(url, listing)
+    local = data.fetch_data(url, tmp_path / "cache", progress=False, listing=listing)
+    assert [u for u in listed if storage.is_gcs(u)] == [url]
+    assert (identity.files, len(list(local.rglob("*.png")))) == (22, 22)
+    printed = capsys.readouterr().out
+    assert "data: 22 files copied" in printed and "files/s" in printed
+
+
+def test_a_mirror_that_does_not_fit_is_refused_before_anything_is_copied(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workload.job import diskspace
+
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    monkeypatch.setattr(diskspace, "room", lambda folder: (10_000, 0))
+    with pytest.raises(diskspace.DiskSpaceError, match=r"the data's mirror .* need .* under"):
+        data.fetch_data(url, tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.png"))
+
+
 def test_make_dataset_gathers_rows_with_their_labels_and_weights_in_order() -> None:
     images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     labels = np.array([0, 1, 2, 0, 1])

@@ -218,9 +218,16 @@ class DataIdentity:
         return {"digest": self.digest, "files": self.files, "bytes": self.bytes}
 
 
-def data_identity(data: str) -> DataIdentity:
+def list_data(data: str) -> list[storage.ObjectInfo] | None:
+    """Every object under a gs:// data prefix, listed once per run: it identifies the data
+    (data_identity) and says what to mirror (fetch_data). None for a local folder."""
+    return storage.list_objects(data) if storage.is_gcs(data) else None
+
+
+def data_identity(data: str, listing: list[storage.ObjectInfo] | None = None) -> DataIdentity:
     """The identity of the data at `data` (a folder or a gs:// prefix), before anything is
-    downloaded or decoded: a listing for gs://, a walk that follows no folder link locally."""
+    downloaded or decoded: a listing for gs:// (`listing`, or one made here), a walk that
+    follows no folder link locally."""
     entries: list[tuple[str, int, str]] = []
     if storage.is_gcs(data):
         try:
@@ -229,7 +236,7 @@ def data_identity(data: str) -> DataIdentity:
             manifest = None
         listed = manifest.get("files") if isinstance(manifest, dict) else None
         uploaded = listed if isinstance(listed, dict) else {}
-        for info in storage.list_objects(data):
+        for info in storage.list_objects(data) if listing is None else listing:
             split = info.name.split("/", 1)[0].lower()
             if split in SPLIT_DIRS and not _hidden(info.name.rsplit("/", 1)[-1]):
                 entries.append((info.name, info.size, _object_checksum(info, uploaded)))
@@ -262,36 +269,55 @@ def _object_checksum(info: storage.ObjectInfo, uploaded: dict[str, Any]) -> str:
     return info.updated.isoformat() if info.updated else ""
 
 
-def fetch_data(data: str, cache_dir: str | Path, workers: int = 8, progress: bool = True) -> Path:
-    """A local folder with the data: `data` itself, or a mirror of a gs:// prefix in the cache.
+def fetch_data(
+    data: str,
+    cache_dir: str | Path,
+    workers: int = 8,
+    progress: bool = True,
+    listing: list[storage.ObjectInfo] | None = None,
+) -> Path:
+    """A local folder with the data: `data` itself, or a mirror of a gs:// prefix in the cache
+    (from `listing`, the prefix's list_data, or one made here).
 
     Objects whose name starts with `_` at the data root (the upload manifest) are not copied;
-    files already mirrored with the same size and MD5 are not copied again."""
+    files already mirrored with the same size and MD5 are not copied again. The disk space of
+    what is to be copied is checked first (DiskSpaceError, one line)."""
     if not storage.is_gcs(data):
         return Path(data)
     bucket, prefix = storage.split_gcs(data)
     local = Path(cache_dir, "data", bucket, *[p for p in prefix.split("/") if p])
-    stats = storage.download_tree(
-        data,
-        local,
-        workers=workers,
-        progress=progress,
-        include=lambda name: not name.split("/", 1)[0].startswith("_"),
+    listing = storage.list_objects(data) if listing is None else listing
+    mirrored = [info for info in listing if not info.name.split("/", 1)[0].startswith("_")]
+    need = sum(info.size for info in mirrored if not _mirrored(local, info))
+    diskspace.require(
+        [diskspace.Need(local, need, f"the data's mirror ({len(mirrored)} files of {data})")]
     )
+    stats = storage.download_tree(data, local, workers=workers, progress=progress,
+                                  listing=mirrored)  # fmt: skip
     if stats.copied + stats.skipped == 0:
         raise DataError(f"no objects under {data}; check the prefix, or upload the data first")
-    removed = _prune_mirror(data, local)
+    removed = _prune_mirror(listing, local)
     print(
-        f"data: {stats.copied} files copied ({stats.bytes / 1e6:.1f} MB), {stats.skipped} cached"
+        f"data: {stats.copied} files copied ({stats.bytes / 1e6:.1f} MB"
+        + (f", {stats.rate()}" if stats.copied else "")
+        + f"), {stats.skipped} cached"
         + (f", {removed} no longer in the bucket removed" if removed else "")
     )
     return local
 
 
-def _prune_mirror(data: str, local: Path) -> int:
+def _mirrored(local: Path, info: storage.ObjectInfo) -> bool:
+    """Whether the object is already there in full: its size (the copy itself checks the MD5)."""
+    try:
+        return (local / info.name).stat().st_size == info.size
+    except (OSError, ValueError):
+        return False
+
+
+def _prune_mirror(listing: list[storage.ObjectInfo], local: Path) -> int:
     """Deletes mirrored files whose object is gone: the mirror must hold what the bucket holds,
     or a run would train on images deleted from the data (its identity comes from the bucket)."""
-    remote = {info.name for info in storage.list_objects(data)}
+    remote = {info.name for info in listing}
     removed = 0
     for info in storage.list_objects(local):
         if info.name not in remote and not _hidden(info.name.rsplit("/", 1)[-1]):

@@ -299,7 +299,8 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     from workload.job import runtime as runtime_lib
     from workload.job.metrics import headline
 
-    identity = data_lib.data_identity(config.data)
+    listing = data_lib.list_data(config.data)  # once: the identity and the mirror agree
+    identity = data_lib.data_identity(config.data, listing)
     fingerprint = fingerprint_of(config, identity.to_dict())
     finished = finished_metrics(config, fingerprint, restart)
     if finished is not None:
@@ -314,14 +315,14 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     try:
         with runtime_lib.keeping_global_policy():
             try:
-                return _train(run, current)
+                return _train(run, current, listing)
             except CheckpointError as error:
                 if not restart:
                     raise
                 print(f"{error}: starting over (--restart)")
                 run.start_over()
                 current["phase"] = first
-                return _train(run, current)
+                return _train(run, current, listing)
     except SimulatedInterruption:
         raise  # a simulated hard kill: nothing is written, as after a real one
     except (Exception, Terminated) as error:
@@ -337,7 +338,9 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
         raise
 
 
-def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
+def _train(
+    run: Run, current: dict[str, str], listing: list[storage.ObjectInfo] | None
+) -> dict[str, Any]:
     from workload.job import model as model_lib
     from workload.job import runtime as runtime_lib
 
@@ -345,7 +348,9 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     run.put("config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
-    local_data = data_lib.fetch_data(config.data, config.cache_dir, config.workers, config.progress)
+    local_data = data_lib.fetch_data(
+        config.data, config.cache_dir, config.workers, config.progress, listing
+    )
     # The test set first: duplicate submission names fail before the long decode of train/.
     test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
     dataset, class_names = data_lib.load_train(
