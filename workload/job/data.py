@@ -21,6 +21,7 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -478,31 +479,56 @@ def _decode_into(
     (decoded) or why not."""
     reasons: list[str | None] = [None] * len(files)
     indexed = list(enumerate(files))
-    chunks = [indexed[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
+    pending = [
+        indexed[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)
+    ]
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), desc=f"decode {root.name}", unit="img")
-    pool = _decode_pool(workers, len(files))
     try:
-        futures = {
-            pool.submit(_decode_rows, target, str(root), size, chunk): chunk for chunk in chunks
-        }
+        pending = _decode_chunks(_decode_pool(workers, len(files)), target, root, size, pending,
+                                 reasons, bar)  # fmt: skip
+        if pending:  # the processes could not run: the rest in threads, as fast nearly
+            _decode_chunks(ThreadPoolExecutor(workers), target, root, size, pending, reasons, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return reasons
+
+
+def _decode_chunks(
+    pool: Executor,
+    target: arrays.RowTarget,
+    root: Path,
+    size: int,
+    chunks: list[list[tuple[int, str]]],
+    reasons: list[str | None],
+    bar: Any,
+) -> list[list[tuple[int, str]]]:
+    """Decodes `chunks` in `pool`, filling `reasons`; returns the chunks left undone when the
+    pool's processes could not start or died (a script without a `__main__` guard, which the
+    fork server's workers import, or a worker killed), after one warning line."""
+    futures = {pool.submit(_decode_rows, target, str(root), size, chunk): chunk for chunk in chunks}
+    done: set[int] = set()
+    try:
         for future in as_completed(futures):
             for (row, _), reason in zip(futures[future], future.result(), strict=True):
                 reasons[row] = reason
+            done.add(id(futures[future]))
             if bar is not None:
                 bar.update(len(futures[future]))
+    except BrokenProcessPool as error:
+        pool.shutdown(wait=False, cancel_futures=True)
+        warn(f"the decode processes stopped ({error}); decoding the rest in threads")
+        return [chunk for chunk in chunks if id(chunk) not in done]
     except BaseException:
         # A full disk, Ctrl-C or SIGTERM: the chunks not started are dropped, not decoded.
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    finally:
-        if bar is not None:
-            bar.close()
     pool.shutdown()
-    return reasons
+    return []
 
 
 def load_images(
