@@ -495,9 +495,9 @@ How the figures are obtained:
 - **Peak RSS** is the `ru_maxrss` of a child process (`os.wait4`) running the real
   `python -m workload train` on the full-size data from a cold image cache, with every fit and
   predict cut to a few steps (bench/probe.py): the image cache and the block4 maps (written at
-  full size and read by row, batch by batch, never held whole), the tf.data
-  pipelines, the features, the models and optimizer state are all full size; only the step
-  count is bounded.
+  full size, read batch by batch, never held whole), the tf.data pipelines, the features, the
+  models and optimizer state are all full size; only the step count is bounded. Runs before
+  issue 23 held the decoded images and the maps in memory: their peak RSS grew with the data.
 - **Data at scale** (section 6, issue 23): the same child at 1x and 10x the seed's data (4,750
   and 47,500 training images) on small synthetic sources, side by side: peak RSS, the most the
   caches held on disk (sampled), and the decode seconds. Section 7 projects the fast recipe for
