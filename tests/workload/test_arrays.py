@@ -48,6 +48,11 @@ def test_slices_are_views_and_position_arrays_gather_copies_in_their_order(
     gathered[0] = -1  # a copy: the file is read-only and unchanged
     np.testing.assert_array_equal(rows[np.array([9])], values[[9]])
     np.testing.assert_array_equal(arrays.rows_of(rows, 8, 20), values[8:])
+    np.testing.assert_array_equal(rows[3], values[3])  # one row, as numpy gives it
+    np.testing.assert_array_equal(view[-1], values[7])
+    np.testing.assert_array_equal(rows[np.array([-1, 0])], values[[9, 0]])
+    with pytest.raises(IndexError, match="of 6 rows"):
+        view[np.array([6])]
 
 
 def test_rows_on_disk_are_never_materialised_by_accident(tmp_path: Path) -> None:

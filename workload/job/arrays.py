@@ -167,6 +167,8 @@ class DiskRows:
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):
             return self.subset(np.arange(len(self))[key])
+        if isinstance(key, int | np.integer):
+            return self.gather(np.array([key]))[0]
         positions = np.asarray(key)
         if positions.dtype.kind not in "iu":
             raise TypeError(f"rows are taken by integer positions or a slice, not {key!r}")
@@ -175,7 +177,11 @@ class DiskRows:
     # --- rows -------------------------------------------------------------------------------
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
-        """The file's row numbers of `positions` in this selection."""
+        """The file's row numbers of `positions` in this selection (negative ones count from
+        its end, as numpy's); IndexError for one outside it."""
+        positions = np.where(positions < 0, positions + len(self), positions)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"positions {positions.min()}..{positions.max()} of {len(self)} rows")
         return positions if self._index is None else self._index[positions]
 
     def _like(self, dtype: np.dtype, index: np.ndarray | None) -> DiskRows:
@@ -196,12 +202,10 @@ class DiskRows:
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """A copy of the rows at `positions`, in that order: one positioned read per run of
         consecutive rows (a sequential pass reads a batch in one call)."""
-        rows = self.rows(np.asarray(positions, np.int64)).reshape(-1)
+        rows = self.rows(np.asarray(positions, np.int64).reshape(-1))
         out = np.empty((len(rows), *self._shape[1:]), self._dtype)
         if not len(rows):
             return out
-        if rows.min() < 0 or rows.max() >= self._shape[0]:
-            raise IndexError(f"rows {rows.min()}..{rows.max()} of {self._shape[0]} in {self.path}")
         buffer = memoryview(out.reshape(-1).view(np.uint8))
         starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
         for first, stop in zip(starts, [*starts[1:], len(rows)], strict=True):
