@@ -348,10 +348,12 @@ def _bar(total: int, progress: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="file", leave=False)
 
 
-# Files per transfer_manager call: each call waits for all its files, so a failure or SIGTERM
-# waits for at most this many per worker, and every finished call renames its downloads into
-# place (a kill keeps them).
-TRANSFERS_PER_WORKER = 16
+# Files per worker in one transfer_manager call. Each call waits for all its files: a failure or
+# SIGTERM waits for at most that many (2 s at 250 files/s), every finished call renames its
+# downloads into place (a kill keeps them), and the progress bar moves per call. Measured
+# against the GCS emulator (1,500 files of 30 KB, 8 threads): 16, 64 and 1000 per worker all
+# 290-355 files/s; the hand-written thread pool this replaced 214-264.
+TRANSFERS_PER_WORKER = 64
 
 
 def _chunks(items: list[Any], workers: int) -> Iterator[list[Any]]:
