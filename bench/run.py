@@ -36,6 +36,7 @@ from bench.precisions import Measured
 from bench.report import Report, Target
 
 if TYPE_CHECKING:
+    from workload.job.arrays import DiskRows
     from workload.job.runtime import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ class Pipeline:
     """Section 1's figures the later parts use, and the decoded images they measure on."""
 
     decode_ips: float
-    images: object  # the decoded training images (rows of the image cache on disk)
+    images: DiskRows  # the decoded training images: rows of the image cache on disk
     labels: np.ndarray
     source_bytes_per_file: float
 
