@@ -372,6 +372,12 @@ def _raise_first(failures: list[tuple[str, BaseException]]) -> None:
     raise error
 
 
+def _bucket_and_folder(url_prefix: str) -> tuple[Any, str]:
+    """The bucket of a gs:// prefix and the prefix as a folder (`a/b/`, or "" for the root)."""
+    bucket_name, prefix = split_gcs(url_prefix)
+    return client().bucket(bucket_name), prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+
 def download_objects(
     url_prefix: str,
     names: list[tuple[str, Path]],
@@ -383,9 +389,7 @@ def download_objects(
     `.NAME.part` and is renamed when its chunk is done: a killed download never looks whole."""
     from google.cloud.storage import transfer_manager
 
-    bucket_name, prefix = split_gcs(url_prefix)
-    bucket = client().bucket(bucket_name)
-    base = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    bucket, base = _bucket_and_folder(url_prefix)
     bar = _bar(len(names), progress, "download")
     for chunk in _chunks(names, workers):
         pairs, parts = [], []
@@ -417,9 +421,7 @@ def upload_files(
     transfer_manager, `workers` at a time."""
     from google.cloud.storage import transfer_manager
 
-    bucket_name, prefix = split_gcs(url_prefix)
-    bucket = client().bucket(bucket_name)
-    base = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    bucket, base = _bucket_and_folder(url_prefix)
     bar = _bar(len(files), progress, "upload")
     for chunk in _chunks(files, workers):
         pairs = [(str(path), bucket.blob(base + name)) for path, name in chunk]
