@@ -45,6 +45,10 @@ SIZE_MIX: tuple[tuple[float, int, int], ...] = (
     (0.16, 500, 1000),
     (0.04, 1000, 2200),
 )
+# Small sources for the scale runs (bench/scale.py): decoded and resized to the job's image size
+# like any other, so the caches, the pipelines and the models are full size, while generating
+# 55,000 of them takes seconds.
+SMALL_SIZE_MIX: tuple[tuple[float, int, int], ...] = ((1.0, 24, 64),)
 ALPHA_FRACTION = 0.25
 # zlib level 1: generation stays quick; inflate speed hardly depends on the level.
 PNG_COMPRESS_LEVEL = 1
@@ -76,10 +80,15 @@ def scaled_counts(total: int) -> dict[str, int]:
     return counts
 
 
-def plan(train_images: int, test_images: int, seed: int) -> list[ImageSpec]:
+def plan(
+    train_images: int,
+    test_images: int,
+    seed: int,
+    size_mix: tuple[tuple[float, int, int], ...] = SIZE_MIX,
+) -> list[ImageSpec]:
     """Every image to generate, in a fixed order, with its size and alpha drawn from `seed`."""
     rng = np.random.default_rng(seed)
-    probabilities = np.array([p for p, _, _ in SIZE_MIX])
+    probabilities = np.array([p for p, _, _ in size_mix])
     paths = [
         f"train/{name}/{index:04d}.png"
         for name, count in scaled_counts(train_images).items()
@@ -87,8 +96,8 @@ def plan(train_images: int, test_images: int, seed: int) -> list[ImageSpec]:
     ] + [f"test/{index:04d}.png" for index in range(test_images)]
     specs = []
     for index, path in enumerate(paths):
-        bucket = rng.choice(len(SIZE_MIX), p=probabilities / probabilities.sum())
-        _, low, high = SIZE_MIX[bucket]
+        bucket = rng.choice(len(size_mix), p=probabilities / probabilities.sum())
+        _, low, high = size_mix[bucket]
         side = int(np.exp(rng.uniform(np.log(low), np.log(high))))
         # Most photos are square-ish; a third are up to 1.5x wider or taller.
         aspect = 1.0 if rng.random() < 0.67 else rng.uniform(0.67, 1.5)
@@ -131,24 +140,33 @@ def _write(root: Path, spec: ImageSpec) -> int:
     return path.stat().st_size
 
 
-def ensure(root: Path, train_images: int, test_images: int, seed: int = 2018) -> dict:
+def ensure(
+    root: Path,
+    train_images: int,
+    test_images: int,
+    seed: int = 2018,
+    size_mix: tuple[tuple[float, int, int], ...] = SIZE_MIX,
+) -> dict:
     """Generates the dataset under `root` unless a complete one with the same plan is there.
 
     `_complete.json` is written last: a folder without it (an interrupted run) is regenerated."""
     marker = root / "_complete.json"
-    wanted = {
+    wanted: dict = {
         "version": DATASET_VERSION,
         "train": train_images,
         "test": test_images,
         "seed": seed,
     }
+    if size_mix != SIZE_MIX:  # the full-size data's marker stays as it was
+        wanted["size_mix"] = [list(part) for part in size_mix]
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if all(done.get(k) == v for k, v in wanted.items()):
+        same_sources = done.get("size_mix") == wanted.get("size_mix")
+        if same_sources and all(done.get(k) == v for k, v in wanted.items()):
             return done
     if root.exists():
         shutil.rmtree(root)
-    specs = plan(train_images, test_images, seed)
+    specs = plan(train_images, test_images, seed, size_mix)
     workers = len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         sizes = list(pool.map(_write, [root] * len(specs), specs, chunksize=16))

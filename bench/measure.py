@@ -112,11 +112,12 @@ def input_pipeline(
     data_root: Path, cache_dir: Path, n_classes: int, size: int = IMAGE_SIZE
 ) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
-    (data.load_images on a cold cache); cached epoch = reloading that cache plus one pass of the
-    job's tf.data pipeline (data.training_dataset: epoch order, batch, cast) over it, as training
-    reads it.
+    (data.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
+    (data.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
+    cache on disk, as training reads it.
 
-    Returns the figures and the decoded images and labels for the later measurements."""
+    Returns the figures and the decoded images (rows on disk) and labels for the later
+    measurements."""
     train_dir, _ = data_lib.find_split_dirs(data_root)
     files, labels, _, _ = data_lib.discover_train(train_dir)
     shutil.rmtree(cache_dir / "images", ignore_errors=True)

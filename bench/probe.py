@@ -8,15 +8,24 @@ training step's activations, the results written. Only the number of steps is bo
 repeats their rows to the full length (features of repeated rows cost no extra memory to speak of);
 a model predicted again (the block4 maps, chunk by chunk) reuses its first rows.
 
+With BENCH_PROBE_REPORT set, the seconds the job spent in data.load_images (decoding, on a cold
+cache) and the files it decoded are written there as JSON, for bench/scale.py.
+
 Usage: python -m bench.probe STEPS -- <workload train arguments>
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+REPORT_ENV = "BENCH_PROBE_REPORT"
 
 
 def bound_keras(steps: int) -> None:
@@ -56,11 +65,32 @@ def bound_keras(steps: int) -> None:
     keras.Model.predict = bounded_predict
 
 
+def time_decoding(report: Path) -> None:
+    """Wraps the job's data.load_images (train/ and test/ each call it once) to add up its wall
+    time and files into `report` after each call."""
+    from workload.job import data
+
+    load_images = data.load_images
+    spent = {"decode_seconds": 0.0, "files": 0}
+
+    def timed(root: Any, files: list[str], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = load_images(root, files, *args, **kwargs)
+        spent["decode_seconds"] += time.perf_counter() - started
+        spent["files"] += len(files)
+        report.write_text(json.dumps(spent))
+        return result
+
+    data.load_images = timed
+
+
 def main(argv: list[str]) -> int:
     steps = int(argv[0])
     if argv[1] != "--":
         raise SystemExit("usage: python -m bench.probe STEPS -- <workload train arguments>")
     bound_keras(steps)
+    if os.environ.get(REPORT_ENV):
+        time_decoding(Path(os.environ[REPORT_ENV]))
     from workload.cli import main as workload_main
 
     return workload_main(["train", *argv[2:]])

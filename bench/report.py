@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -150,9 +151,11 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def format_markdown(report: Report) -> str:
-    """The same report as Markdown tables (docs/BENCHMARKS.md, bench/results/latest.md)."""
-    lines = [f"## Machine ({report.mode} run)", ""]
+def format_markdown(report: Report, level: int = 2) -> str:
+    """The same report as Markdown tables (docs/BENCHMARKS.md, bench/results/latest.md), its
+    headings at `level` (2: `##`)."""
+    heading = "#" * level
+    lines = [f"{heading} Machine ({report.mode} run)", ""]
     for key, value in report.machine.items():
         if key != "summary":
             lines.append(f"- **{key}**: {_md_escape(str(value))}")
@@ -162,7 +165,7 @@ def format_markdown(report: Report) -> str:
             section = figure.section
             lines += [
                 "",
-                f"## {section}",
+                f"{heading} {section}",
                 "",
                 "| figure | value | unit | how |",
                 "|---|---:|---|---|",
@@ -173,7 +176,7 @@ def format_markdown(report: Report) -> str:
         )
     lines += [
         "",
-        "## Targets",
+        f"{heading} Targets",
         "",
         "| status | target | figure | goal | why |",
         "|---|---|---:|---|---|",
@@ -184,10 +187,52 @@ def format_markdown(report: Report) -> str:
             f"{t.comparison} {t.threshold:g} {t.unit} | {_md_escape(t.why)} |"
         )
     if report.not_measured:
-        lines += ["", "## Not measured", ""] + [f"- {_md_escape(i)}" for i in report.not_measured]
+        lines += ["", f"{heading} Not measured", ""]
+        lines += [f"- {_md_escape(i)}" for i in report.not_measured]
     if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in report.notes]
+        lines += ["", f"{heading} Notes", ""] + [f"- {_md_escape(n)}" for n in report.notes]
     return "\n".join(lines) + "\n"
+
+
+# --- docs/BENCHMARKS.md: the latest run of each kind of machine -------------------------------
+
+# Each run on the page starts with this line; the page is the record (no JSON is kept).
+BLOCK = re.compile(r"^<!-- bench run: kind=(?P<kind>.*); mode=(?P<mode>\w+); "
+                   r"date=(?P<date>[^;]*) -->$", re.MULTILINE)  # fmt: skip
+
+
+def machine_kind(machine: dict[str, Any]) -> str:
+    """What makes two machines' figures comparable: the CPU and its SIMD flags (an AVX2 and an
+    AVX512_BF16 EPYC run the job at different precisions)."""
+    return f"{machine.get('cpu', 'unknown CPU')}, {machine.get('simd flags') or 'no SIMD flags'}"
+
+
+def docs_block(report: Report) -> str:
+    """One run's part of the page: its marker, a title naming the machine, the report."""
+    kind, date = machine_kind(report.machine), report.machine.get("date (UTC)", "")
+    what = "full run" if report.mode == "full" else f"`--{report.mode}` run"
+    return (
+        f"<!-- bench run: kind={kind}; mode={report.mode}; date={date} -->\n"
+        f"## {_md_escape(kind)}: {what}, {date}\n\n{format_markdown(report, level=3)}"
+    )
+
+
+def merge_docs(page: str, report: Report, header: str) -> str:
+    """The page with `report`'s run in place of the last of its kind and mode; the other
+    kinds' runs stay. A full run includes the scale part, so it also replaces an older `--scale`
+    run of its kind."""
+    blocks: dict[tuple[str, str], tuple[str, str]] = {}
+    marks = list(BLOCK.finditer(page))
+    ends = [mark.start() for mark in marks[1:]] + [len(page)] * bool(marks)
+    for mark, end in zip(marks, ends, strict=True):
+        key = (mark["kind"], mark["mode"])
+        blocks[key] = (mark["date"], page[mark.start() : end].rstrip() + "\n")
+    kind, date = machine_kind(report.machine), report.machine.get("date (UTC)", "")
+    blocks[(kind, report.mode)] = (date, docs_block(report))
+    if report.mode == "full" and blocks.get((kind, "scale"), (date,))[0] <= date:
+        blocks.pop((kind, "scale"), None)
+    ordered = sorted(blocks, key=lambda key: (key[0], key[1] != "full", key[1]))
+    return header + "\n".join(blocks[key][1] for key in ordered)
 
 
 def _finite(value: Any) -> Any:

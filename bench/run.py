@@ -1,9 +1,11 @@
-"""`uv run python bench/run.py [--quick] [--gpu]`: the benchmark of issue 6.
+"""`uv run python bench/run.py [--quick] [--scale] [--gpu]`: the benchmark of issues 6, 14, 23.
 
 Generates the synthetic data once (bench/.cache), measures the job's input pipeline, training
-phases, end-to-end time and peak memory of each recipe, and VGG16 against the machine's peak
-FLOP/s; prints a table and writes bench/results/latest.{json,md} (a full CPU run also writes
-docs/BENCHMARKS.md). `--gpu` measures the same on a GPU in float32 and mixed_float16.
+phases, end-to-end time and peak memory of each recipe, VGG16 against the machine's peak FLOP/s,
+and the real job at 1x and 10x the data (bench/scale.py); prints a table and writes
+bench/results/latest.{json,md} (a full CPU run also records itself in docs/BENCHMARKS.md).
+`--scale` runs the input pipeline and the scale part alone (bench/results/scale.{json,md}).
+`--gpu` measures the same on a GPU in float32 and mixed_float16.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import numpy as np
 
 from bench import dataset, estimate, flops, hardware, measure, precisions
 from bench import report as report_lib
+from bench import scale as scale_lib
 from bench.precisions import Measured
 from bench.report import Report, Target
 
 if TYPE_CHECKING:
+    from workload.job.arrays import DiskRows
     from workload.job.runtime import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +62,15 @@ class Plan:
     image_size: int = 224
     # --precision values measured besides float32 and auto (the job's default).
     precisions: tuple[str, ...] = ()
+    # The real job at 1x and 10x the data (bench/scale.py).
+    scale: scale_lib.ScalePlan = scale_lib.FULL
 
 
 FULL = Plan("full", dataset.REAL_TRAIN_IMAGES, dataset.REAL_TEST_IMAGES, 3, 4, 4, 4, 3, 2)
 # Checks that every part runs, in minutes: 112 px (4x fewer FLOPs), figures not comparable;
 # bfloat16 too where the hardware computes it (emulated, one guide step takes minutes).
-QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bfloat16",))
+QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bfloat16",),
+             scale=scale_lib.QUICK)  # fmt: skip
 # --quick measures the fast recipe's memory only (the target); a child costs about a minute.
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
 
@@ -168,12 +175,19 @@ def full_sizes(test: int = dataset.REAL_TEST_IMAGES) -> estimate.Sizes:
     return split_sizes(labels, test)
 
 
-def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
-    """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
-    from workload.job import train as train_lib
-    from workload.job.config import TrainConfig
+@dataclass(frozen=True)
+class Pipeline:
+    """Section 1's figures the later parts use, and the decoded images they measure on."""
 
-    defaults = TrainConfig(data="", out="")
+    decode_ips: float
+    images: DiskRows  # the decoded training images: rows of the image cache on disk
+    labels: np.ndarray
+    source_bytes_per_file: float
+
+
+def run_pipeline(plan: Plan, report: Report) -> Pipeline:
+    """The synthetic full-size data (generated once) and section 1: the job's decode of every
+    training image into its cache, the cache's reopening, cached epochs."""
     log(f"dataset: {plan.train_images} train + {plan.test_images} test images (once, cached)")
     started = time.perf_counter()
     summary = dataset.ensure(data_root_for(plan), plan.train_images, plan.test_images)
@@ -184,7 +198,89 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         f"{summary['side_px']['median']}), {summary['rgba']} RGBA, {summary['megapixels']} Mpx, "
         f"{summary['bytes'] / 1e9:.2f} GB of PNG; {_generated(time.perf_counter() - started)}."
     )
+    log("input pipeline: cold decode+resize of every training image, then cached epochs")
+    from workload.job import data as data_lib
 
+    n_classes = 12
+    pipe, images, labels = measure.input_pipeline(
+        data_root_for(plan), CACHE / "pipeline", n_classes, plan.image_size
+    )
+    first_ips = pipe.images / pipe.first_epoch_s
+    cached_ips = pipe.images / pipe.cached_epoch_s
+    report.add(
+        SECTION_PIPE,
+        f"first epoch: decode+resize to {plan.image_size}",
+        first_ips,
+        "img/s",
+        f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, {data_lib.decode_workers()} decode "
+        "processes, straight into the .npy cache",
+    )
+    report.add(
+        SECTION_PIPE,
+        "reopening the decoded cache",
+        pipe.cache_load_s,
+        "s",
+        f"open of {pipe.images} decoded uint8 images on disk ({images.nbytes / 1e6:.0f} MB; "
+        "nothing read until gathered)",
+    )
+    report.add(
+        SECTION_PIPE,
+        "cached epoch",
+        cached_ips,
+        "img/s",
+        f"make_dataset pass (shuffle, batch 32, cast), rows read from the cache on disk "
+        f"(page cache), {pipe.cached_epoch_s:.2f} s",
+    )
+    report.add(
+        SECTION_PIPE,
+        "cached epoch with augmentation",
+        pipe.images / pipe.augmented_epoch_s,
+        "img/s",
+        f"flips + rot90 as in fine-tuning, {pipe.augmented_epoch_s:.2f} s",
+    )
+    report.add(SECTION_PIPE, "cached / first epoch", cached_ips / first_ips, "x", "")
+    report.targets.append(
+        Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
+    )
+    files = summary["train"] + summary["test"]
+    return Pipeline(first_ips, images, labels, summary["bytes"] / files)
+
+
+def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
+    """Sections 6 and 7: the real job at 1x and 10x the data, and the fast recipe for 10x on
+    the default T4 VM (decoding there at section 1's rate per decode process)."""
+    from workload.job.config import TrainConfig
+    from workload.job.data import decode_workers
+
+    defaults = TrainConfig(data="", out="")
+    runs = scale_lib.measure(plan.scale, CACHE, RESULTS, ROOT, log)
+    scale_lib.add_rows(report, runs)
+    top = runs[-1]
+    counts = list(dataset.scaled_counts(top.train).values())
+    sizes = split_sizes(np.repeat(np.arange(len(counts)), counts), top.test)
+    scale_lib.add_projection(
+        report, top, sizes,
+        pipeline.decode_ips / decode_workers() if pipeline else None,
+        pipeline.source_bytes_per_file if pipeline else None,
+        plan.scale.image_size, (defaults.head_epochs, defaults.finetune_epochs),
+    )  # fmt: skip
+    report.notes.append(
+        f"Scale runs (section 6) on small synthetic sources ({plan.scale.size_mix[0][1]}-"
+        f"{plan.scale.size_mix[-1][2]} px PNGs) at {plan.scale.image_size} px: the caches, "
+        "the maps and every array the job makes are full size; only decoding is faster than "
+        "on photos. Peak RSS is the job's process; its decode processes (one per core, "
+        "numpy and Pillow each) come on top."
+    )
+
+
+def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
+    """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
+    from workload.job import train as train_lib
+    from workload.job.config import TrainConfig
+
+    defaults = TrainConfig(data="", out="")
+    pipeline = run_pipeline(plan, report)
+    first_ips, images, labels = pipeline.decode_ips, pipeline.images, pipeline.labels
     rss: dict[str, float | None] = {"guide": None}
     for recipe in PROBED[plan.name]:
         log(f"peak memory: the real job, recipe {recipe}, {plan.probe_steps} step(s) per phase")
@@ -200,46 +296,6 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         if peak_rss is None:
             report.not_measured.append(f"peak RSS of the {recipe} recipe: the job failed:\n{tail}")
         report.add(SECTION_E2E, f"peak RSS, {recipe} recipe", _gib(peak_rss), "GiB", how)
-
-    log("input pipeline: cold decode+resize of every training image, then cached epochs")
-    n_classes = 12
-    pipe, images, labels = measure.input_pipeline(
-        data_root_for(plan), CACHE / "pipeline", n_classes, plan.image_size
-    )
-    first_ips = pipe.images / pipe.first_epoch_s
-    cached_ips = pipe.images / pipe.cached_epoch_s
-    report.add(
-        SECTION_PIPE,
-        f"first epoch: decode+resize to {plan.image_size}",
-        first_ips,
-        "img/s",
-        f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, thread pool, into the .npy cache",
-    )
-    report.add(
-        SECTION_PIPE,
-        "reload of the decoded cache",
-        pipe.cache_load_s,
-        "s",
-        f"np.load of {pipe.images} decoded uint8 images ({images.nbytes / 1e6:.0f} MB)",
-    )
-    report.add(
-        SECTION_PIPE,
-        "cached epoch",
-        cached_ips,
-        "img/s",
-        f"make_dataset pass (shuffle, batch 32, cast), {pipe.cached_epoch_s:.2f} s",
-    )
-    report.add(
-        SECTION_PIPE,
-        "cached epoch with augmentation",
-        pipe.images / pipe.augmented_epoch_s,
-        "img/s",
-        f"flips + rot90 as in fine-tuning, {pipe.augmented_epoch_s:.2f} s",
-    )
-    report.add(SECTION_PIPE, "cached / first epoch", cached_ips / first_ips, "x", "")
-    report.targets.append(
-        Target("cached epochs vs first epoch", cached_ips / first_ips, ">=", 10, "x")
-    )
 
     from workload.job import runtime
 
@@ -290,6 +346,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         Target("GPU utilisation in phase 2", None, ">=", 90, "%", no_gpu),
         Target("mixed precision vs float32 on a GPU", None, ">=", 2, "x", no_gpu),
     ]
+    run_scale(plan, report, pipeline)
 
 
 def _native(plan: Plan, report: Report) -> list[str]:
@@ -408,18 +465,21 @@ def _gib(value: float | None) -> float | None:
 
 DOCS_HEADER = """# Benchmarks
 
-The last full run of `uv run python bench/run.py` (issues 6 and 14) and the machine it ran on.
-Rerun it to refresh this page: about 10 minutes per precision on an idle 2-core machine, more
-when it is shared, plus 6 minutes once to generate the synthetic data (2.9 GB in
-`bench/.cache/`). `--precisions float32,bfloat16` picks what is measured besides float32 and the
-job's `--precision auto`. `--quick` checks that every part runs in a few minutes (112 px, 120
-images, float32 and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the
-job's mixed precision with and without XLA, the real job end to end) and prints `skipped: no
-GPU` elsewhere.
+The last full run of `uv run python bench/run.py` (issues 6, 14 and 23) on each kind of machine
+(CPU and SIMD flags: the precision the job picks depends on them), each with its machine, and
+the last `--scale` run where it is newer. A run replaces the last of its kind; `--docs-from
+JSON` records a run saved elsewhere (its bench/results/latest.json). A full run takes about 10
+minutes per precision on an idle 2-core machine, more when it is shared, plus 6 minutes once to
+generate the synthetic data (2.9 GB in `bench/.cache/`), plus the scale part (about 10 minutes,
+25 GB of disk while it runs). `--precisions float32,bfloat16` picks what is measured besides
+float32 and the job's `--precision auto`. `--scale` measures the input pipeline and the scale
+part alone. `--quick` checks that every part runs in a few minutes (112 px, 120 images, float32
+and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the job's mixed
+precision with and without XLA, the real job end to end) and prints `skipped: no GPU` elsewhere.
 
 How the figures are obtained:
 - **Everything runs the job's own code** (workload/job/): `data.load_images` (decode + resize
-  into the `.npy` cache), `data.make_dataset` (tf.data), `model.build_*` and
+  into the `.npy` cache on disk), `data.make_dataset` (tf.data), `model.build_*` and
   `train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
 - **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's
@@ -435,9 +495,16 @@ How the figures are obtained:
   epochs); early stopping can only shorten it.
 - **Peak RSS** is the `ru_maxrss` of a child process (`os.wait4`) running the real
   `python -m workload train` on the full-size data from a cold image cache, with every fit and
-  predict cut to a few steps (bench/probe.py): the decoded arrays, their copies, the cached maps
-  (written and loaded at full size), the tf.data pipelines, the models and optimizer state are
-  all full size; only the step count is bounded.
+  predict cut to a few steps (bench/probe.py): the image cache and the block4 maps (written at
+  full size, read batch by batch, never held whole), the tf.data pipelines, the features, the
+  models and optimizer state are all full size; only the step count is bounded. Runs before
+  issue 23 held the decoded images and the maps in memory: their peak RSS grew with the data.
+- **Data at scale** (section 6, issue 23): the same child at 1x and 10x the seed's data (4,750
+  and 47,500 training images) on small synthetic sources, side by side: peak RSS, the most the
+  caches held on disk (sampled), and the decode seconds. Section 7 projects the fast recipe for
+  47,500 images onto the default VM (n1-highmem-4 + T4): memory and disk as measured at 10x, time
+  as a lower bound (every phase at the T4's dense 16-bit peak, decoding on its 4 vCPUs at this
+  machine's rate per core).
 - **Peak FLOP/s** = cores x clock x fp32 FLOPs/cycle from `/proc/cpuinfo` (assumptions below);
   FLOPs per image are counted from VGG16's layer shapes (bench/flops.py), a training step as
   forward + weight gradients of trainable layers + input gradients above the first trainable one.
@@ -461,7 +528,9 @@ def write_outputs(report: Report, docs: bool, stem: str = "latest") -> None:
 
 
 def write_docs(report: Report) -> None:
-    DOCS.write_text(DOCS_HEADER + report_lib.format_markdown(report))
+    """Records `report` on the page in place of the last run of its kind of machine."""
+    page = DOCS.read_text() if DOCS.is_file() else ""
+    DOCS.write_text(report_lib.merge_docs(page, report, DOCS_HEADER))
 
 
 def _loads(loads: tuple[float, float, float]) -> str:
@@ -485,13 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small data, one step per phase")
     parser.add_argument("--gpu", action="store_true", help="GPU figures (skipped without a GPU)")
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the input pipeline and the real job at 1x and 10x the data (issue 23)",
+    )
+    parser.add_argument(
         "--no-docs", dest="docs", action="store_false", help="do not rewrite docs/BENCHMARKS.md"
     )
     parser.add_argument(
         "--docs-from",
         type=Path,
         metavar="JSON",
-        help="only rewrite docs/BENCHMARKS.md from a saved full run (bench/results/latest.json)",
+        help="only record a saved run (bench/results/latest.json) in docs/BENCHMARKS.md",
     )
     parser.add_argument(
         "--precisions",
@@ -510,10 +584,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return gpu.main(plan, data_root_for(plan))
     cpu, peak = hardware.read_cpu()
-    report = Report(mode=plan.name, machine=machine_description(cpu, peak))
+    mode = "scale" if args.scale and not args.quick else plan.name
+    report = Report(mode=mode, machine=machine_description(cpu, peak))
     started = time.perf_counter()
     load_before = os.getloadavg()
-    run_cpu(plan, report, peak, ["float32", *(args.precisions or _native(plan, report)), "auto"])
+    if args.scale:
+        run_scale(plan, report, run_pipeline(plan, report))
+    else:
+        wanted = ["float32", *(args.precisions or _native(plan, report)), "auto"]
+        run_cpu(plan, report, peak, wanted)
     load_after = os.getloadavg()
     report.machine["load average (1, 5, 15 min)"] = (
         f"{_loads(load_before)} at start, {_loads(load_after)} at end"
@@ -526,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
             "between rows of one run still hold."
         )
     print(report_lib.format_text(report))
-    write_outputs(report, docs=args.docs and plan is FULL)
-    log(f"wrote {RESULTS.relative_to(ROOT)}/latest.json and latest.md")
+    stem = "scale" if args.scale else "latest"
+    write_outputs(report, docs=args.docs and plan is FULL, stem=stem)
+    log(f"wrote {RESULTS.relative_to(ROOT)}/{stem}.json and {stem}.md")
     return 0
 
 

@@ -153,12 +153,17 @@ class GpuNotebook(pulumi.ComponentResource):
         # Rendered once, now: a template error stops the preview instead of hiding in an apply.
         startup_script = render_startup_script(settings)
         group_name = suffix.hex.apply(lambda hex_: specs.instance_group_name(stack, hex_))
+        self.group_path = group_name.apply(
+            lambda group: specs.instance_group_path(settings.project, settings.region, group)
+        )
+        grants += self._stop_workflow(name, settings, stack, suffix, member, labels, child)
         # Nothing secret in here, so a preview shows the startup script's diff in the clear.
         metadata = pulumi.Output.all(
             bucket=self.bucket.name,
             workload_object=self.workload.name,
             password_secret=self.password_secret.name,
             group=group_name,
+            stop_workflow=self.stop_workflow_path,
             notify_secret=self.notify_secret.name if self.notify_secret else "",
         ).apply(
             lambda values: specs.instance_metadata(
@@ -222,8 +227,9 @@ class GpuNotebook(pulumi.ComponentResource):
             wait_for_instances=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                # The VM reads the secret at boot: its version and the grants come first.
-                depends_on=[*grants, *secret_versions],
+                # The VM reads the secret and checks its stop workflow at boot: the secret's
+                # version, the workflow and the grants come first.
+                depends_on=[*grants, *secret_versions, self.stop_workflow],
                 # The size belongs to the VM (idle shutdown resizes to 0) and to
                 # `workload start|stop`: `pulumi up` sets it only when it creates the group.
                 ignore_changes=["targetSize"],
@@ -232,30 +238,6 @@ class GpuNotebook(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        self.group_path = pulumi.Output.all(self.group.project, self.group.name).apply(
-            lambda values: specs.instance_group_path(values[0], settings.region, values[1])
-        )
-
-        # The VM stops itself by resizing its own group to 0: exactly that permission, on exactly
-        # that group (an IAM condition on its resource name), never on the project's other VMs.
-        self.group_resize_role = gcp.projects.IAMCustomRole(
-            f"{name}-group-resize-role",
-            project=settings.project,
-            role_id=suffix.hex.apply(lambda hex_: specs.group_resize_role_id(stack, hex_)),
-            title=f"keras-gpu-gcp VM stops itself ({stack})",
-            description="Resize the stack's own VM group (to 0, for idle shutdown).",
-            permissions=list(specs.GROUP_RESIZE_PERMISSIONS),
-            opts=child,
-        )
-        self.group_resize_grant = gcp.projects.IAMMember(
-            f"{name}-group-resize",
-            project=settings.project,
-            role=self.group_resize_role.name,
-            member=member,
-            condition=self.group_path.apply(specs.group_resize_condition),
-            opts=child,
-        )
-
         self.bucket_name = self.bucket.name
         self.external_ip = self.address.address
         self.notebook_url = (
@@ -285,6 +267,89 @@ class GpuNotebook(pulumi.ComponentResource):
             "gpu": specs.gpu_summary(settings),
         }
         self.register_outputs(self.stack_outputs)
+
+    def _stop_workflow(
+        self,
+        name: str,
+        settings: StackSettings,
+        stack: str,
+        suffix: random.RandomId,
+        vm_member: pulumi.Output[str],
+        labels: dict[str, str],
+        opts: pulumi.ResourceOptions,
+    ) -> list[pulumi.Resource]:
+        """How the VM stops itself without any permission that changes what runs on it: a
+        workflow, running as an account of its own that alone may update the VM's group, whose
+        definition only resizes that group to 0. The VM's account may only start it (and read
+        its executions); the worst a notebook user can do with the VM's token is stop the VM.
+        Returns the two grants (the VM waits for them)."""
+        self.stopper = gcp.serviceaccount.Account(
+            f"{name}-stop-sa",
+            account_id=suffix.hex.apply(lambda hex_: specs.stopper_account_id(stack, hex_)),
+            display_name=f"keras-gpu-gcp stop workflow ({stack})",
+            opts=opts,
+        )
+        stopper = self.stopper.email.apply(lambda email: f"serviceAccount:{email}")
+        # Exactly that group (an IAM condition on its resource name), never the project's others.
+        self.group_resize_role, self.group_resize_grant = _conditional_grant(
+            f"{name}-group-resize", settings.project,
+            suffix.hex.apply(lambda hex_: specs.group_resize_role_id(stack, hex_)),
+            f"keras-gpu-gcp stop workflow resizes the VM group ({stack})",
+            "Read and resize the stack's own VM group (the stop workflow only).",
+            specs.STOPPER_PERMISSIONS, stopper,
+            self.group_path.apply(specs.group_resize_condition), opts,
+        )  # fmt: skip
+        workflow_name = suffix.hex.apply(lambda hex_: specs.stop_workflow_name(stack, hex_))
+        self.stop_workflow_path = workflow_name.apply(
+            lambda workflow: specs.workflow_path(settings.project, settings.region, workflow)
+        )
+        self.stop_workflow = gcp.workflows.Workflow(
+            f"{name}-stop",
+            name=workflow_name,
+            project=settings.project,
+            region=settings.region,
+            description=f"Stops the keras-gpu-gcp VM of stack {stack} (resizes its group to 0).",
+            service_account=self.stopper.email,
+            source_contents=self.group_path.apply(specs.stop_workflow_source),
+            call_log_level="LOG_ERRORS_ONLY",
+            labels=labels,
+            deletion_protection=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.group_resize_grant]),
+        )
+        # Workflows has no IAM policy per workflow (the API and pulumi-gcp offer none): a project
+        # binding whose condition names this workflow and its executions.
+        self.stop_invoke_role, self.stop_invoke_grant = _conditional_grant(
+            f"{name}-stop-invoke", settings.project,
+            suffix.hex.apply(lambda hex_: specs.stop_invoke_role_id(stack, hex_)),
+            f"keras-gpu-gcp VM starts its stop workflow ({stack})",
+            "Start the stack's stop workflow and read its executions (the VM).",
+            specs.STOP_INVOKE_PERMISSIONS, vm_member,
+            self.stop_workflow_path.apply(specs.stop_invoke_condition), opts,
+        )  # fmt: skip
+        return [self.group_resize_grant, self.stop_invoke_grant]
+
+
+def _conditional_grant(
+    name: str,
+    project: str,
+    role_id: pulumi.Input[str],
+    title: str,
+    description: str,
+    permissions: tuple[str, ...],
+    member: pulumi.Input[str],
+    condition: pulumi.Input[dict[str, str]],
+    opts: pulumi.ResourceOptions,
+) -> tuple[gcp.projects.IAMCustomRole, gcp.projects.IAMMember]:
+    """A custom role with exactly `permissions`, bound on the project to `member` under an IAM
+    condition that names the one resource it is for."""
+    role = gcp.projects.IAMCustomRole(
+        f"{name}-role", project=project, role_id=role_id, title=title,
+        description=description, permissions=list(permissions), opts=opts,
+    )  # fmt: skip
+    grant = gcp.projects.IAMMember(
+        name, project=project, role=role.name, member=member, condition=condition, opts=opts
+    )
+    return role, grant
 
 
 def _vm_secret(

@@ -36,12 +36,18 @@ GROUP_REGION_KEY = "kgg-instance-group-region"
 # Metadata key naming the bucket prefix the VM mirrors its notebook workspace to.
 WORKSPACE_PREFIX_KEY = "kgg-workspace-prefix"
 WORKSPACE_PREFIX = "workspace/"
-# Exactly what the VM needs on its own group to stop itself (resize is an update), granted on
-# that one group through an IAM condition on its resource name, never project-wide.
-GROUP_RESIZE_PERMISSIONS = (
+# The VM stops itself through a Cloud Workflows workflow the program declares, which runs as an
+# account of its own (the stopper) and only resizes the VM's group to 0. The stopper may read and
+# update that one group (an IAM condition names it); the VM's account may only start the workflow
+# and read its executions (an IAM condition names the workflow). docs/ARCHITECTURE.md says why.
+STOPPER_PERMISSIONS = (
     "compute.instanceGroupManagers.get",
     "compute.instanceGroupManagers.update",
 )
+STOP_INVOKE_PERMISSIONS = ("workflows.executions.create", "workflows.executions.get")
+# Metadata key naming the stop workflow (`projects/P/locations/R/workflows/W`).
+STOP_WORKFLOW_KEY = "kgg-stop-workflow"
+COMPUTE_API = "https://compute.googleapis.com/compute/v1"
 # A regional group spreads VMs over zones with a target shape: ANY lets it create the one VM in
 # whichever zone has capacity, and (unlike ANY_SINGLE_ZONE) allows repairing it in another zone.
 # https://cloud.google.com/compute/docs/instance-groups/regional-mig-distribution-shape
@@ -127,17 +133,86 @@ def instance_group_path(project: str, region: str, name: str) -> str:
 
 
 def group_resize_role_id(stack: str, suffix: str) -> str:
-    """A custom role id (letters, digits, `_`): `kgg_<stack>_<suffix>_group_resize`."""
+    """The stopper's custom role id (letters, digits, `_`): `kgg_<stack>_<suffix>_group_resize`."""
     return service_account_id(stack, suffix).replace("-", "_") + "_group_resize"
 
 
+def stop_invoke_role_id(stack: str, suffix: str) -> str:
+    """The VM's custom role id: `kgg_<stack>_<suffix>_stop_invoke`."""
+    return service_account_id(stack, suffix).replace("-", "_") + "_stop_invoke"
+
+
+def stopper_account_id(stack: str, suffix: str) -> str:
+    """The stop workflow's account, 6-30 characters: `kgg-<stack>-<suffix>-stop`."""
+    stem = re.sub(r"[^a-z0-9]+", "-", stack.lower())[:14].strip("-") or "stack"
+    return f"kgg-{stem}-{suffix}-stop"
+
+
+def stop_workflow_name(stack: str, suffix: str) -> str:
+    return f"{instance_group_name(stack, suffix)}-stop"
+
+
+def workflow_path(project: str, region: str, name: str) -> str:
+    """The workflow's resource name, as IAM conditions and the Workflow Executions API spell it."""
+    return f"projects/{project}/locations/{region}/workflows/{name}"
+
+
 def group_resize_condition(group_path: str) -> dict[str, str]:
-    """Limits the grant to the one group: the condition is false for every other resource."""
+    """Limits the stopper's grant to the one group: the condition is false for every other."""
     return {
-        "title": "only its own VM group",
-        "description": "The VM may resize its own group to 0 to stop itself (idle shutdown).",
+        "title": "only the stack's VM group",
+        "description": "The stop workflow resizes this group to 0 (the VM stops itself).",
         "expression": f'resource.name == "{group_path}"',
     }
+
+
+def stop_invoke_condition(workflow: str) -> dict[str, str]:
+    """Limits the VM's grant to its stop workflow and that workflow's executions."""
+    return {
+        "title": "only the stack's stop workflow",
+        "description": "The VM starts its stop workflow (idle shutdown) and reads the result.",
+        "expression": (
+            f'resource.name == "{workflow}" || resource.name.startsWith("{workflow}/executions/")'
+        ),
+    }
+
+
+def stop_workflow_source(group_path: str) -> str:
+    """The stop workflow: resize the one group to 0, or with `{"check": true}` only read it (the
+    VM's boot proves its stop path is authorized without stopping). Nothing an execution's
+    argument says reaches the calls but that one boolean."""
+    group_url = f"{COMPUTE_API}/{group_path}"
+    return f"""\
+# keras-gpu-gcp: stops the stack's VM by resizing its group to 0 (the group deletes the VM).
+# Argument {{"check": true}}: read the group only, to prove the stop path is authorized.
+main:
+  params: [args]
+  steps:
+    - mode:
+        switch:
+          - condition: ${{map.get(args, "check") == true}}
+            next: check
+    - stop:
+        call: http.post
+        args:
+          url: {group_url}/resize
+          query:
+            size: 0
+          auth:
+            type: OAuth2
+        result: answer
+    - stopped:
+        return: ${{answer.body.name}}
+    - check:
+        call: http.get
+        args:
+          url: {group_url}
+          auth:
+            type: OAuth2
+        result: answer
+    - checked:
+        return: ${{answer.body.name}}
+"""
 
 
 def update_policy(settings: StackSettings) -> dict[str, Any]:
@@ -207,7 +282,7 @@ def iap_ssh_firewall() -> dict[str, Any]:
 def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, str]:
     """Metadata known before deployment; the program adds the cloud-assigned keys
     (kgg-bucket, kgg-workload-*, kgg-jupyter-password-secret, kgg-run-id, kgg-instance-group*,
-    kgg-workspace-prefix). Nothing in metadata
+    kgg-workspace-prefix, kgg-stop-workflow). Nothing in metadata
     is secret: every project Viewer and every process on the VM can read it."""
     # `startup-script` updates in place; the `metadata_startup_script` argument would replace
     # the VM on every change.
@@ -237,6 +312,7 @@ def instance_metadata(
     password_secret: str,
     group: str,
     notify_secret: str = "",
+    stop_workflow: str = "",
 ) -> dict[str, str]:
     """Every metadata key the VM reads at boot (docs/ARCHITECTURE.md), from what the program knows
     and what the cloud assigned."""
@@ -252,6 +328,7 @@ def instance_metadata(
             GROUP_REGION_KEY: settings.region,
             WORKSPACE_PREFIX_KEY: WORKSPACE_PREFIX,
         }
+        | ({STOP_WORKFLOW_KEY: stop_workflow} if stop_workflow else {})
         | ({NOTIFY_SECRET_KEY: notify_secret} if notify_secret else {})
     )
 

@@ -79,11 +79,12 @@ APP = ROOT / "opt/keras-gpu-gcp/app"
 METADATA_URL = env("METADATA_URL", "http://metadata.google.internal/computeMetadata/v1")
 GCS_API_URL = env("GCS_API_URL", "https://storage.googleapis.com/storage/v1")
 GCS_UPLOAD_URL = env("GCS_UPLOAD_URL", "https://storage.googleapis.com/upload/storage/v1")
-COMPUTE_URL = env("COMPUTE_URL", "https://compute.googleapis.com/compute/v1")
+WORKFLOWS_URL = env("WORKFLOWS_URL", "https://workflowexecutions.googleapis.com/v1")
 SECRET_MANAGER_URL = env("SECRET_MANAGER_URL", "https://secretmanager.googleapis.com/v1")
 NOTIFY_KEY = "instance/attributes/kgg-notify-webhook-secret"
 GROUP_KEY = "instance/attributes/kgg-instance-group"
-GROUP_REGION_KEY = "instance/attributes/kgg-instance-group-region"
+STOP_WORKFLOW_KEY = "instance/attributes/kgg-stop-workflow"
+WORKFLOW = re.compile(r"projects/[a-z0-9.:-]+/locations/[a-z0-9-]+/workflows/[A-Za-z0-9_-]+")
 ATTEMPTS = int(env("RETRY_ATTEMPTS", "5"))
 BASE_SECONDS = float(env("RETRY_BASE_SECONDS", "2"))
 # Failed status uploads may cost a boot this long in all (the agent goes on counting).
@@ -431,17 +432,24 @@ def idle_check(settings: dict) -> None:
     if not group:
         subprocess.run(["shutdown", "-h", "now", f"keras-gpu-gcp: {detail}"], check=False)
         return
-    # In a group, never power off (the group would recreate the VM at once): it deletes it.
-    region, project = optional(GROUP_REGION_KEY), optional("project/project-id")
-    url = f"{COMPUTE_URL}/projects/{project}/regions/{region}/instanceGroupManagers/{group}"
+    # In a group, never power off (the group would recreate the VM at once): the stack's stop
+    # workflow resizes the group to 0 and the group deletes the VM. The VM's account may only
+    # start that workflow (docs/ARCHITECTURE.md, "Stopping itself").
+    workflow = optional(STOP_WORKFLOW_KEY)
     try:
-        request(f"{url}/resize?size=0", data=b"", attempts=3,
-                headers={"Authorization": f"Bearer {token()}"})  # fmt: skip
+        if not WORKFLOW.fullmatch(workflow):
+            raise Failure(
+                f"kgg-stop-workflow {workflow!r} is not projects/P/locations/L/workflows/W"
+            )
+        body = json.dumps({"argument": json.dumps({"check": False})}).encode()
+        headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/json"}
+        request(f"{WORKFLOWS_URL}/{workflow}/executions", data=body, attempts=3, headers=headers)
     except Failure as error:
         failure = [
             "error.step=idle-stop",
             f"error.message=the VM could not stop itself: {error}",
-            "error.hint=it keeps running and paying: python -m workload stop",
+            "error.hint=it keeps running and paying: python -m workload stop; check the VM's "
+            "grant on its stop workflow (docs/ARCHITECTURE.md, 'Stopping itself')",
         ]
         status(failure, bucket)
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests import iam
 from tests.boot import phases
-from workload.emulator import running_emulator
+from workload.emulator import acting_as, running_emulator
+
+if TYPE_CHECKING:
+    from tests.fake_cloud import FakeCloud
 
 TEST_BUCKET = "kgg-test-bucket"
 # The real-boot suite runs in one xdist worker; its phase timings reach the summary printed here
@@ -17,10 +22,52 @@ _boot_report: dict[str, list] = {}
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator() -> Iterator[str]:
-    """A GCS emulator on 127.0.0.1 with TEST_BUCKET, for the whole session; yields its URL."""
-    with running_emulator(TEST_BUCKET) as url:
+def iam_stack() -> iam.Stack:
+    """The stack the IAM-enforcing doubles serve: the program declared for TEST_BUCKET."""
+    return iam.stack(TEST_BUCKET)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def laptop_user(iam_stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test is the laptop user (the project's Owner, by default credentials that send its
+    token) unless it takes the VM's identity (`as_vm`); a developer's own gcloud credentials
+    never reach a test."""
+    no_gcloud = tmp_path_factory.mktemp("no-gcloud")
+    with pytest.MonkeyPatch.context() as patch, acting_as(iam_stack.owner_token):
+        patch.setenv("CLOUDSDK_CONFIG", str(no_gcloud))
+        yield
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(iam_stack: iam.Stack) -> Iterator[str]:
+    """A GCS emulator on 127.0.0.1 with TEST_BUCKET behind the IAM-enforcing front, for the whole
+    session; yields the front's URL."""
+    with running_emulator(TEST_BUCKET, iam_stack.authority) as url:
         yield url
+
+
+@pytest.fixture
+def as_vm(gcs_emulator: str, iam_stack: iam.Stack, tmp_path_factory: pytest.TempPathFactory,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCloud]:  # fmt: skip
+    """This process takes the VM's identity, as on GCE: no credentials file, and google-auth's
+    Compute Engine credentials from the (fake) metadata server, which hands out the VM's token.
+    Yields that metadata server."""
+    import google.auth.compute_engine._metadata as gce_metadata
+
+    from tests.fake_cloud import FakeCloud
+    from workload import storage
+
+    with FakeCloud(stack=iam_stack) as cloud:
+        host = cloud.url.removeprefix("http://")
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path_factory.mktemp("no-gcloud")))
+        monkeypatch.setenv("GCE_METADATA_IP", host)
+        monkeypatch.setenv("GCE_METADATA_HOST", host)
+        # google-auth reads the host once, at import.
+        monkeypatch.setattr(gce_metadata, "_GCE_METADATA_HOST", host)
+        storage.forget_client()
+        yield cloud
+        storage.forget_client()
 
 
 @pytest.fixture
@@ -31,10 +78,7 @@ def gcs_bucket(gcs_emulator: str) -> Iterator[str]:
 
 
 def _empty(bucket: str) -> None:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client = iam.client_with(iam.stack(TEST_BUCKET).owner_token)
     for blob in client.list_blobs(bucket):
         blob.delete()
 

@@ -15,11 +15,12 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workload import storage
-from workload.emulator import running_emulator
+from workload.emulator import acting_as, running_emulator
 
 DEMO_BUCKET = "kgg-demo"
 # The Kaggle Plant Seedlings classes, so the results look like the real run's.
@@ -106,8 +107,25 @@ def make_dataset(root: Path, seed: int = 0) -> dict[str, int]:
     return counts
 
 
+def demo_identities(bucket: str) -> tuple[Any, str, str]:
+    """The authority the emulator's front enforces: the program's grants for a stack whose bucket
+    is `bucket` (declared under Pulumi's mocks, infra/declared.py), with the laptop user as the
+    project's Owner; and the tokens of the laptop user and of the VM's account."""
+    from infra import access, declared
+
+    resources = declared.declare(
+        {"allowedSourceRanges": ["192.0.2.0/32"], "gcp:project": "kgg-demo-project"},
+        declared.Cloud(bucket=bucket),
+    )
+    laptop = "user:you@example.com"
+    grants = access.from_resources(resources).with_owner(laptop)
+    authority = access.Authority(grants)
+    return authority, authority.issue(laptop), authority.issue(grants.identities[access.VM])
+
+
 def run_demo(args: argparse.Namespace) -> None:
-    """Generates the data, serves it from an emulator bucket and runs the VM's train command."""
+    """Generates the data, serves it from an emulator bucket and runs the VM's train command with
+    the VM's identity, which the emulator's front holds to what the stack grants it."""
     from workload.cli import main
 
     # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
@@ -117,31 +135,40 @@ def run_demo(args: argparse.Namespace) -> None:
         scratch_dir = Path(scratch)
         counts = make_dataset(scratch_dir / "data")
         print(f"demo: {sum(counts.values())} synthetic images in {len(counts)} classes")
-        with running_emulator(DEMO_BUCKET) as url:
+        authority, laptop, vm = demo_identities(DEMO_BUCKET)
+        with running_emulator(DEMO_BUCKET, authority) as url:
             data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/runs/demo"
-            stats = storage.upload_tree(scratch_dir / "data", data, progress=True)
-            manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
-            storage.write_json(f"{data}/_upload_manifest.json", manifest)
+            with acting_as(laptop):
+                stats = storage.upload_tree(scratch_dir / "data", data, progress=True)
+                manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
+                storage.write_json(f"{data}/_upload_manifest.json", manifest)
             print(f"demo: emulator at {url}, uploaded {stats.copied} files to {data}")
             command = ["train", "--data", data, "--out", out, "--recipe", args.recipe]
             command += [*DEMO_OPTIONS, "--cache-dir", str(scratch_dir / "cache")]
-            print("demo: python -m workload " + " ".join(command))
-            main(command)
-            metrics = storage.read_json(f"{out}/metrics.json") or {}
-            scored_on = metrics.get("scored_on", "validation")
-            print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
-            for key in ("accuracy", "micro_f1", "macro_f1"):
-                print(f"  {key:10s} {metrics.get(key, float('nan')):.3f}")
-            print(
-                f"  skipped    {metrics['skipped_files']['count']} files: "
-                + ", ".join(f["file"] for f in metrics["skipped_files"]["files"])
-            )
-            print(f"  seconds    {json.dumps(metrics.get('wall_seconds'))}")
-            print(f"\nartifacts in {out}:")
-            for info in storage.list_objects(out):
-                if not info.name.startswith("backup/"):
-                    print(f"  {info.name:24s} {info.size:>12,d} bytes")
-            if args.keep:
-                storage.download_tree(out, args.keep, progress=False)
-                print(f"copied to {args.keep}")
+            print("demo: python -m workload " + " ".join(command) + "  (as the VM's account)")
+            with acting_as(vm):
+                main(command)
+            with acting_as(laptop):
+                _report(out, args)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _report(out: str, args: argparse.Namespace) -> None:
+    """The run's metrics and artifacts, as the laptop user reads them."""
+    metrics = storage.read_json(f"{out}/metrics.json") or {}
+    scored_on = metrics.get("scored_on", "validation")
+    print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
+    for key in ("accuracy", "micro_f1", "macro_f1"):
+        print(f"  {key:10s} {metrics.get(key, float('nan')):.3f}")
+    print(
+        f"  skipped    {metrics['skipped_files']['count']} files: "
+        + ", ".join(f["file"] for f in metrics["skipped_files"]["files"])
+    )
+    print(f"  seconds    {json.dumps(metrics.get('wall_seconds'))}")
+    print(f"\nartifacts in {out}:")
+    for info in storage.list_objects(out):
+        if not info.name.startswith("backup/"):
+            print(f"  {info.name:24s} {info.size:>12,d} bytes")
+    if args.keep:
+        storage.download_tree(out, args.keep, progress=False)
+        print(f"copied to {args.keep}")

@@ -1,17 +1,25 @@
-"""A local GCS emulator (gcp-storage-emulator) on 127.0.0.1, for the demo and the tests.
+"""A local GCS emulator (gcp-storage-emulator) on 127.0.0.1 behind the IAM-enforcing front
+(workload/gcs_front.py), for the demo and the tests.
 
-The google-cloud-storage client talks to it when STORAGE_EMULATOR_HOST is set, so the code under
-test uses exactly the calls it makes against real GCS.
+The google-cloud-storage client talks to the front when STORAGE_EMULATOR_HOST is set, with the
+caller's default credentials (workload/storage.py), so the code under test makes exactly the
+calls it makes against real GCS, and is refused what real GCS would refuse its identity.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+
+from workload.gcs_front import Authority, Front, credentials_file
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 def free_port() -> int:
@@ -21,23 +29,52 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_emulator(bucket: str, port: int | None = None) -> Iterator[str]:
-    """Starts an in-memory emulator with `bucket`, points the storage client at it, yields its URL.
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    previous = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
-    The previous STORAGE_EMULATOR_HOST is restored afterwards."""
+
+@contextlib.contextmanager
+def running_emulator(bucket: str, authority: Authority, port: int | None = None) -> Iterator[str]:
+    """Starts an in-memory emulator with `bucket` behind the front, points the storage client at
+    the front, yields the front's URL. The previous STORAGE_EMULATOR_HOST is restored afterwards."""
     from gcp_storage_emulator.server import create_server
 
-    port = port or free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    upstream = free_port()
+    server = create_server("127.0.0.1", upstream, in_memory=True, default_bucket=bucket)
     server.start()
-    url = f"http://127.0.0.1:{port}"
-    previous = os.environ.get(EMULATOR_ENV)
-    os.environ[EMULATOR_ENV] = url
     try:
-        yield url
+        with (
+            Front(f"http://127.0.0.1:{upstream}", authority, port or 0) as front,
+            _environment(EMULATOR_ENV, front.url),
+        ):
+            yield front.url
     finally:
         server.stop()
-        if previous is None:
-            os.environ.pop(EMULATOR_ENV, None)
-        else:
-            os.environ[EMULATOR_ENV] = previous
+
+
+@contextlib.contextmanager
+def acting_as(token: str) -> Iterator[Path]:
+    """Default credentials that send `token` (an authorized_user credentials file), for this
+    block; the storage client is made anew for them. Yields the file."""
+    from workload import storage
+
+    with tempfile.TemporaryDirectory(prefix="kgg-credentials-") as folder:
+        path = Path(folder, "credentials.json")
+        path.write_text(json.dumps(credentials_file(token)))
+        storage.forget_client()
+        try:
+            with _environment(CREDENTIALS_ENV, str(path)):
+                yield path
+        finally:
+            storage.forget_client()

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,13 +61,22 @@ class ObjectInfo:
 
 @dataclass
 class SyncStats:
-    """What a tree sync did: files copied, files skipped as already identical, bytes copied, and
-    objects refused because their name would land outside the target folder."""
+    """What a tree sync did: files copied, files skipped as already identical, bytes copied,
+    objects refused because their name would land outside the target folder, and the seconds
+    the copies took."""
 
     copied: int = 0
     skipped: int = 0
     bytes: int = 0
     refused: int = 0
+    seconds: float = 0.0
+
+    def rate(self) -> str:
+        """`in 12.3 s, 410 files/s` (empty when nothing was copied)."""
+        if not self.copied:
+            return ""
+        per_second = self.copied / max(self.seconds, 1e-9)
+        return f"in {self.seconds:.1f} s, {per_second:,.0f} files/s"
 
 
 def is_gcs(path: str | os.PathLike[str]) -> bool:
@@ -106,10 +116,18 @@ def local_path(root: str | os.PathLike[str], name: str) -> Path:
 
 
 def client() -> gcs.Client:
-    """The storage client, cached per emulator setting (the demo and tests switch it at run time).
+    """The storage client, cached per emulator setting (the demo and tests switch it at run time;
+    `forget_client` drops it when they switch identity).
 
-    Anonymous against the emulator (STORAGE_EMULATOR_HOST), default credentials otherwise."""
+    Default credentials, also against the emulator (STORAGE_EMULATOR_HOST), whose IAM-enforcing
+    front (workload/gcs_front.py) knows the caller by them; anonymous there only when there are
+    none (and the front refuses it, as GCS refuses an anonymous caller)."""
     return _client_for(os.environ.get(EMULATOR_ENV) or None)
+
+
+def forget_client() -> None:
+    """The next `client()` is made anew, with the credentials in force then."""
+    _client_for.cache_clear()
 
 
 @functools.cache
@@ -117,9 +135,16 @@ def _client_for(emulator_host: str | None) -> gcs.Client:
     from google.cloud import storage
 
     if emulator_host:
-        from google.auth.credentials import AnonymousCredentials
+        import google.auth
+        import google.auth.exceptions
 
-        return storage.Client(project="local", credentials=AnonymousCredentials())
+        try:
+            credentials, _ = google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
+        return storage.Client(project="local", credentials=credentials)
     import google.auth.exceptions
 
     try:
@@ -183,12 +208,27 @@ def read_bytes(url: str | os.PathLike[str]) -> bytes | None:
     try:
         return blob.download_as_bytes()
     except api.NotFound:
-        bucket = _blob(url).bucket
-        if not _guard(url, bucket.exists):
-            raise _explain(url, api.NotFound(f"bucket {bucket.name} not found")) from None
+        _check_bucket(url)
         return None
     except api.GoogleAPICallError as error:
         raise _explain(url, error) from error
+
+
+def _check_bucket(url: str) -> None:
+    """After a 404 on an object: raises when the bucket itself does not exist. A 403 here means
+    it exists and this identity may not read its metadata (storage.buckets.get, which the VM's
+    roles/storage.objectAdmin lacks): the object is simply missing."""
+    from google.api_core import exceptions as api
+
+    bucket = _blob(url).bucket
+    try:
+        found = bucket.exists()
+    except api.Forbidden:
+        return
+    except api.GoogleAPICallError as error:
+        raise _explain(url, error) from error
+    if not found:
+        raise _explain(url, api.NotFound(f"bucket {bucket.name} not found"))
 
 
 def write_bytes(url: str | os.PathLike[str], data: bytes, content_type: str | None = None) -> None:
@@ -352,13 +392,10 @@ def upload_file(local_path: str | os.PathLike[str], url: str) -> None:
 
 
 def _parallel(jobs: list[Callable[[], None]], workers: int, progress: bool, desc: str) -> None:
+    """Local copies (a local `url_prefix`): a pool of threads."""
     if not jobs:
         return
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="file", leave=False)
+    bar = _bar(len(jobs), progress, desc)
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
         for future in [pool.submit(job) for job in jobs]:
@@ -375,22 +412,124 @@ def _parallel(jobs: list[Callable[[], None]], workers: int, progress: bool, desc
         bar.close()
 
 
+def _bar(total: int, progress: bool, desc: str) -> Any:
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", leave=False)
+
+
+# Files per worker in one transfer_manager call. Each call waits for all its files: a failure or
+# SIGTERM waits for at most that many (2 s at 250 files/s), every finished call renames its
+# downloads into place (a kill keeps them), and the progress bar moves per call. Measured
+# against the GCS emulator (1,500 files of 30 KB, 8 threads): 16, 64 and 1000 per worker all
+# 290-355 files/s; the hand-written thread pool this replaced 214-264.
+TRANSFERS_PER_WORKER = 64
+
+
+def _chunks(items: list[Any], workers: int) -> Iterator[list[Any]]:
+    size = max(1, workers) * TRANSFERS_PER_WORKER
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _raise_first(failures: list[tuple[str, BaseException]]) -> None:
+    """The first failed transfer of a chunk, explained as every storage error is."""
+    if not failures:
+        return
+    url, error = failures[0]
+    if isinstance(error, _api_errors()):
+        raise _explain(url, error) from error
+    raise error
+
+
+def _bucket_and_folder(url_prefix: str) -> tuple[Any, str]:
+    """The bucket of a gs:// prefix and the prefix as a folder (`a/b/`, or "" for the root)."""
+    bucket_name, prefix = split_gcs(url_prefix)
+    return client().bucket(bucket_name), prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+
+
+def download_objects(
+    url_prefix: str,
+    names: list[tuple[str, Path]],
+    workers: int = 8,
+    progress: bool = True,
+) -> None:
+    """Downloads the objects `names` (relative to `url_prefix`) to their local paths with
+    google-cloud-storage's transfer_manager, `workers` at a time. Each lands under a hidden
+    `.NAME.part` and is renamed when its chunk is done: a killed download never looks whole."""
+    from google.cloud.storage import transfer_manager
+
+    bucket, base = _bucket_and_folder(url_prefix)
+    bar = _bar(len(names), progress, "download")
+    for chunk in _chunks(names, workers):
+        pairs, parts = [], []
+        for name, target in chunk:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            parts.append(target.with_name(f".{target.name}.part"))
+            pairs.append((bucket.blob(base + name), str(parts[-1])))
+        results = transfer_manager.download_many(
+            pairs, max_workers=max(1, workers), worker_type=transfer_manager.THREAD
+        )
+        failures = []
+        for (name, target), part, result in zip(chunk, parts, results, strict=True):
+            if isinstance(result, BaseException):
+                part.unlink(missing_ok=True)
+                failures.append((join(url_prefix, name), result))
+            else:
+                part.replace(target)
+        if bar is not None:
+            bar.update(len(chunk))
+        _raise_first(failures)
+    if bar is not None:
+        bar.close()
+
+
+def upload_files(
+    files: list[tuple[Path, str]], url_prefix: str, workers: int = 8, progress: bool = False
+) -> None:
+    """Uploads local files to their names under `url_prefix` with google-cloud-storage's
+    transfer_manager, `workers` at a time."""
+    from google.cloud.storage import transfer_manager
+
+    bucket, base = _bucket_and_folder(url_prefix)
+    bar = _bar(len(files), progress, "upload")
+    for chunk in _chunks(files, workers):
+        pairs = [(str(path), bucket.blob(base + name)) for path, name in chunk]
+        results = transfer_manager.upload_many(
+            pairs, max_workers=max(1, workers), worker_type=transfer_manager.THREAD
+        )
+        failures = [
+            (join(url_prefix, name), result)
+            for (_, name), result in zip(chunk, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if bar is not None:
+            bar.update(len(chunk))
+        _raise_first(failures)
+    if bar is not None:
+        bar.close()
+
+
 def download_tree(
     url_prefix: str,
     local_dir: str | os.PathLike[str],
     workers: int = 8,
     progress: bool = True,
     include: Callable[[str], bool] | None = None,
+    listing: list[ObjectInfo] | None = None,
 ) -> SyncStats:
     """Mirrors every object under `url_prefix` into `local_dir`, skipping identical files.
 
-    `include(relative_name)` may filter objects. A local `url_prefix` is copied the same way.
-    Objects whose name would land outside `local_dir` are refused with a warning (see
-    `local_path`) and counted in `refused`."""
+    `include(relative_name)` may filter objects; `listing` is the prefix's list_objects when the
+    caller has it already (one listing of 50,000 objects is a hundred requests). A local
+    `url_prefix` is copied the same way. Objects whose name would land outside `local_dir` are
+    refused with a warning (see `local_path`) and counted in `refused`."""
     root = Path(local_dir)
     stats = SyncStats()
-    jobs: list[Callable[[], None]] = []
-    for info in list_objects(url_prefix):
+    wanted: list[tuple[str, Path]] = []
+    for info in list_objects(url_prefix) if listing is None else listing:
         if include is not None and not include(info.name):
             continue
         try:
@@ -411,12 +550,17 @@ def download_tree(
             continue
         stats.copied += 1
         stats.bytes += info.size
-        source_url = join(url_prefix, info.name)
-        if is_gcs(url_prefix):
-            jobs.append(functools.partial(download_file, source_url, target))
-        else:
-            jobs.append(functools.partial(upload_file, source_url, str(target)))
-    _parallel(jobs, workers, progress, "download")
+        wanted.append((info.name, target))
+    started = time.perf_counter()
+    if is_gcs(url_prefix):
+        download_objects(url_prefix, wanted, workers, progress)
+    else:
+        jobs = [
+            functools.partial(upload_file, join(url_prefix, name), str(target))
+            for name, target in wanted
+        ]
+        _parallel(jobs, workers, progress, "download")
+    stats.seconds = time.perf_counter() - started
     return stats
 
 
@@ -433,7 +577,7 @@ def upload_tree(
     root = Path(local_dir)
     remote = {info.name: info for info in list_objects(url_prefix)}
     stats = SyncStats()
-    jobs: list[Callable[[], None]] = []
+    pending: list[tuple[Path, str]] = []
     for path in _iter_local(root) if root.is_dir() else []:
         name = path.relative_to(root).as_posix()
         if include is not None and not include(name):
@@ -448,8 +592,14 @@ def upload_tree(
                 continue
         stats.copied += 1
         stats.bytes += size
-        jobs.append(functools.partial(upload_file, path, join(url_prefix, name)))
-    _parallel(jobs, workers, progress, "upload")
+        pending.append((path, name))
+    started = time.perf_counter()
+    if is_gcs(url_prefix):
+        upload_files(pending, url_prefix, workers, progress)
+    else:
+        jobs = [functools.partial(upload_file, p, join(url_prefix, n)) for p, n in pending]
+        _parallel(jobs, workers, progress, "upload")
+    stats.seconds = time.perf_counter() - started
     return stats
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from startup.vm import hostkeys, jupyter, logsync
+from startup.vm import hostkeys, jupyter, logsync, stop
 from startup.vm.agent import Agent, StepFailed
 from startup.vm.cloud import CloudError
 from startup.vm.config import IDLE_TIMER, LOG_SYNC_UNIT, TRAINING_UNIT, expected_gpus
@@ -87,12 +87,23 @@ def training(agent: Agent) -> str | None:
 
 
 def idle(agent: Agent) -> str | None:
-    """The timer the startup script installed; None when idle shutdown is off."""
-    if agent.settings.idle_shutdown_minutes == 0:
+    """The timer the startup script installed, and the check that the VM may stop itself (in
+    its group, when idle shutdown or shutdownAfterTraining is on); None when neither is on."""
+    minutes, after_training = (
+        agent.settings.idle_shutdown_minutes,
+        agent.settings.shutdown_after_training,
+    )
+    if minutes == 0:
         agent.system.systemctl("disable", "--now", IDLE_TIMER, check=False)
+    else:
+        agent.system.systemctl("enable", "--now", IDLE_TIMER)
+    if minutes == 0 and not after_training:
         return None
-    agent.system.systemctl("enable", "--now", IDLE_TIMER)
-    return f"stops after {agent.settings.idle_shutdown_minutes} idle minutes"
+    if agent.instance.group:
+        agent.log.info("idle: %s", stop.check_stop_path(agent))
+    if minutes == 0:
+        return "stops when the training run ends"
+    return f"stops after {minutes} idle minutes"
 
 
 STEPS: tuple[tuple[str, Callable[[Agent], str | None]], ...] = (

@@ -1,6 +1,7 @@
 """What the agent asks the cloud: instance metadata and the service account's token (the
-metadata server), the Jupyter password hash (Secret Manager's one REST call), and objects in the
-stack's bucket (google-cloud-storage, with the VM's credentials or STORAGE_EMULATOR_HOST)."""
+metadata server), the Jupyter password hash (Secret Manager's one REST call), its stop workflow
+(Workflow Executions' create and get), and objects in the stack's bucket (google-cloud-storage,
+with the VM's credentials, also against STORAGE_EMULATOR_HOST)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any
 from startup.vm.config import Endpoints
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+WORKFLOW_NAME = re.compile(r"projects/[a-z0-9.:-]+/locations/[a-z0-9-]+/workflows/[A-Za-z0-9_-]+")
+EXECUTION_WAIT_SECONDS = 60.0
 SECRET_NAME = re.compile(r"projects/[A-Za-z0-9_-]+/secrets/[A-Za-z0-9_-]+")
 
 
@@ -87,6 +90,8 @@ class Instance:
     workspace_prefix: str = ""
     # The notification webhook URL's secret (notifyWebhook); empty: no notifications.
     notify_secret: str = ""
+    # The workflow that stops this VM (resizes its group to 0), projects/P/locations/R/workflows/W.
+    stop_workflow: str = ""
 
     @property
     def workspace_url(self) -> str | None:
@@ -119,6 +124,7 @@ class Instance:
             project=optional("project/project-id"),
             workspace_prefix=optional("instance/attributes/kgg-workspace-prefix"),
             notify_secret=optional("instance/attributes/kgg-notify-webhook-secret"),
+            stop_workflow=optional("instance/attributes/kgg-stop-workflow"),
         )
 
 
@@ -149,28 +155,54 @@ def read_secret(endpoints: Endpoints, metadata: Metadata, secret: str, what: str
         return ""
 
 
-def resize_group(endpoints: Endpoints, metadata: Metadata, instance: Instance, size: int) -> None:
-    """Asks the VM's group for `size` VMs (0: it deletes this one). The grant infra gives the
-    VM's service account covers exactly this group."""
-    url = (
-        f"{endpoints.compute}/projects/{instance.project}/regions/{instance.group_region}"
-        f"/instanceGroupManagers/{instance.group}/resize?size={size}"
-    )
-    request = urllib.request.Request(
-        url, data=b"", method="POST", headers={"Authorization": f"Bearer {metadata.token()}"}
-    )
+def _call(url: str, token: str, body: bytes | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def run_stop_workflow(
+    endpoints: Endpoints,
+    metadata: Metadata,
+    workflow: str,
+    *,
+    check: bool,
+    wait: float = EXECUTION_WAIT_SECONDS,
+    poll: float = 1.0,
+) -> str:
+    """Runs the stack's stop workflow and waits for its end: with `check`, it only reads the
+    VM's group (is the stop path authorized?); without, it resizes the group to 0, and the group
+    deletes this VM. Returns the workflow's result; CloudError says why it did not succeed. The
+    VM's account may start this one workflow and nothing else (docs/ARCHITECTURE.md)."""
+    what = "checking" if check else "running"
+    if not WORKFLOW_NAME.fullmatch(workflow):
+        raise CloudError(
+            f"kgg-stop-workflow {workflow!r} is not projects/P/locations/L/workflows/W"
+        )
+    argument = json.dumps({"argument": json.dumps({"check": check})}).encode()
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
+        token = metadata.token()
+        execution = _call(f"{endpoints.workflows}/{workflow}/executions", token, argument)
+        deadline = time.monotonic() + wait
+        while execution.get("state") == "ACTIVE" and time.monotonic() < deadline:
+            time.sleep(poll)
+            execution = _call(f"{endpoints.workflows}/{execution['name']}", token)
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")[:300].strip()
-        raise CloudError(f"resizing group {instance.group} to {size}: {error} {detail}") from error
-    except OSError as error:
-        raise CloudError(f"resizing group {instance.group} to {size}: {error}") from error
+        raise CloudError(f"{what} the stop workflow {workflow}: {error} {detail}") from error
+    except (OSError, ValueError, KeyError) as error:
+        raise CloudError(f"{what} the stop workflow {workflow}: {error}") from error
+    state = execution.get("state")
+    if state != "SUCCEEDED":
+        failure = str((execution.get("error") or {}).get("payload") or state)[:300]
+        raise CloudError(f"{what} the stop workflow {workflow}: {state}: {failure}")
+    return str(execution.get("result") or "")
 
 
 class Bucket:
-    """Uploads to the stack's bucket with google-cloud-storage (imported on first use)."""
+    """Uploads to the stack's bucket with google-cloud-storage (imported on first use), with the
+    VM's credentials (workload.storage's client: also against the tests' GCS front)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -178,8 +210,8 @@ class Bucket:
 
     def upload(self, object_name: str, data: bytes, content_type: str) -> None:
         if self._client is None:
-            from google.cloud import storage
+            from workload import storage
 
-            self._client = storage.Client()
+            self._client = storage.client()
         blob = self._client.bucket(self.name).blob(object_name)
         blob.upload_from_string(data, content_type=content_type, timeout=20, retry=None)

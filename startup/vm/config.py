@@ -209,7 +209,7 @@ class Paths:
 class Endpoints:
     metadata: str
     secret_manager: str
-    compute: str = "https://compute.googleapis.com/compute/v1"
+    workflows: str = "https://workflowexecutions.googleapis.com/v1"
 
     @classmethod
     def from_environment(cls) -> Endpoints:
@@ -220,7 +220,7 @@ class Endpoints:
             secret_manager=os.environ.get(
                 "KGG_SECRET_MANAGER_URL", "https://secretmanager.googleapis.com/v1"
             ),
-            compute=os.environ.get("KGG_COMPUTE_URL", cls.compute),
+            workflows=os.environ.get("KGG_WORKFLOWS_URL", cls.workflows),
         )
 
 

@@ -94,9 +94,9 @@ def wait_for_data(
     """Poll the bucket until the data is complete (or max_polls); returns the last check.
     `client` is a google.cloud.storage.Client; by default one with the VM's credentials."""
     if client is None:
-        from google.cloud import storage
+        from workload import storage
 
-        client = storage.Client()
+        client = storage.client()
     prefix = data_path.strip("/")
     previous: Check | None = None
     polls = 0

@@ -1,18 +1,52 @@
 """The VM stopping itself, for idleness or when training ended. In a managed instance group it
 never powers off: a stopped VM is a failed one to its group, which creates it again at once
-(a loop that keeps paying). It asks the group to resize to 0, which deletes it, after a last
-workspace sync; a VM made on its own powers off."""
+(a loop that keeps paying). After a last workspace sync it runs the stack's stop workflow, which
+resizes the group to 0 (the group deletes the VM) as an account of its own: the VM's account may
+only start that workflow. A VM made on its own powers off.
+
+`check_stop_path` runs the workflow's check mode at boot, so a grant that does not work fails
+loudly then, not silently at the first idle hour."""
 
 from __future__ import annotations
 
 import time
 
-from startup.vm.agent import Agent
-from startup.vm.cloud import CloudError, resize_group
+from startup.vm.agent import Agent, StepFailed
+from startup.vm.cloud import CloudError, run_stop_workflow
 from startup.vm.workspace import FINAL_SYNC_SECONDS, workspace_command
 
 RESIZE_TRIES = 3
 RESIZE_BACKOFF_SECONDS = 10.0
+STOP_PATH = "docs/ARCHITECTURE.md, 'Stopping itself'"
+
+
+def stop_hint(agent: Agent) -> str:
+    """What to do when the stop path fails: stop it by hand, then the grant to look at."""
+    workflow = agent.instance.stop_workflow or "(no kgg-stop-workflow in the metadata)"
+    return (
+        "it keeps running and paying: stop it with python -m workload stop; then check that the "
+        f"VM's account may start {workflow} (its custom role *_stop_invoke and that binding's "
+        f"IAM condition) and that the workflow's account may resize the group ({STOP_PATH}); "
+        "`pulumi up` restores both"
+    )
+
+
+def check_stop_path(agent: Agent) -> str:
+    """At boot: the stop workflow in check mode (it reads the group, under the same grants as
+    the resize); StepFailed with the fix when it is refused."""
+    workflow = agent.instance.stop_workflow
+    if not workflow:
+        raise StepFailed(
+            f"the VM is in group {agent.instance.group} but its metadata names no stop workflow",
+            "run `pulumi up` (a stack from before the stop workflow); " + stop_hint(agent),
+        )
+    try:
+        run_stop_workflow(agent.endpoints, agent.metadata, workflow, check=True)
+    except CloudError as error:
+        raise StepFailed(
+            f"the VM could not check its stop path: {error}", stop_hint(agent)
+        ) from error
+    return f"stop path checked ({workflow.rsplit('/', 1)[-1]})"
 
 
 def stop_vm(
@@ -37,7 +71,10 @@ def stop_vm(
     error: CloudError | None = None
     for attempt in range(RESIZE_TRIES):
         try:
-            resize_group(agent.endpoints, agent.metadata, agent.instance, 0)
+            if not agent.instance.stop_workflow:
+                raise CloudError("the metadata names no stop workflow (kgg-stop-workflow)")
+            run_stop_workflow(agent.endpoints, agent.metadata, agent.instance.stop_workflow,
+                              check=False)  # fmt: skip
             agent.log.info("%s: the group %s deletes this VM", detail, agent.instance.group)
             return True
         except CloudError as failure:
@@ -48,7 +85,6 @@ def stop_vm(
     agent.status.update(
         "error.step=idle-stop",
         f"error.message=the VM could not stop itself: {error}",
-        "error.hint=it keeps running and paying: stop it with python -m workload stop; "
-        "check the VM's grant on its group (docs/ARCHITECTURE.md)",
+        f"error.hint={stop_hint(agent)}",
     )
     return False

@@ -97,3 +97,48 @@ def test_ratio_is_none_when_a_side_is_missing_or_zero():
 def test_a_saved_json_report_reads_back_to_the_same_report():
     report = sample()
     assert report_lib.from_json(report_lib.to_json(report)) == report
+
+
+def _run_of(cpu: str, flags: str, mode: str, date: str, figure: float) -> Report:
+    report = Report(mode=mode, machine={"cpu": cpu, "simd flags": flags, "date (UTC)": date})
+    report.add("1. Input pipeline", "first epoch", figure, "img/s")
+    return report
+
+
+HEADER = "# Benchmarks\n\nintro\n\n"
+
+
+def test_the_page_keeps_the_last_run_of_each_kind_of_machine():
+    avx2 = _run_of("AMD EPYC", "avx2 fma", "full", "2026-11-27 14:01", 100.0)
+    bf16 = _run_of("AMD EPYC", "avx512f avx512_bf16 avx2 fma", "full", "2026-12-02 06:11", 168.0)
+    page = report_lib.merge_docs("", avx2, HEADER)
+    page = report_lib.merge_docs(page, bf16, HEADER)
+    assert page.startswith(HEADER)
+    assert page.count("<!-- bench run: ") == 2
+    assert "## AMD EPYC, avx2 fma: full run, 2026-11-27 14:01" in page
+    assert "## AMD EPYC, avx512f avx512_bf16 avx2 fma: full run, 2026-12-02 06:11" in page
+    assert "### Machine (full run)" in page and "| first epoch | 168 | img/s |  |" in page
+    # A newer run of one kind replaces that kind's only.
+    again = _run_of("AMD EPYC", "avx2 fma", "full", "2026-12-03 09:00", 120.0)
+    page = report_lib.merge_docs(page, again, HEADER)
+    assert page.count("<!-- bench run: ") == 2
+    assert "| first epoch | 100 |" not in page
+    assert "| first epoch | 120 |" in page and "| first epoch | 168 |" in page
+
+
+def test_a_scale_run_sits_beside_the_full_run_until_a_newer_full_run_replaces_it():
+    full = _run_of("AMD EPYC", "avx2 fma", "full", "2026-12-01 10:00", 100.0)
+    scale_run = _run_of("AMD EPYC", "avx2 fma", "scale", "2026-12-02 10:00", 300.0)
+    page = report_lib.merge_docs(report_lib.merge_docs("", full, HEADER), scale_run, HEADER)
+    assert page.index("full run, 2026-12-01") < page.index("`--scale` run, 2026-12-02")
+    older_full = _run_of("AMD EPYC", "avx2 fma", "full", "2026-11-30 10:00", 90.0)
+    assert "`--scale` run" in report_lib.merge_docs(page, older_full, HEADER)
+    newer_full = _run_of("AMD EPYC", "avx2 fma", "full", "2026-12-03 10:00", 110.0)
+    page = report_lib.merge_docs(page, newer_full, HEADER)
+    assert "`--scale` run" not in page and page.count("<!-- bench run: ") == 1
+
+
+def test_markdown_headings_go_one_level_down_inside_a_machines_part():
+    markdown = report_lib.format_markdown(sample(), level=3)
+    assert "### Machine (full run)" in markdown and "### 1. Input pipeline" in markdown
+    assert "\n## " not in markdown

@@ -1,5 +1,6 @@
-"""GCS for a booted test machine: the GCS emulator in a process of its own (gcs_emulator.py), and
-a client for the tests. The metadata server and Secret Manager are tests/fake_cloud.py."""
+"""GCS for a booted test machine: the GCS emulator in a process of its own (gcs_emulator.py), which
+the suite puts behind the IAM-enforcing front (workload/gcs_front.py), and a client for the tests.
+The metadata server, Secret Manager and the workflow executions are tests/fake_cloud.py."""
 
 from __future__ import annotations
 
@@ -49,15 +50,13 @@ def gcs_emulator(bucket: str, log: Path) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def storage_client(url: str) -> Any:
-    """A google-cloud-storage client for the emulator at `url`."""
-    from google.auth.credentials import AnonymousCredentials
+def storage_client(url: str, token: str) -> Any:
+    """A google-cloud-storage client for the GCS front at `url`, sending `token`."""
     from google.cloud import storage
+    from google.oauth2.credentials import Credentials
 
     return storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": url},
+        project="test", credentials=Credentials(token), client_options={"api_endpoint": url}
     )
 
 

@@ -32,6 +32,7 @@ from infra.password import jupyter_password_hash
 from infra.settings import StackSettings
 from infra.stack_config import PROJECT_ROOT, settings_for_stack
 from startup.render import render_startup_script
+from tests import iam
 from tests.boot.cloud import free_port, gcs_emulator, read_json, storage_client
 from tests.boot.image import METADATA_ADDRESS, build_image
 from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
@@ -39,22 +40,26 @@ from tests.boot.phases import NOTES, phase
 from tests.fake_cloud import FakeCloud
 from tests.kernels import run_in_kernel, start_kernel, stop_kernel
 from tests.workload.conftest import write_tiny_data
+from workload.gcs_front import Front, credentials_file
 
 pytestmark = [pytest.mark.boot, pytest.mark.usefixtures("boot_prerequisites")]
 
 BUCKET = "kgg-boot-test"
 PASSWORD = "correct horse battery staple"
 SALT = base64.b64encode(b"boot-suite-salt!").decode()
-PASSWORD_SECRET = "projects/123456/secrets/kgg-boot-test-jupyter-password"
 DATA_PATH = "data/plant-seedlings"
 TRAINING_ARGS = [
     "--weights", "none", "--image-size", "32", "--batch-size", "4", "--head-epochs", "1",
     "--finetune-epochs", "1", "--no-progress",
 ]  # fmt: skip
 IDLE_CHECK_SECONDS = 20  # the idle timer's period in the idle-shutdown test
-GROUP = "kgg-dev-1a2b3c"  # the VM's managed instance group (infra/component.py)
 KEEP_ENV = "KGG_BOOT_KEEP"  # =1: keep the machine's root after the suite, to read its journal
 PROJECT = "boot-test-project"
+# The program declared for this bucket and project (tests/iam.py): the doubles enforce its grants
+# (the VM's token comes from the metadata server), and its names are the VM's.
+STACK = iam.stack(BUCKET, project=PROJECT, suffix="1a2b3c", project_number="123456")
+GROUP = STACK.group  # the VM's managed instance group (infra/component.py)
+PASSWORD_SECRET = STACK.password_secret
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
 API_TOKEN = "/etc/keras-gpu-gcp/jupyter/api-token"
@@ -74,6 +79,7 @@ class Vm:
     port: int
     environment: dict[str, str] = field(default_factory=dict)
     tmp: Path = Path()
+    front: Any = None
 
     def settings(self, **overrides: Any) -> StackSettings:
         return settings_for_stack(
@@ -97,6 +103,7 @@ class Vm:
             workload_object=self.archive.object_name,
             password_secret=PASSWORD_SECRET,
             group=GROUP,
+            stop_workflow=STACK.workflow.name,
         )
         self.cloud.metadata.update(
             {f"instance/attributes/{key}": value for key, value in attributes.items()}
@@ -129,30 +136,34 @@ def vm(boot_prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> It
         "project/project-id": PROJECT,
         # The notebook URL and the certificate's address: loopback, so the tests can check both.
         "instance/network-interfaces/0/access-configs/0/external-ip": "127.0.0.1",
-        "instance/service-accounts/default/token": json.dumps(
-            {"access_token": "test-token", "expires_in": 3599, "token_type": "Bearer"}
-        ),
     }
     # metadata.google.internal (the root's /etc/hosts) and Secret Manager, on port 80 as GCE's.
     with (
-        FakeCloud(METADATA_ADDRESS, 80, metadata=values) as cloud,
-        gcs_emulator(BUCKET, tmp / "gcs.log") as gcs_url,
+        FakeCloud(METADATA_ADDRESS, 80, metadata=values, stack=STACK) as cloud,
+        gcs_emulator(BUCKET, tmp / "gcs.log") as emulator_url,
+        Front(emulator_url, STACK.authority) as front,
     ):
+        gcs_url = front.url
+        owner = tmp / "laptop-credentials.json"
+        owner.write_text(json.dumps(credentials_file(STACK.owner_token)))
         cloud.put_secret(PASSWORD_SECRET, jupyter_password_hash(PASSWORD, SALT))
         archive = build_archive()
-        storage = storage_client(gcs_url)
+        storage = storage_client(gcs_url, STACK.owner_token)
         storage.bucket(BUCKET).blob(archive.object_name).upload_from_string(archive.data)
         with phase("machine: copy of the image"):
             machine = Machine(image, tmp / "root", tmp / "console.log")
-        test_vm = Vm(machine, cloud, gcs_url, storage, archive, free_port(), tmp=tmp)
+        test_vm = Vm(machine, cloud, gcs_url, storage, archive, free_port(), tmp=tmp, front=front)
         test_vm.environment = {
             # The fakes' endpoints; every unit the script writes inherits them.
             "KGG_GCS_API_URL": f"{gcs_url}/storage/v1",
             "KGG_GCS_UPLOAD_URL": f"{gcs_url}/upload/storage/v1",
             "STORAGE_EMULATOR_HOST": gcs_url,
             "KGG_SECRET_MANAGER_URL": cloud.environment()["KGG_SECRET_MANAGER_URL"],
-            # Compute Engine's group resize (the VM stops itself through its group).
-            "KGG_COMPUTE_URL": cloud.environment()["KGG_COMPUTE_URL"],
+            # The stop workflow's executions (it resizes the group, as its own account).
+            "KGG_WORKFLOWS_URL": cloud.environment()["KGG_WORKFLOWS_URL"],
+            # google-auth asks the metadata server's address whether it runs on GCE (GCE's is
+            # 169.254.169.254); its name resolves through the root's /etc/hosts.
+            "GCE_METADATA_IP": METADATA_ADDRESS,
             # No GPU here: TensorFlow sees none (nvidia-smi's stand-in shows the T4).
             "KGG_EXPECTED_GPUS": "0",
             "KGG_DATA_POLL_SECONDS": "2",
@@ -379,7 +390,9 @@ def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) 
     upload = subprocess.run(
         [sys.executable, "-m", "workload", "upload", str(data), "--bucket", BUCKET,
          "--prefix", DATA_PATH, "--quiet"],
-        cwd=PROJECT_ROOT, env={**os.environ, "STORAGE_EMULATOR_HOST": vm.gcs_url},
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "STORAGE_EMULATOR_HOST": vm.gcs_url,
+             "GOOGLE_APPLICATION_CREDENTIALS": str(vm.tmp / "laptop-credentials.json")},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert upload.returncode == 0, upload.stderr
@@ -660,9 +673,23 @@ def test_idle_vm_asks_its_group_to_delete_it_while_jupyterlab_runs(vm: Vm) -> No
         waited = time.monotonic() - up_since
 
     # The idle window, then at most three timer periods; the VM never powered itself off (its
-    # group would have made it again): it asked the group to delete it.
+    # group would have made it again): its stop workflow asked the group to delete it, as the
+    # workflow's own account (the VM's holds no Compute Engine permission).
     assert waited <= 60 + 3 * IDLE_CHECK_SECONDS
     assert vm.cloud.requested("/resize") == [resize]
+    assert vm.cloud.group_sizes[STACK.group_path] == 0
+    stops = [
+        e for e in vm.cloud.executions.values() if json.loads(e["argument"]) == {"check": False}
+    ]
+    assert [e["state"] for e in stops] == ["SUCCEEDED"]
+    # Every boot checked its stop path first, without stopping.
+    checks = [
+        e for e in vm.cloud.executions.values() if json.loads(e["argument"]) == {"check": True}
+    ]
+    assert checks and all(e["state"] == "SUCCEEDED" for e in checks)
+    # The VM's side ran under the VM's identity and its grants were enough: the only refusals
+    # are the bucket metadata its reads of absent objects ask for (and take as "it exists").
+    assert {refusal.split()[1] for refusal in vm.front.refusals} <= {"storage.buckets.get"}
     assert vm.machine.running()
     status = vm.status()
     assert status is not None

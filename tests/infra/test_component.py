@@ -234,41 +234,37 @@ def test_gcp_zone_only_stack_still_previews_as_a_one_zone_group(tmp_path):
 
 
 @pulumi.runtime.test
-def test_vm_may_resize_only_its_own_group(tmp_path):
+def test_only_the_stop_workflows_account_may_resize_the_group_and_only_that_one(tmp_path):
     notebook, _, mocks = build(tmp_path)
 
-    def check(urn, group_path, email, role_name, _grant_urn):
-        (role,) = mocks.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
-        assert role.inputs["permissions"] == [
-            "compute.instanceGroupManagers.get",
-            "compute.instanceGroupManagers.update",
-        ], urn
+    def check(urn, group_path, vm_email, stopper_email, role_name, workflow_path, metadata):
+        (role,) = [
+            r for r in mocks.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
+            if r.outputs["name"] == role_name
+        ]  # fmt: skip
+        assert role.inputs["permissions"] == list(specs.STOPPER_PERMISSIONS), urn
         grants = [
-            g
-            for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+            g for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
             if g.inputs["role"] == role_name
-        ]
+        ]  # fmt: skip
         assert [(g.inputs["member"], g.inputs["condition"]["expression"]) for g in grants] == [
-            (f"serviceAccount:{email}", f'resource.name == "{group_path}"')
+            (f"serviceAccount:{stopper_email}", f'resource.name == "{group_path}"')
         ], urn
         assert group_path == (
             "projects/YOUR-GCP-PROJECT-ID/regions/us-central1/instanceGroupManagers/"
-            f"{email.split('@')[0]}"
+            f"{vm_email.split('@')[0]}"
         ), urn
-        # Nothing else about compute reaches the VM, and nothing without the condition.
-        project_roles = [
-            g.inputs["role"] for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
-        ]
-        assert not [r for r in project_roles if "compute" in r], urn
+        (workflow,) = mocks.of_type("gcp:workflows/workflow:Workflow")
+        assert workflow.inputs["serviceAccount"] == stopper_email, urn
+        assert f"url: {specs.COMPUTE_API}/{group_path}/resize" in workflow.inputs["sourceContents"]
+        assert metadata[specs.STOP_WORKFLOW_KEY] == workflow_path, urn
+        assert workflow_path.endswith(f"/locations/us-central1/workflows/{workflow.inputs['name']}")
 
     return _check(
-        notebook.group,
-        notebook.group_path,
-        notebook.service_account.email,
-        notebook.group_resize_role.name,
-        notebook.group_resize_grant.urn,
-        check=check,
-    )
+        notebook.group, notebook.group_path, notebook.service_account.email,
+        notebook.stopper.email, notebook.group_resize_role.name, notebook.stop_workflow_path,
+        notebook.template.metadata, check=check,
+    )  # fmt: skip
 
 
 @pulumi.runtime.test
@@ -422,20 +418,24 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
 def test_service_account_gets_only_the_project_roles_the_vm_uses(tmp_path):
     notebook, _, mocks = build(tmp_path)
 
-    def check(urn, resize_role, _grant_urn):
-        grants = mocks.of_type("gcp:projects/iAMMember:IAMMember")
-        # The startup script's runner logs to Cloud Logging; nothing writes metrics. The resize
-        # role is held only on the VM's own group (test_vm_may_resize_only_its_own_group).
+    def check(urn, email, invoke_role, _grant_urn):
+        grants = [
+            g for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+            if g.inputs["member"] == f"serviceAccount:{email}"
+        ]  # fmt: skip
+        # The startup script's runner logs to Cloud Logging; nothing writes metrics. The invoke
+        # role is held only on the stop workflow (tests/infra/test_grants.py).
         assert sorted(g.inputs["role"] for g in grants) == sorted(
-            ["roles/logging.logWriter", resize_role]
+            ["roles/logging.logWriter", invoke_role]
         ), urn
         unconditioned = [g.inputs["role"] for g in grants if not g.inputs.get("condition")]
         assert unconditioned == ["roles/logging.logWriter"], urn
 
     return _check(
         notebook.service_account,
-        notebook.group_resize_role.name,
-        notebook.group_resize_grant.urn,
+        notebook.service_account.email,
+        notebook.stop_invoke_role.name,
+        notebook.stop_invoke_grant.urn,
         check=check,
     )
 

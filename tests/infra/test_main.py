@@ -31,11 +31,12 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
             "GpuNotebook", "Bucket", "BucketObject", "RandomId", "Account", "BucketIAMMember",
             "IAMMember", "Network", "Subnetwork", "Firewall", "Firewall", "Address",
             "RandomBytes", "Secret", "SecretVersion", "SecretIamMember", "InstanceTemplate",
-            "RegionInstanceGroupManager", "IAMCustomRole", "IAMMember",
+            "RegionInstanceGroupManager", "IAMCustomRole", "IAMMember", "Account", "Workflow",
+            "IAMCustomRole", "IAMMember",
         ])  # fmt: skip
 
     # The last resource registered: its URN resolves once every resource exists.
-    last = program["notebook"].group_resize_grant.urn
+    last = program["notebook"].group.urn
     return pulumi.Output.all(exported["notebookUrl"], last).apply(lambda values: check(values[0]))
 
 

@@ -7,6 +7,11 @@ which calls it made. The fixtures follow the shapes of GCE's REST reference
 instanceTemplates.get) and its error catalogue; they were written from those documents, not
 captured from a live project (this machine has no GCP).
 
+Every call is checked against IAM first, as GCE does: the caller is known by its bearer token
+(the laptop user's default credentials; the VM's token in the tests that take it), the
+permission is the one the Compute API reference documents for the method, and the grants are
+the declared program's (tests/iam.py); a refusal is GCE's own 403 body.
+
 Three things are live rather than replayed: a resize changes the `targetSize` later GETs of the
 group return, listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
 recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` and `kgg/`
@@ -25,6 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_cloud import compute_denial
+from tests.iam import Stack, stack
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gce"
 GROUP_PATH = "projects/kgg-demo-project/regions/us-central1/instanceGroupManagers/kgg-dev-0a1b2c"
@@ -51,6 +59,9 @@ class FakeCompute:
     # The running VM's instance id, when a test has the group recreate it (live; None: the
     # fixture's).
     instance_id: str | None = None
+    stack: Stack = field(default_factory=lambda: stack("kgg-test-bucket"))
+    # Each request's caller (member, or None without a known token), in order.
+    callers: list[str | None] = field(default_factory=list)
 
     def exchanges(self) -> list[dict[str, Any]]:
         loaded = []
@@ -58,10 +69,17 @@ class FakeCompute:
             loaded += json.loads((FIXTURES / f"{name}.json").read_text())["exchanges"]
         return loaded
 
-    def answer(self, method: str, raw_path: str) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, method: str, raw_path: str, authorization: str = ""
+    ) -> tuple[int, dict[str, Any]]:
         split = urlsplit(raw_path)
         query = parse_qs(split.query)
         self.requests.append(Request(method, split.path, query))
+        member = self.stack.authority.member(authorization.removeprefix("Bearer "))
+        self.callers.append(member)
+        permission, resource = required_permission(method, split.path)
+        if member is None or not self.stack.authority.allows(member, permission, resource):
+            return compute_denial(member, permission, resource)
         if split.path.endswith("/getGuestAttributes"):
             path = query["queryPath"][0]
             items = self.host_keys if path.startswith("hostkeys/") else self.notebook_attributes
@@ -99,6 +117,29 @@ class FakeCompute:
         return calls
 
 
+def required_permission(method: str, path: str) -> tuple[str, str]:
+    """The permission the Compute API reference documents for the call, and its resource."""
+    resource = path.removeprefix("/compute/v1/")
+    for suffix in ("/listManagedInstances", "/listErrors", "/listPerInstanceConfigs"):
+        if resource.endswith(suffix):
+            return "compute.instanceGroupManagers.get", resource.removesuffix(suffix)
+    if resource.endswith("/resize"):
+        return "compute.instanceGroupManagers.update", resource.removesuffix("/resize")
+    if "/instanceGroupManagers/" in resource:
+        return "compute.instanceGroupManagers.get", resource
+    if "/instanceTemplates/" in resource:
+        return "compute.instanceTemplates.get", resource
+    if "/operations/" in resource:
+        return "compute.regionOperations.get", resource.removesuffix("/wait")
+    if resource.endswith("/aggregated/instances"):
+        return "compute.instances.list", resource.removesuffix("/aggregated/instances")
+    if resource.endswith("/getGuestAttributes"):
+        return "compute.instances.getGuestAttributes", resource.removesuffix("/getGuestAttributes")
+    if "/instances/" in resource and method == "DELETE":
+        return "compute.instances.delete", resource
+    return f"unknown {method} {resource}", resource
+
+
 def _shift_timestamps(body: dict[str, Any]) -> dict[str, Any]:
     items = body.get("items") or []
     stamps = [datetime.fromisoformat(item["timestamp"]) for item in items]
@@ -122,7 +163,9 @@ def running_fake(scenario: str) -> Iterator[FakeCompute]:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(length)
-            status, body = fake.answer(self.command, self.path)
+            status, body = fake.answer(
+                self.command, self.path, self.headers.get("Authorization", "")
+            )
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -132,6 +175,7 @@ def running_fake(scenario: str) -> Iterator[FakeCompute]:
 
         do_GET = _reply
         do_POST = _reply
+        do_DELETE = _reply
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -129,3 +129,47 @@ def test_gpu_comes_from_the_templates_accelerator_when_it_has_no_gpu_label():
     properties = {**template["properties"], "labels": {}}
     result = state("stockout", template={**template, "properties": properties})
     assert result.gpu == "nvidia-tesla-t4"
+
+
+def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_is_absent():
+    """A group made with `versions` may leave `instanceTemplate` out (the GPU label is read from
+    the template `versions[0]` names)."""
+    from workload.ops import cli as ops_cli
+    from workload.ops.gce import GroupRef
+
+    from .fake_gce import GROUP_PATH, fixture_body
+
+    described = dict(fixture_body("running", "GET", "kgg-dev-0a1b2c"))
+    del described["instanceTemplate"]
+    asked: list[str] = []
+
+    class Compute:
+        def get_group(self, group):
+            return described
+
+        def get_template(self, url):
+            asked.append(url)
+            return fixture_body("running", "GET", "kg-template-5f3c2a1")
+
+        def list_managed_instances(self, group):
+            return []
+
+        def list_errors(self, group):
+            return []
+
+        def list_per_instance_configs(self, group):
+            return []
+
+        def labelled_instances(self, project, labels):
+            return []
+
+    state = ops_cli.read_group(Compute(), GroupRef.parse(GROUP_PATH))  # type: ignore[arg-type]
+
+    assert asked == [described["versions"][0]["instanceTemplate"]]
+    assert state.gpu == "nvidia-tesla-t4"
+
+
+def test_a_stockouts_long_text_comes_from_its_localized_detail_as_gce_sends_it():
+    s = state("stockout")
+    assert s.attempt is not None
+    assert s.attempt.message.startswith("A n1-highmem-4 VM instance with 1 nvidia-tesla-t4 is")

@@ -17,7 +17,18 @@ from .conftest import run_workload
 from .fake_gce import GROUP_PATH, FakeCompute, running_fake
 
 TEMPLATE_CALL = "GET projects/kgg-demo-project/global/instanceTemplates/kg-template-5f3c2a1"
-READ_GROUP = ["GET GROUP", TEMPLATE_CALL, "POST GROUP/listManagedInstances", "GET GROUP/listErrors"]
+LABELLED_CALL = (
+    "GET projects/kgg-demo-project/aggregated/instances"
+    "?filter=(labels.app = keras-gpu-gcp) (labels.stack = dev)"
+)
+READ_GROUP = [
+    "GET GROUP",
+    TEMPLATE_CALL,
+    "POST GROUP/listManagedInstances",
+    "GET GROUP/listErrors",
+    "POST GROUP/listPerInstanceConfigs",
+    LABELLED_CALL,
+]
 WAIT_CALL = (
     "POST projects/kgg-demo-project/regions/us-central1/operations/"
     "operation-1764237600000-62f1a0b3c4d5e-resize/wait"
@@ -255,3 +266,74 @@ def test_group_comes_from_the_stack_output_when_pulumi_is_there() -> None:
 def test_missing_pulumi_cli_says_to_pass_group() -> None:
     with pytest.raises(ops_cli.StackValueError, match="pulumi CLI is not installed; pass --group"):
         ops_cli.resolve_group(None, which=lambda _: None)
+
+
+@pytest.mark.parametrize("fake_gce", ["outside"], indirect=True)
+def test_status_warns_of_a_vm_outside_the_group_and_of_group_overrides(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "WARNING: kgg-dev-0a1b2c-old1 in us-central1-b (RUNNING) has the stack's labels but is "
+        "not in the group kgg-dev-0a1b2c: idle shutdown and `python -m workload stop` do not "
+        "reach it. `python -m workload stop` deletes it."
+    )
+    assert lines[1].startswith(
+        "WARNING: the group kgg-dev-0a1b2c has allInstancesConfig sets enable-oslogin, ssh-keys"
+    )
+    assert lines[2].startswith(
+        "WARNING: the group kgg-dev-0a1b2c has per-instance configs for kgg-dev-0a1b2c-7kq2"
+    )
+    assert "kgg-dev-0a1b2c-7kq2 in us-central1-b, RUNNING" in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["outside"], indirect=True)
+def test_stop_deletes_a_vm_outside_the_group_too_and_says_so(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    result = workload("stop", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    delete = "DELETE projects/kgg-demo-project/zones/us-central1-b/instances/kgg-dev-0a1b2c-old1"
+    assert delete in fake_gce.calls()
+    assert "POST GROUP/resize?size=0" in fake_gce.calls()
+    assert (
+        "deleted kgg-dev-0a1b2c-old1 in us-central1-b: it had the stack's labels but was outside "
+        "the group kgg-dev-0a1b2c"
+    ) in result.stdout
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_the_vms_token_is_refused_the_group_with_gces_own_403(
+    fake_gce: FakeCompute, tmp_path: Path
+) -> None:
+    """What the VM's account could do with the laptop's commands: nothing of its group."""
+    from workload.emulator import acting_as
+
+    with acting_as(fake_gce.stack.vm_token):
+        result = workload("stop", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert (
+        f"HTTP 403: Required 'compute.instanceGroupManagers.get' permission for '{GROUP_PATH}'"
+    ) in result.stderr
+    assert fake_gce.calls() == ["GET GROUP"]
+    assert fake_gce.callers == [fake_gce.stack.grants.identities["vm"]]
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_hints_ssh_through_iap_in_the_groups_project(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    error = {"step": "jupyter", "message": "jupyter exited", "log_tail": ""}
+    storage.write_json(
+        f"gs://{gcs_bucket}/status/startup.json",
+        {"version": 1, "phase": "failed", "steps": {}, "error": error},
+    )
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+    assert (
+        "$ gcloud compute ssh kgg-dev-0a1b2c-7kq2 --zone us-central1-b --tunnel-through-iap "
+        "--project kgg-demo-project -- sudo journalctl -u kgg-jupyter.service"
+    ) in result.stdout

@@ -100,6 +100,21 @@ def test_pull_downloads_the_runs_files_and_skips_them_the_second_time(
     assert (again.copied, again.skipped) == (0, 4)
 
 
+def test_pull_lists_the_bucket_once_and_reports_files_per_second(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_run(gcs_bucket, "r0", done=True)
+    _write_run(gcs_bucket, "r1", done=True)
+    listed: list[str] = []
+    real = storage.list_objects
+    monkeypatch.setattr(
+        storage, "list_objects", lambda url: (listed.append(str(url)), real(url))[1]
+    )
+    run_id, target, stats = results.pull_run(gcs_bucket, "latest", tmp_path, progress=False)
+    assert listed == [f"gs://{gcs_bucket}/runs"]
+    assert "files/s" in results.render_pull(run_id, target, stats)
+
+
 def test_pull_leaves_the_resume_checkpoints_behind(gcs_bucket: str, tmp_path: Path) -> None:
     _write_run(gcs_bucket, "r1", done=False)
     storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/backup/state.json", b"{}")

@@ -125,10 +125,13 @@ def test_interrupted_upload_resumes_and_writes_the_manifest_last(
     for path in first_class.iterdir():
         storage.upload_file(path, f"gs://{gcs_bucket}/{PREFIX}/train/Black-grass/{path.name}")
     writes: list[str] = []
-    real_upload, real_write = storage.upload_file, storage.write_json
-    monkeypatch.setattr(
-        storage, "upload_file", lambda p, url: (writes.append(url), real_upload(p, url))
-    )
+    real_upload, real_write = storage.upload_files, storage.write_json
+
+    def recorded(files: list[tuple[Path, str]], base: str, *args: object) -> None:
+        real_upload(files, base, *args)  # type: ignore[arg-type]
+        writes.extend(f"{base}/{name}" for _, name in files)
+
+    monkeypatch.setattr(storage, "upload_files", recorded)
     monkeypatch.setattr(
         storage, "write_json", lambda url, obj: (writes.append(url), real_write(url, obj))
     )
@@ -145,10 +148,10 @@ def test_interrupted_upload_of_changed_data_leaves_no_stale_manifest(
     upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
     (dataset_dir / "train" / "Maize" / "new.png").write_bytes(b"new image")
 
-    def network_gone(path: Path, url: str) -> None:
-        raise storage.StorageError(f"{url}: connection reset")
+    def network_gone(files: list[tuple[Path, str]], base: str, *args: object) -> None:
+        raise storage.StorageError(f"{base}/{files[0][1]}: connection reset")
 
-    monkeypatch.setattr(storage, "upload_file", network_gone)
+    monkeypatch.setattr(storage, "upload_files", network_gone)
     with pytest.raises(storage.StorageError):
         upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, progress=False)
     assert upload.MANIFEST_NAME not in _bucket_objects(gcs_bucket)

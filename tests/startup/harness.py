@@ -30,7 +30,8 @@ from tests.fake_cloud import FakeCloud
 BUCKET = "kgg-test-bucket"
 RUN_ID = "run-20261127-abc123"
 PASSWORD_HASH = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdA$aGFzaA"
-PASSWORD_SECRET = "projects/123456/secrets/kgg-dev-abc123-jupyter-password"
+# The secret the program declares for the test stack (tests/iam.py): the VM may read it.
+PASSWORD_SECRET = "projects/123456789012/secrets/kgg-dev-0a1b2c-jupyter-password"
 EXTERNAL_IP = "203.0.113.10"
 KERNEL = "5.15.0-1070-gcp"
 STATUS = "status/startup.json"
@@ -205,9 +206,6 @@ class FakeVm:
                 "instance/network-interfaces/0/access-configs/0/external-ip": EXTERNAL_IP,
                 "instance/name": "kgg-dev-vm",
                 "instance/zone": "projects/123456/zones/us-central1-a",
-                "instance/service-accounts/default/token": json.dumps(
-                    {"access_token": "test-token", "expires_in": 3599}
-                ),
             }
         )
 

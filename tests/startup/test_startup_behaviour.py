@@ -608,18 +608,19 @@ def test_a_kernel_upgrade_gets_the_module_for_the_new_kernel_without_a_reboot(vm
     assert vm.handed_over()
 
 
-def test_idle_check_without_an_env_in_a_group_resizes_it_instead_of_powering_off(
+def test_idle_check_without_an_env_in_a_group_runs_the_stop_workflow_never_a_power_off(
     vm: FakeVm,
 ) -> None:
-    """A group recreates a VM that powers off (a loop that keeps paying): it must delete it."""
+    """A group recreates a VM that powers off (a loop that keeps paying): the stop workflow the
+    program declares resizes its group to 0, as the workflow's own account."""
     vm.fail("uv", "sync")
     vm.flag("driver-loaded")
     assert vm.boot().returncode != 0
+    stack = vm.cloud.stack
     vm.set_metadata(
         {
-            "instance/attributes/kgg-instance-group": "kgg-dev-1a2b3c",
-            "instance/attributes/kgg-instance-group-region": "us-central1",
-            "project/project-id": "my-project",
+            "instance/attributes/kgg-instance-group": stack.group,
+            "instance/attributes/kgg-stop-workflow": stack.workflow.name,
         }
     )
     (vm.root / "proc").mkdir()
@@ -629,10 +630,12 @@ def test_idle_check_without_an_env_in_a_group_resizes_it_instead_of_powering_off
 
     assert check.returncode == 0, check.stderr
     assert not vm.flagged("shutdown")
-    assert vm.cloud.requested("/resize") == [
-        "POST /compute/v1/projects/my-project/regions/us-central1/instanceGroupManagers/"
-        "kgg-dev-1a2b3c/resize?size=0"
+    assert vm.cloud.requested("/executions") == [
+        f"POST /workflows/v1/{stack.workflow.name}/executions"
     ]
+    assert vm.cloud.requested("/resize") == [f"POST /compute/v1/{stack.group_path}/resize?size=0"]
+    assert vm.cloud.group_sizes[stack.group_path] == 0
+    assert vm.status()["error"]["step"] == "python"  # the failed boot's, not a failed stop
 
 
 def test_the_startup_log_reaches_the_bucket_at_each_step_end_before_the_env(vm: FakeVm) -> None:
@@ -649,7 +652,7 @@ def test_the_startup_log_reaches_the_bucket_at_each_step_end_before_the_env(vm: 
 def test_a_failure_before_the_env_posts_to_the_webhook_from_bootstrap(vm: FakeVm) -> None:
     from tests.webhook_server import running_webhook
 
-    secret = "projects/123456789012/secrets/kgg-dev-0a1b2c-notify-webhook"
+    secret = vm.cloud.stack.notify_secret
     with running_webhook() as webhook:
         vm.cloud.put_secret(secret, webhook.url + "\n")
         vm.set_metadata({"instance/attributes/kgg-notify-webhook-secret": secret})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,11 @@ import pytest
 
 from tests.workload.conftest import png_bytes, write_tiny_data
 from workload import storage
-from workload.job import data
+from workload.job import arrays, data
+
+
+def _all(images: arrays.DiskRows) -> np.ndarray:
+    return arrays.rows_of(images, 0, len(images))
 
 
 def _write(path: Path, payload: bytes) -> Path:
@@ -101,7 +106,7 @@ def test_decoded_images_are_cached_and_never_decoded_again(
 
     monkeypatch.setattr(data, "decode_image", no_decoding)
     second, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
-    np.testing.assert_array_equal(first.images, second.images)
+    np.testing.assert_array_equal(_all(first.images), _all(second.images))
 
 
 def test_stratified_split_keeps_class_proportions_and_is_reproducible() -> None:
@@ -143,6 +148,39 @@ def test_gs_data_is_mirrored_without_manifest_and_unchanged_files_are_not_copied
         url, local, progress=False, include=lambda n: not n.startswith("_")
     )
     assert (stats.copied, stats.skipped) == (1, 21)
+
+
+def test_the_data_is_listed_once_for_its_identity_and_its_mirror(
+    gcs_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    listed: list[str] = []
+    real = storage.list_objects
+    monkeypatch.setattr(storage, "list_objects", lambda u: (listed.append(str(u)), real(u))[1])
+    listing = data.list_data(url)
+    identity = data.data_identity(url, listing)
+    local = data.fetch_data(url, tmp_path / "cache", progress=False, listing=listing)
+    assert [u for u in listed if storage.is_gcs(u)] == [url]
+    assert (identity.files, len(list(local.rglob("*.png")))) == (22, 22)
+    printed = capsys.readouterr().out
+    assert "data: 22 files copied" in printed and "files/s" in printed
+
+
+def test_a_mirror_that_does_not_fit_is_refused_before_anything_is_copied(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workload.job import diskspace
+
+    url = f"gs://{gcs_bucket}/data"
+    storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
+    monkeypatch.setattr(diskspace, "room", lambda folder: (10_000, 0))
+    with pytest.raises(diskspace.DiskSpaceError, match=r"the data's mirror .* need .* under"):
+        data.fetch_data(url, tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.png"))
 
 
 def test_make_dataset_gathers_rows_with_their_labels_and_weights_in_order() -> None:
@@ -230,3 +268,70 @@ def test_mirror_drops_files_deleted_from_the_bucket(gcs_bucket: str, tmp_path: P
     data.fetch_data(url, tmp_path / "cache", progress=False)
     assert not (local / "train/Maize/0.png").exists()
     assert len(list(local.rglob("*.png"))) == 21
+
+
+def test_decode_processes_write_every_file_into_its_own_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool of processes (the job's path for more than a few files) against the threads."""
+    root = write_tiny_data(tmp_path / "data")
+    _write(root / "train/Maize/cut.png", png_bytes(np.zeros((30, 30, 3), np.uint8))[:60])
+    train = root / "train"
+    files = data.discover_train(train)[0]
+    threads = data.load_images(train, files, 32, tmp_path / "threads", workers=2, progress=False)
+    monkeypatch.setattr(data, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(data, "DECODE_CHUNK", 3)  # several chunks per process, out of order
+    processes = data.load_images(train, files, 32, tmp_path / "processes", workers=2,
+                                 progress=False)  # fmt: skip
+    assert processes[1:] == threads[1:]
+    ok, skipped = processes[1], processes[2]
+    assert [s["file"] for s in skipped] == ["train/Maize/cut.png"]
+    assert len(ok) == len(files) - 1
+    expected = np.stack([data.decode_image(train / files[i], 32) for i in ok])
+    np.testing.assert_array_equal(_all(processes[0]), expected)
+    np.testing.assert_array_equal(_all(threads[0]), expected)
+
+
+def _cache_files(cache: Path) -> list[str]:
+    return sorted(p.suffix for p in (cache / "images").iterdir())
+
+
+def test_a_cache_of_the_in_memory_version_is_rebuilt_never_misread_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 kept the readable images only, loaded whole: its rows are not one per file."""
+    root = write_tiny_data(tmp_path / "data")
+    _write(root / "train/Charlock/bad.png", b"not a png")
+    train = root / "train"
+    files = data.discover_train(train)[0]
+    images = tmp_path / "cache" / "images"
+    images.mkdir(parents=True)
+    monkeypatch.setattr(data, "CACHE_VERSION", 2)
+    old_key = data._cache_key(train, files, 32)
+    np.save(images / f"{old_key}.npy", np.zeros((len(files) - 1, 32, 32, 3), np.uint8))
+    old_meta = {"files": len(files), "ok": list(range(1, len(files))), "skipped": []}
+    (images / f"{old_key}.json").write_text(json.dumps(old_meta))
+    monkeypatch.setattr(data, "CACHE_VERSION", 3)
+    # The same files under the current key too, as if written without a version: not read.
+    key = data._cache_key(train, files, 32)
+    (images / f"{key}.npy").write_bytes((images / f"{old_key}.npy").read_bytes())
+    (images / f"{key}.json").write_text(json.dumps(old_meta))
+    pixels, ok, skipped = data.load_images(train, files, 32, tmp_path / "cache", progress=False)
+    assert [s["file"] for s in skipped] == ["train/Charlock/bad.png"]
+    expected = np.stack([data.decode_image(train / files[i], 32) for i in ok])
+    np.testing.assert_array_equal(_all(pixels), expected)
+    assert sorted(p.stem for p in images.iterdir()) == [key, key]  # the old version's are gone
+    assert json.loads((images / f"{key}.json").read_text())["version"] == 3
+
+
+def test_a_cache_cut_short_is_named_deleted_and_decoded_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_tiny_data(tmp_path / "data")
+    data.load_train(root, 32, tmp_path / "cache", progress=False)
+    array = next((tmp_path / "cache/images").glob("*.npy"))
+    array.write_bytes(array.read_bytes()[:-100])  # a disk that filled up under another tool
+    dataset, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    assert "is unreadable" in capsys.readouterr().err
+    expected = np.stack([data.decode_image(root / "train" / f, 32) for f in dataset.files])
+    np.testing.assert_array_equal(_all(dataset.images), expected)

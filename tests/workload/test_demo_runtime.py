@@ -36,3 +36,14 @@ def test_global_batch_is_rounded_up_to_a_multiple_of_the_replicas() -> None:
 
     runtime = Runtime(Strategy(), ["a", "b", "c"], Precision("mixed_float16", "test"))
     assert [runtime.batch(size) for size in (32, 33, 3, 1)] == [33, 33, 3, 3]
+
+
+def test_the_demo_trains_as_the_vm_whose_grants_come_from_the_program() -> None:
+    from workload.demo import DEMO_BUCKET, demo_identities
+
+    authority, laptop, vm = demo_identities(DEMO_BUCKET)
+    bucket = f"projects/_/buckets/{DEMO_BUCKET}"
+    vm_member, laptop_member = authority.member(vm), authority.member(laptop)
+    assert authority.allows(vm_member, "storage.objects.create", f"{bucket}/objects/runs/x")
+    assert not authority.allows(vm_member, "storage.buckets.get", bucket)
+    assert authority.allows(laptop_member, "storage.buckets.get", bucket)

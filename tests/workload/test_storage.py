@@ -159,3 +159,45 @@ def test_backup_restore_never_writes_outside_the_work_folder(
     assert run.state["phases"]["head"]["epochs_done"] == 1
     assert victims_untouched(victim)
     assert capsys.readouterr().err.count("warning: not downloading") == 2
+
+
+def test_many_files_go_through_in_chunks_each_renamed_into_place(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transfer_manager both ways, several chunks (2 workers x 2 files each), with files/s."""
+    monkeypatch.setattr(storage, "TRANSFERS_PER_WORKER", 2)
+    source = tmp_path / "source"
+    for index in range(11):
+        (source / f"c{index % 3}").mkdir(parents=True, exist_ok=True)
+        (source / f"c{index % 3}" / f"{index}.png").write_bytes(bytes([index]) * (index + 1))
+    up = storage.upload_tree(source, f"gs://{gcs_bucket}/many", workers=2)
+    assert (up.copied, up.bytes) == (11, sum(range(1, 12)))
+    assert "files/s" in up.rate()
+    down = storage.download_tree(f"gs://{gcs_bucket}/many", tmp_path / "mirror", workers=2,
+                                 progress=False)  # fmt: skip
+    assert (down.copied, down.skipped) == (11, 0)
+    mirror = sorted(p.relative_to(tmp_path / "mirror").as_posix()
+                    for p in (tmp_path / "mirror").rglob("*") if p.is_file())  # fmt: skip
+    assert mirror == sorted(p.relative_to(source).as_posix()
+                            for p in source.rglob("*") if p.is_file())  # fmt: skip
+    assert (tmp_path / "mirror/c1/7.png").read_bytes() == bytes([7]) * 8
+
+
+def test_an_object_gone_between_listing_and_download_is_named_and_leaves_no_part_file(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    for name in ("a.png", "b.png"):
+        storage.write_bytes(f"gs://{gcs_bucket}/d/{name}", name.encode())
+    listing = storage.list_objects(f"gs://{gcs_bucket}/d")
+    storage.delete_file(f"gs://{gcs_bucket}/d/b.png")  # deleted by someone meanwhile
+    with pytest.raises(storage.StorageError, match=f"gs://{gcs_bucket}/d/b.png"):
+        storage.download_tree(f"gs://{gcs_bucket}/d", tmp_path, progress=False, listing=listing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # whole, renamed; no .part
+
+
+def test_an_upload_to_a_missing_bucket_is_a_storage_error_naming_it(
+    gcs_emulator: str, tmp_path: Path
+) -> None:
+    (tmp_path / "x.png").write_bytes(b"x")
+    with pytest.raises(storage.StorageError, match="no-such-bucket-kgg"):
+        storage.upload_tree(tmp_path, "gs://no-such-bucket-kgg/d")

@@ -87,8 +87,11 @@ def gs_run(gcs_emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tensorboard/ objects after the kill (names and bytes), and the run's root folder."""
     from google.cloud.exceptions import Conflict
 
+    from tests.iam import client_with, stack
+
     with contextlib.suppress(Conflict):  # a bucket left by an earlier session
-        storage.client().create_bucket(BUCKET)
+        # Made by the project's Owner in the stack's project (a bucket belongs to one).
+        client_with(stack("kgg-test-bucket").owner_token).create_bucket(BUCKET)
     storage.delete_prefix(f"gs://{BUCKET}/runs")
     root = tmp_path_factory.mktemp("tb-gs")
     storage.upload_tree(write_tiny_data(root / "upload"), f"gs://{BUCKET}/data")

@@ -179,6 +179,8 @@ def build_feature_extractor(base_model: Any) -> Any:
 
 # The frozen part of the cached fine-tuning path ends here; the last block (block5) is trained.
 FROZEN_OUTPUT = "block4_pool"
+# Batches per model.predict call (see predict): 64 x 32 rows of 512 float32 features is 4 MB.
+PREDICT_CHUNK_BATCHES = 64
 
 
 def build_frozen_trunk(base_model: Any) -> Any:
@@ -257,16 +259,33 @@ def build_maps_model(last_block: Any, head: Any) -> Any:
 
 
 def predict(
-    model: Any, images: np.ndarray, batch_size: int, verbose: int = 0, jit_compile: bool = False
+    model: Any, images: Any, batch_size: int, verbose: int = 0, jit_compile: bool = False
 ) -> np.ndarray:
-    """`model`'s outputs for every row of `images`, in order, in batches of one shape (see
-    data.prediction_batches): its predict function is traced once, however often it is called.
+    """`model`'s outputs for every row of `images` (an array or rows on disk), in order, in
+    batches of one shape (see data.prediction_batches): its predict function is traced once,
+    however often it is called.
+
+    Chunk by chunk (PREDICT_CHUNK_BATCHES batches per model.predict): Keras holds each call's
+    outputs twice while it concatenates them, so one call over every image would hold the
+    whole output twice; here each chunk goes into the result as it comes. Every chunk but the
+    last is whole batches, so the batches are those of one call over everything.
 
     `jit_compile`: XLA (runtime.Runtime.jit_compile), which model.predict reads from the model."""
     if model.jit_compile != jit_compile:
         model.jit_compile = jit_compile
-    batches = data_lib.prediction_batches(images, batch_size)
-    return model.predict(batches, verbose=verbose)[: len(images)]
+    chunk = PREDICT_CHUNK_BATCHES * batch_size
+    result: np.ndarray | None = None
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]  # a view, of rows on disk too: nothing read yet
+        batches = data_lib.prediction_batches(part, batch_size)
+        out = model.predict(batches, verbose=verbose)[: len(part)]
+        if result is None:
+            result = np.empty((len(images), *out.shape[1:]), out.dtype)
+        result[start : start + len(part)] = out
+    if result is None:  # no rows: one call gives the output's shape and dtype
+        empty = data_lib.prediction_batches(images, batch_size)
+        return model.predict(empty, verbose=verbose)[:0]
+    return result
 
 
 def compute_in(model: Any, policy: str) -> None:

@@ -198,6 +198,11 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    @property
+    def work_option(self) -> str:
+        """The option that puts the work dir on another disk (see work_dir_for)."""
+        return "--cache-dir" if self.remote_backup else "--out"
+
     # --- state -----------------------------------------------------------------------------
     def _new_state(self) -> dict[str, Any]:
         return {

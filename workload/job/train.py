@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from workload import storage
+from workload.job import arrays, diskspace, tensorboard
 from workload.job import data as data_lib
-from workload.job import tensorboard
 from workload.job.atomic import atomic_path
 from workload.job.config import TrainConfig
 from workload.job.runstate import (
@@ -246,9 +247,19 @@ def maps_dtype(policy: str) -> np.dtype:
     return MAPS_DTYPE
 
 
+def maps_bytes(trunk: Any, rows: int, dtype: np.dtype) -> int:
+    """The size of the cached maps file of `rows` maps of `trunk`'s output."""
+    return arrays.file_bytes((rows, *trunk.output.shape[1:]), _stored(dtype))
+
+
+def _stored(dtype: np.dtype) -> np.dtype:
+    # bfloat16 is written as its uint16 bits, which numpy reads back without ml_dtypes.
+    return np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
+
+
 def write_frozen_maps(
     trunk: Any,
-    images: np.ndarray,
+    images: Any,
     batch_size: int,
     path: Path,
     views: int = 1,
@@ -256,26 +267,28 @@ def write_frozen_maps(
     jit_compile: bool = False,
 ) -> None:
     """Writes the frozen trunk's maps of `images` (view 1: as they are, view 2: flipped left to
-    right) to `path` as one 16-bit .npy (`dtype`, see maps_dtype; bfloat16 is written as its
-    uint16 bits, which numpy reads back without ml_dtypes), chunk by chunk: at full size the
-    float32 output of one predict over the training set would be 1.5 GB, the 16-bit file is
-    half that per view."""
+    right) to `path` as one 16-bit .npy (`dtype`, see maps_dtype), chunk by chunk into a file
+    whose blocks are reserved first (a disk too small fails before the first forward pass, with
+    OSError ENOSPC): at full size the float32 output of one predict over the training set would
+    be 1.5 GB, the 16-bit file is half that per view, and neither is ever held in memory."""
     from workload.job import model as model_lib
 
-    stored = np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
+    stored = _stored(dtype)
     shape = (views * len(images), *trunk.output.shape[1:])
-    header = {"descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
-              "shape": shape}  # fmt: skip
     chunk = MAPS_CHUNK_BATCHES * batch_size
-    with atomic_path(path) as tmp, tmp.open("wb") as handle:
-        np.lib.format.write_array_header_2_0(handle, header)
-        for view in range(views):
-            for start in range(0, len(images), chunk):
-                part = images[start : start + chunk]
-                if view == 1:
-                    part = part[:, :, ::-1]
-                out = model_lib.predict(trunk, part, batch_size, jit_compile=jit_compile)
-                handle.write(out.astype(dtype).view(stored).tobytes())
+    with atomic_path(path) as tmp:
+        target = arrays.create(tmp, shape, stored)
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            for view in range(views):
+                for start in range(0, len(images), chunk):
+                    part = arrays.rows_of(images, start, start + chunk)
+                    if view == 1:
+                        part = part[:, :, ::-1]
+                    out = model_lib.predict(trunk, part, batch_size, jit_compile=jit_compile)
+                    target.write(fd, view * len(images) + start, out.astype(dtype).view(stored))
+        finally:
+            os.close(fd)
 
 
 def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
@@ -286,7 +299,8 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     from workload.job import runtime as runtime_lib
     from workload.job.metrics import headline
 
-    identity = data_lib.data_identity(config.data)
+    listing = data_lib.list_data(config.data)  # once: the identity and the mirror agree
+    identity = data_lib.data_identity(config.data, listing)
     fingerprint = fingerprint_of(config, identity.to_dict())
     finished = finished_metrics(config, fingerprint, restart)
     if finished is not None:
@@ -301,14 +315,14 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     try:
         with runtime_lib.keeping_global_policy():
             try:
-                return _train(run, current)
+                return _train(run, current, listing)
             except CheckpointError as error:
                 if not restart:
                     raise
                 print(f"{error}: starting over (--restart)")
                 run.start_over()
                 current["phase"] = first
-                return _train(run, current)
+                return _train(run, current, listing)
     except SimulatedInterruption:
         raise  # a simulated hard kill: nothing is written, as after a real one
     except (Exception, Terminated) as error:
@@ -324,7 +338,9 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
         raise
 
 
-def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
+def _train(
+    run: Run, current: dict[str, str], listing: list[storage.ObjectInfo] | None
+) -> dict[str, Any]:
     from workload.job import model as model_lib
     from workload.job import runtime as runtime_lib
 
@@ -332,7 +348,9 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     run.put("config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
-    local_data = data_lib.fetch_data(config.data, config.cache_dir, config.workers, config.progress)
+    local_data = data_lib.fetch_data(
+        config.data, config.cache_dir, config.workers, config.progress, listing
+    )
     # The test set first: duplicate submission names fail before the long decode of train/.
     test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
     dataset, class_names = data_lib.load_train(
@@ -350,13 +368,10 @@ def _train(run: Run, current: dict[str, str]) -> dict[str, Any]:
         )
     train_dir, _ = data_lib.find_split_dirs(local_data)
     run.put("split.csv", _split_csv(train_dir.name, dataset, class_names, splits))
+    # Rows of the image cache on disk: the split copies no image.
     (x_train, y_train), (x_val, y_val), (x_hold, y_hold) = (
-        (dataset.images[rows], dataset.labels[rows]) for rows in splits
+        (dataset.images.subset(rows), dataset.labels[rows]) for rows in splits
     )
-    # The split copied every image: drop the original (715 MB at full size) instead of holding
-    # it until the results are written (only dataset.skipped is used from here on).
-    # (A slice such as images[:0] would be a view keeping the whole buffer alive.)
-    dataset.images = np.empty((0, *dataset.images.shape[1:]), dataset.images.dtype)
     weights = data_lib.class_weights(y_train, n_classes)
     print(
         f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation / "
@@ -535,22 +550,41 @@ def _train_fast(
     xla = runtime.jit_compile
     policy = runtime.precision.policy
     dtype = maps_dtype(policy)
-    maps: dict[str, np.ndarray] = {}
+    maps: dict[str, Any] = {}
 
-    def load_maps() -> dict[str, np.ndarray]:
-        """The cached block4 maps; recomputed when missing (a resumed run on a fresh machine),
-        unreadable, or made at another precision (the policy is in the file name). They live
-        in the run's work folder, which only ever holds one run."""
-        if not maps:
-            for name, images, n_views in (("train", x_train, views), ("val", x_val, 1)):
-                path = run.local_only / f"maps.{name}.{policy}.npy"
-                maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
-                if not len(maps[name]):
-                    for other in run.local_only.glob(f"maps.{name}.*.npy"):
-                        other.unlink()  # made at another precision: never used, 1 GB+ of disk
-                    print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
-                    write_frozen_maps(trunk, images, batch, path, n_views, dtype, xla)
-                    maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
+    def load_maps() -> dict[str, Any]:
+        """The cached block4 maps, read by row; recomputed when missing (a resumed run on
+        a fresh machine), unreadable, or made at another precision (the policy is in the file
+        name). They live in the run's work folder, which only ever holds one run; the disk
+        space of those still to make is checked first, for both at once."""
+        if maps:
+            return maps
+        wanted = (("train", x_train, views), ("val", x_val, 1))
+        missing = []
+        for name, images, n_views in wanted:
+            path = run.local_only / f"maps.{name}.{policy}.npy"
+            maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
+            if not len(maps[name]):
+                for other in run.local_only.glob(f"maps.{name}.*.npy"):
+                    other.unlink()  # made at another precision: never used, 1 GB+ of disk
+                missing.append((name, images, n_views, path))
+        needs = [
+            diskspace.Need(
+                run.local_only, maps_bytes(trunk, len(images) * n_views, dtype),
+                f"the block4 maps of {len(images)} {name} images x {n_views}", run.work_option,
+            )
+            for name, images, n_views, _ in missing
+        ]  # fmt: skip
+        diskspace.require(needs)
+        for (name, images, n_views, path), need in zip(missing, needs, strict=True):
+            print(f"features: block4 maps of {len(images)} {name} images x {n_views}")
+            try:
+                write_frozen_maps(trunk, images, batch, path, n_views, dtype, xla)
+            except OSError as error:
+                if diskspace.is_full(error):
+                    raise diskspace.full(need, error) from error
+                raise
+            maps[name] = read_cached_maps(path, len(images) * n_views, dtype)
         return maps
 
     if ps["done"]:
@@ -654,22 +688,21 @@ def _train_fast(
     return model
 
 
-def read_cached_maps(path: Path, rows: int, dtype: np.dtype) -> np.ndarray:
-    """The maps cached at `path` as `dtype` when they are whole and have `rows` rows; else an
-    empty array (a missing file, or one a kill or full disk left unreadable: deleted, computed
-    again)."""
+def read_cached_maps(path: Path, rows: int, dtype: np.dtype) -> Any:
+    """The maps cached at `path` as `dtype`, read when gathered (arrays.DiskRows), when
+    they are whole and have `rows` rows; else an empty array (a missing file, or one a kill or
+    full disk left unreadable: deleted, computed again)."""
     if not path.is_file():
         return np.empty(0)
     try:
-        maps = np.load(path)
+        maps = arrays.DiskRows.open(path)
         if len(maps) != rows or maps.dtype.itemsize != dtype.itemsize:
             raise ValueError(f"{len(maps)} rows of {maps.dtype}, expected {rows} of {dtype}")
-        maps = maps.view(dtype)
-    except (OSError, ValueError, EOFError) as error:
+        return maps.view(dtype)
+    except (OSError, ValueError) as error:  # ArrayFileError: a ValueError
         data_lib.warn(f"cached maps {path} are unreadable ({error}); deleted, computing again")
         path.unlink(missing_ok=True)
         return np.empty(0)
-    return maps
 
 
 def _write_results(

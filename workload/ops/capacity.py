@@ -9,6 +9,7 @@ https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,6 +66,13 @@ class GroupState:
     zones_available: tuple[str, ...]
     # Where the notebook is and its published certificate: GCE's word, not the bucket's.
     notebook: NotebookIdentity | None = None
+    # The project (from the group's selfLink), for the commands the hints print.
+    project: str = ""
+    # What takes the VM out of the stack's hands: VMs with the stack's labels that the group
+    # does not manage, and a group configuration that rewrites what its VMs run
+    # (allInstancesConfig, per-instance configs).
+    outside: tuple[Vm, ...] = ()
+    group_overrides: tuple[str, ...] = ()
 
     @property
     def running(self) -> Vm | None:
@@ -112,9 +120,19 @@ def _attempt(managed: list[dict[str, Any]]) -> tuple[ZoneError | None, tuple[str
                 metadata = (detail.get("errorInfo") or {}).get("metadatas") or {}
                 available += str(metadata.get("zonesAvailable") or "").split(",")
             zone = _vm(instance).zone
-            error = ZoneError(zone, str(first.get("code")), str(first.get("message")), None, None)
+            error = ZoneError(zone, str(first.get("code")), _message(first), None, None)
             return error, tuple(z for z in (_safe_name(z.strip()) for z in available) if z)
     return None, ()
+
+
+def _message(error: dict[str, Any]) -> str:
+    """GCE's own sentence: a stockout's `message` is short ("does not have enough resources");
+    the long text naming the zones with capacity is its `localizedMessage` detail."""
+    for detail in error.get("errorDetails") or []:
+        text = (detail.get("localizedMessage") or {}).get("message")
+        if text:
+            return str(text)
+    return str(error.get("message"))
 
 
 def _zone_errors(items: list[dict[str, Any]], now: datetime) -> tuple[ZoneError, ...]:
@@ -142,12 +160,44 @@ def _zone_errors(items: list[dict[str, Any]], now: datetime) -> tuple[ZoneError,
     return tuple(result)
 
 
+def group_overrides(group: dict[str, Any], per_instance: list[dict[str, Any]]) -> tuple[str, ...]:
+    """What in the group's configuration changes what its VMs run, besides its template."""
+    found = []
+    config = (group.get("allInstancesConfig") or {}).get("properties") or {}
+    if config.get("metadata") or config.get("labels"):
+        keys = sorted({*(config.get("metadata") or {}), *(config.get("labels") or {})})
+        found.append(f"allInstancesConfig sets {', '.join(keys)}")
+    names = sorted(str(item.get("name") or "?") for item in per_instance)
+    if names:
+        found.append(f"per-instance configs for {', '.join(names)}")
+    return tuple(found)
+
+
+def outside_vms(group: dict[str, Any], managed: list[dict[str, Any]],
+                labelled: list[dict[str, Any]]) -> tuple[Vm, ...]:  # fmt: skip
+    """The VMs with the stack's labels that the group does not manage (abandoned, or made by
+    hand): `stop` and idle shutdown do not reach them."""
+    ours = {last_segment(str(m.get("instance") or "")) for m in managed}
+    return tuple(
+        Vm(
+            _safe_name(str(vm.get("name") or "")),
+            _safe_name(zone_of(str(vm.get("selfLink")))),
+            str(vm.get("status") or ""),
+            "OUTSIDE THE GROUP",
+        )
+        for vm in labelled
+        if str(vm.get("name") or "") not in ours
+    )
+
+
 def group_state(
     group: dict[str, Any],
     managed: list[dict[str, Any]],
     errors: list[dict[str, Any]],
     template: dict[str, Any],
     now: datetime,
+    per_instance: list[dict[str, Any]] | None = None,
+    labelled: list[dict[str, Any]] | None = None,
 ) -> GroupState:
     """The group as the API describes it (see the module docstring for the shapes)."""
     zones = tuple(
@@ -175,7 +225,33 @@ def group_state(
         notebook=NotebookIdentity(
             template_url(template), missing="" if managed else "no VM in the group"
         ),
+        project=_safe_project(str(group.get("selfLink") or "")),
+        outside=outside_vms(group, managed, labelled or []),
+        group_overrides=group_overrides(group, per_instance or []),
     )
+
+
+def _safe_project(self_link: str) -> str:
+    match = re.search(r"/projects/([a-z][a-z0-9-]{4,28}[a-z0-9])/", self_link)
+    return match.group(1) if match else ""
+
+
+def render_warnings(state: GroupState) -> list[str]:
+    """The VM out of the stack's control, said first: it may keep running and paying."""
+    lines = []
+    for vm in state.outside:
+        lines.append(
+            f"WARNING: {vm.name or 'a VM'} in {vm.zone or '?'} ({vm.status}) has the stack's "
+            f"labels but is not in the group {state.name}: idle shutdown and `{STOP_COMMAND}` "
+            f"do not reach it. `{STOP_COMMAND}` deletes it."
+        )
+    for override in state.group_overrides:
+        lines.append(
+            f"WARNING: the group {state.name} has {override}: that changes what its VM runs "
+            "beyond the stack's template. `pulumi up` does not remove it; see "
+            "docs/ARCHITECTURE.md (security model)."
+        )
+    return lines
 
 
 def zone_list(region: str, zones: tuple[str, ...]) -> str:
@@ -199,6 +275,10 @@ def _error_rows(state: GroupState) -> list[str]:
 
 def render_group(state: GroupState, now: datetime) -> list[str]:
     """The group's part of `workload status`: what GCE is doing about the VM, and what to do."""
+    return render_warnings(state) + _render_phase(state, now)
+
+
+def _render_phase(state: GroupState, now: datetime) -> list[str]:
     where = zone_list(state.region, state.zones)
     phase = state.phase
     if phase == "stopped":

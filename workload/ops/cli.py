@@ -166,13 +166,20 @@ def read_group(compute: Compute, group: GroupRef) -> GroupState:
     from workload.ops.capacity import group_state
 
     described = compute.get_group(group)
-    template = compute.get_template(str(described.get("instanceTemplate") or ""))
+    # A group made with versions[] may leave the top-level template field out.
+    versions = described.get("versions") or [{}]
+    template_url = described.get("instanceTemplate") or versions[0].get("instanceTemplate")
+    template = compute.get_template(str(template_url or ""))
+    labels = (template.get("properties") or {}).get("labels") or {}
+    stack_labels = {key: labels[key] for key in ("app", "stack") if key in labels}
     return group_state(
         described,
         compute.list_managed_instances(group),
         compute.list_errors(group),
         template,
         datetime.now(UTC),
+        per_instance=compute.list_per_instance_configs(group),
+        labelled=compute.labelled_instances(group.project, stack_labels) if stack_labels else [],
     )
 
 
@@ -277,6 +284,15 @@ def _stop(args: argparse.Namespace) -> int:
             "bucket as it shuts down; training resumes from its last backup). No VM charges once "
             "it is gone; the static IP and the bucket still cost a little (README)."
         )
+        state = read_group(compute, group)
+    for vm in state.outside:
+        # Out of the group's hands (abandoned, or made by hand): only a delete stops it.
+        compute.delete_instance(group.project, vm.zone, vm.name)
+        print(
+            f"deleted {vm.name} in {vm.zone}: it had the stack's labels but was outside the "
+            f"group {group.name}, so neither idle shutdown nor a resize could stop it"
+        )
+    if state.outside:
         state = read_group(compute, group)
     _print_group(state)
     print("start it again with: python -m workload start")

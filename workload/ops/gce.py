@@ -3,8 +3,8 @@ their errors, its template, and the operations a resize starts.
 
 Plain REST calls (https://cloud.google.com/compute/docs/reference/rest/v1) through google-auth's
 AuthorizedSession with Application Default Credentials, the same credentials the storage client
-uses. KGG_COMPUTE_ENDPOINT points the calls elsewhere (the tests' fake on 127.0.0.1) and then
-sends no credentials, as STORAGE_EMULATOR_HOST does for storage.
+uses. KGG_COMPUTE_ENDPOINT points the calls elsewhere (the tests' IAM-enforcing fake on 127.0.0.1),
+with the same credentials.
 """
 
 from __future__ import annotations
@@ -73,11 +73,7 @@ class Compute:
 
     @classmethod
     def from_environment(cls) -> Compute:
-        endpoint = os.environ.get(ENDPOINT_ENV)
-        if endpoint:
-            import requests
-
-            return cls(requests.Session(), endpoint)
+        endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
         import google.auth
         from google.auth.exceptions import DefaultCredentialsError
         from google.auth.transport.requests import AuthorizedSession
@@ -88,7 +84,7 @@ class Compute:
             raise GceError(
                 f"no Google credentials for Compute Engine ({error}); run `{CREDENTIALS_FIX}`"
             ) from None
-        return cls(AuthorizedSession(credentials))
+        return cls(AuthorizedSession(credentials), endpoint)
 
     def get_group(self, group: GroupRef) -> dict[str, Any]:
         return self._call("GET", group.path)
@@ -98,6 +94,23 @@ class Compute:
 
     def list_errors(self, group: GroupRef) -> list[dict[str, Any]]:
         return self._pages("GET", f"{group.path}/listErrors", "items")
+
+    def list_per_instance_configs(self, group: GroupRef) -> list[dict[str, Any]]:
+        return self._pages("POST", f"{group.path}/listPerInstanceConfigs", "items")
+
+    def labelled_instances(self, project: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Every VM of the project with these labels, in any zone (instances.aggregatedList)."""
+        match = " ".join(f"(labels.{key} = {value})" for key, value in sorted(labels.items()))
+        body = self._call("GET", f"projects/{project}/aggregated/instances",
+                          params={"filter": match})  # fmt: skip
+        return [
+            vm
+            for scoped in (body.get("items") or {}).values()
+            for vm in (scoped.get("instances") or [])
+        ]
+
+    def delete_instance(self, project: str, zone: str, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"projects/{project}/zones/{zone}/instances/{name}")
 
     def get_template(self, url: str) -> dict[str, Any]:
         """The template a group names (a full URL in its `instanceTemplate`)."""

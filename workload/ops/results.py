@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,23 +108,35 @@ def runs_url(bucket: str) -> str:
     return f"gs://{bucket}/{RUNS_PREFIX}"
 
 
-def list_runs(bucket: str) -> list[RunSummary]:
-    """Every run in the bucket, oldest first (by its newest object)."""
+def runs_listing(bucket: str) -> dict[str, list[storage.ObjectInfo]]:
+    """One listing of runs/: each run's objects, named relative to the run's folder."""
     grouped: dict[str, list[storage.ObjectInfo]] = {}
     for info in storage.list_objects(runs_url(bucket)):
-        run_id, sep, _ = info.name.partition("/")
+        run_id, sep, rest = info.name.partition("/")
         if sep:
-            grouped.setdefault(run_id, []).append(info)
+            grouped.setdefault(run_id, []).append(
+                storage.ObjectInfo(rest, info.size, info.md5, info.updated)
+            )
+    return grouped
+
+
+def _order(run_id: str, infos: list[storage.ObjectInfo]) -> tuple[Any, ...]:
+    """Oldest first, by a run's newest object; runs without a time first."""
+    updated = max((i.updated for i in infos if i.updated), default=None)
+    return (updated is None, updated or 0, run_id)
+
+
+def list_runs(bucket: str) -> list[RunSummary]:
+    """Every run in the bucket, oldest first (by its newest object)."""
+    grouped = runs_listing(bucket)
     summaries = []
     for run_id, infos in grouped.items():
         names = {info.name for info in infos}
         base = f"{runs_url(bucket)}/{run_id}"
-        metrics = (
-            read_document(f"{base}/metrics.json") if f"{run_id}/metrics.json" in names else None
-        )
+        metrics = read_document(f"{base}/metrics.json") if "metrics.json" in names else None
         progress = (
             Progress.from_json(read_document(f"{base}/{PROGRESS_FILE}"))
-            if f"{run_id}/{PROGRESS_FILE}" in names
+            if PROGRESS_FILE in names
             else None
         )
         updated = max((i.updated for i in infos if i.updated), default=None)
@@ -208,14 +220,17 @@ def render_runs(
     return "\n".join(lines)
 
 
-def resolve_run(bucket: str, run: str) -> str:
-    """`latest` -> the most recently updated run; any other name must exist in the bucket."""
-    runs = list_runs(bucket)
-    known = [r.run_id for r in runs]
+def resolve_run(
+    bucket: str, run: str, grouped: dict[str, list[storage.ObjectInfo]] | None = None
+) -> str:
+    """`latest` -> the most recently updated run; any other name must exist in the bucket.
+    `grouped`: runs_listing(bucket), when the caller has it."""
+    grouped = runs_listing(bucket) if grouped is None else grouped
+    known = sorted(grouped, key=lambda run_id: _order(run_id, grouped[run_id]))
     if run == LATEST:
-        if not runs:
+        if not known:
             raise RunNotFoundError(f"no runs in {runs_url(bucket)}/ yet; nothing to pull")
-        return runs[-1].run_id
+        return known[-1]
     if run not in known:
         listing = printable(", ".join(known)) if known else "none yet"
         raise RunNotFoundError(
@@ -225,11 +240,11 @@ def resolve_run(bucket: str, run: str) -> str:
 
 
 def refuse_oversized(
-    url: str, include: Callable[[str], bool], max_bytes: int, what: str, fix: str
+    url: str, listing: Iterable[storage.ObjectInfo], max_bytes: int, what: str, fix: str
 ) -> None:
-    """TooLargeError when the objects under `url` that `include` keeps hold more than
-    `max_bytes`: a bucket writer must not fill the laptop's disk through `pull` or the mirror."""
-    size = sum(info.size for info in storage.list_objects(url) if include(info.name))
+    """TooLargeError when the objects of `listing` (under `url`) hold more than `max_bytes`: a
+    bucket writer must not fill the laptop's disk through `pull` or the TensorBoard mirror."""
+    size = sum(info.size for info in listing)
     if size > max_bytes:
         raise storage.TooLargeError(
             printable(
@@ -257,17 +272,15 @@ def pull_run(
 
     Files already there with the same checksum are skipped, so pulling a running run again only
     fetches what changed. Returns the run id, the local folder and what was copied."""
-    run_id = resolve_run(bucket, run)
+    grouped = runs_listing(bucket)  # one listing: it resolves the run and lists its files
+    run_id = resolve_run(bucket, run, grouped)
     # The run id is an object name: `..` must not turn `--to` into its parent.
     target = storage.local_path(to if to is not None else RUNS_PREFIX, run_id)
     source = f"{runs_url(bucket)}/{run_id}"
-
-    def include(name: str) -> bool:
-        return not name.startswith(f"{BACKUP_DIR}/")
-
-    refuse_oversized(source, include, max_bytes, "pull", "to pull it anyway: --max-gb N")
+    wanted = [info for info in grouped[run_id] if not info.name.startswith(f"{BACKUP_DIR}/")]
+    refuse_oversized(source, wanted, max_bytes, "pull", "to pull it anyway: --max-gb N")
     stats = storage.download_tree(
-        source, target, workers=workers, progress=progress, include=include
+        source, target, workers=workers, progress=progress, listing=wanted
     )
     return run_id, target, stats
 
@@ -275,7 +288,8 @@ def pull_run(
 def render_pull(run_id: str, target: Path, stats: storage.SyncStats) -> str:
     lines = [
         f"run {run_id} -> {target}: downloaded {stats.copied} files "
-        f"({stats.bytes / 1e6:.1f} MB), {stats.skipped} already up to date"
+        f"({stats.bytes / 1e6:.1f} MB{', ' + stats.rate() if stats.copied else ''}), "
+        f"{stats.skipped} already up to date"
     ]
     if stats.refused:
         lines.append(

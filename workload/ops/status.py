@@ -58,20 +58,32 @@ Doc = dict[str, Any]
 @dataclass(frozen=True)
 class Vm:
     """How hints name the VM: from GCE or the status document when they say, else
-    placeholders."""
+    placeholders. SSH goes through IAP (the firewall opens port 22 to Google's IAP range only):
+    `--tunnel-through-iap`, or the project's own `python -m workload ssh`, which finds the VM."""
 
     instance: str = INSTANCE_CMD
     zone: str = ZONE_CMD
+    project: str = ""
+
+    @property
+    def _where(self) -> str:
+        return f"--zone {self.zone}" + (f" --project {self.project}" if self.project else "")
 
     @property
     def serial_console(self) -> str:
-        return f"gcloud compute instances get-serial-port-output {self.instance} --zone {self.zone}"
+        return f"gcloud compute instances get-serial-port-output {self.instance} {self._where}"
+
+    def ssh(self, command: str) -> str:
+        if self.instance == INSTANCE_CMD or self.zone == ZONE_CMD:
+            return f"python -m workload ssh -- {command}"
+        return (
+            f"gcloud compute ssh {self.instance} --zone {self.zone} --tunnel-through-iap"
+            + (f" --project {self.project}" if self.project else "")
+            + f" -- {command}"
+        )
 
     def journal(self, unit: str) -> str:
-        return (
-            f"gcloud compute ssh {self.instance} --zone {self.zone} -- "
-            f"sudo journalctl -u {unit} -n 100 --no-pager"
-        )
+        return self.ssh(f"sudo journalctl -u {unit} -n 100 --no-pager")
 
     @property
     def startup_log(self) -> str:
@@ -79,14 +91,11 @@ class Vm:
 
     @property
     def rerun_startup(self) -> str:
-        return (
-            f"gcloud compute ssh {self.instance} --zone {self.zone} -- "
-            "sudo google_metadata_script_runner startup"
-        )
+        return self.ssh("sudo google_metadata_script_runner startup")
 
     @property
     def reset(self) -> str:
-        return f"gcloud compute instances reset {self.instance} --zone {self.zone}"
+        return f"gcloud compute instances reset {self.instance} {self._where}"
 
 
 def _shell_name(value: Any, placeholder: str) -> str:
@@ -101,11 +110,13 @@ def _shell_name(value: Any, placeholder: str) -> str:
 def _vm(startup: StartupStatus | None, group: GroupState | None = None) -> Vm:
     """GCE's running VM first (the status document may still name one the group replaced)."""
     running = group.running if group else None
+    project = shlex.quote(group.project) if group and group.project else ""
     if running and running.name and running.zone:
-        return Vm(shlex.quote(running.name), shlex.quote(running.zone))
+        return Vm(shlex.quote(running.name), shlex.quote(running.zone), project)
     if startup is None:
-        return Vm()
-    return Vm(_shell_name(startup.instance, Vm.instance), _shell_name(startup.zone, Vm.zone))
+        return Vm(project=project)
+    return Vm(_shell_name(startup.instance, Vm.instance), _shell_name(startup.zone, Vm.zone),
+              project)  # fmt: skip
 
 
 def hint_for(step: str, message: str, vm: Vm) -> list[str]:

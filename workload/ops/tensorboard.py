@@ -77,14 +77,15 @@ def mirror(bucket: str, run: str, cache: str | os.PathLike[str], progress: bool 
         run_ids = [resolve_run(bucket, run)]
         result = Mirror(storage.local_path(bucket_dir, run_ids[0]))
     sources = [f"{runs_url(bucket)}/{run_id}/{TENSORBOARD_DIR}" for run_id in run_ids]
-    for source in sources:
+    listings = [storage.list_objects(source) for source in sources]
+    for source, listing in zip(sources, listings, strict=True):
         refuse_oversized(
-            source, lambda name: True, MAX_MIRROR_BYTES, "the TensorBoard mirror",
+            source, listing, MAX_MIRROR_BYTES, "the TensorBoard mirror",
             "copy what you need with `gcloud storage cp -r` instead",
         )  # fmt: skip
-    for run_id, source in zip(run_ids, sources, strict=True):
+    for run_id, source, listing in zip(run_ids, sources, listings, strict=True):
         stats = storage.download_tree(
-            source, storage.local_path(bucket_dir, run_id), progress=progress
+            source, storage.local_path(bucket_dir, run_id), progress=progress, listing=listing
         )
         result.runs.append(run_id)
         for name in ("copied", "skipped", "bytes", "refused"):

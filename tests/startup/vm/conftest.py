@@ -1,6 +1,6 @@
 """The VM agent on a temporary root: the commands it runs as root are recorded by FakeSystem
-(openssl runs for real), the bucket is the GCS emulator, Secret Manager and JupyterLab's answer
-are functions the tests set."""
+(openssl runs for real), the bucket is the GCS emulator behind its IAM-enforcing front, called
+with the VM's identity, Secret Manager and JupyterLab's answer are functions the tests set."""
 
 from __future__ import annotations
 
@@ -108,8 +108,9 @@ def system() -> FakeSystem:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, gcs_bucket: str, system: FakeSystem) -> Iterator[Agent]:
-    """The agent of a VM whose startup script just handed over (env and code in place)."""
+def agent(tmp_path: Path, gcs_bucket: str, system: FakeSystem, as_vm: Any) -> Iterator[Agent]:
+    """The agent of a VM whose startup script just handed over (env and code in place); its
+    bucket calls go out with the VM's own identity (`as_vm`: objectAdmin on the bucket only)."""
     paths = Paths(tmp_path / "root")
     paths.markers.mkdir(parents=True)
     (paths.app / "workload/notebooks").mkdir(parents=True)
@@ -141,10 +142,9 @@ def uploaded_status(bucket: str) -> dict[str, Any]:
     """status/startup.json as the VM last uploaded it."""
     import json
 
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    from tests.iam import client_with, stack
 
-    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client = client_with(stack(bucket).owner_token)
     return json.loads(client.bucket(bucket).blob(STATUS_OBJECT).download_as_bytes())
 
 

@@ -394,7 +394,7 @@ def test_idle_step_enables_the_timer(agent: Agent, system: FakeSystem) -> None:
 
 
 def with_workspace(agent: Agent) -> Agent:
-    instance = dataclasses.replace(agent.instance, workspace_prefix="workspace/", group="g")
+    instance = dataclasses.replace(agent.instance, workspace_prefix="workspace/")
     return dataclasses.replace(agent, instance=instance)
 
 

@@ -54,10 +54,9 @@ def test_listing_summarises_sizes_and_newest_update() -> None:
 
 
 def test_wait_for_data_polls_until_the_manifest_arrives(gcs_bucket: str, tmp_path: Path) -> None:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    from tests.iam import client_with, stack
 
-    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client = client_with(stack(gcs_bucket).owner_token)
     bucket = client.bucket(gcs_bucket)
     bucket.blob("data/ps/train/Maize/1.png").upload_from_string(b"png")
     polls: list[Check] = []

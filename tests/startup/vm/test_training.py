@@ -21,10 +21,9 @@ DATA = "data/plant-seedlings"
 
 
 def put(bucket: str, name: str, data: bytes = b"{}") -> None:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    from tests.iam import client_with, stack
 
-    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client = client_with(stack(bucket).owner_token)
     client.bucket(bucket).blob(name).upload_from_string(data)
 
 
