@@ -3,7 +3,8 @@
 Same sources give the same bytes (sorted entries, fixed mtimes, owners and modes, no caches), so
 its SHA-256 changes only when the code does, and the VM reinstalls only then. The files are the
 ones git lists: a git-ignored file next to the code (`workload/.env`, a key) never reaches the
-bucket, where every notebook user can read it.
+bucket, where every notebook user can read it. A symbolic link is refused, never followed: a link
+in the checkout (`workload/notes.txt -> ~/.ssh/id_ed25519`) would ship what it points to.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ ARCHIVED_DIRS = ("workload", "startup")
 ARCHIVED_FILES = ("pyproject.toml", "uv.lock")
 _SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
 _SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+GIT_SYMLINK_MODE = "120000"
 
 
 class ArchiveError(RuntimeError):
@@ -58,17 +61,52 @@ def _git_files(root: Path, pathspecs: tuple[str, ...]) -> list[str]:
     return [name for name in listed.stdout.split("\0") if name]
 
 
+def _git_links(root: Path, pathspecs: tuple[str, ...]) -> set[str]:
+    """Tracked paths under `pathspecs` that git records as symbolic links (mode 120000), also
+    where the work tree holds them as plain files (core.symlinks=false)."""
+    command = ["git", "-C", str(root), "ls-files", "-z", "--stage", "--", *pathspecs]
+    try:
+        listed = subprocess.run(command, capture_output=True, check=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return set()  # _git_files already said why git cannot list the checkout
+    entries = (entry.partition("\t") for entry in listed.stdout.split("\0") if entry)
+    return {name for info, _, name in entries if info.split(" ", 1)[0] == GIT_SYMLINK_MODE}
+
+
+def _links_on_the_way(root: Path, relative: Path) -> list[str]:
+    """Each component of `relative` under `root` that is a symbolic link (lstat: never followed)."""
+    links = []
+    for depth in range(1, len(relative.parts) + 1):
+        part = Path(*relative.parts[:depth])
+        try:
+            if stat.S_ISLNK((root / part).lstat().st_mode):
+                links.append(part.as_posix())
+        except FileNotFoundError:
+            break
+    return links
+
+
 def archived_files(root: Path = PROJECT_ROOT) -> list[str]:
     """Relative paths that go into the archive, sorted: `git ls-files` under ARCHIVED_DIRS plus
-    ARCHIVED_FILES, without caches."""
+    ARCHIVED_FILES, without caches. ArchiveError names any symbolic link among them (or on their
+    way): its target, a key or anything else on the laptop, would reach the bucket."""
+    pathspecs = (*ARCHIVED_DIRS, *ARCHIVED_FILES)
     paths: set[str] = set()
-    for name in _git_files(root, (*ARCHIVED_DIRS, *ARCHIVED_FILES)):
+    links = _git_links(root, pathspecs)
+    for name in _git_files(root, pathspecs):
         relative = Path(name)
+        links.update(_links_on_the_way(root, relative))
         # A tracked file deleted in the work tree is listed too.
         if (root / relative).is_file() and not (
             _SKIPPED_PARTS & set(relative.parts) or relative.suffix in _SKIPPED_SUFFIXES
         ):
             paths.add(relative.as_posix())
+    if links:
+        raise ArchiveError(
+            f"the code to ship holds symbolic links: {', '.join(sorted(links))}; the VM would get "
+            "what they point to. Replace each with the file itself, or remove it (git rm) or "
+            "git-ignore it"
+        )
     return sorted(paths)
 
 

@@ -345,6 +345,15 @@ def check_webhook(url: str) -> str:
             "set it with `pulumi config set --secret notifyWebhook https://hooks.slack.com/...`"
             " or remove it with `pulumi config rm notifyWebhook`"
         )
+    if "@" in parts.netloc:
+        # urllib's errors carry the netloc: every failed post would write it to the VM's log,
+        # the bucket's copy of it and the status document.
+        raise SettingsError(
+            "notifyWebhook has a user:password@ part before its host (value hidden: it is a "
+            "secret), which would end up in the VM's logs; use the URL the service gives (Slack "
+            "and Discord put their token in the path): `pulumi config set --secret notifyWebhook "
+            "https://hooks.slack.com/...`"
+        )
     return url.strip()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from infra.catalogue import IMAGES
 from infra.settings import IAP_SOURCE_RANGE, StackSettings
+from workload.layout import NOTEBOOK_ACCESS_KEY, NOTEBOOK_PORT_KEY
 
 # With notebookAccess iap the notebook is reached through a tunnel to the laptop's own port.
 IAP_NOTEBOOK_URL = "https://localhost:{port} (through `python -m workload notebook`)"
@@ -287,10 +288,14 @@ def static_metadata(settings: StackSettings, startup_script: str) -> dict[str, s
     # the VM on every change.
     # Guest attributes let the VM publish its SSH host keys at every boot (startup/vm/hostkeys.py),
     # which the laptop's ssh entry pins (workload/ops/remote.py): every recreated VM has new keys.
+    # The notebook's port and access, with the template's static IP, are where `workload status`
+    # finds the notebook: GCE's word, not the bucket's (whose writers could name another server).
     metadata = {
         "startup-script": startup_script,
         "enable-oslogin": "TRUE",
         "enable-guest-attributes": "TRUE",
+        NOTEBOOK_PORT_KEY: str(settings.notebook_port),
+        NOTEBOOK_ACCESS_KEY: settings.notebook_access,
     }
     if settings.image == "deeplearning":
         metadata["install-nvidia-driver"] = "True"

@@ -104,7 +104,10 @@ def log(message: str) -> None:
 def request(url: str, *, headers: dict[str, str] | None = None, data: bytes | None = None,
             timeout: float = 60, attempts: int = ATTEMPTS) -> bytes:  # fmt: skip
     """The body of a GET (or POST with data), retried with backoff; Failure with the last
-    error."""
+    error. Messages name the host alone: a netloc may carry user:password@, and urllib's own
+    errors repeat it, so it is blanked out of them too."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
     error = ""
     for attempt in range(1, attempts + 1):
         try:
@@ -117,12 +120,14 @@ def request(url: str, *, headers: dict[str, str] | None = None, data: bytes | No
                 break  # the answer will not change
         except (OSError, ValueError) as failure:
             error = str(getattr(failure, "reason", failure))
+        if userinfo:
+            error = error.replace(userinfo, "***")
         if attempt < attempts:
             delay = BASE_SECONDS * 2 ** (attempt - 1)
             log(f"attempt {attempt} of {attempts} failed: {error}; retrying in {delay:g}s")
             time.sleep(delay)
-    host = urllib.parse.urlsplit(url).netloc
-    raise Failure(f"{host}: {error} (after {attempt} attempt{'s' if attempt > 1 else ''})")
+    plural = "s" if attempt > 1 else ""
+    raise Failure(f"{host or 'the server'}: {error} (after {attempt} attempt{plural})")
 
 
 def metadata(path: str, attempts: int = ATTEMPTS) -> str:
@@ -264,19 +269,44 @@ def upload_log(bucket: str, budget: Path) -> None:
     budget.write_text(f"{spent + time.monotonic() - started:.1f}\n")
 
 
+# Slack reads `&`, `<` and `>` as its markup (`<!channel>`, `<https://x|a disguised link>`): these
+# three, and only these, are escaped. https://api.slack.com/reference/surfaces/formatting#escaping
+SLACK_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Discord's markdown (masked links are `[text](url)`) shown as the characters themselves; its
+# mentions (`@everyone`, `<@id>`) notify no one: allowed_mentions parses none.
+# https://discord.com/developers/docs/resources/message#allowed-mentions-object
+DISCORD_MARKDOWN = frozenset("\\*_~`|[]<>@#")
+
+
+def slack_text(text: str) -> str:
+    return "".join(SLACK_ESCAPES.get(char, char) for char in text)
+
+
+def discord_text(text: str) -> str:
+    return "".join(f"\\{char}" if char in DISCORD_MARKDOWN else char for char in text)
+
+
 def webhook_payload(url: str, text: str, fields: dict) -> dict:
     """Slack's incoming webhooks take `text`, Discord's `content`; any other gets the text and
-    the fields as JSON."""
+    the fields as JSON. Parts of the text come from the bucket (a run's metrics, an error
+    message), whose writers must not post `<!channel>`, `@everyone` or a disguised link as the
+    bot: Slack's markup is escaped, Discord's markdown too, and Discord mentions nobody."""
     host = (urllib.parse.urlsplit(url).hostname or "").lower()
     if host == "hooks.slack.com":
-        return {"text": text}
+        return {"text": slack_text(text)}
     if ".".join(host.split(".")[-2:]) in ("discord.com", "discordapp.com"):
-        return {"content": text}
+        return {"content": discord_text(text), "allowed_mentions": {"parse": []}}
     return {"text": text, **fields}
 
 
 def post_webhook(url: str, text: str, fields: dict) -> None:
-    """One message to the stack's webhook; the URL is a secret and is never logged."""
+    """One message to the stack's webhook; the URL is a secret and is never logged, and one with
+    a user:password@ part is refused before anything could log it."""
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise Failure(
+            "the webhook URL has a user:password@ part, refused: it would reach the logs "
+            "(notifyWebhook: use the URL the service gives)"
+        )
     data = json.dumps(webhook_payload(url, text, fields)).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "keras-gpu-gcp"}
     request(url, headers=headers, data=data, timeout=15, attempts=3)

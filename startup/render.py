@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from jinja2 import Environment
 
 from startup.vm import units
-from startup.vm.config import VmSettings
+from startup.vm.config import Paths, VmSettings
 
 
 class GpuSpec(Protocol):
@@ -153,7 +153,12 @@ def template_context(
     settings: StackSettings, *, idle_check_seconds: int = IDLE_CHECK_SECONDS
 ) -> dict[str, Any]:
     gpu = settings.gpu
-    idle_unit = {"bootstrap": "/opt/keras-gpu-gcp/bootstrap/bootstrap.py"}
+    on_vm = Paths(Path("/"))
+    idle_unit = {
+        "bootstrap": "/opt/keras-gpu-gcp/bootstrap/bootstrap.py",
+        "state": on_vm.on_vm(on_vm.state),
+        "home": on_vm.on_vm(on_vm.notebook_home),
+    }
     return {
         "gpu_type": settings.gpu_type,
         "gpu_name": gpu.display_name,

@@ -40,6 +40,15 @@ class UnsafeNameError(ValueError):
     """An object name that would land outside the folder it is downloaded into."""
 
 
+class TooLargeError(StorageError):
+    """An object or a tree holds more than what reads it will take; the message says how much."""
+
+
+# What a reader takes of one JSON document from the bucket (status, progress, metrics, the cost
+# ledger): the job's and the VM's are kilobytes; more is a bucket writer's, not theirs.
+MAX_DOCUMENT_BYTES = 4 << 20
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object (or local file) under a listed prefix; `name` is relative to that prefix."""
@@ -244,19 +253,52 @@ def generation(url: str) -> tuple[int, int] | None:
     return None if found is None else (int(found.generation), int(found.size or 0))
 
 
-def read_from(url: str, start: int, object_generation: int) -> bytes | None:
-    """The bytes of that generation of the object from `start` on; None when that generation is
-    gone (replaced meanwhile: the caller looks again)."""
+def read_from(url: str, start: int, object_generation: int, end: int | None = None) -> bytes | None:
+    """The bytes of that generation of the object from `start` on (to `end`, inclusive, when
+    given: a ranged read); None when that generation is gone (replaced meanwhile: the caller
+    looks again)."""
     from google.api_core import exceptions as api
 
     bucket, key = split_gcs(url)
     blob = client().bucket(bucket).blob(key, generation=object_generation)
     try:
-        return blob.download_as_bytes(start=start)
+        return blob.download_as_bytes(start=start, end=end)
     except api.NotFound:
         return None
     except api.GoogleAPICallError as error:
         raise _explain(url, error) from error
+
+
+def read_limited(url: str | os.PathLike[str], max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
+    """The content of an object (or file) of at most `max_bytes`, None when there is none;
+    TooLargeError naming its size when it is bigger. The size is that of the very generation
+    read, so a writer cannot swap a bigger one in between."""
+    url = str(url)
+    if not is_gcs(url):
+        path = Path(url)
+        if not path.is_file():
+            return None
+        if path.stat().st_size > max_bytes:
+            raise TooLargeError(_too_large(url, path.stat().st_size, max_bytes))
+        return path.read_bytes()
+    for _ in range(3):  # a generation replaced between the two calls: look again
+        current = generation(url)
+        if current is None:
+            return None
+        object_generation, size = current
+        if size > max_bytes:
+            raise TooLargeError(_too_large(url, size, max_bytes))
+        data = read_from(url, 0, object_generation) if size else b""
+        if data is not None:
+            return data
+    raise StorageError(f"{url}: replaced while it was read, three times; try again")
+
+
+def _too_large(url: str, size: int, max_bytes: int) -> str:
+    return (
+        f"{url} holds {size / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB read from it "
+        "(this tool writes far less there: check who can write the bucket)"
+    )
 
 
 def read_json(url: str | os.PathLike[str]) -> Any | None:

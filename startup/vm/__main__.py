@@ -76,18 +76,29 @@ def _idle_check(args: argparse.Namespace) -> int:
 def _workspace(args: argparse.Namespace) -> int:
     """As the notebook user: the workspace to or from the bucket (startup/vm/workspace.py)."""
     import time
+    from pathlib import Path
 
     from startup.vm.cloud import Instance, Metadata
     from startup.vm.config import Endpoints, paths_from_environment
-    from startup.vm.workspace import restore, sync
+    from startup.vm.workspace import prepare, restore, sync
 
     paths = paths_from_environment()
+    if args.action == "prepare":
+        walkthrough = Path(args.walkthrough) if args.walkthrough else None
+        for note in prepare(paths.workspace, walkthrough):
+            print(f"workspace: {note}")
+        return 0
     url = Instance.read(Metadata(Endpoints.from_environment().metadata)).workspace_url
     if url is None:
         print("keras-gpu-gcp: no kgg-workspace-prefix in the metadata: nothing to do")
         return 0
     if args.action == "restore":
-        print(f"workspace: {restore(paths.workspace, url).restored} file(s) restored from {url}")
+        report = restore(paths.workspace, url)
+        for note in report.notes:
+            print(f"workspace: {note}")
+        kept = f"; {len(report.kept)} local file(s) kept over the bucket's" if report.kept else ""
+        bound = "; stopped at its size bound" if report.unfinished else ""
+        print(f"workspace: {report.restored} file(s) restored from {url}{kept}{bound}")
         return 0
     if not paths.workspace_restored.exists():
         print("workspace: not restored at this boot yet: nothing synced")
@@ -130,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.set_defaults(handler=handler)
         if name == "workspace":
-            command.add_argument("action", choices=("restore", "sync"))
+            command.add_argument("action", choices=("prepare", "restore", "sync"))
             command.add_argument("--deadline", type=float, help="seconds a sync may take")
+            command.add_argument(
+                "--walkthrough", help="prepare: the notebook to copy in once (if missing)"
+            )
     return parser
 
 

@@ -55,6 +55,8 @@ def _write_training_unit(agent: Agent) -> None:
         "kgg-training.service.j2",
         app=paths.on_vm(paths.app),
         python=paths.on_vm(paths.venv_python),
+        state=paths.on_vm(paths.state),
+        home=paths.on_vm(paths.notebook_home),
     )
     write_if_changed(paths.units / TRAINING_UNIT, unit)
 

@@ -22,6 +22,9 @@ IDLE_UNIT = "kgg-idle-check.service"
 IDLE_TIMER = "kgg-idle-check.timer"
 STARTUP_UNIT = "google-startup-scripts.service"
 LOG_SYNC_UNIT = "kgg-log-sync.service"
+# JupyterLab's runtime directory (/run/<name>: its data, runtime and IPython folders), which
+# systemd makes for the unit's user at each start and empties at each stop.
+JUPYTER_RUNTIME_DIRECTORY = "kgg-jupyter"
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,11 @@ class Paths:
         return self.jupyter / "jupyter_server_config.py"
 
     @property
+    def jupyter_config_dir(self) -> Path:
+        """JUPYTER_CONFIG_DIR of the server: root's and empty, so no config of the user's runs."""
+        return self.jupyter / "config"
+
+    @property
     def password_hash(self) -> Path:
         return self.jupyter / "password.hash"
 
@@ -166,6 +174,10 @@ class Paths:
     @property
     def jupyter_env(self) -> Path:
         return self.conf / "jupyter.env"
+
+    @property
+    def jupyter_runtime(self) -> Path:
+        return self._at(f"run/{JUPYTER_RUNTIME_DIRECTORY}")
 
     @property
     def workspace_restored(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,10 +32,55 @@ TICK_SECONDS = 60.0
 log = logging.getLogger("keras-gpu-gcp")
 
 
+def _number(value: Any) -> float | None:
+    """A finite float, or None: the ledger comes from the bucket, whose writers may put
+    anything there (a list, a string, an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _entry(data: Any) -> dict[str, float]:
     data = data if isinstance(data, dict) else {}
-    values = {name: data.get(name) for name in ("seconds", "usd")}
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+    values = {name: _number(data.get(name)) for name in ("seconds", "usd")}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def clean_ledger(data: Any) -> tuple[dict[str, Any], list[str]]:
+    """The ledger with only what has its shape (module docstring), and what was dropped:
+    a boot or run entry without its seconds, a field of the wrong type, the rest of the file."""
+    if not isinstance(data, dict):
+        return {}, ([] if data is None else [f"not a JSON object: {type(data).__name__}"])
+    dropped = []
+    since = data.get("since")
+    if since is not None and not isinstance(since, str):
+        dropped.append("since")
+        since = None
+    kept: dict[str, dict[str, dict[str, Any]]] = {"boots": {}, "runs": {}}
+    for part in kept:
+        entries = data.get(part)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            dropped.append(f"{part} (a {type(entries).__name__})")
+            continue
+        for key, value in entries.items():
+            entry = _entry(value)
+            if "seconds" not in entry:
+                dropped.append(f"{part}.{key}")
+                continue
+            if part == "boots":
+                value = value if isinstance(value, dict) else {}
+                entry |= {
+                    "hourly_usd": _number(value.get("hourly_usd")),
+                    "spot": value.get("spot") is True,
+                }
+            kept[part][str(key)] = entry
+    return {"version": 1, "since": since, **kept}, dropped
 
 
 def tick(
@@ -50,8 +96,9 @@ def tick(
 ) -> dict[str, Any]:
     """The ledger after this boot has run `uptime` seconds; the time since this boot's last
     tick goes to the run when its job is training. A pure function of its inputs."""
-    boots = {k: v for k, v in (ledger.get("boots") or {}).items() if isinstance(v, dict)}
-    runs = {k: _entry(v) for k, v in (ledger.get("runs") or {}).items()}
+    ledger, _ = clean_ledger(ledger)
+    boots = dict(ledger.get("boots") or {})
+    runs = dict(ledger.get("runs") or {})
     previous = _entry(boots.get(boot_id)).get("seconds")
     price = hourly_usd or 0.0
     boots[boot_id] = {
@@ -71,6 +118,7 @@ def summary(
     ledger: dict[str, Any], boot_id: str, run_id: str, hourly_usd: float | None, spot: bool
 ) -> list[str]:
     """The status document's `cost.*` changes for this VM, its run and the whole stack."""
+    ledger, _ = clean_ledger(ledger)
     boots = [_entry(v) for v in (ledger.get("boots") or {}).values()]
     this = _entry((ledger.get("boots") or {}).get(boot_id))
     run = _entry((ledger.get("runs") or {}).get(run_id))
@@ -85,7 +133,8 @@ def summary(
         "total_usd": round(sum(b.get("usd", 0.0) for b in boots), 4) if known else None,
     }
     changes = [f"cost.{k}={'' if v is None else v}" for k, v in values.items()]
-    return [*changes, f"cost.spot={'true' if spot else 'false'}", f"cost.since={ledger['since']}"]
+    since = ledger.get("since") or ""
+    return [*changes, f"cost.spot={'true' if spot else 'false'}", f"cost.since={since}"]
 
 
 @dataclass
@@ -107,6 +156,8 @@ class CostTicker:
             self._tick()
         except (OSError, ValueError, storage.StorageError) as error:
             log.warning("cost ledger not updated: %s", error)
+        except Exception:  # whatever else: the log sync and the job's end must go on
+            log.exception("cost ledger not updated")
 
     def _tick(self) -> None:
         """Under a lock: the log-sync loop and the training service (at the job's end) both
@@ -120,9 +171,13 @@ class CostTicker:
     def _tick_locked(self) -> None:
         agent, paths = self.agent, self.agent.paths
         url = f"gs://{agent.instance.bucket}/{COST_OBJECT}"
-        ledger = _load(paths.cost_ledger.read_bytes() if paths.cost_ledger.exists() else None)
+        local = paths.cost_ledger.read_bytes() if paths.cost_ledger.exists() else None
+        ledger = _load(local, str(paths.cost_ledger))
         if not ledger:  # a new disk: the stack's earlier VMs are in the bucket's copy
-            ledger = _load(storage.read_bytes(url))
+            try:
+                ledger = _load(storage.read_limited(url), url)
+            except storage.TooLargeError as error:  # not a ledger: a new one replaces it
+                log.warning("cost ledger: %s; starting a new one", error)
         boot_id = paths.boot_id.read_text().strip()
         uptime = float(paths.uptime.read_text().split()[0])
         training = read_job_state(paths.job_state).state == "running"
@@ -145,9 +200,16 @@ class CostTicker:
         agent.status.update(*summary(ledger, boot_id, run_id, settings.hourly_usd, settings.spot))
 
 
-def _load(data: bytes | None) -> dict[str, Any]:
+def _load(data: bytes | None, source: str) -> dict[str, Any]:
+    """The ledger in `data`, with what does not have its shape dropped (and said in the log)."""
     try:
-        ledger = json.loads(data) if data else {}
-    except ValueError:
+        raw = json.loads(data) if data else None
+    except ValueError as error:
+        log.warning("cost ledger %s is not JSON (%s): starting a new one", source, error)
         return {}
-    return ledger if isinstance(ledger, dict) else {}
+    ledger, dropped = clean_ledger(raw)
+    if dropped:
+        log.warning(
+            "cost ledger %s: dropped what is not a ledger's: %s", source, ", ".join(dropped)
+        )
+    return ledger if raw is not None else {}

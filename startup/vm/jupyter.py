@@ -5,6 +5,7 @@ never comes up on a half-installed machine."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import ssl
 import time
@@ -12,7 +13,9 @@ import urllib.error
 import urllib.request
 
 from startup.vm.agent import Agent, StepFailed
+from startup.vm.cloud import CloudError
 from startup.vm.config import (
+    JUPYTER_RUNTIME_DIRECTORY,
     JUPYTER_UNIT,
     NOTEBOOK_USER,
     PASSWORD_REFRESH_TIMER,
@@ -20,10 +23,12 @@ from startup.vm.config import (
     WORKSPACE_FINAL_UNIT,
     WORKSPACE_SYNC_TIMER,
     WORKSPACE_SYNC_UNIT,
+    Paths,
     VmSettings,
 )
 from startup.vm.units import render, write_if_changed
 from startup.vm.workspace import FINAL_SYNC_SECONDS, SYNC_SECONDS, workspace_command
+from workload.layout import TLS_FINGERPRINT_ATTRIBUTE
 
 # JupyterLab's first start imports a large env; give it this long to answer.
 START_SECONDS = 180
@@ -56,44 +61,60 @@ def jupyter_answers(url: str) -> bool:
 
 
 def ensure_notebook_user(agent: Agent) -> None:
-    """The user and its workspace. The notebook user owns everything under its home, so root
-    never follows a link there: a workspace that is a link (made from a Jupyter terminal, say
-    to root's code) is moved aside, and ownership never goes through a link."""
+    """The user and its home. Root touches only the home folder itself (its parent, /home, is
+    root's, so no link can stand in for it); what is inside is the user's, and root never writes
+    there: the workspace is made by the user (`prepare_workspace`)."""
     paths = agent.paths
     if not agent.system.user_exists(NOTEBOOK_USER):
         agent.log.info("creating user %s", NOTEBOOK_USER)
         agent.system.create_user(NOTEBOOK_USER, paths.notebook_home)
-    workspace = paths.workspace
-    if workspace.is_symlink() or (workspace.exists() and not workspace.is_dir()):
-        aside = workspace.with_name(f"{workspace.name}.moved-{int(time.time())}")
-        workspace.rename(aside)  # renames the link itself, never what it points to
-        agent.log.warning(
-            "%s was not a folder: moved to %s, and a new workspace made", workspace, aside
-        )
     paths.notebook_home.mkdir(parents=True, exist_ok=True)
-    workspace.mkdir(exist_ok=True)
-    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home, workspace)
+    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.notebook_home)
 
 
-def ensure_tls_certificate(agent: Agent) -> None:
-    """Made once; its fingerprint goes to the status so the user can check what the browser
-    shows."""
+def prepare_workspace(agent: Agent) -> None:
+    """As the notebook user: the workspace folder (a link in its place moved aside) and the
+    walkthrough copied in once. A notebook-user process may swap any of it for a link at any
+    moment; running as that user, the copy can land only where the user may write anyway."""
     paths = agent.paths
-    if paths.tls_cert.is_file() and paths.tls_key.is_file():
-        return
-    agent.log.info("generating the self-signed TLS certificate")
+    walkthrough = paths.on_vm(paths.app / "workload/notebooks/walkthrough.ipynb")
+    result = agent.system.run(
+        workspace_command(paths, "prepare", "--walkthrough", walkthrough), check=False
+    )
+    for line in result.stdout.splitlines():
+        agent.log.info("%s", line)
+    if result.returncode != 0:
+        raise StepFailed(
+            f"the notebook user could not make its workspace {paths.on_vm(paths.workspace)}: "
+            f"{((result.stderr or '').strip().splitlines() or ['no output'])[-1]}",
+            f"look at {paths.on_vm(paths.notebook_home)} (ls -la), or stop and start the VM",
+        )
+
+
+def ensure_tls_certificate(agent: Agent, *, new: bool = False) -> bool:
+    """Made once, or again when `new` (a password change: whoever held the old password could
+    read the old key). The pair is written beside and renamed in, so JupyterLab never reads half
+    of it. Its fingerprint goes to the status and to a guest attribute (`publish_fingerprint`)
+    for the user to check what the browser shows. True when it made one."""
+    paths = agent.paths
+    if not new and paths.tls_cert.is_file() and paths.tls_key.is_file():
+        return False
+    agent.log.info("generating a self-signed TLS certificate")
     paths.tls_cert.parent.mkdir(parents=True, exist_ok=True)
+    cert, key = (path.with_name(f".{path.name}.new") for path in (paths.tls_cert, paths.tls_key))
     san = []
     if agent.instance.external_ip:
         san = ["-addext", f"subjectAltName=IP:{agent.instance.external_ip}"]
     agent.system.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:3072", "-sha256", "-nodes", "-days", "3650",
-         "-subj", "/CN=keras-gpu-gcp", *san,
-         "-keyout", str(paths.tls_key), "-out", str(paths.tls_cert)],
+         "-subj", "/CN=keras-gpu-gcp", *san, "-keyout", str(key), "-out", str(cert)],
     )  # fmt: skip
-    paths.tls_cert.chmod(0o644)
-    paths.tls_key.chmod(0o600)
-    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", paths.tls_key)
+    cert.chmod(0o644)
+    key.chmod(0o600)
+    agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", key)
+    os.replace(key, paths.tls_key)
+    os.replace(cert, paths.tls_cert)
+    return True
 
 
 def tls_fingerprint(agent: Agent) -> str:
@@ -101,6 +122,19 @@ def tls_fingerprint(agent: Agent) -> str:
         ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(agent.paths.tls_cert)]
     ).stdout.strip()
     return line.partition("=")[2]
+
+
+def publish_fingerprint(agent: Agent) -> str:
+    """The certificate's SHA-256 into the status document and the guest attribute the laptop's
+    `status` trusts (only a process on this VM can write guest attributes, not a bucket
+    writer); returns it."""
+    fingerprint = tls_fingerprint(agent)
+    agent.status.update(f"tls_sha256={fingerprint}")
+    try:
+        agent.metadata.put_guest_attribute(TLS_FINGERPRINT_ATTRIBUTE, fingerprint)
+    except CloudError as error:
+        agent.log.warning("the TLS fingerprint is not published as a guest attribute: %s", error)
+    return fingerprint
 
 
 def write_password_hash(agent: Agent) -> bool:
@@ -118,11 +152,26 @@ def write_password_hash(agent: Agent) -> bool:
     return changed
 
 
-def _write_token(agent: Agent) -> None:
-    """A new API token at every boot (256 random bits), while JupyterLab is not running yet; a
-    rerun of the script by hand keeps the running server's."""
+def apply_password(agent: Agent) -> bool:
+    """The newest hash from Secret Manager, and on a change of an earlier one a new TLS key too:
+    the old key was readable to whoever held the old password. True when JupyterLab must
+    restart to use them."""
+    replacing = agent.paths.password_hash.is_file()
+    changed = write_password_hash(agent)
+    if changed and replacing:
+        agent.log.info("the Jupyter password changed: a new TLS key and certificate too")
+        ensure_tls_certificate(agent, new=True)
+    return changed
+
+
+def _write_token(agent: Agent, *, new: bool = False) -> None:
+    """A new API token (256 random bits) whenever JupyterLab is about to (re)start: at every boot,
+    and with `new` at a restart (a password change: the server also takes the token as a login
+    password, so the old holder's copy must stop working). A rerun of the script by hand that
+    restarts nothing keeps the running server's."""
     token = agent.paths.api_token
-    if agent.system.is_active(JUPYTER_UNIT) and token.is_file() and token.read_text().strip():
+    running = agent.system.is_active(JUPYTER_UNIT)
+    if not new and running and token.is_file() and token.read_text().strip():
         return
     write_if_changed(token, secrets.token_hex(32) + "\n", 0o640)
     agent.system.chown(f"root:{NOTEBOOK_USER}", token)
@@ -150,21 +199,9 @@ def _write_environment(agent: Agent) -> bool:
     return write_if_changed(agent.paths.jupyter_env, text, 0o600)
 
 
-def _copy_walkthrough(agent: Agent) -> None:
-    """Copied once: the user's edits survive reboots and archive updates (and a link the user
-    put there is theirs too: root writes nothing through it)."""
-    source = agent.paths.app / "workload/notebooks/walkthrough.ipynb"
-    target = agent.paths.workspace / "walkthrough.ipynb"
-    if source.is_file() and not (target.exists() or target.is_symlink()):
-        write_if_changed(target, source.read_text(), 0o644)
-        agent.system.chown(f"{NOTEBOOK_USER}:{NOTEBOOK_USER}", target)
-
-
-def _write_units(agent: Agent) -> bool:
-    """JupyterLab's unit (True when it changed) and the timer that restarts it with a new
-    password: a changed password must not wait for a reboot to revoke the old one."""
-    paths = agent.paths
-    unit = render(
+def jupyter_unit(paths: Paths) -> str:
+    """kgg-jupyter.service: JupyterLab as the notebook user, configured only by root's files."""
+    return render(
         "kgg-jupyter.service.j2",
         user=NOTEBOOK_USER,
         workspace=paths.on_vm(paths.workspace),
@@ -172,7 +209,18 @@ def _write_units(agent: Agent) -> bool:
         venv_bin=paths.on_vm(paths.venv_bin),
         app=paths.on_vm(paths.app),
         config=paths.on_vm(paths.jupyter_config),
+        config_dir=paths.on_vm(paths.jupyter_config_dir),
+        home=paths.on_vm(paths.notebook_home),
+        runtime=paths.on_vm(paths.jupyter_runtime),
+        runtime_directory=JUPYTER_RUNTIME_DIRECTORY,
     )
+
+
+def _write_units(agent: Agent) -> bool:
+    """JupyterLab's unit (True when it changed) and the timer that restarts it with a new
+    password: a changed password must not wait for a reboot to revoke the old one."""
+    paths = agent.paths
+    unit = jupyter_unit(paths)
     refresh = {"app": paths.on_vm(paths.app), "python": paths.on_vm(paths.venv_python)}
     if agent.instance.workspace_url:
         workspace = refresh | {"user": NOTEBOOK_USER, "home": paths.on_vm(paths.notebook_home)}
@@ -184,7 +232,13 @@ def _write_units(agent: Agent) -> bool:
         ):  # fmt: skip
             write_if_changed(paths.units / name, render(template, **workspace, **extra))
     write_if_changed(
-        paths.units / PASSWORD_REFRESH_UNIT, render("kgg-password-refresh.service.j2", **refresh)
+        paths.units / PASSWORD_REFRESH_UNIT,
+        render(
+            "kgg-password-refresh.service.j2",
+            **refresh,
+            state=paths.on_vm(paths.state),
+            jupyter_conf=paths.on_vm(paths.jupyter),
+        ),
     )
     write_if_changed(
         paths.units / PASSWORD_REFRESH_TIMER,
@@ -220,12 +274,14 @@ def setup(agent: Agent) -> str:
     """The jupyter step; returns its detail for the status document."""
     ensure_notebook_user(agent)
     workspace_note = restore_workspace(agent)
+    prepare_workspace(agent)
+    changed = apply_password(agent)
     ensure_tls_certificate(agent)
-    changed = write_if_changed(agent.paths.jupyter_config, jupyter_config(agent.settings))
-    changed = write_password_hash(agent) or changed
-    _write_token(agent)
+    agent.paths.jupyter_config_dir.mkdir(parents=True, exist_ok=True)
+    changed = (
+        write_if_changed(agent.paths.jupyter_config, jupyter_config(agent.settings)) or changed
+    )
     changed = _write_environment(agent) or changed
-    _copy_walkthrough(agent)
     changed = _write_units(agent) or changed
     agent.system.systemctl("daemon-reload")
     agent.system.systemctl("enable", "--now", PASSWORD_REFRESH_TIMER)
@@ -233,6 +289,7 @@ def setup(agent: Agent) -> str:
         agent.system.systemctl("enable", "--now", WORKSPACE_SYNC_TIMER, WORKSPACE_FINAL_UNIT)
     environment = agent.marked("python-env")
     verb = "restart" if changed or agent.marked("python-env-jupyter") != environment else "start"
+    _write_token(agent, new=verb == "restart")
     if verb == "restart" or not agent.system.is_active(JUPYTER_UNIT):
         started = agent.system.systemctl(verb, JUPYTER_UNIT, check=False)
         if started.returncode != 0:
@@ -254,16 +311,20 @@ def setup(agent: Agent) -> str:
     url = f"https://{agent.instance.external_ip or '127.0.0.1'}:{agent.settings.notebook_port}"
     if agent.settings.notebook_access == "iap":  # the firewall admits only IAP's tunnels
         url = f"https://localhost:{agent.settings.notebook_port} (python -m workload notebook)"
-    agent.status.update(f"notebook_url={url}", f"tls_sha256={tls_fingerprint(agent)}")
+    agent.status.update(f"notebook_url={url}")
+    publish_fingerprint(agent)
     return f"JupyterLab at {url} (user {NOTEBOOK_USER}){workspace_note}"
 
 
 def refresh_password(agent: Agent) -> bool:
     """`python -m startup.vm refresh-password` (its timer): a changed hash is written and
-    JupyterLab restarted, so the old password stops working. True when it changed."""
-    if not write_password_hash(agent):
+    JupyterLab restarted with a new TLS key, so the old password and whatever its holder left in
+    JupyterLab's folders stop working. True when it changed."""
+    if not apply_password(agent):
         return False
     agent.log.info("the Jupyter password changed: restarting JupyterLab (running kernels stop)")
     if agent.system.is_active(JUPYTER_UNIT):
+        _write_token(agent, new=True)
         agent.system.systemctl("restart", JUPYTER_UNIT)
+    publish_fingerprint(agent)
     return True

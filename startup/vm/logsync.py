@@ -22,6 +22,8 @@ from workload import storage
 STARTUP_LOG_OBJECT = "logs/startup.log"
 LOG_SYNC_SECONDS = 5.0
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
+# A VM on a new disk takes over its run's log up to this size (a run's log is megabytes).
+MAX_RESTORED_LOG_BYTES = 64 << 20
 
 log = logging.getLogger("keras-gpu-gcp")
 
@@ -71,8 +73,10 @@ def restore_training_log(paths: Paths, bucket: str, run_id: str) -> bool:
     if paths.training_log.exists():
         return False
     try:
-        data = storage.read_bytes(f"gs://{bucket}/{train_log_object(run_id)}")
-    except storage.StorageError as error:
+        data = storage.read_limited(
+            f"gs://{bucket}/{train_log_object(run_id)}", MAX_RESTORED_LOG_BYTES
+        )
+    except storage.StorageError as error:  # TooLargeError too: a log this big is no run's
         log.warning("log sync: the run's earlier log not restored: %s", error)
         return False
     if not data:
@@ -122,5 +126,6 @@ def write_unit(paths: Paths) -> bool:
         "kgg-log-sync.service.j2",
         app=paths.on_vm(paths.app),
         python=paths.on_vm(paths.venv_python),
+        state=paths.on_vm(paths.state),
     )
     return write_if_changed(paths.units / LOG_SYNC_UNIT, unit)

@@ -5,6 +5,7 @@ before the env exists. A message that cannot be sent is logged and changes nothi
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from startup.bootstrap import Failure, post_webhook
@@ -13,6 +14,8 @@ from startup.vm.cloud import CloudError
 from workload import storage
 from workload.documents import read
 from workload.timestamps import format_duration
+
+SCORED_ON = ("holdout", "validation")  # what metrics.json's `scored_on` may say
 
 
 def notify(agent: Agent, text: str, fields: dict[str, Any]) -> bool:
@@ -36,18 +39,21 @@ def run_ended(agent: Agent, state: str) -> bool:
     """The run's end: its state, headline score, training time and estimated cost."""
     run_id = agent.instance.run_id
     try:
-        metrics = storage.read_json(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
-    except (storage.StorageError, ValueError):
+        data = storage.read_limited(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
+        metrics = json.loads(data) if data else None
+    except (storage.StorageError, ValueError):  # the bucket's: any of it may be wrong
         metrics = None
     metrics = metrics if isinstance(metrics, dict) else {}
     score = metrics.get("micro_f1")
     cost = read(agent.paths.status).cost
     parts = [f"keras-gpu-gcp: run {run_id} {state}"]
     fields: dict[str, Any] = {"event": f"run-{state}", "state": state}
-    if isinstance(score, int | float):
-        scored_on = str(metrics.get("scored_on") or "validation")
+    if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
+        # The bucket's text goes no further than the two names the job writes.
+        scored_on = metrics.get("scored_on")
+        scored_on = scored_on if scored_on in SCORED_ON else "validation"
         parts.append(f"micro-F1 {score:.4f} on {scored_on}")
-        fields |= {"micro_f1": score, "scored_on": scored_on}
+        fields |= {"micro_f1": float(score), "scored_on": scored_on}
     if cost is not None and cost.run_seconds is not None:
         parts.append(f"trained {format_duration(cost.run_seconds)}")
         fields["seconds"] = cost.run_seconds

@@ -38,6 +38,7 @@ from tests.boot.image import METADATA_ADDRESS, build_image
 from tests.boot.machine import EXIT_POWEROFF, EXIT_REBOOT, Machine, wait_for
 from tests.boot.phases import NOTES, phase
 from tests.fake_cloud import FakeCloud
+from tests.kernels import run_in_kernel, start_kernel, stop_kernel
 from tests.workload.conftest import write_tiny_data
 from workload.gcs_front import Front, credentials_file
 
@@ -61,6 +62,9 @@ GROUP = STACK.group  # the VM's managed instance group (infra/component.py)
 PASSWORD_SECRET = STACK.password_secret
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
+API_TOKEN = "/etc/keras-gpu-gcp/jupyter/api-token"
+TLS_ATTRIBUTE = "kgg/tls-sha256"  # workload/layout.py, spelled out: the old code lacks it
+LOG_SYNC = "kgg-log-sync.service"
 
 
 @dataclass
@@ -270,6 +274,8 @@ def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
         fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)
     )
     (vm.tmp / "jupyter.crt").write_text(pem)
+    # What `status` vouches for: the VM's own guest attribute, not the bucket's document.
+    assert vm.cloud.guest_attributes[TLS_ATTRIBUTE] == status["tls_sha256"]
 
     anonymous, _ = login(vm, "not the password")
     assert anonymous.get(f"{url}/api/status", timeout=10).status_code == 403
@@ -288,17 +294,91 @@ def test_jupyterlab_serves_tls_only_and_only_to_the_password(vm: Vm) -> None:
     assert "JUPYTER_TOKEN" not in environment
 
 
-def test_a_new_password_replaces_the_old_one_without_a_reboot(vm: Vm) -> None:
+def sha256_colons(pem: str) -> str:
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def pin_published_certificate(vm: Vm) -> None:
+    """Trusts JupyterLab's certificate as a user does: only if the VM published its fingerprint
+    (the guest attribute `status` reads)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", vm.port))
+    if sha256_colons(pem) == vm.cloud.guest_attributes.get(TLS_ATTRIBUTE):
+        (vm.tmp / "jupyter.crt").write_text(pem)
+
+
+# What a notebook user leaves behind to outlast a password change: Python that the server runs
+# (it accepts a backdoor password), a kernelspec, and an IPython startup file kernels run.
+BACKDOOR = "the notebook user's backdoor"
+PLANTED = {
+    ".jupyter/jupyter_config.py": (
+        "from jupyter_server.auth.identity import PasswordIdentityProvider as P\n"
+        "_check = P.passwd_check\n"
+        f"P.passwd_check = lambda self, typed: typed == {BACKDOOR!r} or _check(self, typed)\n"
+    ),
+    ".local/share/jupyter/kernels/planted/kernel.json": (
+        '{"argv": ["sh", "-c", "touch ~/planted-kernel-ran"], "display_name": "planted"}'
+    ),
+    ".ipython/profile_default/startup/00-planted.py": (
+        "import pathlib; pathlib.Path.home().joinpath('planted-startup-ran').touch()\n"
+    ),
+}
+
+
+def plant(vm: Vm) -> None:
+    for relative, text in PLANTED.items():
+        path = f"/home/jupyter/{relative}"
+        made = vm.machine.exec(
+            "runuser", "-u", "jupyter", "--", "sh", "-c",
+            f'mkdir -p "$(dirname {path})" && cat > {path} <<\'EOF\'\n{text}\nEOF',
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+
+
+def test_a_new_password_replaces_the_old_one_and_everything_its_holder_left(vm: Vm) -> None:
     """`pulumi config set --secret jupyterPassword` + `pulumi up` adds a secret version; the
-    VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it."""
+    VM's refresh timer (every 5 minutes; started here at once) restarts JupyterLab with it, a new
+    TLS key and a new API token, and nothing the old password's holder planted works."""
+    url = f"https://127.0.0.1:{vm.port}"
+    plant(vm)
+    token = vm.machine.exec("runuser", "-u", "jupyter", "--", "cat", API_TOKEN).stdout.strip()
+    old_session, status = login(vm, PASSWORD)
+    assert status == 302 and len(token) == 64
+    old_fingerprint = (vm.status() or {})["tls_sha256"]
     new_password = "another long passphrase"
     vm.cloud.put_secret(PASSWORD_SECRET, jupyter_password_hash(new_password, SALT))
 
     refresh = vm.machine.exec("systemctl", "start", "kgg-password-refresh.service")
     assert refresh.returncode == 0, refresh.stderr
-    wait_for(lambda: login(vm, new_password)[1] == 302 or None, timeout=180, what="the new login")
 
+    def new_login() -> bool | None:
+        try:
+            return login(vm, new_password)[1] == 302 or None
+        except requests.exceptions.SSLError:  # the new key: trusted as the VM published it
+            pin_published_certificate(vm)
+            return None
+
+    wait_for(new_login, timeout=180, what="the new login")
     assert login(vm, PASSWORD)[1] == 401
+    assert login(vm, BACKDOOR)[1] == 401
+    assert login(vm, token)[1] == 401  # the server takes its API token as a password too
+    assert old_session.get(f"{url}/api/status", timeout=10).status_code == 403
+    session, _ = login(vm, new_password)
+    kernelspecs = session.get(f"{url}/api/kernelspecs", timeout=10).json()["kernelspecs"]
+    assert "python3" in kernelspecs and "planted" not in kernelspecs
+    kernel = start_kernel(session, url)
+    try:  # a cell, as the new password's holder runs one: IPython's startup files ran before it
+        code = "import os; print(os.environ['IPYTHONDIR'])"
+        printed = run_in_kernel(session, url, str(vm.tmp / "jupyter.crt"), kernel, code)
+    finally:
+        stop_kernel(session, url, kernel)
+    assert printed == "/run/kgg-jupyter/ipython\n"
+    ran = vm.machine.exec("ls", "/home/jupyter").stdout.split()
+    assert "planted-startup-ran" not in ran and "planted-kernel-ran" not in ran
+    new_fingerprint = sha256_colons((vm.tmp / "jupyter.crt").read_text())
+    assert new_fingerprint != old_fingerprint
+    assert (vm.status() or {})["tls_sha256"] == new_fingerprint
+    assert vm.cloud.guest_attributes[TLS_ATTRIBUTE] == new_fingerprint
     assert (
         "kgg-password-refresh.timer"
         in vm.machine.exec("systemctl", "list-timers", "--all", "--no-pager").stdout
@@ -348,6 +428,42 @@ def test_training_runs_once_the_data_is_uploaded_and_writes_its_results(vm: Vm) 
     assert all(boot["hourly_usd"] > 0 for boot in ledger["boots"].values())
 
 
+SANDBOX = ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges")
+ROOT_SERVICES = {  # each one's ProtectHome=
+    "kgg-log-sync.service": "yes",
+    "kgg-password-refresh.service": "yes",
+    "kgg-training.service": "tmpfs",
+    "kgg-idle-check.service": "tmpfs",
+}
+
+
+def test_the_root_services_run_sandboxed_and_still_do_their_work(vm: Vm) -> None:
+    """Their work is what the tests around this one check (the logs and the ledger reached the
+    bucket, a new password took effect, the run trained; the idle stop comes last); here, that
+    systemd ran them in their sandbox, seen from inside the running log sync too."""
+    for unit, home in ROOT_SERVICES.items():
+        shown = vm.machine.exec("systemctl", "show", *(f"--property={p}" for p in SANDBOX), unit)
+        values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+        assert values == {
+            "ProtectSystem": "strict", "ProtectHome": home, "PrivateTmp": "yes",
+            "NoNewPrivileges": "yes",
+        }, unit  # fmt: skip
+    pid = vm.machine.exec("systemctl", "show", "--property=MainPID", "--value", LOG_SYNC)
+    probe = (
+        "touch /usr/kgg-probe 2>&1; touch /etc/kgg-probe 2>&1; ls -A /home; "
+        f"touch /{STATE}/kgg-probe && echo state-writable && rm /{STATE}/kgg-probe"
+    )
+    inside = vm.machine.exec(
+        "nsenter", f"--target={pid.stdout.strip()}", "--mount", "--", "sh", "-c", probe
+    )
+    assert inside.stdout.splitlines() == [
+        "touch: cannot touch '/usr/kgg-probe': Read-only file system",
+        "touch: cannot touch '/etc/kgg-probe': Read-only file system",
+        "state-writable",
+    ], inside.stderr
+    assert vm.machine.exec("systemctl", "is-active", LOG_SYNC).stdout.strip() == "active"
+
+
 def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
     # A notebook user (from a Jupyter terminal) swaps the workspace for a link to root's code.
     swap = vm.machine.exec(
@@ -382,6 +498,61 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
         f"disk after boot: root {total / GIB:.2f} GiB, venv {venv / GIB:.2f} GiB, "
         f"uv cache adds {(both - venv) / GIB:.2f} GiB; no-op boot {run.seconds} s"
     )
+
+
+def test_a_notebook_user_racing_a_rerun_of_the_script_gets_nothing_of_roots(vm: Vm) -> None:
+    """The README's troubleshooting rerun while a notebook-user process swaps ~/work for a link
+    to a folder systemd runs as root (its generators) the moment the step has made it: every
+    write of the step lands only where that user may write anyway."""
+    generators = "/usr/lib/systemd/system-generators"
+    before = vm.machine.exec("ls", "-A", generators).stdout
+    # The racer reacts within a millisecond (no process per check): the step's window between
+    # making the folder and writing into it is tens of milliseconds.
+    racer = (
+        "import os, time\n"
+        "while not os.path.exists('stop-race'):\n"
+        "    if os.path.isdir('work') and not os.path.islink('work'):\n"
+        "        try:\n"
+        "            os.rename('work', f'work.raced-{time.monotonic_ns()}')\n"
+        f"            os.symlink({generators!r}, 'work')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    else:\n"
+        "        time.sleep(0.0005)\n"
+        "open('race-stopped', 'w').close()\n"
+    )
+    race = (
+        "cd /home/jupyter && mv work work.saved && rm -f work.saved/walkthrough.ipynb && "
+        f'mkdir work && nohup python3 -c "{racer}" >/dev/null 2>&1 </dev/null &'
+    )
+    started = vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", race)
+    assert started.returncode == 0, started.stderr
+    wait_for(
+        lambda: vm.machine.exec("test", "-L", "/home/jupyter/work").returncode == 0 or None,
+        timeout=30,
+        what="the racing link",
+    )
+
+    runs = len(vm.machine.startup_runs())
+    with phase("rerun of the startup script with a notebook user racing it"):
+        # What `sudo google_metadata_script_runner startup` does, in the unit's environment.
+        rerun = vm.machine.exec("systemctl", "start", "google-startup-scripts.service")
+
+    stop = "touch stop-race; while [ ! -e race-stopped ]; do sleep 0.1; done"
+    vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", f"cd /home/jupyter && {stop}")
+    after = vm.machine.exec("ls", "-A", generators).stdout
+    owned = vm.machine.exec("find", "/usr", "/opt", "/etc", "/var/lib", "-xdev", "-user", "jupyter")
+    tidy = (  # first, so that a failure here leaves the next tests a workspace
+        "cd /home/jupyter && rm -rf work work.raced-* work.moved-* stop-race race-stopped && "
+        "mv work.saved work"
+    )
+    assert vm.machine.exec("runuser", "-u", "jupyter", "--", "sh", "-c", tidy).returncode == 0
+    assert rerun.returncode == 0, rerun.stderr
+    assert [run.exit_status for run in vm.machine.startup_runs()[runs:]] == [0], (
+        vm.startup_journal()
+    )
+    assert after == before
+    assert owned.stdout.split() == ["/etc/keras-gpu-gcp/jupyter/tls/jupyter.key"]
 
 
 def test_a_vm_recreated_in_another_zone_gets_its_workspace_and_finished_run_back(vm: Vm) -> None:

@@ -90,6 +90,13 @@ def test_a_webhook_that_is_not_an_https_url_is_refused_without_repeating_it(url:
     assert "canary" not in str(raised.value)
 
 
+def test_a_webhook_with_a_user_or_password_is_refused_without_repeating_it() -> None:
+    with pytest.raises(SettingsError) as raised:
+        check_webhook("https://bot:canary-token@hooks.example.com/notify")
+    assert "has a user:password@ part before its host" in str(raised.value)
+    assert "canary" not in str(raised.value)
+
+
 def _build_with_webhook(tmp_path):
     from infra.component import GpuNotebook
     from infra.pulumi_config import load_notify_webhook, load_settings

@@ -66,3 +66,35 @@ def test_archive_outside_a_git_checkout_says_to_use_one(tmp_path, monkeypatch):
     (tmp_path / "workload" / "train.py").write_text("print('train')\n")
     with pytest.raises(ArchiveError, match=r"git ls-files.*run pulumi from a git clone"):
         build_archive(tmp_path)
+
+
+def test_archive_refuses_a_link_naming_it_and_never_reads_its_target(tmp_path):
+    """`workload/notes.txt -> ~/.ssh/id_ed25519` must not ship the key to the bucket."""
+    _tree(tmp_path / "repo")
+    repo = tmp_path / "repo"
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- canary-9d1c\n")
+    (repo / "workload" / "notes.txt").symlink_to(key)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token.txt").write_text("canary-9d1c\n")
+    (repo / "startup" / "linked").symlink_to(tmp_path / "secrets", target_is_directory=True)
+
+    with pytest.raises(ArchiveError) as refused:
+        build_archive(repo)
+
+    message = str(refused.value)
+    assert "symbolic links: startup/linked, workload/notes.txt;" in message
+    assert "canary" not in message
+
+
+def test_archive_refuses_a_tracked_link_and_a_committed_link_git_checked_out_as_a_file(tmp_path):
+    _tree(tmp_path)
+    (tmp_path / "workload" / "data").symlink_to("/etc/hostname")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "link"], check=True)
+    (tmp_path / "workload" / "data").unlink()  # core.symlinks=false: the link as a plain file
+    (tmp_path / "workload" / "data").write_text("/etc/hostname")
+
+    with pytest.raises(ArchiveError, match="symbolic links: workload/data;"):
+        build_archive(tmp_path)

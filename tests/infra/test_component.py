@@ -484,6 +484,10 @@ def test_startup_script_goes_in_metadata_not_the_replacing_argument(tmp_path):
         assert metadata["startup-script"].startswith("#!/usr/bin/env bash"), urn
         assert metadata["enable-oslogin"] == "TRUE", urn
         assert metadata["enable-guest-attributes"] == "TRUE", urn  # the pinned host keys
+        # Where `status` finds the notebook (with the template's static IP), not the bucket.
+        assert (metadata["kgg-notebook-port"], metadata["kgg-notebook-access"]) == (
+            "8888", "public"
+        ), urn  # fmt: skip
         assert metadata["kgg-bucket"] == "kg-bucket-a1b2c3", urn
         assert metadata["kgg-workload-object"].startswith("code/workload-"), urn
         assert metadata["kgg-run-id"].startswith("run-"), urn

@@ -14,8 +14,8 @@ the declared program's (tests/iam.py); a refusal is GCE's own 403 body.
 
 Three things are live rather than replayed: a resize changes the `targetSize` later GETs of the
 group return, listErrors timestamps are shifted so the newest is ERROR_AGE old, as if just
-recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` guest
-attributes are whatever a test sets (instances.getGuestAttributes; 404 while unset).
+recorded (the status view ignores errors older than a day), and the VM's `hostkeys/` and `kgg/`
+guest attributes are whatever a test sets (instances.getGuestAttributes; 404 while unset).
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ class FakeCompute:
     url: str = ""
     requests: list[Request] = field(default_factory=list)
     target_size: int | None = None
-    # The VM's `hostkeys/` guest attributes (live; None: nothing published, GCE answers 404).
+    # The VM's `hostkeys/` and `kgg/` guest attributes (live; None: nothing published, GCE
+    # answers 404).
     host_keys: list[dict[str, str]] | None = None
+    notebook_attributes: list[dict[str, str]] | None = None
+    # The running VM's instance id, when a test has the group recreate it (live; None: the
+    # fixture's).
+    instance_id: str | None = None
     stack: Stack = field(default_factory=lambda: stack("kgg-test-bucket"))
     # Each request's caller (member, or None without a known token), in order.
     callers: list[str | None] = field(default_factory=list)
@@ -75,12 +80,15 @@ class FakeCompute:
         permission, resource = required_permission(method, split.path)
         if member is None or not self.stack.authority.allows(member, permission, resource):
             return compute_denial(member, permission, resource)
-        if split.path.endswith("/getGuestAttributes") and self.host_keys is not None:
-            return 200, {
-                "kind": "compute#guestAttributes",
-                "queryPath": query["queryPath"][0],
-                "queryValue": {"items": self.host_keys},
-            }
+        if split.path.endswith("/getGuestAttributes"):
+            path = query["queryPath"][0]
+            items = self.host_keys if path.startswith("hostkeys/") else self.notebook_attributes
+            if items is not None:
+                return 200, {
+                    "kind": "compute#guestAttributes",
+                    "queryPath": path,
+                    "queryValue": {"items": items},
+                }
         for exchange in self.exchanges():
             request = exchange["request"]
             if (request["method"], request["path"]) != (method, split.path):
@@ -92,6 +100,9 @@ class FakeCompute:
                 body = {**body, "targetSize": self.target_size}
             elif split.path.endswith("/listErrors"):
                 body = _shift_timestamps(body)
+            elif split.path.endswith("/listManagedInstances") and self.instance_id is not None:
+                managed = [{**vm, "id": self.instance_id} for vm in body["managedInstances"]]
+                body = {**body, "managedInstances": managed}
             return exchange["response"]["status"], body
         message = f"The resource '{split.path}' was not found"
         return 404, {"error": {"code": 404, "message": message, "errors": []}}

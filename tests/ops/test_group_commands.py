@@ -129,6 +129,77 @@ def test_status_hints_name_the_vm_gce_runs_not_the_one_the_bucket_remembers(
     assert "kgg-dev-0a1b2c-old1" not in result.stdout
 
 
+# The VM's certificate, as it publishes it (guest attribute kgg/tls-sha256), and one of a server
+# that a bucket writer runs to collect the password.
+REAL_TLS = ":".join(["3A"] * 32)
+PHISHING_TLS = ":".join(["66"] * 32)
+STATIC_IP_URL = "https://34.118.20.7:8888"  # the template's natIP and kgg-notebook-port
+
+
+def _phishing_status(bucket: str) -> None:
+    """What anyone who may write the bucket (but lacks the password) can put there."""
+    storage.write_json(
+        f"gs://{bucket}/status/startup.json",
+        {"version": 1, "phase": "training", "steps": {}, "training": "running", "run_id": "r1",
+         "notebook_url": "https://evil.example:8888", "tls_sha256": PHISHING_TLS},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_status_vouches_only_for_the_notebook_gce_and_the_vm_name(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    fake_gce.notebook_attributes = [{"namespace": "kgg", "key": "tls-sha256", "value": REAL_TLS}]
+    _phishing_status(gcs_bucket)
+
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"Notebook:    {STATIC_IP_URL}" in lines
+    trusted = lines.index(f"TLS SHA-256: {REAL_TLS}")
+    assert "accept the browser's warning" in lines[trusted + 1]
+    assert result.stdout.count("accept the browser's warning") == 1
+    warnings = [line for line in lines if line.startswith("WARNING:")]
+    assert len(warnings) == 2
+    assert "names the notebook https://evil.example:8888, but GCE says" in warnings[0]
+    assert f"({PHISHING_TLS}) than the VM published" in warnings[1]
+    assert not any("evil.example" in line for line in lines if not line.startswith("WARNING:"))
+    assert (
+        "GET projects/kgg-demo-project/zones/us-central1-b/instances/kgg-dev-0a1b2c-7kq2/"
+        "getGuestAttributes?queryPath=kgg/" in fake_gce.calls()
+    )
+
+
+@pytest.mark.parametrize("fake_gce", ["running"], indirect=True)
+def test_status_vouches_for_no_certificate_the_vm_has_not_published(
+    fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path
+) -> None:
+    _phishing_status(gcs_bucket)  # the fake answers 404: nothing published yet
+
+    result = workload("status", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert f"Notebook:    {STATIC_IP_URL}" in result.stdout
+    assert "TLS SHA-256: not published by the VM (not yet): accept no certificate yet" in (
+        result.stdout
+    )
+    assert PHISHING_TLS not in result.stdout.replace(f"({PHISHING_TLS})", "")
+    assert "accept the browser's warning" not in result.stdout
+
+
+def test_status_without_gces_view_marks_the_buckets_notebook_unchecked(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    _phishing_status(gcs_bucket)
+
+    result = run_workload("status", "--bucket", gcs_bucket, cwd=tmp_path)  # no group, no stack
+
+    assert result.returncode == 0, result.stderr
+    assert "Notebook:    https://evil.example:8888" in result.stdout
+    assert "UNCHECKED: from the bucket's status document" in result.stdout
+    assert "accept the browser's warning" not in result.stdout
+
+
 @pytest.mark.parametrize("fake_gce", ["forbidden"], indirect=True)
 def test_status_still_shows_the_bucket_when_gce_refuses(
     fake_gce: FakeCompute, gcs_bucket: str, tmp_path: Path

@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from workload import storage
+from workload.ops import logs
 from workload.ops.logs import Follower
 
 from .conftest import REPO_ROOT, run_workload
@@ -125,3 +128,44 @@ def test_a_split_utf8_character_is_printed_whole(gcs_bucket: str) -> None:
     storage.write_bytes(url, "loss 0.1 \u00b1 0.02\n".encode())
     second, _ = follower.poll()
     assert first + second == "loss 0.1 \u00b1 0.02\n"
+
+
+def test_a_long_log_shows_its_end_from_a_lines_start_and_says_what_it_left_out(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A bucket writer's (or a chatty job's) 3 MB log: `logs` reads its last MB, not all of it."""
+    lines = [f"line {index:07d} {'x' * 50}\n" for index in range(50_000)]
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/train.log", "".join(lines).encode())
+
+    result = run_workload("logs", "r1", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.splitlines(keepends=True)
+    assert printed[0].startswith("--- the log's first 2.2 MB are not shown (all of it: gcloud ")
+    assert printed[1] in lines and printed[-1] == lines[-1]
+    assert len(result.stdout.encode()) <= logs.TAIL_BYTES + 200
+
+
+def test_a_follower_reads_each_generation_by_range_a_chunk_at_a_time(
+    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "CHUNK_BYTES", 10)
+    url = f"gs://{gcs_bucket}/runs/r1/train.log"
+    storage.write_bytes(url, b"epoch 1/3 done\n")
+    follower = Follower(url)
+    reads = []
+    read_from = storage.read_from
+
+    def recording(*args: object) -> bytes | None:
+        reads.append(args[1:])
+        return read_from(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "read_from", recording)
+
+    text = follower.poll()[0] + follower.poll()[0]
+    storage.write_bytes(url, b"epoch 1/3 done\nepoch 2/3 done\n")
+    text += follower.poll()[0] + follower.poll()[0] + follower.poll()[0]
+
+    assert text == "epoch 1/3 done\nepoch 2/3 done\n"
+    starts_and_ends = [(start, end) for start, _, end in reads]
+    assert starts_and_ends == [(0, 9), (10, 14), (15, 24), (25, 29)]

@@ -254,3 +254,80 @@ def test_runs_prints_no_terminal_escapes_from_the_bucket(gcs_bucket: str, tmp_pa
     assert runs.returncode == 0, runs.stderr
     assert "\x1b" not in runs.stdout and "\x07" not in runs.stdout
     assert runs.stdout.splitlines()[1].split()[:3] == ["r[2J1", "done]52;c;Y3VybA==", "0.9000"]
+
+
+# --- what one bad document, or a huge tree, in the bucket can do ------------------------------
+def _run_with_broken_metrics(bucket: str) -> None:
+    """`r1` finished well; a bucket writer (or a half-written upload) left `r2`'s metrics.json
+    unreadable. r2 is the newest."""
+    _write_run(bucket, "r1", done=True)
+    time.sleep(0.01)
+    base = f"gs://{bucket}/runs/r2"
+    storage.write_json(f"{base}/progress.json", {"version": 1, "state": "done"})
+    storage.write_bytes(f"{base}/metrics.json", b'{"accuracy": 0.9, "micro_f1": ')
+    storage.write_bytes(f"{base}/train.log", b"epoch 1/1\n")
+    storage.write_bytes(f"{base}/tensorboard/head/train/events.out.tfevents.1", b"\0" * 8)
+
+
+@pytest.mark.parametrize(
+    ("argv", "reads_documents"),
+    [(("runs",), True), (("pull", "latest", "--to", "{tmp}/out", "--quiet"), False),
+     (("logs", "latest"), False),
+     (("tensorboard", "latest", "--no-serve", "--cache", "{tmp}/cache"), False),
+     (("tensorboard", "all", "--no-serve", "--cache", "{tmp}/cache"), True)],
+    ids=["runs", "pull-latest", "logs-latest", "tensorboard-latest", "tensorboard-all"],
+)  # fmt: skip
+def test_one_unreadable_metrics_json_is_skipped_with_a_warning(
+    gcs_bucket: str, tmp_path: Path, argv: tuple[str, ...], reads_documents: bool
+) -> None:
+    """`latest` comes from the listing alone; what reads the runs' documents skips the bad one."""
+    _run_with_broken_metrics(gcs_bucket)
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+
+    result = run_workload(*args, "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warning = f"warning: skipped gs://{gcs_bucket}/runs/r2/metrics.json (not JSON: "
+    assert result.stderr.startswith(warning) if reads_documents else result.stderr == ""
+    if argv[0] == "runs":
+        assert [line.split()[0] for line in result.stdout.splitlines()[1:3]] == ["r1", "r2"]
+    if argv[0] == "pull":
+        assert (tmp_path / "out/r2/train.log").read_bytes() == b"epoch 1/1\n"
+
+
+def test_a_document_bigger_than_a_document_is_not_read(gcs_bucket: str, tmp_path: Path) -> None:
+    _write_run(gcs_bucket, "r1", done=True)
+    too_big = b'{"micro_f1": 0.5, "pad": "' + b"x" * storage.MAX_DOCUMENT_BYTES + b'"}'
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/metrics.json", too_big)
+
+    result = run_workload("runs", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipped gs://{gcs_bucket}/runs/r1/metrics.json (gs://" in result.stderr
+    assert "MB, more than the 4.2 MB read from it" in result.stderr
+
+
+def test_pull_stops_before_a_run_bigger_than_its_bound_and_says_how_to_take_it(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    _write_run(gcs_bucket, "r1", done=True)
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/r1/backup/ckpt", b"x" * 10_000)  # not pulled
+
+    refused = run_workload(
+        "pull", "r1", "--to", str(tmp_path / "out"), "--max-gb", "0.0000001", "--quiet",
+        "--bucket", gcs_bucket, cwd=tmp_path,
+    )  # fmt: skip
+
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith(
+        f"error: gs://{gcs_bucket}/runs/r1/ holds 0.0 GB to download, more than pull takes "
+        "(1e-07 GB)"
+    )
+    assert refused.stderr.strip().endswith("to pull it anyway: --max-gb N")
+    assert not (tmp_path / "out").exists()
+    taken = run_workload(
+        "pull", "r1", "--to", str(tmp_path / "out"), "--max-gb", "0.00001", "--quiet",
+        "--bucket", gcs_bucket, cwd=tmp_path,
+    )  # fmt: skip
+    assert taken.returncode == 0, taken.stderr

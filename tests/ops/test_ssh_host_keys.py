@@ -141,12 +141,37 @@ def test_a_recreated_vms_new_key_replaces_the_old_one_without_a_prompt(
     keygen(new_key)
     laptop.sshd.start(new_key)  # the group made a new VM: new host key, same name here
     stale = laptop.ssh("echo", "reached")
-    laptop.publish(new_key)  # its guest agent published the new key
+    laptop.compute.instance_id = "9001002003004005006"  # GCE lists the new VM, with its own id
+    laptop.publish(new_key)  # and its agent published the new key
     fresh = laptop.ssh("echo", "reached")
 
     assert stale.returncode == 255 and "Host key verification failed" in stale.stderr
     assert fresh.returncode == 0 and fresh.stdout == "reached\n", fresh.stderr
     assert laptop.known_hosts.read_text() == f"{HOST} ssh-ed25519 {public_blob(new_key)}\n"
+    assert "publishes other SSH host keys" not in stale.stderr + fresh.stderr
+
+
+def test_keys_that_changed_on_the_same_vm_get_a_warning_once(
+    laptop: Laptop, tmp_path: Path
+) -> None:
+    """Any process on the VM (a notebook user) can rewrite the published keys: the pin is only
+    as good as the VM's own guest attributes, and a change on the same VM is worth saying."""
+    laptop.publish(laptop.host_key)
+    assert laptop.ssh("true").returncode == 0
+    rewritten = tmp_path / "rewritten_ed25519"
+    keygen(rewritten)
+    laptop.publish(rewritten)  # same VM (same instance id), other keys
+
+    changed = laptop.ssh("echo", "reached")
+    again = laptop.ssh("echo", "reached")
+
+    warning = (
+        f"warning: the VM {VM} (instance 7215004411923377121) publishes other SSH host keys than "
+        "at your last connection to it."
+    )
+    assert warning in changed.stderr
+    assert changed.returncode == 255 and "Host key verification failed" in changed.stderr
+    assert warning not in again.stderr  # said once: the pin now holds the new keys
 
 
 def test_only_well_formed_host_keys_of_their_own_type_are_pinned(tmp_path: Path) -> None:

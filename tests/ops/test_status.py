@@ -134,7 +134,9 @@ def test_ready_vm_shows_gpus_notebook_url_and_fingerprint() -> None:
     assert "GPUs:        Tesla T4" in text
     assert "Notebook:    https://34.1.2.3:8888" in text
     assert "TLS SHA-256: AB:CD:EF" in text
-    assert "self-signed" in text
+    # Without GCE's view these are the bucket's word: shown, never vouched for.
+    assert "UNCHECKED: from the bucket's status document" in text
+    assert "accept the browser's warning" not in text
     assert "Training:    run run-1: running; no progress reported yet" in text
 
 

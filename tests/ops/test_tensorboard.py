@@ -92,6 +92,38 @@ def test_object_names_leading_outside_the_cache_are_refused(
     assert not list(tmp_path.rglob("escaped"))
 
 
+def test_the_mirror_stops_before_more_than_its_bound_and_says_so(
+    gcs_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bucket writer's 50 GB of "event files" must not fill the laptop's disk."""
+    import argparse
+
+    from workload.ops import cli as ops_cli
+    from workload.ops import tensorboard as board
+
+    from .conftest import run_cli
+
+    monkeypatch.setattr(board, "MAX_MIRROR_BYTES", 1000)
+    put_run(gcs_bucket, "r1", {"head/train/events.out.tfevents.1": b"\0" * 2000})
+    parser = argparse.ArgumentParser(prog="workload")
+    ops_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    cache = tmp_path / "cache"
+
+    code = run_cli(parser, "tensorboard", "r1", "--no-serve", "--bucket", gcs_bucket,
+                   "--cache", str(cache))  # fmt: skip
+
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"error: gs://{gcs_bucket}/runs/r1/tensorboard/ holds 0.0 GB to download, more than the "
+        "TensorBoard mirror takes (1e-06 GB)"
+    )
+    assert not list(cache.rglob("events.out.tfevents.*"))
+
+
 def test_run_without_event_files_is_a_one_line_error(gcs_bucket: str, tmp_path: Path) -> None:
     put_run(gcs_bucket, "r1", {})
     result = tensorboard(gcs_bucket, tmp_path / "cache", "r1", "--no-serve")

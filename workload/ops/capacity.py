@@ -16,6 +16,7 @@ from typing import Any
 
 from workload.ops.gce import last_segment, zone_of
 from workload.ops.lines import GCE_NAME, clock, field
+from workload.ops.notebook_identity import NotebookIdentity, template_url
 from workload.timestamps import format_duration, parse_time
 
 # Capacity, not quota: GCE retries these by itself and a quota increase does not help.
@@ -35,6 +36,8 @@ class Vm:
     zone: str
     status: str
     action: str
+    # The instance's id: a VM the group recreates keeps its name but gets a new one.
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class GroupState:
     # have capacity now (ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS).
     attempt: ZoneError | None
     zones_available: tuple[str, ...]
+    # Where the notebook is and its published certificate: GCE's word, not the bucket's.
+    notebook: NotebookIdentity | None = None
     # The project (from the group's selfLink), for the commands the hints print.
     project: str = ""
     # What takes the VM out of the stack's hands: VMs with the stack's labels that the group
@@ -101,6 +106,7 @@ def _vm(managed: dict[str, Any]) -> Vm:
         zone=_safe_name(zone_of(url)),
         status=str(managed.get("instanceStatus") or ""),
         action=str(managed.get("currentAction") or ""),
+        id=str(managed.get("id") or "") if str(managed.get("id") or "").isdigit() else "",
     )
 
 
@@ -216,6 +222,9 @@ def group_state(
         zone_errors=_zone_errors(errors, now),
         attempt=attempt,
         zones_available=available,
+        notebook=NotebookIdentity(
+            template_url(template), missing="" if managed else "no VM in the group"
+        ),
         project=_safe_project(str(group.get("selfLink") or "")),
         outside=outside_vms(group, managed, labelled or []),
         group_overrides=group_overrides(group, per_instance or []),

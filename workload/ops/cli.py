@@ -156,7 +156,7 @@ def _group_reader(args: argparse.Namespace) -> Callable[[], GroupState | None] |
     except gce.GceError as error:
         print(f"(no VM view from GCE: {error})", file=sys.stderr)
         return None
-    return lambda: read_group(compute, group)
+    return lambda: read_status_view(compute, group)
 
 
 def read_group(compute: Compute, group: GroupRef) -> GroupState:
@@ -181,6 +181,33 @@ def read_group(compute: Compute, group: GroupRef) -> GroupState:
         per_instance=compute.list_per_instance_configs(group),
         labelled=compute.labelled_instances(group.project, stack_labels) if stack_labels else [],
     )
+
+
+def read_status_view(compute: Compute, group: GroupRef) -> GroupState:
+    """What `status` shows of GCE: the group, and the certificate fingerprint its running VM
+    published (the guest attribute only a process on the VM can write)."""
+    import dataclasses
+
+    from workload.ops.gce import GceError
+    from workload.ops.notebook_identity import TLS_QUERY, published_fingerprint
+
+    state = read_group(compute, group)
+    vm, notebook = state.running, state.notebook
+    if notebook is None or notebook.url is None:
+        return state
+    if vm is None or not vm.name or not vm.zone:
+        missing = "the VM is not running"
+        return dataclasses.replace(state, notebook=dataclasses.replace(notebook, missing=missing))
+    try:
+        attributes = compute.guest_attributes(group.project, vm.zone, vm.name, TLS_QUERY)
+    except GceError as error:
+        missing = f"its guest attributes are not readable: {error}"
+        return dataclasses.replace(state, notebook=dataclasses.replace(notebook, missing=missing))
+    fingerprint = published_fingerprint(attributes)
+    notebook = dataclasses.replace(
+        notebook, tls_sha256=fingerprint, missing="" if fingerprint else "not yet"
+    )
+    return dataclasses.replace(state, notebook=notebook)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -353,14 +380,17 @@ def _ssh_proxy(args: argparse.Namespace) -> int:
     from workload.ops import remote
 
     compute, group = _group_and_compute(args)
-    name, zone = running_vm(group, read_group(compute, group))
+    state = read_group(compute, group)
+    name, zone = running_vm(group, state)
     if args.known_hosts:
         attributes = compute.guest_attributes(group.project, zone, name, remote.HOST_KEYS_PATH)
         lines = remote.known_hosts_lines(args.host_key_alias or name, attributes)
         if not lines:
             print(no_host_keys(name), file=sys.stderr)
             return 2
-        remote.write_known_hosts(Path(args.known_hosts), lines)
+        instance_id = state.running.id if state.running else ""
+        if remote.pin_host_keys(Path(args.known_hosts), lines, instance_id):
+            print(remote.changed_keys_warning(name, instance_id), file=sys.stderr)
     command = remote.proxy_command(name, zone, group.project, args.port)
     if shutil.which("gcloud") is None:
         print("error: gcloud is not installed (https://cloud.google.com/sdk/docs/install)",
@@ -435,7 +465,12 @@ def _pull(args: argparse.Namespace) -> int:
 
     bucket = resolve_bucket(args.bucket)
     run_id, target, stats = results.pull_run(
-        bucket, args.run, args.to, workers=args.workers, progress=not args.quiet
+        bucket,
+        args.run,
+        args.to,
+        workers=args.workers,
+        progress=not args.quiet,
+        max_bytes=int(args.max_gb * 10**9),
     )
     print(results.render_pull(run_id, target, stats))
     return 0
@@ -446,7 +481,7 @@ def _runs(args: argparse.Namespace) -> int:
     from workload.ops import results, status
 
     bucket = resolve_bucket(args.bucket)
-    startup = status.parse_startup(storage.read_bytes(f"gs://{bucket}/{status.STATUS_KEY}"))
+    startup = status.parse_startup(storage.read_limited(f"gs://{bucket}/{status.STATUS_KEY}"))
     current = startup.run_id if startup else None
     costs = results.run_costs(bucket)
     print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
@@ -577,6 +612,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_bucket(pull)
     pull.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     pull.add_argument("--quiet", action="store_true", help="no progress bar")
+    pull.add_argument(
+        "--max-gb",
+        type=float,
+        default=20.0,
+        help="download at most this much (default 20 GB; a run writes a few hundred MB)",
+    )
     pull.set_defaults(func=_guarded(_pull))
 
     runs = subparsers.add_parser(

@@ -1,7 +1,8 @@
 """`python -m workload logs [startup|train|RUN] [-f]`: the VM's logs from the bucket, where the VM
 mirrors them every few seconds (startup/vm/logsync.py), so they read the same while the VM runs
-and once it is gone. `-f` polls the object's generation and prints only what a new generation
-added, until the boot or the run ends."""
+and once it is gone. `-f` polls the object's generation and reads, by range, only what a new
+generation added, until the boot or the run ends. Reads are bounded: a long log shows its last
+TAIL_BYTES, and each poll reads at most CHUNK_BYTES (the rest at the next)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ STARTUP_LOG_OBJECT = "logs/startup.log"  # startup/vm/logsync.py writes it
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 FOLLOW_SECONDS = 5.0
 ENDED_RUN_STATES = {"done": 0, "failed": 1}
+# A log read from its start shows this much of its end; a poll reads at most CHUNK_BYTES.
+TAIL_BYTES = 1 << 20
+CHUNK_BYTES = 8 << 20
 
 
 class LogNotFoundError(LookupError):
@@ -49,7 +53,7 @@ class LogSource:
 def _run_ended(bucket: str, run_id: str) -> Callable[[], int | None]:
     def ended() -> int | None:
         progress = parse_progress(
-            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
+            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
         return ENDED_RUN_STATES.get(progress.state) if progress and progress.state else None
 
@@ -57,7 +61,7 @@ def _run_ended(bucket: str, run_id: str) -> Callable[[], int | None]:
 
 
 def _boot_ended(bucket: str) -> int | None:
-    startup = parse_startup(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
+    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_KEY}"))
     if startup is None:
         return None
     if startup.phase == "failed":
@@ -103,20 +107,35 @@ class Follower:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def poll(self) -> tuple[str, bool]:
-        """(new text, whether the object started over)."""
+        """(new text, whether the object started over). A log read from its start, or started
+        over, begins with its last TAIL_BYTES (from a line's start, after a note saying so);
+        what a generation added is read by range, CHUNK_BYTES at most per poll."""
         current = storage.generation(self.url)
-        if current is None or current[0] == self.generation:
+        if current is None:
             return "", False
         generation, size = current
-        restarted = size < self.offset
+        if generation == self.generation and self.offset >= size:
+            return "", False
+        restarted = self.generation is not None and size < self.offset
         start = 0 if restarted else self.offset
         if restarted:
             self._decoder.reset()
-        data = storage.read_from(self.url, start, generation) if size > start else b""
+        skipped = size - TAIL_BYTES if start == 0 and size > TAIL_BYTES else 0
+        start = max(start, skipped)
+        end = min(size, start + CHUNK_BYTES) - 1
+        data = storage.read_from(self.url, start, generation, end) if size > start else b""
         if data is None:  # replaced between the two calls: the next poll sees the new one
             return "", False
         self.generation, self.offset = generation, start + len(data)
-        return printable(self._decoder.decode(data), multiline=True), restarted
+        note = ""
+        if skipped:
+            newline = data.find(b"\n")
+            data = data[newline + 1 :] if newline >= 0 else data
+            note = (
+                f"--- the log's first {skipped / 1e6:.1f} MB are not shown (all of it: "
+                f"gcloud storage cat {self.url}) ---\n"
+            )
+        return note + printable(self._decoder.decode(data), multiline=True), restarted
 
 
 def print_log(source: LogSource, out: TextIO) -> int:

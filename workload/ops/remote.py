@@ -113,6 +113,32 @@ def write_known_hosts(path: Path, lines: list[str]) -> None:
     _replace(path, "".join(f"{line}\n" for line in lines).encode(), 0o600)
 
 
+def pin_host_keys(path: Path, lines: list[str], instance_id: str) -> bool:
+    """Pins `lines` for the VM `instance_id` in `path` (the VM's id beside it, in `<path>.vm`);
+    True when that same VM published other keys at the last connection. A VM keeps its keys for
+    its life, but any process on it can rewrite the guest attributes: a change is worth a
+    warning (a recreated VM has a new id and new keys, and is none)."""
+    marker = path.with_name(f"{path.name}.vm")
+    try:
+        same_vm = bool(instance_id) and marker.read_text().strip() == instance_id
+        before = set(path.read_text().splitlines()) if same_vm else set()
+    except OSError:
+        same_vm, before = False, set()
+    write_known_hosts(path, lines)
+    _replace(marker, f"{instance_id}\n".encode(), 0o600)
+    return same_vm and before != set(lines)
+
+
+def changed_keys_warning(name: str, instance_id: str) -> str:
+    return (
+        f"warning: the VM {name} (instance {instance_id}) publishes other SSH host keys than at "
+        "your last connection to it. A VM keeps its keys for its life, and any process on it "
+        "can rewrite what it publishes (guest attributes), so one may have: ssh now checks the "
+        "new keys, and refuses the VM if they are not its own. Unexpected? `python -m workload "
+        "stop` and `start` give a new VM."
+    )
+
+
 def with_entry(config: str, host: str, entry: str) -> str:
     """`config` with the block for `host` replaced (or added at the end); every other byte kept."""
     begin, end = BEGIN.format(name=host), END.format(name=host)

@@ -7,7 +7,10 @@ when the run kept one (`scored_on`), else validation; a running run shows valida
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +27,8 @@ LATEST = "latest"
 MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
 ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
 SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the scores are on
+# What `pull` downloads of one run at most (without backup/): a run writes a few hundred MB.
+MAX_PULL_BYTES = 20 * 10**9
 
 
 class RunNotFoundError(LookupError):
@@ -87,6 +92,18 @@ def summarize_run(
     return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
 
 
+def read_document(url: str) -> Any | None:
+    """A JSON document of the bucket, or None (with a warning on stderr) when it is missing,
+    not JSON or bigger than a document: one bad run must not hide the others."""
+    try:
+        data = storage.read_limited(url)
+        return None if data is None else json.loads(data)
+    except (ValueError, storage.TooLargeError) as error:
+        reason = str(error) if isinstance(error, storage.TooLargeError) else f"not JSON: {error}"
+        print(printable(f"warning: skipped {url} ({reason})"), file=sys.stderr)
+        return None
+
+
 def runs_url(bucket: str) -> str:
     return f"gs://{bucket}/{RUNS_PREFIX}"
 
@@ -116,9 +133,9 @@ def list_runs(bucket: str) -> list[RunSummary]:
     for run_id, infos in grouped.items():
         names = {info.name for info in infos}
         base = f"{runs_url(bucket)}/{run_id}"
-        metrics = storage.read_json(f"{base}/metrics.json") if "metrics.json" in names else None
+        metrics = read_document(f"{base}/metrics.json") if "metrics.json" in names else None
         progress = (
-            Progress.from_json(storage.read_json(f"{base}/{PROGRESS_FILE}"))
+            Progress.from_json(read_document(f"{base}/{PROGRESS_FILE}"))
             if PROGRESS_FILE in names
             else None
         )
@@ -141,7 +158,7 @@ COST_OBJECT = "status/cost.json"  # the VM's cost ledger (startup/vm/cost.py)
 def run_costs(bucket: str) -> dict[str, tuple[float, float | None]]:
     """Each run's training time and its estimated cost from the VM's ledger (the bucket's
     text: numbers only, anything else dropped)."""
-    ledger = storage.read_json(f"gs://{bucket}/{COST_OBJECT}") if bucket else None
+    ledger = read_document(f"gs://{bucket}/{COST_OBJECT}") if bucket else None
     runs = ledger.get("runs") if isinstance(ledger, dict) else None
     costs: dict[str, tuple[float, float | None]] = {}
     for run_id, entry in (runs if isinstance(runs, dict) else {}).items():
@@ -222,12 +239,29 @@ def resolve_run(
     return run
 
 
+def refuse_oversized(
+    url: str, listing: Iterable[storage.ObjectInfo], max_bytes: int, what: str, fix: str
+) -> None:
+    """TooLargeError when the objects of `listing` (under `url`) hold more than `max_bytes`: a
+    bucket writer must not fill the laptop's disk through `pull` or the TensorBoard mirror."""
+    size = sum(info.size for info in listing)
+    if size > max_bytes:
+        raise storage.TooLargeError(
+            printable(
+                f"{url}/ holds {size / 1e9:.1f} GB to download, more than {what} takes "
+                f"({max_bytes / 1e9:g} GB): a run writes a few hundred MB, so check who can "
+                f"write the bucket; {fix}"
+            )
+        )
+
+
 def pull_run(
     bucket: str,
     run: str,
     to: str | os.PathLike[str] | None = None,
     workers: int = 8,
     progress: bool = True,
+    max_bytes: int = MAX_PULL_BYTES,
 ) -> tuple[str, Path, storage.SyncStats]:
     """Downloads runs/<run>/ (model, metrics, plots, submission.csv) to `<to>/<run-id>`.
 
@@ -242,13 +276,11 @@ def pull_run(
     run_id = resolve_run(bucket, run, grouped)
     # The run id is an object name: `..` must not turn `--to` into its parent.
     target = storage.local_path(to if to is not None else RUNS_PREFIX, run_id)
+    source = f"{runs_url(bucket)}/{run_id}"
+    wanted = [info for info in grouped[run_id] if not info.name.startswith(f"{BACKUP_DIR}/")]
+    refuse_oversized(source, wanted, max_bytes, "pull", "to pull it anyway: --max-gb N")
     stats = storage.download_tree(
-        f"{runs_url(bucket)}/{run_id}",
-        target,
-        workers=workers,
-        progress=progress,
-        include=lambda name: not name.startswith(f"{BACKUP_DIR}/"),
-        listing=grouped[run_id],
+        source, target, workers=workers, progress=progress, listing=wanted
     )
     return run_id, target, stats
 

@@ -6,7 +6,9 @@ workload/documents.py), written by the startup script and the VM agent at every 
 function of the two; `watch` repeats it until the run ends.
 
 Whoever can write the bucket writes these documents: `parse_doc` strips terminal escapes from
-them, and the commands built for the user take only names GCE itself could have given.
+them, the commands built for the user take only names GCE itself could have given, and the
+notebook's address and certificate come from GCE (workload/ops/notebook_identity.py), never from
+them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from workload.layout import PROGRESS_FILE
 from workload.ops.capacity import GroupState, render_group
 from workload.ops.gce import GceError
 from workload.ops.lines import GCE_NAME, clock, field
+from workload.ops.notebook_identity import render_notebook
 from workload.terminal import clean_document
 from workload.timestamps import format_duration, parse_time
 
@@ -350,13 +353,9 @@ def render_status(
     lines += _step_rows(startup.steps, now)
     gpus = startup.gpus
     lines.append(field("GPUs", ", ".join(gpus) if gpus else "none seen yet"))
-    lines.append(field("Notebook", startup.notebook_url or "not up yet"))
-    if startup.tls_sha256:
-        lines.append(field("TLS SHA-256", startup.tls_sha256))
-        lines.append(
-            "  (self-signed: accept the browser's warning only if the certificate's SHA-256\n"
-            "  fingerprint it shows is this one)"
-        )
+    lines += render_notebook(
+        startup.notebook_url, startup.tls_sha256, group.notebook if group else None
+    )
     lines += render_training(startup, progress, now)
     lines += render_cost(startup.cost, startup.run_id)
     if _is_failed(startup, progress):
@@ -428,13 +427,14 @@ def parse_progress(data: bytes | None) -> Progress | None:
 
 
 def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Progress | None]:
-    """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json."""
-    startup = parse_startup(storage.read_bytes(f"gs://{bucket}/{STATUS_KEY}"))
+    """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json (each at
+    most a document's size: storage.TooLargeError names a bigger one)."""
+    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_KEY}"))
     run_id = startup.run_id if startup else None
     progress = None
     if run_id:
         progress = parse_progress(
-            storage.read_bytes(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
+            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
         )
     return startup, progress
 

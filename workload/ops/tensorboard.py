@@ -19,10 +19,18 @@ from pathlib import Path
 
 from workload import storage
 from workload.layout import TENSORBOARD_DIR
-from workload.ops.results import RunNotFoundError, list_runs, resolve_run, runs_url
+from workload.ops.results import (
+    RunNotFoundError,
+    list_runs,
+    refuse_oversized,
+    resolve_run,
+    runs_url,
+)
 from workload.terminal import printable
 
 ALL = "all"
+# What one mirror downloads at most: a run's event files are kilobytes per epoch.
+MAX_MIRROR_BYTES = 2 * 10**9
 INSTALL_FIX = "uv sync --group tensorboard"
 APP_CACHE = "keras-gpu-gcp"
 
@@ -68,10 +76,16 @@ def mirror(bucket: str, run: str, cache: str | os.PathLike[str], progress: bool 
     else:
         run_ids = [resolve_run(bucket, run)]
         result = Mirror(storage.local_path(bucket_dir, run_ids[0]))
-    for run_id in run_ids:
-        source = f"{runs_url(bucket)}/{run_id}/{TENSORBOARD_DIR}"
+    sources = [f"{runs_url(bucket)}/{run_id}/{TENSORBOARD_DIR}" for run_id in run_ids]
+    listings = [storage.list_objects(source) for source in sources]
+    for source, listing in zip(sources, listings, strict=True):
+        refuse_oversized(
+            source, listing, MAX_MIRROR_BYTES, "the TensorBoard mirror",
+            "copy what you need with `gcloud storage cp -r` instead",
+        )  # fmt: skip
+    for run_id, source, listing in zip(run_ids, sources, listings, strict=True):
         stats = storage.download_tree(
-            source, storage.local_path(bucket_dir, run_id), progress=progress
+            source, storage.local_path(bucket_dir, run_id), progress=progress, listing=listing
         )
         result.runs.append(run_id)
         for name in ("copied", "skipped", "bytes", "refused"):

@@ -35,6 +35,8 @@ class FakeSystem(System):
         self.job = "echo 'epoch 1/1'; exit 0"  # the training job's shell stand-in
         self.powered_off: str | None = None
         self.processes: list[subprocess.Popen[str]] = []
+        # The VM's root: `workspace prepare` (as the notebook user on a VM) runs for real here.
+        self.root: Path | None = None
 
     def run(
         self, argv: Sequence[str], *, check: bool = True, timeout: float | None = 600
@@ -60,6 +62,12 @@ class FakeSystem(System):
     def _answer(self, argv: list[str]) -> Completed:
         name = Path(argv[0]).name
         ok = Completed(argv, 0, "", "")
+        if name == "runuser" and argv[-4:-2] == ["workspace", "prepare"] and self.root:
+            from startup.vm.workspace import prepare
+
+            source = self.root / argv[-1].lstrip("/")
+            notes = prepare(Paths(self.root).workspace, source)
+            return Completed(argv, 0, "".join(f"workspace: {n}\n" for n in notes), "")
         if name == "systemctl":
             words = [arg for arg in argv[1:] if not arg.startswith("-")]
             verb, unit, units = words[0], words[-1], set(words[1:])
@@ -109,6 +117,7 @@ def agent(tmp_path: Path, gcs_bucket: str, system: FakeSystem, as_vm: Any) -> It
     (paths.app / "workload/notebooks/walkthrough.ipynb").write_text('{"cells": []}\n')
     (paths.marker("python-env")).write_text("a" * 64 + "\n")
     configure_logging(paths)
+    system.root = paths.root
     yield Agent(
         paths=paths,
         settings=vm_settings(settings_for()),

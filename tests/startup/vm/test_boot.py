@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import ssl
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -131,6 +132,22 @@ def test_a_workspace_that_is_a_link_is_moved_aside_and_never_followed(
     assert not (code / "walkthrough.ipynb").exists()
 
 
+def test_root_makes_only_the_home_and_the_notebook_user_its_workspace(
+    agent: Agent, system: FakeSystem
+) -> None:
+    assert boot(agent) == 0
+
+    home = agent.paths.notebook_home
+    chowned = [Path(arg) for call in system.called("chown") for arg in call[3:]]
+    assert [path for path in chowned if path.is_relative_to(home)] == [home]
+    prepare = system.called("runuser", "-u", "jupyter", "--")
+    assert [call[-4:] for call in prepare] == [
+        ["workspace", "prepare", "--walkthrough",
+         "/opt/keras-gpu-gcp/app/workload/notebooks/walkthrough.ipynb"],
+    ]  # fmt: skip
+    assert (agent.paths.workspace / "walkthrough.ipynb").read_text() == '{"cells": []}\n'
+
+
 def test_a_walkthrough_link_in_the_workspace_is_left_alone(agent: Agent) -> None:
     victim = agent.paths.app / "startup/vm/idle.py"
     victim.parent.mkdir(parents=True)
@@ -177,6 +194,51 @@ def test_a_changed_password_restarts_jupyter_without_a_reboot(
     assert system.called("systemctl", "restart", "kgg-jupyter.service")
     unit = (agent.paths.units / "kgg-password-refresh.service").read_text()
     assert "ExecStart=/opt/keras-gpu-gcp/venv/bin/python -m startup.vm refresh-password" in unit
+
+
+def test_a_password_change_brings_a_new_tls_key_and_api_token_and_publishes_them(
+    agent: Agent, system: FakeSystem
+) -> None:
+    """Whoever held the old password could read the key and the token (the server also takes
+    the token as a login password): neither may outlive the change."""
+    from startup.vm.jupyter import refresh_password
+
+    assert boot(agent) == 0
+    key, token = agent.paths.tls_key.read_text(), agent.paths.api_token.read_text()
+    fingerprint = uploaded_status(agent.instance.bucket)["tls_sha256"]
+    agent = dataclasses.replace(agent, read_password_hash=lambda secret: "argon2:$argon2id$new")
+
+    assert refresh_password(agent) is True
+
+    assert agent.paths.tls_key.read_text() != key
+    assert agent.paths.api_token.read_text() != token
+    assert stat.S_IMODE(agent.paths.tls_key.stat().st_mode) == 0o600
+    status = uploaded_status(agent.instance.bucket)
+    assert status["tls_sha256"] != fingerprint
+    assert status["tls_sha256"] == jupyter.tls_fingerprint(agent)
+    assert sorted(path.name for path in agent.paths.tls_key.parent.iterdir()) == [
+        "jupyter.crt", "jupyter.key"
+    ]  # fmt: skip
+
+
+def test_the_servers_config_data_and_ipython_folders_are_out_of_the_users_reach(
+    agent: Agent,
+) -> None:
+    assert boot(agent) == 0
+
+    unit = (agent.paths.units / "kgg-jupyter.service").read_text()
+    environment = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    )
+    assert environment["JUPYTER_CONFIG_DIR"] == "/etc/keras-gpu-gcp/jupyter/config"
+    assert agent.paths.jupyter_config_dir.is_dir()
+    assert list(agent.paths.jupyter_config_dir.iterdir()) == []
+    for key in ("JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        assert environment[key].startswith("/run/kgg-jupyter/"), key
+    assert environment["PYTHONNOUSERSITE"] == "1"
+    assert "RuntimeDirectory=kgg-jupyter\n" in unit
 
 
 def test_a_further_boot_restarts_nothing_and_makes_no_new_certificate(
@@ -377,3 +439,49 @@ def test_a_workspace_that_cannot_be_restored_keeps_syncing_off(
     assert not agent.paths.workspace_restored.exists()
     detail = uploaded_status(agent.instance.bucket)["steps"]["jupyter"]["detail"]
     assert "workspace NOT restored from gs://" in detail
+
+
+HARDENED = {"ProtectSystem": "strict", "PrivateTmp": "yes", "NoNewPrivileges": "yes"}
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_root_services_see_the_os_read_only_and_write_only_what_they_must(
+    agent: Agent,
+) -> None:
+    """Log sync, the password refresh, the training supervisor and the idle check run as root:
+    a bug or a hostile input in one cannot rewrite the OS, gain privileges or reach /home."""
+    from startup.render import render_startup_script
+    from tests.startup.harness import settings_for
+
+    assert boot(agent) == 0
+    script = render_startup_script(settings_for())
+    idle = script.split("kgg-idle-check.service\" <<'KGG_UNIT'\n", 1)[1].split("KGG_UNIT", 1)[0]
+    units = {
+        name: unit_settings((agent.paths.units / name).read_text())
+        for name in ("kgg-log-sync.service", "kgg-password-refresh.service",
+                     "kgg-training.service")
+    } | {"kgg-idle-check.service": unit_settings(idle)}  # fmt: skip
+
+    for name, settings in units.items():
+        for key, value in HARDENED.items():
+            assert settings.get(key) == [value], (name, key)
+    state = "/var/lib/keras-gpu-gcp"
+    assert units["kgg-log-sync.service"]["ReadWritePaths"] == [state]
+    assert units["kgg-log-sync.service"]["ProtectHome"] == ["yes"]
+    refresh = units["kgg-password-refresh.service"]
+    assert refresh["ReadWritePaths"] == [f"{state} /etc/keras-gpu-gcp/jupyter"]
+    assert refresh["ProtectHome"] == ["yes"]
+    training = units["kgg-training.service"]
+    assert (training["ReadWritePaths"], training["ProtectHome"]) == ([state], ["tmpfs"])
+    assert training["BindPaths"] == ["/home/jupyter"]  # the job's caches, as the notebook user
+    idle_check = units["kgg-idle-check.service"]
+    assert (idle_check["ReadWritePaths"], idle_check["ProtectHome"]) == ([state], ["tmpfs"])
+    assert idle_check["BindReadOnlyPaths"] == ["-/home/jupyter"]  # the last workspace sync

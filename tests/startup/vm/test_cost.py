@@ -108,3 +108,38 @@ def test_the_vm_gets_the_catalogue_price_of_its_stack(spot: bool) -> None:
     settings = settings_for(spot=spot)
     assert vm_settings(settings).hourly_usd == settings.estimated_hourly_usd
     assert vm_settings(settings).hourly_usd is not None
+
+
+def test_the_ticker_survives_any_exception_and_logs_it(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from startup.vm import cost
+
+    booted(agent, "b1", 60.0)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("something nobody expected")
+
+    monkeypatch.setattr(cost, "tick", broken)
+    CostTicker(agent)(force=True)  # no exception
+
+    log = agent.paths.log.read_text()
+    assert "cost ledger not updated" in log and "KeyError: 'something nobody expected'" in log
+
+
+def test_a_ledger_keeps_only_what_has_its_shape() -> None:
+    from startup.vm.cost import clean_ledger
+
+    ledger, dropped = clean_ledger({
+        "version": 1, "since": NOW,
+        "boots": {"ok": {"seconds": 5, "usd": 0.1, "hourly_usd": 0.5, "spot": True},
+                  "nan": {"seconds": float("nan")}, "list": [1]},
+        "runs": {"r1": {"seconds": 3, "usd": True}, "r2": "x"},
+    })  # fmt: skip
+
+    assert ledger == {
+        "version": 1, "since": NOW,
+        "boots": {"ok": {"seconds": 5.0, "usd": 0.1, "hourly_usd": 0.5, "spot": True}},
+        "runs": {"r1": {"seconds": 3.0}},
+    }  # fmt: skip
+    assert dropped == ["boots.nan", "boots.list", "runs.r2"]

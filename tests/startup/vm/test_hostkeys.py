@@ -48,13 +48,30 @@ def test_boot_publishes_each_public_host_key_under_its_type(
 
     assert boot(agent) == 0
 
-    assert cloud.guest_attributes == {
+    host_keys = {k: v for k, v in cloud.guest_attributes.items() if k.startswith("hostkeys/")}
+    assert host_keys == {
         "hostkeys/ssh-ed25519": ED25519,
         "hostkeys/ecdsa-sha2-nistp256": ECDSA,
     }
     assert not any("PRIVATE" in value for value in cloud.guest_attributes.values())
     log = agent.paths.log.read_text()
     assert "SSH host keys published (guest attributes hostkeys/): " in log
+
+
+def test_boot_publishes_the_notebook_certificates_fingerprint(
+    vm_with_keys: tuple[Agent, FakeCloud],
+) -> None:
+    """What `status` vouches for: a guest attribute only a process on the VM can write."""
+    from startup.vm.jupyter import tls_fingerprint
+
+    agent, cloud = vm_with_keys
+
+    assert boot(agent) == 0
+
+    fingerprint = tls_fingerprint(agent)
+    assert cloud.guest_attributes["kgg/tls-sha256"] == fingerprint
+    assert len(fingerprint.split(":")) == 32
+    assert agent.status.update().tls_sha256 == fingerprint
 
 
 def test_a_metadata_server_that_refuses_guest_attributes_does_not_stop_the_boot(

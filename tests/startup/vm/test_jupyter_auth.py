@@ -62,6 +62,21 @@ def write_config(folder: Path, port: int, token: str) -> Path:
     return config
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, cert: str, log: Path) -> None:
+    """Until the server answers over TLS; the test fails with its log if it exits or never does."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"jupyter server exited: {log.read_text()}")
+        try:
+            requests.get(f"{url}/api/status", verify=cert, timeout=2)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer in {STARTUP_SECONDS}s: {log.read_text()}")
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("jupyter")
@@ -93,18 +108,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cert = str(base / "etc/tls/jupyter.crt")
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter server exited: {(base / 'server.log').read_text()}")
-            try:
-                requests.get(f"{url}/api/status", verify=cert, timeout=2)
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    log_text = (base / "server.log").read_text()
-                    pytest.fail(f"no answer in {STARTUP_SECONDS}s: {log_text}")
-                time.sleep(0.3)
+        wait_until_serving(process, url, cert, base / "server.log")
         yield Server(url=url, port=port, cert=cert, token=token, pid=process.pid)
     finally:
         process.terminate()

@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from startup.vm.agent import Agent
 from startup.vm.boot import boot
 from startup.vm.config import LOG_SYNC_UNIT
@@ -63,6 +65,19 @@ def test_a_vm_on_a_new_disk_continues_the_runs_log(agent: Agent) -> None:
     )
 
 
+def test_a_runs_log_bigger_than_any_run_writes_is_not_taken_over(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from startup.vm import logsync
+
+    monkeypatch.setattr(logsync, "MAX_RESTORED_LOG_BYTES", 100)
+    put(agent.instance.bucket, train_log_object(RUN_ID), b"x" * 101)
+
+    assert not restore_training_log(agent.paths, agent.instance.bucket, RUN_ID)
+    assert not agent.paths.training_log.exists()
+    assert "the run's earlier log not restored: gs://" in agent.paths.log.read_text()
+
+
 def test_a_local_log_is_never_replaced_by_the_buckets(agent: Agent) -> None:
     agent.paths.training_log.write_text("local lines\n")
     put(agent.instance.bucket, train_log_object(RUN_ID), b"older\n")
@@ -91,6 +106,28 @@ def test_the_loop_runs_the_ledger_tick_each_round(agent: Agent) -> None:
     mirror = LogMirror(agent.instance.bucket, {})
     sync_loop(mirror, every=0, also=lambda: ticks.append(1), rounds=3, sleep=lambda s: None)
     assert len(ticks) == 3
+
+
+def test_the_loop_goes_on_over_a_malformed_ledger_and_logs_what_it_dropped(agent: Agent) -> None:
+    """kgg-log-sync used to die on a bucket writer's `"boots": []` (and systemd restarted it,
+    again and again): now every round still uploads the logs."""
+    from startup.vm.cost import CostTicker
+    from tests.startup.vm.test_cost import booted
+
+    booted(agent, "b1", 60.0)
+    put(agent.instance.bucket, "status/cost.json", b'{"boots": [], "runs": "x", "since": 3}')
+    agent.paths.log.write_text("step jupyter: done\n")
+    mirror = LogMirror(agent.instance.bucket, {agent.paths.log: STARTUP_LOG_OBJECT})
+    clock = iter(range(0, 1000, 100))
+    ticker = CostTicker(agent, clock=lambda: float(next(clock)))
+
+    sync_loop(mirror, every=0, also=ticker, rounds=2, sleep=lambda s: None)
+
+    assert read(agent.instance.bucket, STARTUP_LOG_OBJECT).startswith("step jupyter: done\n")
+    ledger = storage.read_json(f"gs://{agent.instance.bucket}/status/cost.json")
+    assert ledger["boots"]["b1"]["seconds"] == 60.0 and ledger["runs"] == {}
+    log = agent.paths.log.read_text()
+    assert "dropped what is not a ledger's: since, boots (a list), runs (a str)" in log
 
 
 def test_boot_starts_the_log_sync_service_and_uploads_the_startup_log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,12 @@ from tests.startup.vm.test_training import DATA, put
 from tests.webhook_server import Webhook, running_webhook
 
 SECRET = "projects/123456789012/secrets/kgg-dev-0a1b2c-notify-webhook"
+NO_MENTIONS = "allowed_mentions"
+# What a bucket writer puts in a run's metrics.json to post as the bot: a ping to the whole
+# channel and a link that shows other text than where it goes, in each service's markup.
+HOSTILE_SCORED_ON = (
+    "<!channel> <https://evil.example|your results> @everyone [results](https://evil.example)"
+)
 
 
 @pytest.fixture
@@ -105,10 +112,86 @@ def test_a_webhook_that_fails_changes_nothing_else(notifying: Agent) -> None:
     ("url", "expected"),
     [
         ("https://hooks.slack.com/services/T/B/X", {"text": "hi"}),
-        ("https://discord.com/api/webhooks/1/x", {"content": "hi"}),
-        ("https://ptb.discordapp.com/api/webhooks/1/x", {"content": "hi"}),
+        ("https://discord.com/api/webhooks/1/x", {"content": "hi", NO_MENTIONS: {"parse": []}}),
+        (
+            "https://ptb.discordapp.com/api/webhooks/1/x",
+            {"content": "hi", NO_MENTIONS: {"parse": []}},
+        ),
         ("https://example.com/hook", {"text": "hi", "state": "done"}),
     ],
 )
 def test_each_kind_of_webhook_gets_the_body_it_takes(url: str, expected: dict) -> None:
     assert webhook_payload(url, "hi", {"state": "done"}) == expected
+
+
+@pytest.fixture
+def slack_and_discord(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> Webhook:
+    """The local server as hooks.slack.com and discord.com: urllib sends http:// requests for
+    them to it as their proxy (the absolute URL is the request's path), the GCS emulator is
+    reached directly."""
+    monkeypatch.setenv("http_proxy", webhook.url.split("/hooks/")[0])
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads the proxies anew
+    return webhook
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [("http://hooks.slack.com/services/T/B/X", "text"),
+     ("http://discord.com/api/webhooks/1/x", "content")],
+    ids=["slack", "discord"],
+)  # fmt: skip
+def test_a_bucket_writers_metrics_cannot_ping_or_link_as_the_bot(
+    notifying: Agent, slack_and_discord: Webhook, url: str, key: str
+) -> None:
+    agent = dataclasses.replace(notifying, read_webhook=lambda secret: url)
+    with_data(agent)
+    metrics = {"micro_f1": 0.9, "scored_on": HOSTILE_SCORED_ON}
+    put(agent.instance.bucket, f"runs/{RUN_ID}/metrics.json", json.dumps(metrics).encode())
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    ((path, body),) = slack_and_discord.posts
+    assert path == url
+    text = body[key]
+    assert "evil.example" not in text and "channel" not in text and "everyone" not in text
+    assert "micro-F1 0.9000 on validation" in text
+    if key == "content":
+        assert body[NO_MENTIONS] == {"parse": []}
+
+
+def test_slack_and_discord_markup_in_any_message_is_shown_as_text() -> None:
+    text = "step data: <!channel> & <https://x|y> @everyone [a](https://x)"
+    slack = webhook_payload("https://hooks.slack.com/services/T/B/X", text, {})["text"]
+    discord = webhook_payload("https://discord.com/api/webhooks/1/x", text, {})["content"]
+
+    assert slack == (
+        "step data: &lt;!channel&gt; &amp; &lt;https://x|y&gt; @everyone [a](https://x)"
+    )
+    assert discord == (
+        "step data: \\<!channel\\> & \\<https://x\\|y\\> \\@everyone \\[a\\](https://x)"
+    )
+
+
+def test_a_webhook_url_with_a_password_is_refused_and_never_logged(notifying: Agent) -> None:
+    """`https://user:token@host/...` in the secret: urllib's errors carry the netloc, so a failed
+    post used to write the token to startup.log (and the bucket's copy, and the status tail)."""
+    url = "http://kgg:tok3n-canary@127.0.0.1:9/hook"
+    agent = dataclasses.replace(notifying, read_webhook=lambda secret: url)
+    with_data(agent)
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    log = agent.paths.log.read_text()
+    assert "tok3n-canary" not in log
+    assert "notification not sent: the webhook URL has a user:password@ part, refused" in log
+
+
+def test_a_failed_request_names_the_host_and_never_the_userinfo() -> None:
+    from startup.bootstrap import Failure, request
+
+    with pytest.raises(Failure) as failed:
+        request("http://kgg:tok3n-canary@127.0.0.1:9/x", attempts=1)
+
+    assert str(failed.value).startswith("127.0.0.1:9: ")
+    assert "tok3n-canary" not in str(failed.value)

@@ -165,3 +165,41 @@ def test_a_job_that_was_told_to_stop_is_interrupted_not_failed(
     assert status["training"].startswith("interrupted")
     assert status["error"] is None
     assert uploaded.marked(f"training-done-{RUN_ID}") is None
+
+
+HUGE = "1" + "0" * 400  # a JSON int no float holds
+
+
+@pytest.mark.parametrize(
+    "ledger",
+    [
+        b'{"version": 1, "boots": [], "runs": {}}',
+        b'{"version": 1, "boots": {}, "runs": "lots"}',
+        f'{{"version": 1, "boots": {{"b0": {{"seconds": {HUGE}}}}}, "runs": {{}}}}'.encode(),
+        b'{"version": 1, "since": 7, "boots": {"b0": {"seconds": 5, "usd": "x"}}, "runs": [1]}',
+        b"[1, 2]",
+    ],
+    ids=["boots-a-list", "runs-a-string", "int-too-large-for-a-float", "wrong-fields", "a-list"],
+)
+def test_a_malformed_cost_ledger_in_the_bucket_never_stops_a_finished_run(
+    uploaded: Agent, system: FakeSystem, ledger: bytes
+) -> None:
+    """A bucket writer's status/cost.json: the run still ends done, marked, and stops the VM
+    (shutdownAfterTraining); the ledger is rewritten with what had its shape."""
+    from tests.startup.vm.test_cost import booted
+
+    booted(uploaded, "b1", 600.0)
+    put(uploaded.instance.bucket, "status/cost.json", ledger)
+    agent = dataclasses.replace(
+        uploaded, settings=dataclasses.replace(uploaded.settings, shutdown_after_training=True)
+    )
+
+    assert training_job(agent, poll_seconds=0.1) == 0
+
+    assert agent.marked(f"training-done-{RUN_ID}") is not None
+    assert system.powered_off == "keras-gpu-gcp: stopped: training ended (shutdownAfterTraining)"
+    written = json.loads(agent.paths.cost_ledger.read_text())
+    assert set(written) == {"version", "since", "boots", "runs"}
+    assert written["boots"]["b1"]["seconds"] == 600.0
+    assert all(isinstance(entry["seconds"], float) for entry in written["boots"].values())
+    assert isinstance(written["runs"], dict) and isinstance(written["since"], str)
