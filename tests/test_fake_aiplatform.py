@@ -97,7 +97,7 @@ def kinds(violations: list[discovery.Violation]) -> list[tuple[str, str]]:
     return [(v.json_path, v.kind) for v in violations]
 
 
-# --- the document ------------------------------------------------------------------------------
+# --- the document ---------------------------------------------------------------------------------
 def test_the_document_comes_from_the_installed_package_not_a_copy() -> None:
     document = vertex.document()
     assert (document.name, document.version) == ("aiplatform", "v1")
@@ -120,7 +120,7 @@ def test_read_only_fields_are_the_documents() -> None:
     }  # fmt: skip
 
 
-# --- well-formed bodies ------------------------------------------------------------------------
+# --- well-formed bodies ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "scheduling",
     [
@@ -156,7 +156,7 @@ def test_proto_field_names_are_accepted_as_the_json_mapping_requires() -> None:
     assert kinds(vertex.validate("CustomJob", body)) == [("", "unknown")]
 
 
-# --- what it refuses ---------------------------------------------------------------------------
+# --- what it refuses ------------------------------------------------------------------------------
 def test_refuses_unknown_fields_at_every_depth() -> None:
     body = custom_job(priority="high")
     body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"]["gpuType"] = "nvidia-tesla-t4"
@@ -320,7 +320,7 @@ def test_refuses_study_specs_the_documents_descriptions_rule_out(change: Any, pa
     assert vertex.validate("HyperparameterTuningJob", body)[0].json_path == path
 
 
-# --- the API over HTTP ---------------------------------------------------------------------------
+# --- the API over HTTP ----------------------------------------------------------------------------
 class Clock:
     def __init__(self) -> None:
         self.now = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
