@@ -45,11 +45,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests import discovery
+from tests import discovery, loopback
 from tests.discovery import Violation
 
 DOCUMENT = "aiplatform.v1"
@@ -921,38 +920,79 @@ def _check_parameters(study: Mapping[str, Any], chosen: Mapping[str, Any]) -> No
             raise ValueError(f"trial parameter {name}={value!r} is outside the study spec")
 
 
+# --- well-formed bodies, for tests -------------------------------------------------------------
+def sample_custom_job(**changes: Any) -> dict[str, Any]:
+    """A well-formed CustomJob body: one T4 on n1-highmem-4, a container, the output prefix."""
+    body = {
+        "displayName": "kgg-dev-run-1",
+        "labels": {"kgg-stack": "dev", "kgg-run": "run-1"},
+        "jobSpec": {
+            "workerPoolSpecs": [
+                {
+                    "machineSpec": {
+                        "machineType": "n1-highmem-4",
+                        "acceleratorType": "NVIDIA_TESLA_T4",
+                        "acceleratorCount": 1,
+                    },
+                    "replicaCount": "1",
+                    "diskSpec": {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 100},
+                    "containerSpec": {
+                        "imageUri": "gcr.io/distroless/python3-debian12",
+                        "command": ["python3", "-c", "print('hi')"],
+                        "args": ["--", "train", "--recipe", "fast"],
+                        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                    },
+                }
+            ],
+            "serviceAccount": "kgg-dev-jobs@kgg-demo-project.iam.gserviceaccount.com",
+            "baseOutputDirectory": {"outputUriPrefix": "gs://kgg-test-bucket/runs/run-1/"},
+            "scheduling": {"strategy": "STANDARD", "timeout": "86400s"},
+        },
+    }
+    body.update(changes)
+    return body
+
+
+def sample_tuning_job(**changes: Any) -> dict[str, Any]:
+    """A well-formed HyperparameterTuningJob: 4 trials, 2 at a time, over three parameters."""
+    body = {
+        "displayName": "kgg-dev-sweep-1",
+        "labels": {"kgg-stack": "dev", "kgg-run": "sweep-1"},
+        "studySpec": {
+            "metrics": [{"metricId": "micro_f1", "goal": "MAXIMIZE"}],
+            "parameters": [
+                {
+                    "parameterId": "finetune-lr",
+                    "doubleValueSpec": {"minValue": 1e-5, "maxValue": 1e-2},
+                    "scaleType": "UNIT_LOG_SCALE",
+                },
+                {
+                    "parameterId": "unfreeze-blocks",
+                    "integerValueSpec": {"minValue": "1", "maxValue": "3"},
+                    "scaleType": "UNIT_LINEAR_SCALE",
+                },
+                {"parameterId": "recipe", "categoricalValueSpec": {"values": ["fast", "guide"]}},
+            ],
+            "algorithm": "RANDOM_SEARCH",
+            "measurementSelectionType": "LAST_MEASUREMENT",
+        },
+        "maxTrialCount": 4,
+        "parallelTrialCount": 2,
+        "maxFailedTrialCount": 1,
+        "trialJobSpec": copy.deepcopy(sample_custom_job()["jobSpec"]),
+    }
+    body["trialJobSpec"]["baseOutputDirectory"]["outputUriPrefix"] = (
+        "gs://kgg-test-bucket/runs/sweep-1/"
+    )
+    body.update(changes)
+    return body
+
+
 @contextmanager
 def running_fake(authority: Authority, **settings: Any) -> Iterator[FakeVertex]:
     """The fake served on 127.0.0.1 until the block ends; `.url` is the API's root
     (`<url>v1/projects/...`), what the CLI's endpoint override takes."""
     fake = FakeVertex(authority, **settings)
-
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            status, answer = fake.answer(
-                self.command, self.path, self.headers.get("Authorization", ""), body
-            )
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_DELETE = do_PATCH = _reply
-
-        def log_message(self, *args: Any) -> None:  # quiet; tests read fake.requests
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    try:
+    with loopback.serving(fake.answer) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

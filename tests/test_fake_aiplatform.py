@@ -3,7 +3,6 @@ the document's shapes, checks IAM per method, and moves jobs and trials only as 
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import urllib.error
@@ -17,6 +16,8 @@ import pytest
 
 from tests import discovery
 from tests import fake_aiplatform as vertex
+from tests.fake_aiplatform import sample_custom_job as custom_job
+from tests.fake_aiplatform import sample_tuning_job as tuning_job
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT, NUMBER, REGION = "kgg-demo-project", "123456789012", "us-central1"
@@ -24,73 +25,6 @@ PARENT = f"projects/{PROJECT}/locations/{REGION}"
 JOBS_ACCOUNT = f"kgg-dev-jobs@{PROJECT}.iam.gserviceaccount.com"
 OWNER, VIEWER, SUBMITTER = "user:you@example.com", "user:viewer@example.com", "user:ci@example.com"
 VERBS = ("create", "get", "list", "cancel")
-
-
-def custom_job(**changes: Any) -> dict[str, Any]:
-    """A well-formed CustomJob body: one T4 on n1-highmem-4, a container, the output prefix."""
-    body = {
-        "displayName": "kgg-dev-run-1",
-        "labels": {"kgg-stack": "dev", "kgg-run": "run-1"},
-        "jobSpec": {
-            "workerPoolSpecs": [
-                {
-                    "machineSpec": {
-                        "machineType": "n1-highmem-4",
-                        "acceleratorType": "NVIDIA_TESLA_T4",
-                        "acceleratorCount": 1,
-                    },
-                    "replicaCount": "1",
-                    "diskSpec": {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 100},
-                    "containerSpec": {
-                        "imageUri": "gcr.io/distroless/python3-debian12",
-                        "command": ["python3", "-c", "print('hi')"],
-                        "args": ["--", "train", "--recipe", "fast"],
-                        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
-                    },
-                }
-            ],
-            "serviceAccount": JOBS_ACCOUNT,
-            "baseOutputDirectory": {"outputUriPrefix": "gs://kgg-test-bucket/runs/run-1/"},
-            "scheduling": {"strategy": "STANDARD", "timeout": "86400s"},
-        },
-    }
-    body.update(changes)
-    return body
-
-
-def tuning_job(**changes: Any) -> dict[str, Any]:
-    """A well-formed HyperparameterTuningJob: 4 trials, 2 at a time, over three parameters."""
-    body = {
-        "displayName": "kgg-dev-sweep-1",
-        "labels": {"kgg-stack": "dev", "kgg-run": "sweep-1"},
-        "studySpec": {
-            "metrics": [{"metricId": "micro_f1", "goal": "MAXIMIZE"}],
-            "parameters": [
-                {
-                    "parameterId": "finetune-lr",
-                    "doubleValueSpec": {"minValue": 1e-5, "maxValue": 1e-2},
-                    "scaleType": "UNIT_LOG_SCALE",
-                },
-                {
-                    "parameterId": "unfreeze-blocks",
-                    "integerValueSpec": {"minValue": "1", "maxValue": "3"},
-                    "scaleType": "UNIT_LINEAR_SCALE",
-                },
-                {"parameterId": "recipe", "categoricalValueSpec": {"values": ["fast", "guide"]}},
-            ],
-            "algorithm": "RANDOM_SEARCH",
-            "measurementSelectionType": "LAST_MEASUREMENT",
-        },
-        "maxTrialCount": 4,
-        "parallelTrialCount": 2,
-        "maxFailedTrialCount": 1,
-        "trialJobSpec": copy.deepcopy(custom_job()["jobSpec"]),
-    }
-    body["trialJobSpec"]["baseOutputDirectory"]["outputUriPrefix"] = (
-        "gs://kgg-test-bucket/runs/sweep-1/"
-    )
-    body.update(changes)
-    return body
 
 
 def kinds(violations: list[discovery.Violation]) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@ import pytest
 
 from kgg.job import trial
 from tests import fake_aiplatform as vertex
-from tests.test_fake_aiplatform import custom_job, tuning_job
+from tests.fake_aiplatform import sample_custom_job as custom_job
+from tests.fake_aiplatform import sample_tuning_job as tuning_job
 
 BASE = "gs://kgg-test-bucket/runs/sweep-1/"
 
