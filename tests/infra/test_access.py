@@ -117,7 +117,7 @@ def test_the_webhook_is_a_secret_only_the_vm_reads_and_metadata_only_names_it(tm
     secret = notebook.notify_secret
     assert secret is not None
 
-    def check(urn, secret_id, secret_name, email, metadata):
+    def check(urn, secret_id, secret_name, email, metadata, _group_registered):
         assert secret_id.startswith("kgg-dev-") and secret_id.endswith("-notify-webhook"), urn
         assert secret_name == f"projects/{FAKE_PROJECT_NUMBER}/secrets/{secret_id}", urn
         versions = mocks.of_type("gcp:secretmanager/secretVersion:SecretVersion")
@@ -135,9 +135,11 @@ def test_the_webhook_is_a_secret_only_the_vm_reads_and_metadata_only_names_it(tm
         assert metadata[specs.NOTIFY_SECRET_KEY] == secret_name, urn
         assert not [key for key, value in metadata.items() if "canary-hook" in value], urn
 
+    # The group depends on every grant and version: once its URN resolves, all are registered
+    # (without it the check could run before the grant exists, as CI once saw).
     return _check(
         secret, secret.secret_id, secret.name, notebook.service_account.email,
-        notebook.template.metadata, check=check,
+        notebook.template.metadata, notebook.group.urn, check=check,
     )  # fmt: skip
 
 
