@@ -2,8 +2,8 @@
 
 import pulumi
 
-from infra.component import GpuNotebook
-from infra.pulumi_config import load_notify_webhook, load_settings
+from kgg.infra.component import GpuNotebook
+from kgg.infra.pulumi_config import load_notify_webhook, load_settings
 
 settings, jupyter_password = load_settings()
 notebook = GpuNotebook(

@@ -34,7 +34,7 @@ SECTION_XLA = "5. XLA (jit_compile) at the job's precision: with / without"
 def prices(gpu_name: str) -> tuple[str | None, float | None, float | None]:
     """(machine type, on-demand $/h, spot $/h) of a 1-GPU VM of this GPU, from infra's catalogue;
     None where the catalogue has no price (it never guesses one)."""
-    from infra import catalogue
+    from kgg.infra import catalogue
 
     key = hardware.gpu_catalogue_key(gpu_name)
     if key is None or key not in catalogue.GPUS:
@@ -61,14 +61,14 @@ def gpu_settings(auto_policy: str, job_xla: bool) -> list[Setting]:
 
 
 def end_to_end(data_root: Path, image_size: int, cache: Path, log_path: Path) -> float | None:
-    """Wall seconds of the real `python -m workload train` (fast recipe, defaults, random
+    """Wall seconds of the real `kgg train` (fast recipe, defaults, random
     weights: no download) on `data_root` from a cold image cache; None when it failed. Its
     output goes to `log_path`."""
     out, work = cache / "e2e-out", cache / "e2e-cache"
     for path in (out, work):
         shutil.rmtree(path, ignore_errors=True)
     args = [
-        sys.executable, "-m", "workload", "train", "--data", str(data_root), "--out", str(out),
+        sys.executable, "-m", "kgg", "train", "--data", str(data_root), "--out", str(out),
         "--cache-dir", str(work), "--weights", "none", "--image-size", str(image_size),
         "--no-progress",
     ]  # fmt: skip
@@ -95,9 +95,9 @@ def main(plan: Plan, data_root: Path) -> int:
         return 0
 
     from bench import measure, run
-    from workload.job import runtime
-    from workload.job import train as train_lib
-    from workload.job.config import TrainConfig
+    from kgg.job import runtime
+    from kgg.job import train as train_lib
+    from kgg.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
     gpu = gpus[0]
@@ -152,7 +152,7 @@ def main(plan: Plan, data_root: Path) -> int:
         f"the real job end to end, fast recipe, {job.setting.label}",
         seconds,
         "s",
-        "python -m workload train, defaults, --weights none, cold image cache: decode, features, "
+        "kgg train, defaults, --weights none, cold image cache: decode, features, "
         f"head, fine-tuning (early stopping on), evaluation, results; log {log_path.name}",
     )
     retracing = sum("retracing" in line for line in output.splitlines())

@@ -1,5 +1,5 @@
-"""The timed measurements, each on the project's own code paths (workload.job.data,
-workload.job.model, workload.job.train), and on keras.applications.VGG16 for the FLOP/s figures.
+"""The timed measurements, each on the project's own code paths (kgg.job.data,
+kgg.job.model, kgg.job.train), and on keras.applications.VGG16 for the FLOP/s figures.
 
 Long phases are timed on a fixed number of steps after one warm-up step (which pays for tracing)
 and extrapolated by the callers. TensorFlow is imported only inside the functions.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from workload.job import data as data_lib
+from kgg.job import data as data_lib
 
 IMAGE_SIZE = 224
 BATCH = 32
@@ -47,7 +47,7 @@ class Steps:
 def precision(policy: str) -> Iterator[None]:
     """Builds every model of the block in Keras dtype policy `policy`, as runtime.configure
     makes the job do; the global policy is put back afterwards."""
-    from workload.job import runtime
+    from kgg.job import runtime
 
     with runtime.keeping_global_policy():
         runtime.set_policy(policy)
@@ -180,8 +180,8 @@ def guide_steps(
     size = images.shape[1]
     import keras
 
-    from workload.job import model as model_lib
-    from workload.job import train as train_lib
+    from kgg.job import model as model_lib
+    from kgg.job import train as train_lib
 
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     model = model_lib.build_guide_model(
@@ -207,8 +207,8 @@ def feature_steps(
     Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
     import tempfile
 
-    from workload.job import model as model_lib
-    from workload.job import train as train_lib
+    from kgg.job import model as model_lib
+    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
@@ -246,8 +246,8 @@ def head_epoch(
     validation on n_val), on full-size random features; the second epoch is timed."""
     import keras
 
-    from workload.job import model as model_lib
-    from workload.job import train as train_lib
+    from kgg.job import model as model_lib
+    from kgg.job import train as train_lib
 
     rng = np.random.default_rng(0)
     f_train = rng.random((n_train, n_features), np.float32)
@@ -284,8 +284,8 @@ def finetune_steps(
     `views` cached views per image (the rows of `maps` repeated to fill them)."""
     import keras
 
-    from workload.job import model as model_lib
-    from workload.job import train as train_lib
+    from kgg.job import model as model_lib
+    from kgg.job import train as train_lib
 
     size = maps.shape[1] * 16  # block4_pool is the image downsampled 16x
     base = model_lib.build_base("vgg16", None, size, include_top=False)
@@ -320,8 +320,8 @@ def finetune_steps_on_images(
     augmented images, Adam 1e-5, class-weighted batches."""
     import keras
 
-    from workload.job import model as model_lib
-    from workload.job import train as train_lib
+    from kgg.job import model as model_lib
+    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False

@@ -45,7 +45,7 @@ class Setting:
 def settings(precisions: list[str], auto_policy: str, jit_compile: bool = False) -> list[Setting]:
     """A Setting per --precision value (auto resolved to `auto_policy`), float32 first, each
     policy once."""
-    from workload.job.runtime import POLICIES
+    from kgg.job.runtime import POLICIES
 
     policies = [auto_policy if p == "auto" else POLICIES[p] for p in precisions]
     ordered = sorted(set(policies), key=lambda p: (p != "float32", policies.index(p)))

@@ -1,4 +1,4 @@
-"""Runs the real training job (`python -m workload train`) on the full-size data with every fit
+"""Runs the real training job (`kgg train`) on the full-size data with every fit
 and predict cut to a few steps, so the parent can read its peak resident memory in minutes.
 
 Everything that takes memory runs as in a real run: cold-cache decoding of train/ and test/, the
@@ -11,7 +11,7 @@ a model predicted again (the block4 maps, chunk by chunk) reuses its first rows.
 With BENCH_PROBE_REPORT set, the seconds the job spent in data.load_images (decoding, on a cold
 cache) and the files it decoded are written there as JSON, for bench/scale.py.
 
-Usage: python -m bench.probe STEPS -- <workload train arguments>
+Usage: python -m bench.probe STEPS -- <kgg train arguments>
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def bound_keras(steps: int) -> None:
 def time_decoding(report: Path) -> None:
     """Wraps the job's data.load_images (train/ and test/ each call it once) to add up its wall
     time and files into `report` after each call."""
-    from workload.job import data
+    from kgg.job import data
 
     load_images = data.load_images
     spent = {"decode_seconds": 0.0, "files": 0}
@@ -87,13 +87,13 @@ def time_decoding(report: Path) -> None:
 def main(argv: list[str]) -> int:
     steps = int(argv[0])
     if argv[1] != "--":
-        raise SystemExit("usage: python -m bench.probe STEPS -- <workload train arguments>")
+        raise SystemExit("usage: python -m bench.probe STEPS -- <kgg train arguments>")
     bound_keras(steps)
     if os.environ.get(REPORT_ENV):
         time_decoding(Path(os.environ[REPORT_ENV]))
-    from workload.cli import main as workload_main
+    from kgg.cli.main import run as kgg_run
 
-    return workload_main(["train", *argv[2:]])
+    return kgg_run(["train", *argv[2:]])
 
 
 if __name__ == "__main__":

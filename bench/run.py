@@ -36,8 +36,8 @@ from bench.precisions import Measured
 from bench.report import Report, Target
 
 if TYPE_CHECKING:
-    from workload.job.arrays import DiskRows
-    from workload.job.runtime import Precision
+    from kgg.job.arrays import DiskRows
+    from kgg.job.runtime import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -74,7 +74,7 @@ QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bf
 # --quick measures the fast recipe's memory only (the target); a child costs about a minute.
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
 
-# From the job's TrainConfig defaults (workload/job/config.py); read at run time where possible.
+# From the job's TrainConfig defaults (kgg/job/config.py); read at run time where possible.
 SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
 SECTION_E2E = precisions.SECTION_E2E
 SECTION_FLOPS = precisions.SECTION_FLOPS
@@ -121,7 +121,7 @@ def machine_description(cpu: hardware.CpuInfo, peak: hardware.Peak) -> dict[str,
 def probe_recipe(
     recipe: str, data_root: Path, steps: int, image_size: int
 ) -> tuple[float | None, float, str]:
-    """Runs the real `workload train` on the full data with fits/predicts cut to `steps` steps, in
+    """Runs the real `kgg train` on the full data with fits/predicts cut to `steps` steps, in
     a child process with a cold image cache; returns its peak RSS in bytes (ru_maxrss of that
     child, from wait4), its wall seconds, and the tail of its log."""
     cache = CACHE / f"probe-{recipe}"
@@ -160,8 +160,8 @@ def data_root_for(plan: Plan) -> Path:
 
 def split_sizes(labels: np.ndarray, test: int) -> estimate.Sizes:
     """Train/validation/test counts as the job splits them (its own stratified_split)."""
-    from workload.job import data as data_lib
-    from workload.job.config import TrainConfig
+    from kgg.job import data as data_lib
+    from kgg.job.config import TrainConfig
 
     config = TrainConfig(data="", out="")
     train_idx, val_idx = data_lib.stratified_split(labels, config.val_split, config.seed)
@@ -199,7 +199,7 @@ def run_pipeline(plan: Plan, report: Report) -> Pipeline:
         f"{summary['bytes'] / 1e9:.2f} GB of PNG; {_generated(time.perf_counter() - started)}."
     )
     log("input pipeline: cold decode+resize of every training image, then cached epochs")
-    from workload.job import data as data_lib
+    from kgg.job import data as data_lib
 
     n_classes = 12
     pipe, images, labels = measure.input_pipeline(
@@ -249,8 +249,8 @@ def run_pipeline(plan: Plan, report: Report) -> Pipeline:
 def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
     """Sections 6 and 7: the real job at 1x and 10x the data, and the fast recipe for 10x on
     the default T4 VM (decoding there at section 1's rate per decode process)."""
-    from workload.job.config import TrainConfig
-    from workload.job.data import decode_workers
+    from kgg.job.config import TrainConfig
+    from kgg.job.data import decode_workers
 
     defaults = TrainConfig(data="", out="")
     runs = scale_lib.measure(plan.scale, CACHE, RESULTS, ROOT, log)
@@ -275,8 +275,8 @@ def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
     """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
-    from workload.job import train as train_lib
-    from workload.job.config import TrainConfig
+    from kgg.job import train as train_lib
+    from kgg.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
     pipeline = run_pipeline(plan, report)
@@ -289,7 +289,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         )
         rss[recipe] = peak_rss
         how = (
-            f"peak RSS of `python -m workload train --recipe {recipe}` in a child (wait4 "
+            f"peak RSS of `kgg train --recipe {recipe}` in a child (wait4 "
             f"ru_maxrss), cold image cache, every fit/predict cut to {plan.probe_steps} step(s); "
             f"child ran {seconds:.0f} s"
         )
@@ -297,7 +297,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
             report.not_measured.append(f"peak RSS of the {recipe} recipe: the job failed:\n{tail}")
         report.add(SECTION_E2E, f"peak RSS, {recipe} recipe", _gib(peak_rss), "GiB", how)
 
-    from workload.job import runtime
+    from kgg.job import runtime
 
     auto = runtime.local_precision()
     full = full_sizes()
@@ -352,7 +352,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
 def _native(plan: Plan, report: Report) -> list[str]:
     """The plan's extra precisions that this machine computes natively; the others are named in
     a note (emulated bfloat16 is several times slower than float32: minutes per guide step)."""
-    from workload.job import runtime
+    from kgg.job import runtime
 
     native = []
     for precision in plan.precisions:
@@ -478,7 +478,7 @@ and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the j
 precision with and without XLA, the real job end to end) and prints `skipped: no GPU` elsewhere.
 
 How the figures are obtained:
-- **Everything runs the job's own code** (workload/job/): `data.load_images` (decode + resize
+- **Everything runs the job's own code** (kgg/job/): `data.load_images` (decode + resize
   into the `.npy` cache on disk), `data.make_dataset` (tf.data), `model.build_*` and
   `train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
@@ -494,7 +494,7 @@ How the figures are obtained:
   image model. The fast recipe is costed at its full default length (12 head + 10 fine-tuning
   epochs); early stopping can only shorten it.
 - **Peak RSS** is the `ru_maxrss` of a child process (`os.wait4`) running the real
-  `python -m workload train` on the full-size data from a cold image cache, with every fit and
+  `kgg train` on the full-size data from a cold image cache, with every fit and
   predict cut to a few steps (bench/probe.py): the image cache and the block4 maps (written at
   full size, read batch by batch, never held whole), the tf.data pipelines, the features, the
   models and optimizer state are all full size; only the step count is bounded. Runs before
@@ -538,7 +538,7 @@ def _loads(loads: tuple[float, float, float]) -> str:
 
 
 def _precision_list(text: str) -> list[str]:
-    from workload.job.runtime import PRECISIONS
+    from kgg.job.runtime import PRECISIONS
 
     values = [value.strip() for value in text.split(",") if value.strip()]
     unknown = [value for value in values if value not in PRECISIONS]

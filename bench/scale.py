@@ -2,7 +2,7 @@
 data side by side (issue 23), and what the fast recipe takes for 47,500 images on the default
 T4 VM.
 
-Each run is the real `python -m workload train` (fast recipe, random weights) through
+Each run is the real `kgg train` (fast recipe, random weights) through
 bench/probe.py in a child process: every fit and predict cut to a few steps, everything else at
 full size (the image cache, the block4 maps of every image and view, the splits and the
 pipelines over them, the features, the results). The sources are small PNGs (24-64 px) resized
@@ -33,7 +33,7 @@ GIB = 1024**3
 # What the seed's data is multiplied by, and the growth each figure may show (issue 23).
 RSS_GROWTH_LIMIT = 1.3
 DECODE_GROWTH_LIMIT = 11.0
-# The default VM: a T4 gets n1-highmem-4 (infra/catalogue.py), 4 vCPUs and 6.5 GB per vCPU
+# The default VM: a T4 gets n1-highmem-4 (kgg/infra/catalogue.py), 4 vCPUs and 6.5 GB per vCPU
 # (GCE's machine types), with a 100 GB boot disk (Pulumi.yaml bootDiskSizeGb).
 VM = "n1-highmem-4 + 1x T4"
 VM_VCPUS = 4

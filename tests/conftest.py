@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kgg.common.emulator import acting_as, running_emulator
 from tests import iam
-from tests.boot import phases
-from workload.emulator import acting_as, running_emulator
+from tests.startup.boot import phases
 
 if TYPE_CHECKING:
     from tests.fake_cloud import FakeCloud
@@ -54,8 +54,8 @@ def as_vm(gcs_emulator: str, iam_stack: iam.Stack, tmp_path_factory: pytest.Temp
     Yields that metadata server."""
     import google.auth.compute_engine._metadata as gce_metadata
 
+    from kgg.common import storage
     from tests.fake_cloud import FakeCloud
-    from workload import storage
 
     with FakeCloud(stack=iam_stack) as cloud:
         host = cloud.url.removeprefix("http://")

@@ -109,7 +109,7 @@ HTTP_STATUS = {
 
 class Authority(Protocol):
     """Who a bearer token belongs to, and whether they may use a permission on a resource (full
-    IAM names: `projects/P/locations/L/customJobs/ID`). infra.access.Authority fits."""
+    IAM names: `projects/P/locations/L/customJobs/ID`). kgg.infra.access.Authority fits."""
 
     def member(self, token: str | None) -> str | None: ...
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kgg.common import gcs_front
 from tests import fake_workflows
 from tests.iam import Stack, stack
-from workload import gcs_front
 
 METADATA = "/computeMetadata/v1/"
 SECRETS = "/secrets/v1/"

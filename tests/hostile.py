@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workload import storage
+from kgg.common import storage
 
 
 def plant_hostile_objects(bucket: str, prefix: str, victim: Path, content: bytes) -> None:

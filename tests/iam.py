@@ -1,7 +1,7 @@
 """The stacks the IAM-enforcing test doubles serve: the program declared under Pulumi's mocks for a
-test's bucket and names (infra/declared.py), its grants (infra/access.py) plus the laptop user as
-the project's Owner, and one bearer token per identity (the VM's comes from the fake metadata
-server, the laptop user's from an authorized_user file refreshed at the GCS front)."""
+test's bucket and names (kgg/infra/declared.py), its grants (kgg/infra/access.py) plus the
+laptop user as the project's Owner, and one bearer token per identity (the VM's comes from the
+fake metadata server, the laptop user's from an authorized_user file refreshed at the GCS front)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from infra import access, declared
+from kgg.infra import access, declared
 
 PROJECT = "kgg-demo-project"
 PROJECT_NUMBER = "123456789012"

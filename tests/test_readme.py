@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from infra.catalogue import GPUS, hourly_cost_usd
-from infra.stack_config import PROJECT_ROOT, declared_defaults
+from kgg.infra.catalogue import GPUS, hourly_cost_usd
+from kgg.infra.stack_config import PROJECT_ROOT, declared_defaults
 
 README = (PROJECT_ROOT / "README.md").read_text()
 
@@ -22,7 +22,7 @@ def _table_rows(heading: str) -> list[list[str]]:
 def test_quick_start_has_the_two_commands():
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^(uv run [^#\n]+?)\s*(?:#|$)", quick_start, flags=re.M)
-    assert commands == ["uv run python -m workload demo", "uv run pytest"]
+    assert commands == ["uv run kgg demo", "uv run pytest"]
 
 
 def _as_written(default: object) -> str:

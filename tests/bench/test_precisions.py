@@ -11,7 +11,7 @@ import pytest
 from bench import estimate, gpu, hardware, measure, precisions, run
 from bench.precisions import Measured, Setting
 from bench.report import Report
-from workload.job.runtime import Precision
+from kgg.job.runtime import Precision
 
 SIZES = estimate.Sizes(3801, 949, 794)
 ZEN3 = frozenset({"avx2", "fma"})
@@ -114,7 +114,7 @@ def test_gpu_run_reports_every_target_from_its_measurements(
     2.5x float32, XLA 10% faster, phase 2 97% busy, the real job in 150 s."""
     import tensorflow as tf
 
-    from workload.job import runtime
+    from kgg.job import runtime
 
     h100 = hardware.GpuInfo("NVIDIA H100 80GB HBM3", 9.0, 81559, "580.95")
     monkeypatch.setattr(hardware, "list_gpus", lambda: [h100])
@@ -160,7 +160,7 @@ def test_quick_run_measures_bfloat16_only_where_the_hardware_computes_it(
 ) -> None:
     """Emulated bfloat16 takes minutes per guide step on a CPU without AVX512_BF16: --quick
     skips it there and says so, and measures it where it is native."""
-    from workload.job import runtime
+    from kgg.job import runtime
 
     def local_precision(requested: str = "auto") -> Precision:
         return runtime.choose_precision(requested, [], ZEN3 if emulated else ZEN4)

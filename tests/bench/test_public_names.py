@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("workload", "bench", "startup", "infra")
+PACKAGES = ("kgg", "bench")
 
 
 def _private_uses(source: str) -> list[str]:
@@ -38,7 +38,7 @@ def _private_uses(source: str) -> list[str]:
 
 
 def test_finder_sees_both_kinds_of_private_use() -> None:
-    source = "from workload import train as t\nfrom bench.x import _y\nt._fit()\n"
+    source = "from kgg.job import train as t\nfrom bench.x import _y\nt._fit()\n"
     assert sorted(_private_uses(source)) == ["from bench.x import _y", "t._fit"]
 
 

@@ -115,7 +115,7 @@ def test_disk_peak_sees_a_file_that_came_and_went_while_it_sampled(tmp_path: Pat
 def test_probe_reports_the_seconds_and_files_the_job_decoded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workload.job import data
+    from kgg.job import data
 
     calls: list[int] = []
 

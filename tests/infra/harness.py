@@ -1,4 +1,4 @@
-"""Runs the Pulumi program in-process with mocks (infra/declared.py): config loaded the way the
+"""Runs the Pulumi program in-process with mocks (kgg/infra/declared.py): config loaded the way the
 CLI would (Pulumi.yaml defaults + Pulumi.dev.yaml + overrides), every resource recorded."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from infra import declared
-from infra.declared import COMPUTE_URL, Recorded, RecordingMocks
+from kgg.infra import declared
+from kgg.infra.declared import COMPUTE_URL, Recorded, RecordingMocks
 
 __all__ = ["COMPUTE_URL", "Recorded", "RecordingMocks", "build", "engine_config", "start"]
 
@@ -36,8 +36,8 @@ def start(overrides: dict[str, Any] | None = None, password: str | None = CANARY
 
 def build(tmp_path: Path, overrides: dict[str, Any] | None = None):
     """Runs the program's wiring (settings from config, the component) under fresh mocks."""
-    from infra.component import GpuNotebook
-    from infra.pulumi_config import load_settings
+    from kgg.infra.component import GpuNotebook
+    from kgg.infra.pulumi_config import load_settings
 
     mocks = start(overrides)
     settings, password = load_settings()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from infra import specs
-from infra.settings import SettingsError, check_webhook
-from infra.stack_config import settings_for_stack
+from kgg.infra import specs
+from kgg.infra.settings import SettingsError, check_webhook
+from kgg.infra.stack_config import settings_for_stack
 from tests.infra.harness import FAKE_PROJECT_NUMBER, build
 
 IAP = "35.235.240.0/20"
@@ -48,7 +48,7 @@ def test_with_iap_the_allowed_ranges_are_ignored_and_the_url_is_the_tunnels(tmp_
 
     def check(urn, sources, url):
         assert sources == [IAP], urn
-        assert url == "https://localhost:8888 (through `python -m workload notebook`)", urn
+        assert url == "https://localhost:8888 (through `kgg notebook`)", urn
 
     return _check(
         notebook.notebook_firewall, notebook.notebook_firewall.source_ranges,
@@ -98,8 +98,8 @@ def test_a_webhook_with_a_user_or_password_is_refused_without_repeating_it() -> 
 
 
 def _build_with_webhook(tmp_path):
-    from infra.component import GpuNotebook
-    from infra.pulumi_config import load_notify_webhook, load_settings
+    from kgg.infra.component import GpuNotebook
+    from kgg.infra.pulumi_config import load_notify_webhook, load_settings
     from tests.infra.harness import start
 
     mocks = start({"notifyWebhook": HOOK})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.catalogue import CURRENT_GPUS, GPUS, ZONE_REGIONS, hourly_cost_usd
-from infra.specs import service_account_id
-from infra.stack_config import settings_for_stack
+from kgg.infra.catalogue import CURRENT_GPUS, GPUS, ZONE_REGIONS, hourly_cost_usd
+from kgg.infra.specs import service_account_id
+from kgg.infra.stack_config import settings_for_stack
 
 
 def test_catalogue_has_every_gpu_the_guide_and_users_need():

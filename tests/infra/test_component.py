@@ -7,8 +7,8 @@ import json
 import pulumi
 import pytest
 
-from infra import specs
-from infra.password import jupyter_password_hash
+from kgg.infra import specs
+from kgg.infra.password import jupyter_password_hash
 from tests.infra.harness import CANARY_PASSWORD, FAKE_IP, FAKE_PROJECT_NUMBER, MY_RANGE, build
 
 
@@ -626,7 +626,7 @@ def test_stack_outputs(tmp_path):
             "projects/YOUR-GCP-PROJECT-ID/regions/us-central1/instanceGroupManagers/kgg-dev-"
         ), urn
         # GCE picks the VM's zone and name at run time: the CLI finds them at use.
-        assert outputs["sshCommand"] == "uv run python -m workload ssh", urn
+        assert outputs["sshCommand"] == "uv run kgg ssh", urn
         assert "zone" not in outputs and "instanceName" not in outputs, urn
         assert outputs["statusUrl"] == "gs://kg-bucket-a1b2c3/status/startup.json", urn
         assert outputs["runsUrl"] == "gs://kg-bucket-a1b2c3/runs/", urn
@@ -643,7 +643,7 @@ def test_labels_reach_every_labelled_resource(tmp_path):
 
     def check(urn, vm_labels, bucket_labels):
         expected = {"team": "vision", "app": "keras-gpu-gcp", "stack": "dev"}
-        # The VM also names its GPU: `workload status` says what it waits for.
+        # The VM also names its GPU: `kgg status` says what it waits for.
         assert vm_labels == expected | {"gpu": "nvidia-tesla-t4"}, urn
         assert bucket_labels == expected, urn
 

@@ -1,12 +1,12 @@
 """Least privilege, proven on the program itself: every permission each identity holds, collected
-from the bindings the program declares (infra/declared.py, infra/access.py), is its written
+from the bindings the program declares (kgg/infra/declared.py, kgg/infra/access.py), is its written
 allow-list, and no identity the VM can obtain holds more."""
 
 from __future__ import annotations
 
 import pytest
 
-from infra import access, declared, specs
+from kgg.infra import access, declared, specs
 
 PROJECT = "kgg-demo-project"
 

@@ -6,7 +6,7 @@ import runpy
 
 import pulumi
 
-from infra.stack_config import PROJECT_ROOT
+from kgg.infra.stack_config import PROJECT_ROOT
 from tests.infra.harness import start
 
 EXPECTED_OUTPUTS = {

@@ -7,9 +7,9 @@ import runpy
 import pulumi
 import pytest
 
-from infra.pulumi_config import load_settings
-from infra.settings import SettingsError
-from infra.stack_config import PROJECT_ROOT
+from kgg.infra.pulumi_config import load_settings
+from kgg.infra.settings import SettingsError
+from kgg.infra.stack_config import PROJECT_ROOT
 from tests.infra.harness import start
 
 
@@ -63,7 +63,7 @@ def test_own_range_does_not_warn(monkeypatch):
 
 
 def test_short_password_is_refused_without_echoing_it():
-    from infra.password import PasswordError, jupyter_password_hash
+    from kgg.infra.password import PasswordError, jupyter_password_hash
 
     with pytest.raises(PasswordError) as caught:
         jupyter_password_hash("short1", "AAECAwQFBgcICQoLDA0ODw==")
@@ -73,7 +73,7 @@ def test_short_password_is_refused_without_echoing_it():
 
 @pytest.mark.parametrize("password", ["", "short1", "eleven-char"])
 def test_short_password_stops_the_program_before_any_resource(password):
-    from infra.password import PasswordError
+    from kgg.infra.password import PasswordError
 
     mocks = start(password=password)
     with pytest.raises(PasswordError) as caught:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.settings import SettingsError, parse_settings
-from infra.stack_config import declared_defaults, settings_for_stack
+from kgg.infra.settings import SettingsError, parse_settings
+from kgg.infra.stack_config import declared_defaults, settings_for_stack
 
 GOOD = {"allowedSourceRanges": ["203.0.113.7/32"]}
 
@@ -35,8 +35,8 @@ def test_defaults_come_from_pulumi_yaml_and_give_the_guides_machine():
 def test_pulumi_yaml_declares_every_key_with_a_description():
     import yaml
 
-    from infra.settings import CONFIG_KEYS
-    from infra.stack_config import PROJECT_ROOT
+    from kgg.infra.settings import CONFIG_KEYS
+    from kgg.infra.stack_config import PROJECT_ROOT
 
     declared = yaml.safe_load((PROJECT_ROOT / "Pulumi.yaml").read_text())["config"]
     assert set(declared) == set(CONFIG_KEYS) | {"jupyterPassword", "notifyWebhook"}

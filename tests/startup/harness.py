@@ -2,7 +2,7 @@
 the hand-over to the agent): a temporary root (KGG_ROOT), stub system commands on PATH that record
 their calls and can be told to fail, and the Google endpoints on a real loopback HTTP server
 (tests/fake_cloud.py) that bootstrap.py reaches with python3, as on a VM. A "boot" is one run of
-the script with bash. What the agent does after the hand-over is tested in tests/startup/vm.
+the script with bash. What the agent does after the hand-over is tested in tests/agent.
 
 Stub state lives in files under `stubs/state` so it survives from one boot to the next the way
 the VM's disk does; `reboot()` drops what a real reboot drops (running services) and loads the
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.settings import StackSettings
-from infra.stack_config import settings_for_stack
-from startup.render import render_startup_script
+from kgg.infra.settings import StackSettings
+from kgg.infra.stack_config import settings_for_stack
+from kgg.startup.render import render_startup_script
 from tests.fake_cloud import FakeCloud
 
 BUCKET = "kgg-test-bucket"
@@ -147,16 +147,16 @@ def heredoc(text: str, delimiter: str) -> str:
 
 
 def workload_archive(notebook: str = '{"cells": []}\n') -> bytes:
-    """A small code archive with the layout infra/archive.py produces."""
+    """A small code archive with the layout kgg/infra/archive.py produces."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name, text in {
             "pyproject.toml": "[project]\nname = 'keras-gpu-gcp'\n",
             "uv.lock": "version = 1\n",
-            "startup/__init__.py": "",
-            "startup/vm/__init__.py": "",
-            "workload/__init__.py": "",
-            "workload/notebooks/walkthrough.ipynb": notebook,
+            "kgg/startup/__init__.py": "",
+            "kgg/agent/__init__.py": "",
+            "kgg/__init__.py": "",
+            "kgg/agent/notebooks/walkthrough.ipynb": notebook,
         }.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
@@ -264,7 +264,7 @@ class FakeVm:
 
     def handed_over(self) -> bool:
         """The script ended by running the agent's boot from the env."""
-        return ["python", "-m", "startup.vm", "boot"] in self.calls("python")
+        return ["python", "-m", "kgg.agent", "boot"] in self.calls("python")
 
     def clear_calls(self) -> None:
         (self.stubs / "calls.log").unlink(missing_ok=True)

@@ -14,8 +14,8 @@ from packaging.markers import Marker
 from packaging.specifiers import SpecifierSet
 from packaging.utils import parse_wheel_filename
 
-from infra.catalogue import IMAGES
-from startup import bootstrap, render
+from kgg.infra.catalogue import IMAGES
+from kgg.startup import bootstrap, render
 from tests.startup.harness import heredoc, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,12 +25,12 @@ VERSIONS: dict[str, list[dict]] = {}
 for _package in LOCK["package"]:
     VERSIONS.setdefault(_package["name"], []).append(_package)
 PROJECT = VERSIONS["keras-gpu-gcp"][0]
-# What `uv sync --no-dev --extra vm` installs: the dependencies, the vm extra and the default
-# groups but dev.
+# What the VM's `uv sync --no-default-groups --extra ml --extra vm` installs: the dependencies and
+# the two extras, no group.
 ROOTS = [
     *PROJECT["dependencies"],
+    *PROJECT["optional-dependencies"]["ml"],
     *PROJECT["optional-dependencies"]["vm"],
-    *(dep for group, deps in PROJECT["dev-dependencies"].items() if group != "dev" for dep in deps),
 ]
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.__main__ import main, parse_override
-from infra.catalogue import CURRENT_GPUS, IMAGES
-from startup.render import CARRIED, render_startup_script, shell_quote, vm_settings
-from startup.vm.jupyter import jupyter_config
+from kgg.agent.jupyter import jupyter_config
+from kgg.infra.__main__ import main, parse_override
+from kgg.infra.catalogue import CURRENT_GPUS, IMAGES
+from kgg.startup.render import CARRIED, render_startup_script, shell_quote, vm_settings
 from tests.startup.harness import heredoc, settings_for
 
 CANARY_PASSWORD = "canary-Pa55word-7f3c9e"

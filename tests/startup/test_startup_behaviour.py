@@ -98,7 +98,10 @@ def test_boot_after_the_driver_reboot_installs_the_env_and_hands_over(vm: FakeVm
     assert vm.apt_installed() == []
     syncs = [call for call in vm.calls("uv") if "sync" in call]
     app = str(vm.root / "opt/keras-gpu-gcp/app")
-    assert syncs == [["uv", "sync", "--directory", app, "--frozen", "--no-dev", "--extra", "vm"]]
+    assert syncs == [[
+        "uv", "sync", "--directory", app, "--frozen", "--no-dev", "--no-default-groups",
+        "--extra", "ml", "--extra", "vm", "--no-install-project",
+    ]]  # fmt: skip
     status = vm.status()
     assert {name: steps(status)[name] for name in OWN_STEPS} == dict.fromkeys(OWN_STEPS, "done")
     assert status["steps"]["driver"]["detail"] == "driver present: Tesla T4"
@@ -107,7 +110,7 @@ def test_boot_after_the_driver_reboot_installs_the_env_and_hands_over(vm: FakeVm
     assert status["zone"] == "us-central1-a"
     assert status["error"] is None
     assert vm.handed_over()
-    assert (app_file := vm.root / "opt/keras-gpu-gcp/app/startup/vm/__init__.py").is_file()
+    assert (app_file := vm.root / "opt/keras-gpu-gcp/app/kgg/agent/__init__.py").is_file()
     assert oct(app_file.stat().st_mode & 0o777) == "0o644"
 
 
@@ -180,7 +183,7 @@ def test_a_new_archive_hash_reinstalls_the_python_env(vm: FakeVm) -> None:
 
     assert boot.returncode == 0, boot.stderr
     assert [call for call in vm.calls("uv") if "sync" in call]
-    notebook = vm.root / "opt/keras-gpu-gcp/app/workload/notebooks/walkthrough.ipynb"
+    notebook = vm.root / "opt/keras-gpu-gcp/app/kgg/agent/notebooks/walkthrough.ipynb"
     assert '"new": true' in notebook.read_text()
     assert (vm.root / "var/lib/keras-gpu-gcp/markers/python-env").read_text().strip() == (
         hashlib.sha256(archive).hexdigest()
@@ -356,7 +359,7 @@ def test_pinned_uv_wheel_is_unpacked_into_place(vm: FakeVm) -> None:
         wheel.writestr("uv-0.13.9.data/scripts/uv", stub)
     vm.cloud.files["uv.whl"] = buffer.getvalue()
     digest = hashlib.sha256(buffer.getvalue()).hexdigest()
-    from startup.render import UV_WHEEL_SHA256
+    from kgg.startup.render import UV_WHEEL_SHA256
 
     pinned = f"readonly UV_WHEEL_SHA256={UV_WHEEL_SHA256}"
     vm.script.write_text(
@@ -553,7 +556,7 @@ def test_idle_check_without_an_env_waits_for_the_startup_script(vm: FakeVm) -> N
 def test_the_status_document_is_the_shared_model(vm: FakeVm) -> None:
     vm.flag("driver-loaded")
     assert vm.boot().returncode == 0
-    from workload.documents import StartupStatus
+    from kgg.common.documents import StartupStatus
 
     uploaded = vm.status()
     assert StartupStatus.from_json(uploaded).to_json() == uploaded
