@@ -69,7 +69,7 @@ def clean_ledger(data: Any) -> tuple[dict[str, Any], list[str]]:
             dropped.append(f"{part} (a {type(entries).__name__})")
             continue
         for key, value in entries.items():
-            entry = _entry(value)
+            entry: dict[str, Any] = dict(_entry(value))
             if "seconds" not in entry:
                 dropped.append(f"{part}.{key}")
                 continue

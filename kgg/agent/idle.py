@@ -60,7 +60,7 @@ def decide(
     if connections:
         return Decision(False, f"{connections} open notebook connection(s)")
 
-    candidates = [booted]
+    candidates: list[datetime | None] = [booted]
     if jupyter_status is not None:
         candidates.append(parse_time(jupyter_status.get("last_activity")))
         candidates.append(parse_time(jupyter_status.get("started")))

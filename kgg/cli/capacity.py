@@ -296,10 +296,12 @@ def _render_phase(state: GroupState, now: datetime) -> list[str]:
     if phase == "waiting":
         starts = [error.since for error in state.zone_errors if error.since]
         since = min(starts) if starts else None
-        waited = f", since {clock(since)} UTC ({format_duration((now - since).total_seconds())})"
-        lines.append(
-            field("VM", f"waiting for capacity: {state.gpu} in {where}{waited if since else ''}")
+        waited = (
+            f", since {clock(since)} UTC ({format_duration((now - since).total_seconds())})"
+            if since
+            else ""
         )
+        lines.append(field("VM", f"waiting for capacity: {state.gpu} in {where}{waited}"))
     elif phase == "failing":
         lines.append(field("VM", f"GCE cannot create the VM in {where}"))
     else:

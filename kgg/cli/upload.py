@@ -8,6 +8,7 @@ after every file is in the bucket: the VM's startup script takes it as "the data
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -117,6 +118,10 @@ class _Root:
         return True
 
 
+def _train_path(class_name: str, image: Path) -> str:
+    return f"{TRAIN_DIR}/{class_name}/{image.name}"
+
+
 def _images(
     folder: Path, relpath_of: Callable[[Path], str], ignored: list[Path], root: _Root
 ) -> list[LocalFile]:
@@ -178,9 +183,7 @@ def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
     for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
         if class_dir.name.startswith(".") or inside.leads_outside(class_dir):
             continue
-        files = _images(
-            class_dir, lambda p, c=class_dir.name: f"{TRAIN_DIR}/{c}/{p.name}", ignored, inside
-        )
+        files = _images(class_dir, functools.partial(_train_path, class_dir.name), ignored, inside)
         if not files:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise LayoutError(

@@ -130,7 +130,7 @@ class StartupStatus:
         steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
         error = data.get("error")
         gpus = data.get("gpus") if isinstance(data.get("gpus"), list) else []
-        plain = {name: _text(data.get(name)) for name in PLAIN_FIELDS}
+        plain: dict[str, Any] = {name: _text(data.get(name)) for name in PLAIN_FIELDS}
         return cls(
             updated=_text(data.get("updated")),
             steps={name: Step.from_json(steps.get(name)) for name in STEPS},
@@ -153,14 +153,7 @@ class StartupStatus:
                 raise ChangeError(f"{change!r} is not KEY=VALUE")
             kind, _, name = key.partition(".")
             if kind == "step" and name in self.steps:
-                step = self.steps[name]
-                if value not in STEP_STATES:
-                    raise ChangeError(f"{change!r}: the state must be one of {STEP_STATES}")
-                step.state = value
-                if value == "running":
-                    step.started, step.finished = now, None
-                elif value in ("done", "skipped", "failed"):
-                    step.finished = now
+                self._set_step(change, self.steps[name], value, now)
             elif kind == "detail" and name in self.steps:
                 self.steps[name].detail = value
             elif key == "error":
@@ -169,16 +162,7 @@ class StartupStatus:
                 self.error = self.error or Failure()
                 setattr(self.error, name, value)
             elif kind == "cost" and (name in COST_FIELDS or name in ("spot", "since")):
-                self.cost = self.cost or Cost()
-                if name == "spot":
-                    self.cost.spot = value == "true"
-                elif name == "since":
-                    self.cost.since = value
-                else:
-                    try:
-                        setattr(self.cost, name, float(value) if value else None)
-                    except ValueError:
-                        raise ChangeError(f"{change!r}: not a number") from None
+                self._set_cost(change, name, value)
             elif key == "gpus":
                 self.gpus = [line for line in value.splitlines() if line.strip()]
             elif key in PLAIN_FIELDS:
@@ -186,6 +170,28 @@ class StartupStatus:
             else:
                 raise ChangeError(f"{change!r}: unknown key {key!r}")
         self.updated = now
+
+    @staticmethod
+    def _set_step(change: str, step: Step, value: str, now: str) -> None:
+        if value not in STEP_STATES:
+            raise ChangeError(f"{change!r}: the state must be one of {STEP_STATES}")
+        step.state = value
+        if value == "running":
+            step.started, step.finished = now, None
+        elif value in ("done", "skipped", "failed"):
+            step.finished = now
+
+    def _set_cost(self, change: str, name: str, value: str) -> None:
+        self.cost = self.cost or Cost()
+        if name == "spot":
+            self.cost.spot = value == "true"
+        elif name == "since":
+            self.cost.since = value
+        else:
+            try:
+                setattr(self.cost, name, float(value) if value else None)
+            except ValueError:
+                raise ChangeError(f"{change!r}: not a number") from None
 
 
 PROGRESS_VERSION = 1
@@ -226,7 +232,8 @@ class Progress:
         if not isinstance(data, dict):
             return None
         state = data.get("state")
-        metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+        raw_metrics = data.get("metrics")
+        metrics: dict[Any, Any] = raw_metrics if isinstance(raw_metrics, dict) else {}
 
         def count(name: str) -> int | None:
             value = _number(data.get(name))

@@ -158,8 +158,8 @@ class Front:
         self._http.server_close()
 
     def forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any, bytes]:
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port,
-                                                timeout=120)  # fmt: skip
+        host = self.upstream.hostname or "127.0.0.1"
+        connection = http.client.HTTPConnection(host, self.upstream.port, timeout=120)
         try:
             sent = {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
             connection.request(method, path, body=body or None, headers=sent)

@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -391,7 +391,7 @@ def upload_file(local_path: str | os.PathLike[str], url: str) -> None:
     _guard(url, lambda: blob.upload_from_filename(str(local_path)))
 
 
-def _parallel(jobs: list[Callable[[], None]], workers: int, progress: bool, desc: str) -> None:
+def _parallel(jobs: Sequence[Callable[[], None]], workers: int, progress: bool, desc: str) -> None:
     """Local copies (a local `url_prefix`): a pool of threads."""
     if not jobs:
         return

@@ -298,63 +298,75 @@ def condition_holds(expression: str, resource: str) -> bool:
     """Evaluates `resource.name == "..."`, `resource.name.startsWith("...")`,
     `resource.name.endsWith("...")`, `!=`, `&&`, `||` and parentheses for `resource`; anything
     else raises AccessError (a test double must not guess)."""
-    tokens = _tokens(expression)
-    position = 0
+    return _Condition(expression, resource).evaluate()
 
-    def peek() -> str | None:
-        return tokens[position] if position < len(tokens) else None
 
-    def take(expected: str | None = None) -> str:
-        nonlocal position
-        token = peek()
+class _Condition:
+    """A recursive-descent reading of one expression: either := both (|| both)*,
+    both := atom (&& atom)*, atom := ( either ) | a comparison of resource.name."""
+
+    def __init__(self, expression: str, resource: str) -> None:
+        self.expression, self.resource = expression, resource
+        self.tokens, self.position = _tokens(expression), 0
+
+    def evaluate(self) -> bool:
+        result = self.either()
+        if self.peek() is not None:
+            raise self.error(f"unexpected {self.peek()!r}")
+        return result
+
+    def error(self, what: str) -> AccessError:
+        return AccessError(f"condition {self.expression!r}: {what}")
+
+    def peek(self) -> str | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
         if token is None or (expected is not None and token != expected):
-            raise AccessError(f"condition {expression!r}: expected {expected or 'more'}")
-        position += 1
+            raise self.error(f"expected {expected or 'more'}")
+        self.position += 1
         return token
 
-    def string() -> str:
-        token = take()
+    def string(self) -> str:
+        token = self.take()
         if not token.startswith('"'):
-            raise AccessError(f"condition {expression!r}: expected a string, got {token!r}")
+            raise self.error(f"expected a string, got {token!r}")
         return bytes(token[1:-1], "utf-8").decode("unicode_escape")
 
-    def atom() -> bool:
-        token = take()
+    def atom(self) -> bool:
+        token = self.take()
         if token == "(":
-            value = either()
-            take(")")
+            value = self.either()
+            self.take(")")
             return value
         if token == "resource.name":
-            op = take()
+            op = self.take()
             if op not in ("==", "!="):
-                raise AccessError(f"condition {expression!r}: {op!r} is not understood")
-            return (resource == string()) == (op == "==")
+                raise self.error(f"{op!r} is not understood")
+            return (self.resource == self.string()) == (op == "==")
         if token in ("resource.name.startsWith", "resource.name.endsWith"):
-            take("(")
-            text = string()
-            take(")")
-            return resource.startswith(text) if token.endswith("startsWith") else (
-                resource.endswith(text))  # fmt: skip
-        raise AccessError(f"condition {expression!r}: {token!r} is not understood")
+            self.take("(")
+            text = self.string()
+            self.take(")")
+            if token.endswith("startsWith"):
+                return self.resource.startswith(text)
+            return self.resource.endswith(text)
+        raise self.error(f"{token!r} is not understood")
 
-    def both() -> bool:
-        value = atom()
-        while peek() == "&&":
-            take()
-            value = atom() and value
+    def both(self) -> bool:
+        value = self.atom()
+        while self.peek() == "&&":
+            self.take()
+            value = self.atom() and value
         return value
 
-    def either() -> bool:
-        value = both()
-        while peek() == "||":
-            take()
-            value = both() or value
+    def either(self) -> bool:
+        value = self.both()
+        while self.peek() == "||":
+            self.take()
+            value = self.both() or value
         return value
-
-    result = either()
-    if peek() is not None:
-        raise AccessError(f"condition {expression!r}: unexpected {peek()!r}")
-    return result
 
 
 def _tokens(expression: str) -> list[str]:
