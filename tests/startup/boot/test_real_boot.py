@@ -468,7 +468,7 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
     # A notebook user (from a Jupyter terminal) swaps the workspace for a link to root's code.
     swap = vm.machine.exec(
         "runuser", "-u", "jupyter", "--", "sh", "-c",
-        "mv /home/jupyter/work /home/jupyter/mine && ln -s /opt/keras-gpu-gcp/app/startup "
+        "mv /home/jupyter/work /home/jupyter/mine && ln -s /opt/keras-gpu-gcp/app/kgg "
         "/home/jupyter/work",
     )  # fmt: skip
     assert swap.returncode == 0, swap.stderr
@@ -479,9 +479,9 @@ def test_a_later_boot_reinstalls_nothing_and_is_quick(vm: Vm) -> None:
 
     assert run.exit_status == 0, json.dumps(vm.local_status(), indent=1)
     assert run.seconds < 30
-    code = "/opt/keras-gpu-gcp/app/startup"
+    code = "/opt/keras-gpu-gcp/app/kgg"
     owners = vm.machine.exec(
-        "stat", "-c", "%U %F", code, f"{code}/vm", "/home/jupyter/work"
+        "stat", "-c", "%U %F", code, f"{code}/agent", "/home/jupyter/work"
     ).stdout.splitlines()  # fmt: skip
     assert owners == ["root directory", "root directory", "jupyter directory"]
     status = vm.status()
