@@ -409,7 +409,6 @@ def usage() -> str:
 
 
 def main(argv: list[str]) -> int:
-    configure_logging(STATE / "startup.log")
     if not argv:
         print(usage(), file=sys.stderr)
         return EXIT_USAGE
@@ -423,6 +422,7 @@ def main(argv: list[str]) -> int:
         print(f"bootstrap.py: {name} takes {command.usage or 'no arguments'}, not {args!r}",
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
+    configure_logging(STATE / "startup.log")
     try:
         command.run(args)
     except (Failure, CloudError, ChangeError, OSError, zipfile.BadZipFile, tarfile.TarError,
