@@ -18,7 +18,7 @@ MAY_IMPORT = {
     "common": (),
     "job": ("common",),
     "cli": ("common", "job", "infra"),
-    "agent": ("common", "startup", "job"),
+    "agent": ("common", "job"),
     "startup": ("common", "agent"),
     "infra": ("common", "startup"),
 }
@@ -84,8 +84,6 @@ def test_room_imports_only_in_its_direction(room: str) -> None:
 # Circles the move into one package found, each hidden by an import inside a function; ending them
 # empties this list.
 KNOWN_CIRCLES = [
-    "kgg.agent.agent -> kgg.agent.jupyter -> kgg.agent.agent",
-    "kgg.agent.agent -> kgg.agent.notify -> kgg.agent.agent",
     "kgg.cli.main -> kgg.cli.demo -> kgg.cli.main",
 ]
 

@@ -1,5 +1,6 @@
 """`python -m kgg.agent COMMAND`: the VM agent, run from the Python env by the startup script
-(boot) and by the units it installs (the rest)."""
+(boot) and by the units it installs (the rest). The wiring lives here: `from_vm` builds the
+`Agent` (kgg/agent/agent.py, a leaf) from the VM's metadata, settings and services."""
 
 from __future__ import annotations
 
@@ -8,21 +9,60 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from kgg.agent.cloud import CloudError
+from kgg.agent.agent import Agent
+from kgg.common.vm_runtime import (
+    LOG_TAG,
+    CloudError,
+    Endpoints,
+    Metadata,
+    configure_logging,
+    read_secret,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 64
 
 
+def from_vm(*, budget_shared: bool) -> Agent:
+    """The agent on the VM itself. The boot shares the startup script's upload budget; the
+    services have their own."""
+    from kgg.agent.cloud import Bucket, Instance, read_password_hash
+    from kgg.agent.config import load_settings, paths_from_environment
+    from kgg.agent.jupyter import jupyter_answers
+    from kgg.agent.status import StatusReporter
+    from kgg.agent.system import System
+
+    paths = paths_from_environment()
+    configure_logging(paths.log)
+    endpoints = Endpoints.from_environment()
+    metadata = Metadata(endpoints.metadata)
+    instance = Instance.read(metadata)
+    status = StatusReporter(
+        paths.status,
+        Bucket(instance.bucket),
+        budget_file=paths.upload_budget if budget_shared else None,
+    )
+    return Agent(
+        paths=paths,
+        settings=load_settings(paths),
+        system=System(),
+        status=status,
+        metadata=metadata,
+        endpoints=endpoints,
+        instance=instance,
+        read_password_hash=lambda secret: read_password_hash(endpoints, metadata, secret),
+        jupyter_answers=jupyter_answers,
+        read_webhook=lambda secret: read_secret(endpoints, metadata, secret, "the webhook URL"),
+    )
+
+
 def _boot(args: argparse.Namespace) -> int:
-    from kgg.agent.agent import from_vm
     from kgg.agent.boot import boot
 
     return boot(from_vm(budget_shared=True))
 
 
 def _training_job(args: argparse.Namespace) -> int:
-    from kgg.agent.agent import from_vm
     from kgg.agent.training import DATA_POLL_SECONDS, training_job
 
     poll = float(os.environ.get("KGG_DATA_POLL_SECONDS", DATA_POLL_SECONDS))
@@ -30,7 +70,6 @@ def _training_job(args: argparse.Namespace) -> int:
 
 
 def _refresh_password(args: argparse.Namespace) -> int:
-    from kgg.agent.agent import from_vm
     from kgg.agent.jupyter import refresh_password
 
     refresh_password(from_vm(budget_shared=False))
@@ -42,14 +81,13 @@ def _idle_check(args: argparse.Namespace) -> int:
     must still stop when idle."""
     import logging
 
-    from kgg.agent.agent import LOG_TAG, configure_logging, from_vm
     from kgg.agent.config import load_settings, paths_from_environment
     from kgg.agent.idle import idle_check
     from kgg.agent.stop import stop_vm
     from kgg.agent.system import System
 
     paths = paths_from_environment()
-    configure_logging(paths)
+    configure_logging(paths.log)
     log = logging.getLogger(LOG_TAG)
     system = System()
 
@@ -78,8 +116,8 @@ def _workspace(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from kgg.agent.cloud import Instance, Metadata
-    from kgg.agent.config import Endpoints, paths_from_environment
+    from kgg.agent.cloud import Instance
+    from kgg.agent.config import paths_from_environment
     from kgg.agent.workspace import prepare, restore, sync
 
     paths = paths_from_environment()
@@ -110,7 +148,6 @@ def _workspace(args: argparse.Namespace) -> int:
 
 def _log_sync(args: argparse.Namespace) -> int:
     """The logs to the bucket every few seconds until SIGTERM (kgg-log-sync.service)."""
-    from kgg.agent.agent import from_vm
     from kgg.agent.cost import CostTicker
     from kgg.agent.logsync import LogMirror, log_objects, sync_loop
 

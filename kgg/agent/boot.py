@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 from kgg.agent import hostkeys, jupyter, logsync, stop
 from kgg.agent.agent import Agent, StepFailed
-from kgg.agent.cloud import CloudError
 from kgg.agent.config import IDLE_TIMER, LOG_SYNC_UNIT, TRAINING_UNIT, expected_gpus
 from kgg.agent.job_state import read_job_state
+from kgg.agent.notify import step_failed
 from kgg.agent.units import render, write_if_changed
+from kgg.common.vm_runtime import CloudError
 
 COUNT_GPUS = 'import tensorflow as tf; print(len(tf.config.list_physical_devices("GPU")))'
 
@@ -152,7 +153,7 @@ def boot(agent: Agent) -> int:
         try:
             detail = step(agent)
         except (StepFailed, subprocess.SubprocessError, OSError, RuntimeError) as error:
-            agent.fail(name, error)
+            step_failed(agent, name, error)
             mirror.sync()
             return 1
         if detail is None:

@@ -1,76 +1,28 @@
-"""What the agent asks the cloud: instance metadata and the service account's token (the
-metadata server), the Jupyter password hash (Secret Manager's one REST call), its stop workflow
-(Workflow Executions' create and get), and objects in the stack's bucket (google-cloud-storage,
-with the VM's credentials, also against STORAGE_EMULATOR_HOST)."""
+"""What the agent asks the cloud beyond kgg/common/vm_runtime.py (the VM's one stdlib client,
+the startup script's too): the instance's metadata read once and checked, the Jupyter password
+hash, the stop workflow run to its end, and uploads with google-cloud-storage (the VM's
+credentials, also against STORAGE_EMULATOR_HOST)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from kgg.agent.config import Endpoints
+from kgg.common.vm_runtime import (
+    SECRET_NAME,
+    CloudError,
+    Endpoints,
+    Metadata,
+    read_secret,
+    request,
+    start_stop_workflow,
+)
 
 RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
-WORKFLOW_NAME = re.compile(r"projects/[a-z0-9.:-]+/locations/[a-z0-9-]+/workflows/[A-Za-z0-9_-]+")
 EXECUTION_WAIT_SECONDS = 60.0
-SECRET_NAME = re.compile(r"projects/[A-Za-z0-9_-]+/secrets/[A-Za-z0-9_-]+")
-
-
-class CloudError(RuntimeError):
-    """The metadata server, Secret Manager or the bucket did not give what was asked for."""
-
-
-@dataclass(frozen=True)
-class Metadata:
-    url: str
-    attempts: int = 5
-
-    def get(self, path: str) -> str:
-        """A metadata value, retried: the metadata server can lag right after boot."""
-        request = urllib.request.Request(
-            f"{self.url}/{path}", headers={"Metadata-Flavor": "Google"}
-        )
-        error: Exception | None = None
-        for attempt in range(self.attempts):
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    return response.read().decode()
-            except urllib.error.HTTPError as failure:
-                if failure.code == 404:  # no such key: asking again will not make one
-                    raise CloudError(f"metadata {path}: {failure}") from failure
-                error = failure
-            except (OSError, urllib.error.URLError) as failure:
-                error = failure
-            time.sleep(min(2**attempt, 10) if attempt + 1 < self.attempts else 0)
-        raise CloudError(f"metadata {path}: {error}")
-
-    def attribute(self, key: str) -> str:
-        return self.get(f"instance/attributes/{key}")
-
-    def put_guest_attribute(self, path: str, value: str) -> None:
-        """Writes the guest attribute `namespace/key` (readable through the Compute API by whoever
-        may see the VM; enable-guest-attributes must be TRUE, else GCE refuses)."""
-        request = urllib.request.Request(
-            f"{self.url}/instance/guest-attributes/{path}",
-            data=value.encode(),
-            method="PUT",
-            headers={"Metadata-Flavor": "Google"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10):
-                return
-        except (OSError, urllib.error.URLError) as failure:
-            raise CloudError(f"guest attribute {path}: {failure}") from failure
-
-    def token(self) -> str:
-        answer = json.loads(self.get("instance/service-accounts/default/token"))
-        return str(answer["access_token"])
 
 
 @dataclass(frozen=True)
@@ -100,12 +52,7 @@ class Instance:
 
     @classmethod
     def read(cls, metadata: Metadata) -> Instance:
-        def optional(path: str) -> str:
-            try:
-                return metadata.get(path)
-            except CloudError:
-                return ""
-
+        optional = metadata.optional
         run_id = metadata.attribute("kgg-run-id")
         if not RUN_ID.fullmatch(run_id):
             raise CloudError(f"kgg-run-id {run_id!r} is not a run id (letters, digits, . _ -)")
@@ -136,32 +83,6 @@ def read_password_hash(endpoints: Endpoints, metadata: Metadata, secret: str) ->
     return value
 
 
-def read_secret(endpoints: Endpoints, metadata: Metadata, secret: str, what: str) -> str:
-    """The secret's newest version as text, with the VM's service account; never logged."""
-    request = urllib.request.Request(
-        f"{endpoints.secret_manager}/{secret}/versions/latest:access",
-        headers={"Authorization": f"Bearer {metadata.token()}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer: Any = json.load(response)
-    except (OSError, ValueError) as error:
-        raise CloudError(
-            f"could not read {what} from Secret Manager ({secret}): {error}"
-        ) from error
-    try:
-        return base64.b64decode(answer["payload"]["data"]).decode().strip()
-    except (KeyError, TypeError, ValueError):
-        return ""
-
-
-def _call(url: str, token: str, body: bytes | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def run_stop_workflow(
     endpoints: Endpoints,
     metadata: Metadata,
@@ -173,25 +94,22 @@ def run_stop_workflow(
 ) -> str:
     """Runs the stack's stop workflow and waits for its end: with `check`, it only reads the
     VM's group (is the stop path authorized?); without, it resizes the group to 0, and the group
-    deletes this VM. Returns the workflow's result; CloudError says why it did not succeed. The
-    VM's account may start this one workflow and nothing else (docs/ARCHITECTURE.md)."""
+    deletes this VM. Returns the workflow's result; CloudError says why it did not succeed. One
+    attempt per call: kgg/agent/stop.py tries the whole run again."""
     what = "checking" if check else "running"
-    if not WORKFLOW_NAME.fullmatch(workflow):
-        raise CloudError(
-            f"kgg-stop-workflow {workflow!r} is not projects/P/locations/L/workflows/W"
-        )
-    argument = json.dumps({"argument": json.dumps({"check": check})}).encode()
     try:
         token = metadata.token()
-        execution = _call(f"{endpoints.workflows}/{workflow}/executions", token, argument)
+        execution = start_stop_workflow(endpoints, token, workflow, check=check, attempts=1)
         deadline = time.monotonic() + wait
         while execution.get("state") == "ACTIVE" and time.monotonic() < deadline:
             time.sleep(poll)
-            execution = _call(f"{endpoints.workflows}/{execution['name']}", token)
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")[:300].strip()
-        raise CloudError(f"{what} the stop workflow {workflow}: {error} {detail}") from error
-    except (OSError, ValueError, KeyError) as error:
+            answer = request(f"{endpoints.workflows}/{execution['name']}", attempts=1,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+            execution = json.loads(answer)
+    except CloudError as error:
+        detail = f" {error.body}" if error.body else ""
+        raise CloudError(f"{what} the stop workflow {workflow}: {error}{detail}") from error
+    except (ValueError, KeyError, AttributeError) as error:
         raise CloudError(f"{what} the stop workflow {workflow}: {error}") from error
     state = execution.get("state")
     if state != "SUCCEEDED":

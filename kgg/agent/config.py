@@ -1,6 +1,6 @@
 """What the VM agent knows: the stack settings the startup script was rendered with (written to
-`/etc/keras-gpu-gcp/settings.json` by the script), the VM's file layout, and the endpoints, each
-with the `KGG_*` seam the tests use (the same ones the startup script honours)."""
+`/etc/keras-gpu-gcp/settings.json` by the script) and the VM's file layout, with the `KGG_ROOT`
+seam the tests use (the endpoints are kgg/common/vm_runtime.py's)."""
 
 from __future__ import annotations
 
@@ -203,25 +203,6 @@ class Paths:
     def on_vm(self, path: Path) -> str:
         """The path as the VM sees it (for unit files and configs written under `root`)."""
         return "/" + path.relative_to(self.root).as_posix()
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    metadata: str
-    secret_manager: str
-    workflows: str = "https://workflowexecutions.googleapis.com/v1"
-
-    @classmethod
-    def from_environment(cls) -> Endpoints:
-        return cls(
-            metadata=os.environ.get(
-                "KGG_METADATA_URL", "http://metadata.google.internal/computeMetadata/v1"
-            ),
-            secret_manager=os.environ.get(
-                "KGG_SECRET_MANAGER_URL", "https://secretmanager.googleapis.com/v1"
-            ),
-            workflows=os.environ.get("KGG_WORKFLOWS_URL", cls.workflows),
-        )
 
 
 def expected_gpus(settings: VmSettings) -> int:

@@ -5,9 +5,9 @@ image and every boot."""
 
 from __future__ import annotations
 
-from kgg.agent.cloud import Metadata
 from kgg.agent.config import Paths
 from kgg.common import hostkeys
+from kgg.common.vm_runtime import Metadata
 
 
 def host_keys(paths: Paths) -> dict[str, str]:

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 from kgg.agent.agent import Agent, StepFailed
-from kgg.agent.cloud import CloudError
 from kgg.agent.config import (
     JUPYTER_RUNTIME_DIRECTORY,
     JUPYTER_UNIT,
@@ -29,6 +28,7 @@ from kgg.agent.config import (
 from kgg.agent.units import render, write_if_changed
 from kgg.agent.workspace import FINAL_SYNC_SECONDS, SYNC_SECONDS, workspace_command
 from kgg.common.layout import TLS_FINGERPRINT_ATTRIBUTE
+from kgg.common.vm_runtime import CloudError
 
 # JupyterLab's first start imports a large env; give it this long to answer.
 START_SECONDS = 180

@@ -1,19 +1,20 @@
 """Notifications to the stack's webhook (notifyWebhook, a Slack, Discord or generic JSON URL kept
 in Secret Manager): one message when a run ends or fails, and when the boot fails. The payload and
-the post are bootstrap.py's (stdlib), which sends the same message when the startup script fails
-before the env exists. A message that cannot be sent is logged and changes nothing else."""
+the post are kgg/common/vm_runtime.py's, with which bootstrap.py sends the same message when the
+startup script fails before the env exists. A message that cannot be sent is logged and changes
+nothing else."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from kgg.agent.agent import Agent
-from kgg.agent.cloud import CloudError
 from kgg.common import storage
 from kgg.common.documents import read
 from kgg.common.timestamps import format_duration
-from kgg.startup.bootstrap import Failure, post_webhook
+from kgg.common.vm_runtime import CloudError, post_webhook
 
 SCORED_ON = ("holdout", "validation")  # what metrics.json's `scored_on` may say
 
@@ -29,10 +30,20 @@ def notify(agent: Agent, text: str, fields: dict[str, Any]) -> bool:
             raise CloudError(f"{secret} holds no http(s) URL")
         post_webhook(url, text, {"run_id": agent.instance.run_id,
                                  "instance": agent.instance.name, **fields})  # fmt: skip
-    except (CloudError, Failure, OSError) as error:
+    except (CloudError, OSError) as error:
         agent.log.warning("notification not sent: %s", error)
         return False
     return True
+
+
+def step_failed(agent: Agent, step: str, error: Exception, log_file: Path | None = None) -> None:
+    """A failed step: in the status document (with the log tail and a hint), then the webhook."""
+    agent.record_failure(step, error, log_file)
+    notify(
+        agent,
+        f"keras-gpu-gcp: the boot failed on {agent.instance.name} at step {step}: {error}",
+        {"event": "startup-failed", "step": step, "message": str(error)},
+    )
 
 
 def run_ended(agent: Agent, state: str) -> bool:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 
 from kgg.agent.agent import Agent, StepFailed
-from kgg.agent.cloud import CloudError, run_stop_workflow
+from kgg.agent.cloud import run_stop_workflow
 from kgg.agent.workspace import FINAL_SYNC_SECONDS, workspace_command
+from kgg.common.vm_runtime import CloudError
 
 RESIZE_TRIES = 3
 RESIZE_BACKOFF_SECONDS = 10.0

@@ -15,7 +15,7 @@ from kgg.agent.cost import CostTicker
 from kgg.agent.data_wait import wait_for_data
 from kgg.agent.job_state import write_job_state
 from kgg.agent.logsync import LogMirror, restore_training_log, train_log_object
-from kgg.agent.notify import run_ended
+from kgg.agent.notify import run_ended, step_failed
 from kgg.agent.status import log_tail
 from kgg.agent.stop import stop_vm
 from kgg.job.cli import EXIT_RETRY
@@ -94,7 +94,8 @@ def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> in
         except Stopping:
             raise
         except Exception as error:
-            agent.fail(
+            step_failed(
+                agent,
                 "training",
                 StepFailed(
                     f"waiting for the data at {data}/ failed: {error}",

@@ -98,6 +98,7 @@ PROJECT = TEMPLATES.parents[1]  # the checkout (or the archive on the VM)
 CARRIED = {
     "bootstrap_py": (PROJECT / "kgg/startup/bootstrap.py", "KGG_BOOTSTRAP"),
     "documents_py": (PROJECT / "kgg/common/documents.py", "KGG_DOCUMENTS"),
+    "vm_runtime_py": (PROJECT / "kgg/common/vm_runtime.py", "KGG_RUNTIME"),
 }
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from kgg.agent.agent import Agent, configure_logging
-from kgg.agent.cloud import Bucket, Instance, Metadata
-from kgg.agent.config import JUPYTER_UNIT, Endpoints, Paths
+from kgg.agent.agent import Agent
+from kgg.agent.cloud import Bucket, Instance
+from kgg.agent.config import JUPYTER_UNIT, Paths
 from kgg.agent.status import STATUS_OBJECT, StatusReporter
 from kgg.agent.system import CommandError, Completed, System
+from kgg.common.vm_runtime import Endpoints, Metadata, configure_logging
 from kgg.startup.render import vm_settings
 from tests.startup.harness import EXTERNAL_IP, PASSWORD_HASH, PASSWORD_SECRET, RUN_ID, settings_for
 
@@ -116,7 +117,7 @@ def agent(tmp_path: Path, gcs_bucket: str, system: FakeSystem, as_vm: Any) -> It
     (paths.app / "kgg/agent/notebooks").mkdir(parents=True)
     (paths.app / "kgg/agent/notebooks/walkthrough.ipynb").write_text('{"cells": []}\n')
     (paths.marker("python-env")).write_text("a" * 64 + "\n")
-    configure_logging(paths)
+    configure_logging(paths.log)
     system.root = paths.root
     yield Agent(
         paths=paths,

@@ -13,8 +13,8 @@ import pytest
 from kgg.agent import jupyter
 from kgg.agent.agent import Agent, StepFailed
 from kgg.agent.boot import boot
-from kgg.agent.cloud import CloudError
 from kgg.agent.job_state import write_job_state
+from kgg.common.vm_runtime import CloudError
 from tests.agent.conftest import FakeSystem, uploaded_status
 from tests.startup.harness import BUCKET, EXTERNAL_IP, PASSWORD_HASH, RUN_ID
 

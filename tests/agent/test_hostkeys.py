@@ -12,7 +12,7 @@ import pytest
 
 from kgg.agent.agent import Agent
 from kgg.agent.boot import boot
-from kgg.agent.cloud import Metadata
+from kgg.common.vm_runtime import Metadata
 from tests.fake_cloud import FakeCloud
 
 

@@ -1,5 +1,5 @@
-"""Notifications (kgg/agent/notify.py, bootstrap.py's post): one message to the stack's webhook
-when a run ends or fails and when the boot fails, against a local HTTP server."""
+"""Notifications (kgg/agent/notify.py, kgg/common/vm_runtime.py's post): one message to the
+stack's webhook when a run ends or fails and when the boot fails, against a local HTTP server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from kgg.agent.agent import Agent
 from kgg.agent.boot import boot
 from kgg.agent.training import training_job
-from kgg.startup.bootstrap import webhook_payload
+from kgg.common.vm_runtime import webhook_payload
 from tests.agent.conftest import FakeSystem
 from tests.agent.test_training import DATA, put
 from tests.startup.harness import RUN_ID
@@ -188,9 +188,9 @@ def test_a_webhook_url_with_a_password_is_refused_and_never_logged(notifying: Ag
 
 
 def test_a_failed_request_names_the_host_and_never_the_userinfo() -> None:
-    from kgg.startup.bootstrap import Failure, request
+    from kgg.common.vm_runtime import CloudError, request
 
-    with pytest.raises(Failure) as failed:
+    with pytest.raises(CloudError) as failed:
         request("http://kgg:tok3n-canary@127.0.0.1:9/x", attempts=1)
 
     assert str(failed.value).startswith("127.0.0.1:9: ")

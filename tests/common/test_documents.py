@@ -15,7 +15,8 @@ from kgg.common.documents import STEPS, ChangeError, StartupStatus, update_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # Run by the image's python3 before any env exists: stdlib only, Python 3.10 (Ubuntu 22.04).
-STDLIB_ONLY = (ROOT / "kgg/common/documents.py", ROOT / "kgg/startup/bootstrap.py")
+CARRIED = ("kgg/common/documents.py", "kgg/common/vm_runtime.py")
+STDLIB_ONLY = (*(ROOT / name for name in CARRIED), ROOT / "kgg/startup/bootstrap.py")
 
 
 def test_changes_stamp_steps_and_fields() -> None:
@@ -95,7 +96,8 @@ def test_the_helper_runs_without_the_environment(tmp_path: Path) -> None:
     (carried / "kgg/common").mkdir(parents=True)
     (carried / "kgg/__init__.py").write_text("")
     (carried / "kgg/common/__init__.py").write_text("")
-    (carried / "kgg/common/documents.py").write_text((ROOT / "kgg/common/documents.py").read_text())
+    for name in CARRIED:
+        (carried / name).write_text((ROOT / name).read_text())
     (carried / "bootstrap.py").write_text((ROOT / "kgg/startup/bootstrap.py").read_text())
     env = {"KGG_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
     (tmp_path / "var/lib/keras-gpu-gcp").mkdir(parents=True)
