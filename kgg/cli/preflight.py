@@ -141,11 +141,12 @@ class Preflight:
     @classmethod
     def from_environment(cls, project: str) -> Preflight:
         """With Application Default Credentials; PreflightError (one line) when there are none.
-        User credentials without a quota project bill the calls to `project`: Service Usage
-        refuses user credentials that name none."""
+        A user's credentials without a quota project bill the calls to `project`: Service Usage
+        refuses user credentials that name none (a service account bills its own project)."""
         import google.auth
         from google.auth.exceptions import DefaultCredentialsError
         from google.auth.transport.requests import AuthorizedSession
+        from google.oauth2.credentials import Credentials as UserCredentials
 
         try:
             credentials, _ = google.auth.default(scopes=[SCOPE])
@@ -154,9 +155,7 @@ class Preflight:
                 "no Google credentials (Application Default Credentials) on this machine; "
                 f"run `{CREDENTIALS_FIX}`"
             ) from None
-        if getattr(credentials, "quota_project_id", None) is None and hasattr(
-            credentials, "with_quota_project"
-        ):
+        if isinstance(credentials, UserCredentials) and credentials.quota_project_id is None:
             credentials = credentials.with_quota_project(project)
         return cls(
             AuthorizedSession(credentials),

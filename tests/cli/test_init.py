@@ -326,3 +326,25 @@ def test_every_quota_metric_is_one_compute_engine_reports_for_a_current_gpu() ->
                *preflight.PREEMPTIBLE_GPU_METRICS.values()}  # fmt: skip
     assert metrics <= enum
     assert set(preflight.PREEMPTIBLE_GPU_METRICS) == set(CURRENT_GPUS)
+
+
+def test_a_users_credentials_bill_the_checks_to_the_project() -> None:
+    """Service Usage refuses a user's credentials that name no quota project."""
+    checks = preflight.Preflight.from_environment(PROJECT)
+    assert checks.session.credentials.quota_project_id == PROJECT
+
+
+def test_a_refused_check_is_one_line_naming_the_call_and_the_fix(
+    project_dir: Path, apis: FakeProjectApis, capsys
+) -> None:
+    from kgg.common.emulator import acting_as
+
+    with acting_as(apis.stack.vm_token):  # the VM's identity may not list the project's APIs
+        assert _init_here() == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: GET {apis.url}v1/projects/{PROJECT}/services: HTTP 403: ")
+    assert "'serviceusage.services.list' denied" in err
+    assert err.endswith("your account needs to read the project (e.g. roles/viewer), with "
+                        "credentials from `gcloud auth application-default login`\n")  # fmt: skip
+    assert err.count("\n") == 1
