@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kgg.cli import commands as ops_cli
+from kgg.cli import init as init_command
 from kgg.job import cli as job_cli
 from kgg.job.config import RECIPES
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipe", choices=RECIPES, default="fast")
     demo.set_defaults(func=_demo)
     ops_cli.add_commands(subparsers)
+    init_command.register(subparsers)
     return parser
 
 
