@@ -278,7 +278,7 @@ class _Checker:
                 )
 
 
-def scalar_problem(prop: Mapping[str, Any], value: Any) -> str | None:  # noqa: C901 (one branch per type)
+def scalar_problem(prop: Mapping[str, Any], value: Any) -> str | None:
     """Why `value` is not a JSON form of the scalar `prop` describes, or None."""
     kind, form = prop.get("type"), prop.get("format")
     if isinstance(value, dict | list):

@@ -39,7 +39,7 @@ class Outcome:
     error: dict[str, Any] | None = None
 
 
-def evaluate(expression: str, variables: dict[str, Any]) -> Any:  # noqa: C901 (an interpreter)
+def evaluate(expression: str, variables: dict[str, Any]) -> Any:
     tokens = [t for t in _TOKEN.findall(expression) if t]
     if "".join(tokens) != re.sub(r"\s+", "", expression):
         raise UnsupportedSyntax(f"expression {expression!r}")

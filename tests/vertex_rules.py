@@ -132,7 +132,7 @@ VALUE_SPECS = ("doubleValueSpec", "integerValueSpec", "categoricalValueSpec", "d
 LOG_SCALES = ("UNIT_LOG_SCALE", "UNIT_REVERSE_LOG_SCALE")
 
 
-def _study_problems(study: Mapping[str, Any], path: discovery.Path) -> list[Violation]:  # noqa: C901
+def _study_problems(study: Mapping[str, Any], path: discovery.Path) -> list[Violation]:
     found: list[Violation] = []
 
     def fail(where: discovery.Path, text: str) -> None:
