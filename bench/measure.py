@@ -180,8 +180,8 @@ def guide_steps(
     size = images.shape[1]
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     model = model_lib.build_guide_model(
@@ -189,7 +189,7 @@ def guide_steps(
     )
     schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
     optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
-    train_lib.compile_model(model, optimizer, jit_compile)
+    fitting.compile_model(model, optimizer, jit_compile)
     result = fit_steps(model, _dataset(x, y, n_classes, shuffle=True), steps, BATCH)
     del model
     clear_session()
@@ -207,30 +207,30 @@ def feature_steps(
     Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
     import tempfile
 
+    from kgg.job import maps as maps_lib
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
     trunk, last_block = model_lib.build_frozen_trunk(base), model_lib.build_last_block(base)
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
-    dtype = train_lib.maps_dtype(policy)
+    dtype = maps_lib.maps_dtype(policy)
     with tempfile.TemporaryDirectory(prefix="bench-maps-") as folder:
         path = Path(folder, "maps.npy")
-        train_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
+        maps_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
+        maps_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
-        maps = train_lib.read_cached_maps(path, len(x), dtype)
+        maps = maps_lib.read_cached_maps(path, len(x), dtype)
     if maps.shape[0] != len(x):
         raise ValueError(f"maps of {maps.shape[0]} images, expected {len(x)}")
     maps_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
-        train_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
+        maps_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib.pooled_features(last_block, maps, BATCH, jit_compile)
+        maps_lib.pooled_features(last_block, maps, BATCH, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
     last_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
@@ -246,8 +246,8 @@ def head_epoch(
     validation on n_val), on full-size random features; the second epoch is timed."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     rng = np.random.default_rng(0)
     f_train = rng.random((n_train, n_features), np.float32)
@@ -256,7 +256,7 @@ def head_epoch(
     y_val = rng.integers(0, n_classes, n_val)
     weights = data_lib.class_weights(y_train, n_classes)[y_train]
     head = model_lib.build_head(f_train, n_classes, 0.3)
-    train_lib.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
+    fitting.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
     ends: list[float] = []
     clock = time.perf_counter
     head.fit(
@@ -284,8 +284,8 @@ def finetune_steps(
     `views` cached views per image (the rows of `maps` repeated to fill them)."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     size = maps.shape[1] * 16  # block4_pool is the image downsampled 16x
     base = model_lib.build_base("vgg16", None, size, include_top=False)
@@ -296,7 +296,7 @@ def finetune_steps(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, 1)
     model = model_lib.build_maps_model(last_block, head)
-    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
+    fitting.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     n = (steps + 1) * BATCH
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
@@ -320,8 +320,8 @@ def finetune_steps_on_images(
     augmented images, Adam 1e-5, class-weighted batches."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
@@ -330,7 +330,7 @@ def finetune_steps_on_images(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
     model = model_lib.build_finetune_model(extractor, head)
-    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
+    fitting.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     weights = data_lib.class_weights(y, n_classes)[y]
     ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)

@@ -275,7 +275,7 @@ def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
     """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
-    from kgg.job import train as train_lib
+    from kgg.job import maps as maps_lib
     from kgg.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -303,13 +303,13 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
     full = full_sizes()
     measured = precisions.measure_settings(
         precisions.settings(wanted, auto.policy), images, labels, plan,
-        defaults.unfreeze_blocks, train_lib.MAPS_VIEWS, full,
+        defaults.unfreeze_blocks, maps_lib.MAPS_VIEWS, full,
     )  # fmt: skip
     del images
     epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
     totals = precisions.add_rows(
         report, measured, first_ips, plan.image_size, defaults.unfreeze_blocks,
-        train_lib.MAPS_VIEWS, epochs, full,
+        maps_lib.MAPS_VIEWS, epochs, full,
     )  # fmt: skip
     by_policy = {m.setting.policy: m for m in measured}
     job = next(m for m in measured if m.setting.auto)
@@ -319,7 +319,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         "RSS rows run the job at it."
     )
     on_maps = defaults.unfreeze_blocks == 1
-    job_rates = precisions.rates(first_ips, job, train_lib.MAPS_VIEWS, on_maps)
+    job_rates = precisions.rates(first_ips, job, maps_lib.MAPS_VIEWS, on_maps)
     report.targets.append(
         Target(
             f"fast recipe end to end vs guide, {job.setting.label}",

@@ -156,7 +156,7 @@ def test_backup_restore_never_writes_outside_the_work_folder(
     victim = tmp_path / "home" / ".ipython" / "startup.py"
     plant_hostile_objects(bucket, "runs/r1/backup", victim, b"import os")
     run = Run(config, fingerprint)
-    assert run.state["phases"]["head"]["epochs_done"] == 1
+    assert run.phases["head"].epochs_done == 1
     assert victims_untouched(victim)
     assert capsys.readouterr().err.count("warning: not downloading") == 2
 
