@@ -1,5 +1,5 @@
-"""The timed measurements, each on the project's own code paths (kgg.job.data,
-kgg.job.model, kgg.job.train), and on keras.applications.VGG16 for the FLOP/s figures.
+"""The timed measurements, each on the project's own code paths (kgg.job.images, .pipeline,
+.model, .fitting, .maps), and on keras.applications.VGG16 for the FLOP/s figures.
 
 Long phases are timed on a fixed number of steps after one warm-up step (which pays for tracing)
 and extrapolated by the callers. TensorFlow is imported only inside the functions.
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from kgg.job import data as data_lib
+from kgg.job import folders, pipeline
+from kgg.job import images as images_lib
+from kgg.job import splits as splits_lib
 
 IMAGE_SIZE = 224
 BATCH = 32
@@ -112,29 +114,29 @@ def input_pipeline(
     data_root: Path, cache_dir: Path, n_classes: int, size: int = IMAGE_SIZE
 ) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
-    (data.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
-    (data.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
+    (images.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
+    (pipeline.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
     cache on disk, as training reads it.
 
     Returns the figures and the decoded images (rows on disk) and labels for the later
     measurements."""
-    train_dir, _ = data_lib.find_split_dirs(data_root)
-    files, labels, _, _ = data_lib.discover_train(train_dir)
+    train_dir, _ = folders.find_split_dirs(data_root)
+    files, labels, _, _ = folders.discover_train(train_dir)
     shutil.rmtree(cache_dir / "images", ignore_errors=True)
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
+    images, ok, _ = images_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     first = time.perf_counter() - started
     del images
     gc.collect()
 
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
+    images, ok, _ = images_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     cache_load = time.perf_counter() - started
     y = np.asarray(labels, np.int64)[ok]
 
     def one_pass(augment: bool) -> float:
         began = time.perf_counter()
-        ds, _ = data_lib.training_dataset(
+        ds, _ = pipeline.training_dataset(
             images, y, n_classes, BATCH, None, (0,), range(1), augment=augment
         )
         for _ in ds:
@@ -160,8 +162,8 @@ def _dataset(
 ) -> Any:
     """The job's training batches (one epoch) with `shuffle`, else its evaluation batches."""
     if not shuffle:
-        return data_lib.make_dataset(images, labels, n_classes, BATCH, sample_weights)
-    dataset, _ = data_lib.training_dataset(
+        return pipeline.make_dataset(images, labels, n_classes, BATCH, sample_weights)
+    dataset, _ = pipeline.training_dataset(
         images, labels, n_classes, BATCH, sample_weights, (0,), range(1), **kwargs
     )
     return dataset
@@ -254,7 +256,7 @@ def head_epoch(
     f_val = rng.random((n_val, n_features), np.float32)
     y_train = rng.integers(0, n_classes, n_train)
     y_val = rng.integers(0, n_classes, n_val)
-    weights = data_lib.class_weights(y_train, n_classes)[y_train]
+    weights = splits_lib.class_weights(y_train, n_classes)[y_train]
     head = model_lib.build_head(f_train, n_classes, 0.3)
     fitting.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
     ends: list[float] = []
@@ -300,7 +302,7 @@ def finetune_steps(
     n = (steps + 1) * BATCH
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
-    weights = data_lib.class_weights(y, n_classes)[y]
+    weights = splits_lib.class_weights(y, n_classes)[y]
     ds = _dataset(rows, y, n_classes, sample_weights=weights, shuffle=True, views=views)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, last_block, head
@@ -332,7 +334,7 @@ def finetune_steps_on_images(
     model = model_lib.build_finetune_model(extractor, head)
     fitting.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
-    weights = data_lib.class_weights(y, n_classes)[y]
+    weights = splits_lib.class_weights(y, n_classes)[y]
     ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, extractor, head

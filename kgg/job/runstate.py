@@ -6,7 +6,7 @@ state, history) plus the weight files it names. Weights are written before state
 and in the bucket, so a kill between the two never leaves state pointing at missing weights.
 
 A run is identified by its fingerprint: the options it trains with and its data's content
-(data.DataIdentity). A rerun with another fingerprint never resumes or reports the run in --out:
+(folders.DataIdentity). A rerun with another fingerprint never resumes or reports the run in --out:
 it stops with one line saying what changed, or with --restart starts over.
 """
 

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
-from kgg.job import data as data_lib
+from kgg.job import console, folders
+from kgg.job import images as images_lib
+from kgg.job import splits as splits_lib
 from kgg.job.config import TrainConfig
 from kgg.job.recipes.inputs import Inputs
 from kgg.job.runstate import (
@@ -43,8 +45,8 @@ def train(config: TrainConfig, restart: bool = False) -> dict[str, Any]:
     from kgg.job import runtime as runtime_lib
     from kgg.job.metrics import headline
 
-    listing = data_lib.list_data(config.data)  # once: the identity and the mirror agree
-    identity = data_lib.data_identity(config.data, listing)
+    listing = folders.list_data(config.data)  # once: the identity and the mirror agree
+    identity = folders.data_identity(config.data, listing)
     fingerprint = fingerprint_of(config, identity.to_dict())
     finished = finished_metrics(config, fingerprint, restart)
     if finished is not None:
@@ -91,8 +93,8 @@ def _report_stopped(run: Run, error: BaseException) -> None:
 class _Split:
     """The decoded data split three ways: rows of the image cache on disk, no image copied."""
 
-    dataset: data_lib.Dataset
-    test: data_lib.Dataset | None
+    dataset: images_lib.Dataset
+    test: images_lib.Dataset | None
     class_names: list[str]
     warnings: list[str]
     inputs: Inputs
@@ -103,31 +105,33 @@ class _Split:
 def _prepare(run: Run, listing: list[storage.ObjectInfo] | None) -> _Split:
     """The data fetched, decoded and split, with split.csv and class_names.json written."""
     config = run.config
-    local_data = data_lib.fetch_data(
+    local_data = folders.fetch_data(
         config.data, config.cache_dir, config.workers, config.progress, listing
     )
     # The test set first: duplicate submission names fail before the long decode of train/.
-    test = data_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
-    dataset, class_names = data_lib.load_train(
+    test = images_lib.load_test(local_data, config.image_size, config.cache_dir, config.progress)
+    dataset, class_names = images_lib.load_train(
         local_data, config.image_size, config.cache_dir, config.progress
     )
-    warnings = data_lib.few_image_warnings(dataset.labels, class_names)
+    warnings = splits_lib.few_image_warnings(dataset.labels, class_names)
     for line in warnings:
-        data_lib.warn(line)
+        console.warn(line)
     run.put("class_names.json", json.dumps(class_names, indent=2) + "\n")
     n_classes = len(class_names)
-    splits = data_lib.three_way_split(dataset.labels, config.val_split, config.holdout, config.seed)
+    splits = splits_lib.three_way_split(
+        dataset.labels, config.val_split, config.holdout, config.seed
+    )
     if not len(splits[1]):
-        raise data_lib.DataError(
+        raise folders.DataError(
             f"no class under {config.data} has 2 images to spare for validation; add images"
         )
-    train_dir, _ = data_lib.find_split_dirs(local_data)
+    train_dir, _ = folders.find_split_dirs(local_data)
     run.put("split.csv", _split_csv(train_dir.name, dataset, class_names, splits))
     # Rows of the image cache on disk: the split copies no image.
     (x_train, y_train), (x_val, y_val), (x_hold, y_hold) = (
         (dataset.images.subset(rows), dataset.labels[rows]) for rows in splits
     )
-    weights = data_lib.class_weights(y_train, n_classes)
+    weights = splits_lib.class_weights(y_train, n_classes)
     print(
         f"data: {len(class_names)} classes, {len(x_train)} train / {len(x_val)} validation / "
         f"{len(x_hold)} held-out images, {len(dataset.skipped)} skipped, "
@@ -221,7 +225,7 @@ def _evaluate(
 
 def _split_csv(
     train_dir: str,
-    dataset: data_lib.Dataset,
+    dataset: images_lib.Dataset,
     class_names: list[str],
     splits: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> str:

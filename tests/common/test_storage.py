@@ -125,7 +125,7 @@ def test_local_path_joins_a_plain_name(tmp_path: Path) -> None:
 def test_vm_data_fetch_never_writes_outside_its_cache(
     gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kgg.job.data import fetch_data
+    from kgg.job.folders import fetch_data
 
     bucket = gcs_bucket_like_real_gcs
     storage.write_bytes(f"gs://{bucket}/data/ds/train/a/1.png", b"png")

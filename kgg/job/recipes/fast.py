@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kgg.job import data as data_lib
+from kgg.job import pipeline
 from kgg.job.atomic import atomic_path
 from kgg.job.fitting import compile_model, fit_phase, load_arrays, save_arrays
 from kgg.job.maps import MAPS_VIEWS, MapsCache, pooled_features
@@ -195,7 +195,7 @@ class FastRecipe:
         self, features: Features, epochs: range, seed: tuple[int, ...]
     ) -> tuple[Any, int, Any]:
         inputs = self.inputs
-        train_ds, steps = data_lib.training_dataset(
+        train_ds, steps = pipeline.training_dataset(
             features.train,
             inputs.y_train,
             inputs.n_classes,
@@ -204,14 +204,14 @@ class FastRecipe:
             seed,
             epochs,
         )
-        val_ds = data_lib.make_dataset(features.val, inputs.y_val, inputs.n_classes, self.batch)
+        val_ds = pipeline.make_dataset(features.val, inputs.y_val, inputs.n_classes, self.batch)
         return train_ds, steps, val_ds
 
     def _finetune_batches(self, epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
         inputs, batch = self.inputs, self.batch
         if self.on_maps:
             train_maps, val_maps = self.maps.load()
-            train_ds, steps = data_lib.training_dataset(
+            train_ds, steps = pipeline.training_dataset(
                 train_maps,
                 inputs.y_train,
                 inputs.n_classes,
@@ -224,9 +224,9 @@ class FastRecipe:
             return (
                 train_ds,
                 steps,
-                data_lib.make_dataset(val_maps, inputs.y_val, inputs.n_classes, batch),
+                pipeline.make_dataset(val_maps, inputs.y_val, inputs.n_classes, batch),
             )
-        train_ds, steps = data_lib.training_dataset(
+        train_ds, steps = pipeline.training_dataset(
             inputs.x_train,
             inputs.y_train,
             inputs.n_classes,
@@ -239,5 +239,5 @@ class FastRecipe:
         return (
             train_ds,
             steps,
-            data_lib.make_dataset(inputs.x_val, inputs.y_val, inputs.n_classes, batch),
+            pipeline.make_dataset(inputs.x_val, inputs.y_val, inputs.n_classes, batch),
         )

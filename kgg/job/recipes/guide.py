@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kgg.job import data as data_lib
+from kgg.job import pipeline
 from kgg.job.fitting import compile_model, fit_phase
 from kgg.job.recipes.inputs import Inputs
 from kgg.job.runstate import Run
@@ -37,10 +37,10 @@ def train_guide(run: Run, runtime: Any, resolved: str | None, inputs: Inputs) ->
     batch = runtime.batch(config.batch_size)
 
     def batches(epochs: range, seed: tuple[int, ...]) -> tuple[Any, int, Any]:
-        train_ds, steps = data_lib.training_dataset(
+        train_ds, steps = pipeline.training_dataset(
             inputs.x_train, inputs.y_train, inputs.n_classes, batch, None, seed, epochs
         )
-        val_ds = data_lib.make_dataset(inputs.x_val, inputs.y_val, inputs.n_classes, batch)
+        val_ds = pipeline.make_dataset(inputs.x_val, inputs.y_val, inputs.n_classes, batch)
         return train_ds, steps, val_ds
 
     fit_phase(run, runtime, "guide", model, batches, config.guide_epochs, len(inputs.x_train))
