@@ -95,8 +95,8 @@ def main(plan: Plan, data_root: Path) -> int:
         return 0
 
     from bench import measure, run
+    from kgg.job import maps as maps_lib
     from kgg.job import runtime
-    from kgg.job import train as train_lib
     from kgg.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -129,13 +129,13 @@ def main(plan: Plan, data_root: Path) -> int:
     full = run.full_sizes()
     measured = precisions.measure_settings(
         gpu_settings(auto.policy, job_xla), images, labels, steps, defaults.unfreeze_blocks,
-        train_lib.MAPS_VIEWS, full, sample_gpu=True,
+        maps_lib.MAPS_VIEWS, full, sample_gpu=True,
     )  # fmt: skip
     del images
     epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
     precisions.add_rows(
         report, measured, first_ips, plan.image_size, defaults.unfreeze_blocks,
-        train_lib.MAPS_VIEWS, epochs, full,
+        maps_lib.MAPS_VIEWS, epochs, full,
     )  # fmt: skip
     job = next(m for m in measured if m.setting.auto)
     _add_gpu_rows(report, measured, gpu.name, plan.image_size)

@@ -1,5 +1,5 @@
-"""The timed measurements, each on the project's own code paths (kgg.job.data,
-kgg.job.model, kgg.job.train), and on keras.applications.VGG16 for the FLOP/s figures.
+"""The timed measurements, each on the project's own code paths (kgg.job.images, .pipeline,
+.model, .fitting, .maps), and on keras.applications.VGG16 for the FLOP/s figures.
 
 Long phases are timed on a fixed number of steps after one warm-up step (which pays for tracing)
 and extrapolated by the callers. TensorFlow is imported only inside the functions.
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from kgg.job import data as data_lib
+from kgg.job import folders, pipeline
+from kgg.job import images as images_lib
+from kgg.job import splits as splits_lib
 
 IMAGE_SIZE = 224
 BATCH = 32
@@ -112,29 +114,29 @@ def input_pipeline(
     data_root: Path, cache_dir: Path, n_classes: int, size: int = IMAGE_SIZE
 ) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
-    (data.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
-    (data.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
+    (images.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
+    (pipeline.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
     cache on disk, as training reads it.
 
     Returns the figures and the decoded images (rows on disk) and labels for the later
     measurements."""
-    train_dir, _ = data_lib.find_split_dirs(data_root)
-    files, labels, _, _ = data_lib.discover_train(train_dir)
+    train_dir, _ = folders.find_split_dirs(data_root)
+    files, labels, _, _ = folders.discover_train(train_dir)
     shutil.rmtree(cache_dir / "images", ignore_errors=True)
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
+    images, ok, _ = images_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     first = time.perf_counter() - started
     del images
     gc.collect()
 
     started = time.perf_counter()
-    images, ok, _ = data_lib.load_images(train_dir, files, size, cache_dir, progress=False)
+    images, ok, _ = images_lib.load_images(train_dir, files, size, cache_dir, progress=False)
     cache_load = time.perf_counter() - started
     y = np.asarray(labels, np.int64)[ok]
 
     def one_pass(augment: bool) -> float:
         began = time.perf_counter()
-        ds, _ = data_lib.training_dataset(
+        ds, _ = pipeline.training_dataset(
             images, y, n_classes, BATCH, None, (0,), range(1), augment=augment
         )
         for _ in ds:
@@ -160,8 +162,8 @@ def _dataset(
 ) -> Any:
     """The job's training batches (one epoch) with `shuffle`, else its evaluation batches."""
     if not shuffle:
-        return data_lib.make_dataset(images, labels, n_classes, BATCH, sample_weights)
-    dataset, _ = data_lib.training_dataset(
+        return pipeline.make_dataset(images, labels, n_classes, BATCH, sample_weights)
+    dataset, _ = pipeline.training_dataset(
         images, labels, n_classes, BATCH, sample_weights, (0,), range(1), **kwargs
     )
     return dataset
@@ -180,8 +182,8 @@ def guide_steps(
     size = images.shape[1]
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
     model = model_lib.build_guide_model(
@@ -189,7 +191,7 @@ def guide_steps(
     )
     schedule = keras.optimizers.schedules.InverseTimeDecay(1e-3, decay_steps=1, decay_rate=1e-6)
     optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
-    train_lib.compile_model(model, optimizer, jit_compile)
+    fitting.compile_model(model, optimizer, jit_compile)
     result = fit_steps(model, _dataset(x, y, n_classes, shuffle=True), steps, BATCH)
     del model
     clear_session()
@@ -207,30 +209,30 @@ def feature_steps(
     Returns the rate of each (images per second) and the maps (for fine-tuning on them)."""
     import tempfile
 
+    from kgg.job import maps as maps_lib
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
     trunk, last_block = model_lib.build_frozen_trunk(base), model_lib.build_last_block(base)
     x, _ = _repeat_to(images, np.zeros(len(images), np.int64), steps * BATCH)
-    dtype = train_lib.maps_dtype(policy)
+    dtype = maps_lib.maps_dtype(policy)
     with tempfile.TemporaryDirectory(prefix="bench-maps-") as folder:
         path = Path(folder, "maps.npy")
-        train_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
+        maps_lib.write_frozen_maps(trunk, images[:BATCH], BATCH, path, 1, dtype, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
+        maps_lib.write_frozen_maps(trunk, x, BATCH, path, 1, dtype, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
-        maps = train_lib.read_cached_maps(path, len(x), dtype)
+        maps = maps_lib.read_cached_maps(path, len(x), dtype)
     if maps.shape[0] != len(x):
         raise ValueError(f"maps of {maps.shape[0]} images, expected {len(x)}")
     maps_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
     # The job prints one progress line per predict when stdout is not a terminal: keep it out.
     with contextlib.redirect_stdout(io.StringIO()):
-        train_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
+        maps_lib.pooled_features(last_block, maps[:BATCH], BATCH, jit_compile)
         started, cpu = time.perf_counter(), time.process_time()
-        train_lib.pooled_features(last_block, maps, BATCH, jit_compile)
+        maps_lib.pooled_features(last_block, maps, BATCH, jit_compile)
         seconds = time.perf_counter() - started
         cpus = (time.process_time() - cpu) / seconds
     last_steps = Steps(seconds / steps, steps, BATCH, cpus_used=cpus)
@@ -246,17 +248,17 @@ def head_epoch(
     validation on n_val), on full-size random features; the second epoch is timed."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     rng = np.random.default_rng(0)
     f_train = rng.random((n_train, n_features), np.float32)
     f_val = rng.random((n_val, n_features), np.float32)
     y_train = rng.integers(0, n_classes, n_train)
     y_val = rng.integers(0, n_classes, n_val)
-    weights = data_lib.class_weights(y_train, n_classes)[y_train]
+    weights = splits_lib.class_weights(y_train, n_classes)[y_train]
     head = model_lib.build_head(f_train, n_classes, 0.3)
-    train_lib.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
+    fitting.compile_model(head, keras.optimizers.Adam(1e-3), jit_compile)
     ends: list[float] = []
     clock = time.perf_counter
     head.fit(
@@ -284,8 +286,8 @@ def finetune_steps(
     `views` cached views per image (the rows of `maps` repeated to fill them)."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     size = maps.shape[1] * 16  # block4_pool is the image downsampled 16x
     base = model_lib.build_base("vgg16", None, size, include_top=False)
@@ -296,11 +298,11 @@ def finetune_steps(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, 1)
     model = model_lib.build_maps_model(last_block, head)
-    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
+    fitting.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     n = (steps + 1) * BATCH
     rows, _ = _repeat_to(maps, np.zeros(len(maps), np.int64), views * n)
     y = labels[np.arange(n) % len(labels)]
-    weights = data_lib.class_weights(y, n_classes)[y]
+    weights = splits_lib.class_weights(y, n_classes)[y]
     ds = _dataset(rows, y, n_classes, sample_weights=weights, shuffle=True, views=views)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, last_block, head
@@ -320,8 +322,8 @@ def finetune_steps_on_images(
     augmented images, Adam 1e-5, class-weighted batches."""
     import keras
 
+    from kgg.job import fitting
     from kgg.job import model as model_lib
-    from kgg.job import train as train_lib
 
     base = model_lib.build_base("vgg16", None, images.shape[1], include_top=False)
     base.trainable = False
@@ -330,9 +332,9 @@ def finetune_steps_on_images(
     head = model_lib.build_head(features, n_classes, 0.3)
     model_lib.unfreeze_last_blocks(base, unfreeze_blocks)
     model = model_lib.build_finetune_model(extractor, head)
-    train_lib.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
+    fitting.compile_model(model, keras.optimizers.Adam(1e-5), jit_compile)
     x, y = _repeat_to(images, labels, (steps + 1) * BATCH)
-    weights = data_lib.class_weights(y, n_classes)[y]
+    weights = splits_lib.class_weights(y, n_classes)[y]
     ds = _dataset(x, y, n_classes, sample_weights=weights, shuffle=True, augment=True)
     result = fit_steps(model, ds, steps, BATCH)
     del model, base, extractor, head

@@ -8,8 +8,8 @@ training step's activations, the results written. Only the number of steps is bo
 repeats their rows to the full length (features of repeated rows cost no extra memory to speak of);
 a model predicted again (the block4 maps, chunk by chunk) reuses its first rows.
 
-With BENCH_PROBE_REPORT set, the seconds the job spent in data.load_images (decoding, on a cold
-cache) and the files it decoded are written there as JSON, for bench/scale.py.
+With BENCH_PROBE_REPORT set, the seconds the job spent in images.load_images (decoding, on a
+cold cache) and the files it decoded are written there as JSON, for bench/scale.py.
 
 Usage: python -m bench.probe STEPS -- <kgg train arguments>
 """
@@ -66,11 +66,11 @@ def bound_keras(steps: int) -> None:
 
 
 def time_decoding(report: Path) -> None:
-    """Wraps the job's data.load_images (train/ and test/ each call it once) to add up its wall
-    time and files into `report` after each call."""
-    from kgg.job import data
+    """Wraps the job's images.load_images (train/ and test/ each call it once) to add up its
+    wall time and files into `report` after each call."""
+    from kgg.job import images as images_lib
 
-    load_images = data.load_images
+    load_images = images_lib.load_images
     spent = {"decode_seconds": 0.0, "files": 0}
 
     def timed(root: Any, files: list[str], *args: Any, **kwargs: Any) -> Any:
@@ -81,7 +81,7 @@ def time_decoding(report: Path) -> None:
         report.write_text(json.dumps(spent))
         return result
 
-    data.load_images = timed
+    images_lib.load_images = timed
 
 
 def main(argv: list[str]) -> int:

@@ -75,7 +75,7 @@ QUICK = Plan("quick", 120, 20, 1, 1, 1, 1, 1, 1, image_size=112, precisions=("bf
 PROBED = {"full": ("fast", "guide"), "quick": ("fast",)}
 
 # From the job's TrainConfig defaults (kgg/job/config.py); read at run time where possible.
-SECTION_PIPE = "1. Input pipeline (job's data.load_images + data.make_dataset)"
+SECTION_PIPE = "1. Input pipeline (job's images.load_images + pipeline.make_dataset)"
 SECTION_E2E = precisions.SECTION_E2E
 SECTION_FLOPS = precisions.SECTION_FLOPS
 
@@ -160,11 +160,11 @@ def data_root_for(plan: Plan) -> Path:
 
 def split_sizes(labels: np.ndarray, test: int) -> estimate.Sizes:
     """Train/validation/test counts as the job splits them (its own stratified_split)."""
-    from kgg.job import data as data_lib
+    from kgg.job import splits as splits_lib
     from kgg.job.config import TrainConfig
 
     config = TrainConfig(data="", out="")
-    train_idx, val_idx = data_lib.stratified_split(labels, config.val_split, config.seed)
+    train_idx, val_idx = splits_lib.stratified_split(labels, config.val_split, config.seed)
     return estimate.Sizes(len(train_idx), len(val_idx), test)
 
 
@@ -199,7 +199,7 @@ def run_pipeline(plan: Plan, report: Report) -> Pipeline:
         f"{summary['bytes'] / 1e9:.2f} GB of PNG; {_generated(time.perf_counter() - started)}."
     )
     log("input pipeline: cold decode+resize of every training image, then cached epochs")
-    from kgg.job import data as data_lib
+    from kgg.job import images as images_lib
 
     n_classes = 12
     pipe, images, labels = measure.input_pipeline(
@@ -212,7 +212,7 @@ def run_pipeline(plan: Plan, report: Report) -> Pipeline:
         f"first epoch: decode+resize to {plan.image_size}",
         first_ips,
         "img/s",
-        f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, {data_lib.decode_workers()} decode "
+        f"{pipe.images} PNGs, {pipe.first_epoch_s:.1f} s, {images_lib.decode_workers()} decode "
         "processes, straight into the .npy cache",
     )
     report.add(
@@ -250,7 +250,7 @@ def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
     """Sections 6 and 7: the real job at 1x and 10x the data, and the fast recipe for 10x on
     the default T4 VM (decoding there at section 1's rate per decode process)."""
     from kgg.job.config import TrainConfig
-    from kgg.job.data import decode_workers
+    from kgg.job.images import decode_workers
 
     defaults = TrainConfig(data="", out="")
     runs = scale_lib.measure(plan.scale, CACHE, RESULTS, ROOT, log)
@@ -275,7 +275,7 @@ def run_scale(plan: Plan, report: Report, pipeline: Pipeline | None) -> None:
 
 def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) -> None:
     """Every CPU figure; the training rows once per precision in `wanted` (--precision values)."""
-    from kgg.job import train as train_lib
+    from kgg.job import maps as maps_lib
     from kgg.job.config import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -303,13 +303,13 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
     full = full_sizes()
     measured = precisions.measure_settings(
         precisions.settings(wanted, auto.policy), images, labels, plan,
-        defaults.unfreeze_blocks, train_lib.MAPS_VIEWS, full,
+        defaults.unfreeze_blocks, maps_lib.MAPS_VIEWS, full,
     )  # fmt: skip
     del images
     epochs = (defaults.guide_epochs, defaults.head_epochs, defaults.finetune_epochs)
     totals = precisions.add_rows(
         report, measured, first_ips, plan.image_size, defaults.unfreeze_blocks,
-        train_lib.MAPS_VIEWS, epochs, full,
+        maps_lib.MAPS_VIEWS, epochs, full,
     )  # fmt: skip
     by_policy = {m.setting.policy: m for m in measured}
     job = next(m for m in measured if m.setting.auto)
@@ -319,7 +319,7 @@ def run_cpu(plan: Plan, report: Report, peak: hardware.Peak, wanted: list[str]) 
         "RSS rows run the job at it."
     )
     on_maps = defaults.unfreeze_blocks == 1
-    job_rates = precisions.rates(first_ips, job, train_lib.MAPS_VIEWS, on_maps)
+    job_rates = precisions.rates(first_ips, job, maps_lib.MAPS_VIEWS, on_maps)
     report.targets.append(
         Target(
             f"fast recipe end to end vs guide, {job.setting.label}",
@@ -478,8 +478,8 @@ and bfloat16: figures not comparable); `--gpu` measures a GPU VM (float32, the j
 precision with and without XLA, the real job end to end) and prints `skipped: no GPU` elsewhere.
 
 How the figures are obtained:
-- **Everything runs the job's own code** (kgg/job/): `data.load_images` (decode + resize
-  into the `.npy` cache on disk), `data.make_dataset` (tf.data), `model.build_*` and
+- **Everything runs the job's own code** (kgg/job/): `images.load_images` (decode + resize
+  into the `.npy` cache on disk), `pipeline.make_dataset` (tf.data), `model.build_*` and
   `train.compile_model` / `write_frozen_maps` / `pooled_features`. VGG16 weights are random
   (`weights=None`): speed does not depend on their values.
 - **The fast recipe** (one block unfrozen, the default) caches the frozen blocks 1-4's

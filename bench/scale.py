@@ -183,7 +183,7 @@ def add_rows(report: Report, runs: list[ScaleRun]) -> None:
         ("cache on disk", "GB", lambda r: r.cache_bytes / 1e9,
          "the most bytes the image cache and the block4 maps held at once (sampled)"),
         ("decode", "s", lambda r: r.decode_seconds,
-         "data.load_images of train/ and test/ on a cold cache, small sources"),
+         "images.load_images of train/ and test/ on a cold cache, small sources"),
     )  # fmt: skip
     for name, unit, value, how in rows:
         for run in runs:

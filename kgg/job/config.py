@@ -28,7 +28,7 @@ GUIDE_DEFAULTS: dict[str, Any] = {
 # Validation picks its best epoch and stops it early, so its headline score is a held-out split.
 FAST_DEFAULTS: dict[str, Any] = {"image_size": 224, "batch_size": 32, "holdout": 0.1}
 # Options that say where and how fast a run works, not what it trains: outside the fingerprint.
-# `data` is there too: the data's identity is its content (data.DataIdentity), not its path.
+# `data` is there too: the data's identity is its content (folders.DataIdentity), not its path.
 # `precision` too: "auto" means another policy on other hardware, and a run resumed on another
 # machine type must go on; its scores agree within tests/job/test_precision.py's tolerance.
 NOT_FINGERPRINTED = frozenset({"data", "out", "cache_dir", "workers", "progress", "precision"})
@@ -111,7 +111,7 @@ class TrainConfig:
     def augment(self) -> bool:
         """The guide trained without augmentation; the fast recipe augments while fine-tuning:
         left-right flips from cached block4 maps with one block unfrozen, flips and 90-degree
-        rotations of the images with more (see train._train_fast)."""
+        rotations of the images with more (see recipes.fast)."""
         return self.recipe == "fast"
 
     def phases(self) -> list[tuple[str, int]]:
@@ -125,7 +125,8 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Identifies the options the trained result depends on (not where data and results are,
-        nor how fast it runs); the data's content has its own fingerprint (data.data_identity)."""
+        nor how fast it runs); the data's content has its own fingerprint
+        (folders.data_identity)."""
         relevant = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

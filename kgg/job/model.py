@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
-from kgg.job import data as data_lib
+from kgg.job import pipeline
 
 # keras.applications' "caffe" preprocessing for VGG: RGB -> BGR, minus the ImageNet BGR mean.
 # https://github.com/keras-team/keras/blob/master/keras/src/applications/imagenet_utils.py
@@ -262,7 +262,7 @@ def predict(
     model: Any, images: Any, batch_size: int, verbose: int = 0, jit_compile: bool = False
 ) -> np.ndarray:
     """`model`'s outputs for every row of `images` (an array or rows on disk), in order, in
-    batches of one shape (see data.prediction_batches): its predict function is traced once,
+    batches of one shape (see pipeline.prediction_batches): its predict function is traced once,
     however often it is called.
 
     Chunk by chunk (PREDICT_CHUNK_BATCHES batches per model.predict): Keras holds each call's
@@ -277,13 +277,13 @@ def predict(
     result: np.ndarray | None = None
     for start in range(0, len(images), chunk):
         part = images[start : start + chunk]  # a view, of rows on disk too: nothing read yet
-        batches = data_lib.prediction_batches(part, batch_size)
+        batches = pipeline.prediction_batches(part, batch_size)
         out = model.predict(batches, verbose=verbose)[: len(part)]
         if result is None:
             result = np.empty((len(images), *out.shape[1:]), out.dtype)
         result[start : start + len(part)] = out
     if result is None:  # no rows: one call gives the output's shape and dtype
-        empty = data_lib.prediction_batches(images, batch_size)
+        empty = pipeline.prediction_batches(images, batch_size)
         return model.predict(empty, verbose=verbose)[:0]
     return result
 

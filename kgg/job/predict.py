@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
-from kgg.job import data as data_lib
+from kgg.job import folders
+from kgg.job import images as images_lib
 from kgg.job import model as model_lib
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -49,12 +50,12 @@ def _model_file(model: str, scratch: Path) -> tuple[Path, str, list[str]]:
 
 def _image_files(images: str, cache_dir: str) -> tuple[Path, list[str]]:
     """The local folder of `images` and its files; a missing or empty folder raises DataError."""
-    folder = data_lib.fetch_data(images, cache_dir)
+    folder = folders.fetch_data(images, cache_dir)
     if not folder.is_dir():
-        raise data_lib.DataError(f"images folder {images} does not exist")
-    files = data_lib.discover_test(folder)
+        raise folders.DataError(f"images folder {images} does not exist")
+    files = folders.discover_test(folder)
     if not files:
-        raise data_lib.DataError(f"images folder {images} has no files; expected *.png or *.jpg")
+        raise folders.DataError(f"images folder {images} has no files; expected *.png or *.jpg")
     return folder, files
 
 
@@ -92,11 +93,11 @@ def predict(model: str, images: str, out: str, cache_dir: str) -> Path | str:
         folder, files = _image_files(images, cache_dir)
         network = _load(local_model, model_url, class_names)
         size = int(network.inputs[0].shape[1])
-        pixels, ok, skipped = data_lib.load_images(folder, files, size, cache_dir)
+        pixels, ok, skipped = images_lib.load_images(folder, files, size, cache_dir)
         for item in skipped:
             print(f"skipped {item['file']}: {item['reason']}")
         if not ok:
-            raise data_lib.DataError(f"no readable image under {images}")
+            raise folders.DataError(f"no readable image under {images}")
         probs = model_lib.predict(network, pixels, BATCH_SIZE)
     from kgg.job.report import predictions_csv
 

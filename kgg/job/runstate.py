@@ -6,7 +6,7 @@ state, history) plus the weight files it names. Weights are written before state
 and in the bucket, so a kill between the two never leaves state pointing at missing weights.
 
 A run is identified by its fingerprint: the options it trains with and its data's content
-(data.DataIdentity). A rerun with another fingerprint never resumes or reports the run in --out:
+(folders.DataIdentity). A rerun with another fingerprint never resumes or reports the run in --out:
 it stops with one line saying what changed, or with --restart starts over.
 """
 
@@ -19,6 +19,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,30 @@ STATE_VERSION = 2
 # rehearsals of the resume path.
 FAIL_AFTER_ENV = "KGG_FAIL_AFTER_EPOCHS"
 RESTART_HINT = "add --restart to start over"
+
+
+@dataclass
+class PhaseState:
+    """Where one phase stands: epochs done, early stopping, and its time and images, as
+    state.json records them under `phases`."""
+
+    epochs_done: int = 0
+    done: bool = False
+    # Early stopping ended it before its last epoch.
+    stopped: bool = False
+    # The monitored value of the best epoch (or of the weights the phase started from).
+    best: float | None = None
+    # Epochs since the best one.
+    wait: int = 0
+    seconds: float = 0.0
+    images: int = 0
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> PhaseState:
+        return cls(**{f.name: document[f.name] for f in fields(cls) if f.name in document})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class SimulatedInterruption(RuntimeError):
@@ -189,6 +214,8 @@ class Run:
         self.fail_after = int(fail_after) if fail_after else None
         self.epochs_this_process = 0
         self.state = self._load_state(restart)
+        # The phase running now, for the progress.json of a failed or interrupted run.
+        self.current_phase = ""
         self.work.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -211,6 +238,12 @@ class Run:
             "phases": {},
             "history": [],
         }
+
+    @property
+    def phases(self) -> dict[str, PhaseState]:
+        """Every phase started so far, by name, in the order they started."""
+        phases: dict[str, PhaseState] = self.state["phases"]
+        return phases
 
     @staticmethod
     def _score(state: dict[str, Any] | None) -> int:
@@ -272,6 +305,8 @@ class Run:
             self.start_over()
             return self._new_state()
         print(f"resuming the run in {self.config.out} ({self._describe(state)})")
+        phases = state.get("phases", {})
+        state["phases"] = {name: PhaseState.from_dict(p) for name, p in phases.items()}
         return state
 
     def _clear_work(self) -> None:
@@ -291,23 +326,14 @@ class Run:
         ]
         return ", ".join(parts) or "nothing finished yet"
 
-    def phase(self, name: str) -> dict[str, Any]:
-        return self.state["phases"].setdefault(
-            name,
-            {
-                "epochs_done": 0,
-                "done": False,
-                "stopped": False,
-                "best": None,
-                "wait": 0,
-                "seconds": 0.0,
-                "images": 0,
-            },
-        )
+    def phase(self, name: str) -> PhaseState:
+        """The state of phase `name`, a new one when it has not started."""
+        return self.phases.setdefault(name, PhaseState())
 
     def save(self) -> None:
         """Writes state.json after the weights it names, then mirrors the folder to the bucket."""
-        storage.write_json(self.work / "state.json", self.state)
+        phases = {name: p.to_dict() for name, p in self.phases.items()}
+        storage.write_json(self.work / "state.json", {**self.state, "phases": phases})
         if self.remote_backup:
             storage.upload_tree(
                 self.work,

@@ -115,7 +115,7 @@ def test_disk_peak_sees_a_file_that_came_and_went_while_it_sampled(tmp_path: Pat
 def test_probe_reports_the_seconds_and_files_the_job_decoded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kgg.job import data
+    from kgg.job import images as images_lib
 
     calls: list[int] = []
 
@@ -124,11 +124,11 @@ def test_probe_reports_the_seconds_and_files_the_job_decoded(
         time.sleep(0.05)
         return "decoded"
 
-    monkeypatch.setattr(data, "load_images", slow_load)
+    monkeypatch.setattr(images_lib, "load_images", slow_load)
     report = tmp_path / "probe.json"
     probe.time_decoding(report)
-    assert data.load_images(Path("test"), ["a.png"] * 3, 32, tmp_path) == "decoded"
-    assert data.load_images(Path("train"), ["b.png"] * 5, 32, tmp_path) == "decoded"
+    assert images_lib.load_images(Path("test"), ["a.png"] * 3, 32, tmp_path) == "decoded"
+    assert images_lib.load_images(Path("train"), ["b.png"] * 5, 32, tmp_path) == "decoded"
     spent = json.loads(report.read_text())
     assert calls == [3, 5]
     assert spent["files"] == 8

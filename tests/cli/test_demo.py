@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from kgg.cli.demo import IMAGES_PER_CLASS, SPECIES, TEST_IMAGES, make_dataset
-from kgg.job import data
+from kgg.job import folders
+from kgg.job import images as images_lib
 from kgg.job.runtime import Precision, Runtime
 
 
@@ -23,8 +24,12 @@ def test_demo_data_has_twelve_imbalanced_classes_odd_formats_and_corrupt_files(
     assert any(p.suffix == ".JPG" for p in files)
     sizes = {Image.open(p).size for p in files if p.suffix == ".png"}
     assert len(sizes) > 10
-    images, ok, skipped = data.load_images(
-        tmp_path / "test", data.discover_test(tmp_path / "test"), 32, tmp_path / "c", progress=False
+    images, ok, skipped = images_lib.load_images(
+        tmp_path / "test",
+        folders.discover_test(tmp_path / "test"),
+        32,
+        tmp_path / "c",
+        progress=False,
     )
     assert (len(ok), [s["file"] for s in skipped]) == (TEST_IMAGES, ["test/truncated.png"])
     assert images.dtype == np.uint8

@@ -125,7 +125,7 @@ def test_local_path_joins_a_plain_name(tmp_path: Path) -> None:
 def test_vm_data_fetch_never_writes_outside_its_cache(
     gcs_bucket_like_real_gcs: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kgg.job.data import fetch_data
+    from kgg.job.folders import fetch_data
 
     bucket = gcs_bucket_like_real_gcs
     storage.write_bytes(f"gs://{bucket}/data/ds/train/a/1.png", b"png")
@@ -156,7 +156,7 @@ def test_backup_restore_never_writes_outside_the_work_folder(
     victim = tmp_path / "home" / ".ipython" / "startup.py"
     plant_hostile_objects(bucket, "runs/r1/backup", victim, b"import os")
     run = Run(config, fingerprint)
-    assert run.state["phases"]["head"]["epochs_done"] == 1
+    assert run.phases["head"].epochs_done == 1
     assert victims_untouched(victim)
     assert capsys.readouterr().err.count("warning: not downloading") == 2
 

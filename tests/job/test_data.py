@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from kgg.common import storage
-from kgg.job import arrays, data
+from kgg.job import arrays, folders, pipeline
+from kgg.job import images as images_lib
+from kgg.job import splits as splits_lib
 from tests.job.conftest import png_bytes, write_tiny_data
 
 
@@ -38,21 +40,21 @@ def test_decode_gives_rgb_uint8_of_the_asked_size(
     tmp_path: Path, name: str, array: np.ndarray, fmt: str
 ) -> None:
     path = _write(tmp_path / name, png_bytes(array, fmt))
-    decoded = data.decode_image(path, 32)
+    decoded = images_lib.decode_image(path, 32)
     assert decoded.shape == (32, 32, 3)
     assert decoded.dtype == np.uint8
 
 
 def test_sixteen_bit_white_stays_white(tmp_path: Path) -> None:
     path = _write(tmp_path / "deep.png", png_bytes(np.full((8, 8), 65535, np.uint16)))
-    assert data.decode_image(path, 32).min() == 255
+    assert images_lib.decode_image(path, 32).min() == 255
 
 
 def test_corrupt_and_non_image_files_are_skipped_and_listed(tmp_path: Path) -> None:
     root = write_tiny_data(tmp_path / "data")
     _write(root / "train/Maize/notes.txt", b"not an image")
     _write(root / "train/Maize/cut.png", png_bytes(np.zeros((30, 30, 3), np.uint8))[:60])
-    dataset, classes = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    dataset, classes = images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
     assert len(dataset.files) == 18
     assert sorted(s["file"] for s in dataset.skipped) == [
         "train/Maize/cut.png",
@@ -65,69 +67,69 @@ def test_train_and_test_folders_match_case_insensitively(tmp_path: Path) -> None
     root = write_tiny_data(tmp_path / "data")
     (root / "train").rename(root / "Train")
     (root / "test").rename(root / "Test")
-    train, test = data.find_split_dirs(root)
+    train, test = folders.find_split_dirs(root)
     assert (train.name, test.name if test else None) == ("Train", "Test")
 
 
 def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     root = write_tiny_data(tmp_path / "data")
     (root / "train/Empty").mkdir()
-    with pytest.raises(data.DataError, match="Empty"):
-        data.load_train(root, 32, tmp_path / "cache", progress=False)
+    with pytest.raises(folders.DataError, match="Empty"):
+        images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
 
 
 def test_a_single_class_is_an_error(tmp_path: Path) -> None:
     root = write_tiny_data(tmp_path / "data", classes=("Maize",))
-    with pytest.raises(data.DataError, match="need at least 2"):
-        data.load_train(root, 32, tmp_path / "cache", progress=False)
+    with pytest.raises(folders.DataError, match="need at least 2"):
+        images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
 
 
 def test_no_readable_image_is_an_error_naming_the_folder(tmp_path: Path) -> None:
     _write(tmp_path / "data/train/a/x.png", b"junk")
     _write(tmp_path / "data/train/b/y.png", b"junk")
-    with pytest.raises(data.DataError, match="train"):
-        data.load_train(tmp_path / "data", 32, tmp_path / "cache", progress=False)
+    with pytest.raises(folders.DataError, match="train"):
+        images_lib.load_train(tmp_path / "data", 32, tmp_path / "cache", progress=False)
 
 
 def test_missing_train_folder_is_an_error_naming_the_root(tmp_path: Path) -> None:
     (tmp_path / "data/pictures").mkdir(parents=True)
-    with pytest.raises(data.DataError, match=str(tmp_path / "data")):
-        data.find_split_dirs(tmp_path / "data")
+    with pytest.raises(folders.DataError, match=str(tmp_path / "data")):
+        folders.find_split_dirs(tmp_path / "data")
 
 
 def test_decoded_images_are_cached_and_never_decoded_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = write_tiny_data(tmp_path / "data")
-    first, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    first, _ = images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
-    second, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    monkeypatch.setattr(images_lib, "decode_image", no_decoding)
+    second, _ = images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
     np.testing.assert_array_equal(_all(first.images), _all(second.images))
 
 
 def test_stratified_split_keeps_class_proportions_and_is_reproducible() -> None:
     labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
-    train, val = data.stratified_split(labels, 0.2, seed=7)
+    train, val = splits_lib.stratified_split(labels, 0.2, seed=7)
     assert np.bincount(labels[val]).tolist() == [10, 6, 4]
     assert sorted([*train, *val]) == list(range(100))
-    again_train, again_val = data.stratified_split(labels, 0.2, seed=7)
+    again_train, again_val = splits_lib.stratified_split(labels, 0.2, seed=7)
     np.testing.assert_array_equal(val, again_val)
     np.testing.assert_array_equal(train, again_train)
 
 
 def test_stratified_split_keeps_one_of_each_class_on_both_sides() -> None:
-    train, val = data.stratified_split(np.array([0, 0, 1, 1, 1, 1]), 0.1, seed=0)
+    train, val = splits_lib.stratified_split(np.array([0, 0, 1, 1, 1, 1]), 0.1, seed=0)
     assert len(val) == 2
     assert len(train) == 4
 
 
 def test_class_weights_balance_the_classes() -> None:
     labels = np.array([0] * 600 + [1] * 200)
-    weights = data.class_weights(labels, 3)
+    weights = splits_lib.class_weights(labels, 3)
     np.testing.assert_allclose(weights, [800 / (2 * 600), 800 / (2 * 200), 0.0])
     # each present class contributes the same total weight
     assert weights[0] * 600 == pytest.approx(weights[1] * 200)
@@ -140,7 +142,7 @@ def test_gs_data_is_mirrored_without_manifest_and_unchanged_files_are_not_copied
     url = f"gs://{gcs_bucket}/data"
     storage.upload_tree(root, url)
     storage.write_json(f"{url}/_upload_manifest.json", {"version": 1})
-    local = data.fetch_data(url, tmp_path / "cache", progress=False)
+    local = folders.fetch_data(url, tmp_path / "cache", progress=False)
     assert not (local / "_upload_manifest.json").exists()
     assert len(list(local.rglob("*.png"))) == 22
     storage.write_bytes(f"{url}/train/Maize/0.png", (root / "train/Maize/1.png").read_bytes())
@@ -161,9 +163,9 @@ def test_the_data_is_listed_once_for_its_identity_and_its_mirror(
     listed: list[str] = []
     real = storage.list_objects
     monkeypatch.setattr(storage, "list_objects", lambda u: (listed.append(str(u)), real(u))[1])
-    listing = data.list_data(url)
-    identity = data.data_identity(url, listing)
-    local = data.fetch_data(url, tmp_path / "cache", progress=False, listing=listing)
+    listing = folders.list_data(url)
+    identity = folders.data_identity(url, listing)
+    local = folders.fetch_data(url, tmp_path / "cache", progress=False, listing=listing)
     assert [u for u in listed if storage.is_gcs(u)] == [url]
     assert (identity.files, len(list(local.rglob("*.png")))) == (22, 22)
     printed = capsys.readouterr().out
@@ -179,14 +181,14 @@ def test_a_mirror_that_does_not_fit_is_refused_before_anything_is_copied(
     storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
     monkeypatch.setattr(diskspace, "room", lambda folder: (10_000, 0))
     with pytest.raises(diskspace.DiskSpaceError, match=r"the data's mirror .* need .* under"):
-        data.fetch_data(url, tmp_path / "cache", progress=False)
+        folders.fetch_data(url, tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.png"))
 
 
 def test_make_dataset_gathers_rows_with_their_labels_and_weights_in_order() -> None:
     images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     labels = np.array([0, 1, 2, 0, 1])
-    batches = list(data.make_dataset(images, labels, 3, 2, sample_weights=np.arange(5.0) / 10))
+    batches = list(pipeline.make_dataset(images, labels, 3, 2, sample_weights=np.arange(5.0) / 10))
     rows = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _, _ in batches])
     assert rows.tolist() == [0, 1, 2, 3, 4]
     assert np.concatenate([y.numpy() for _, y, _ in batches]).argmax(1).tolist() == [0, 1, 2, 0, 1]
@@ -199,7 +201,9 @@ def test_each_epoch_draws_every_sample_once_from_one_of_its_cached_views() -> No
     # Row v * n + i is view v of sample i; its value says which: 100 * v + i.
     values = np.concatenate([np.arange(n) + 100 * v for v in range(views)]).astype(np.float16)
     labels = np.arange(n) % 3
-    ds, steps = data.training_dataset(values[:, None], labels, 3, 3, None, (1,), range(4), views)
+    ds, steps = pipeline.training_dataset(
+        values[:, None], labels, 3, 3, None, (1,), range(4), views
+    )
     drawn = np.concatenate([x.numpy()[:, 0] for x, y in ds]).astype(int)
     assert steps == 3
     epochs = drawn.reshape(4, n)
@@ -211,7 +215,7 @@ def test_view_rows_keep_the_label_of_their_sample() -> None:
     n = 6
     values = np.concatenate([np.arange(n), np.arange(n) + 100]).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1, 2])
-    ds, _ = data.training_dataset(values[:, None], labels, 3, 4, None, (3,), range(2), views=2)
+    ds, _ = pipeline.training_dataset(values[:, None], labels, 3, 4, None, (3,), range(2), views=2)
     for x, y in ds:
         samples = x.numpy()[:, 0].astype(int) % 100
         assert y.numpy().argmax(1).tolist() == labels[samples].tolist()
@@ -223,7 +227,7 @@ def test_an_epochs_batches_depend_on_the_seed_and_epoch_alone() -> None:
     labels = np.arange(10) % 2
 
     def epochs(first: int) -> list[np.ndarray]:
-        ds, steps = data.training_dataset(
+        ds, steps = pipeline.training_dataset(
             images, labels, 2, 4, None, (7, 1), range(first, 3), augment=True
         )
         batches = [x.numpy() for x, _ in ds]
@@ -239,33 +243,33 @@ def test_gs_data_identity_follows_the_objects_contents_not_their_names(
 ) -> None:
     url = f"gs://{gcs_bucket}/data"
     storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
-    before = data.data_identity(url)
+    before = folders.data_identity(url)
     maize, charlock = (storage.read_bytes(f"{url}/train/{c}/0.png") for c in ("Maize", "Charlock"))
     storage.write_bytes(f"{url}/train/Maize/0.png", charlock or b"")
     storage.write_bytes(f"{url}/train/Charlock/0.png", maize or b"")
-    swapped = data.data_identity(url)
+    swapped = folders.data_identity(url)
     assert (swapped.files, swapped.bytes) == (before.files, before.bytes)
     assert swapped.digest != before.digest
     storage.write_bytes(f"{url}/train/Maize/0.png", maize or b"")
     storage.write_bytes(f"{url}/train/Charlock/0.png", charlock or b"")
-    assert data.data_identity(url) == before
+    assert folders.data_identity(url) == before
 
 
 def test_object_without_md5_is_identified_by_the_upload_manifests_md5() -> None:
     """Composite objects (parallel uploads) have no MD5 in the listing; the manifest has one."""
     info = storage.ObjectInfo("train/a/0.png", 10, None, None)
     manifest = {"train/a/0.png": {"size": 10, "md5": "abc=="}}
-    assert data._object_checksum(info, manifest) == "abc=="
-    assert data._object_checksum(info, {"train/a/0.png": {"size": 11, "md5": "abc=="}}) == ""
+    assert folders._object_checksum(info, manifest) == "abc=="
+    assert folders._object_checksum(info, {"train/a/0.png": {"size": 11, "md5": "abc=="}}) == ""
 
 
 def test_mirror_drops_files_deleted_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
     url = f"gs://{gcs_bucket}/data"
     storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
-    local = data.fetch_data(url, tmp_path / "cache", progress=False)
+    local = folders.fetch_data(url, tmp_path / "cache", progress=False)
     assert (local / "train/Maize/0.png").is_file()
     storage.delete_file(f"{url}/train/Maize/0.png")
-    data.fetch_data(url, tmp_path / "cache", progress=False)
+    folders.fetch_data(url, tmp_path / "cache", progress=False)
     assert not (local / "train/Maize/0.png").exists()
     assert len(list(local.rglob("*.png"))) == 21
 
@@ -277,17 +281,19 @@ def test_decode_processes_write_every_file_into_its_own_row(
     root = write_tiny_data(tmp_path / "data")
     _write(root / "train/Maize/cut.png", png_bytes(np.zeros((30, 30, 3), np.uint8))[:60])
     train = root / "train"
-    files = data.discover_train(train)[0]
-    threads = data.load_images(train, files, 32, tmp_path / "threads", workers=2, progress=False)
-    monkeypatch.setattr(data, "PROCESS_POOL_MIN_FILES", 0)
-    monkeypatch.setattr(data, "DECODE_CHUNK", 3)  # several chunks per process, out of order
-    processes = data.load_images(train, files, 32, tmp_path / "processes", workers=2,
+    files = folders.discover_train(train)[0]
+    threads = images_lib.load_images(
+        train, files, 32, tmp_path / "threads", workers=2, progress=False
+    )
+    monkeypatch.setattr(images_lib, "PROCESS_POOL_MIN_FILES", 0)
+    monkeypatch.setattr(images_lib, "DECODE_CHUNK", 3)  # several chunks per process, out of order
+    processes = images_lib.load_images(train, files, 32, tmp_path / "processes", workers=2,
                                  progress=False)  # fmt: skip
     assert processes[1:] == threads[1:]
     ok, skipped = processes[1], processes[2]
     assert [s["file"] for s in skipped] == ["train/Maize/cut.png"]
     assert len(ok) == len(files) - 1
-    expected = np.stack([data.decode_image(train / files[i], 32) for i in ok])
+    expected = np.stack([images_lib.decode_image(train / files[i], 32) for i in ok])
     np.testing.assert_array_equal(_all(processes[0]), expected)
     np.testing.assert_array_equal(_all(threads[0]), expected)
 
@@ -303,22 +309,24 @@ def test_a_cache_of_the_in_memory_version_is_rebuilt_never_misread_and_removed(
     root = write_tiny_data(tmp_path / "data")
     _write(root / "train/Charlock/bad.png", b"not a png")
     train = root / "train"
-    files = data.discover_train(train)[0]
+    files = folders.discover_train(train)[0]
     images = tmp_path / "cache" / "images"
     images.mkdir(parents=True)
-    monkeypatch.setattr(data, "CACHE_VERSION", 2)
-    old_key = data._cache_key(train, files, 32)
+    monkeypatch.setattr(images_lib, "CACHE_VERSION", 2)
+    old_key = images_lib._cache_key(train, files, 32)
     np.save(images / f"{old_key}.npy", np.zeros((len(files) - 1, 32, 32, 3), np.uint8))
     old_meta = {"files": len(files), "ok": list(range(1, len(files))), "skipped": []}
     (images / f"{old_key}.json").write_text(json.dumps(old_meta))
-    monkeypatch.setattr(data, "CACHE_VERSION", 3)
+    monkeypatch.setattr(images_lib, "CACHE_VERSION", 3)
     # The same files under the current key too, as if written without a version: not read.
-    key = data._cache_key(train, files, 32)
+    key = images_lib._cache_key(train, files, 32)
     (images / f"{key}.npy").write_bytes((images / f"{old_key}.npy").read_bytes())
     (images / f"{key}.json").write_text(json.dumps(old_meta))
-    pixels, ok, skipped = data.load_images(train, files, 32, tmp_path / "cache", progress=False)
+    pixels, ok, skipped = images_lib.load_images(
+        train, files, 32, tmp_path / "cache", progress=False
+    )
     assert [s["file"] for s in skipped] == ["train/Charlock/bad.png"]
-    expected = np.stack([data.decode_image(train / files[i], 32) for i in ok])
+    expected = np.stack([images_lib.decode_image(train / files[i], 32) for i in ok])
     np.testing.assert_array_equal(_all(pixels), expected)
     assert sorted(p.stem for p in images.iterdir()) == [key, key]  # the old version's are gone
     assert json.loads((images / f"{key}.json").read_text())["version"] == 3
@@ -328,10 +336,10 @@ def test_a_cache_cut_short_is_named_deleted_and_decoded_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = write_tiny_data(tmp_path / "data")
-    data.load_train(root, 32, tmp_path / "cache", progress=False)
+    images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
     array = next((tmp_path / "cache/images").glob("*.npy"))
     array.write_bytes(array.read_bytes()[:-100])  # a disk that filled up under another tool
-    dataset, _ = data.load_train(root, 32, tmp_path / "cache", progress=False)
+    dataset, _ = images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
     assert "is unreadable" in capsys.readouterr().err
-    expected = np.stack([data.decode_image(root / "train" / f, 32) for f in dataset.files])
+    expected = np.stack([images_lib.decode_image(root / "train" / f, 32) for f in dataset.files])
     np.testing.assert_array_equal(_all(dataset.images), expected)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kgg.job import arrays, data, diskspace
+from kgg.job import arrays, diskspace
+from kgg.job import images as images_lib
 from kgg.job.cli import EXIT_USAGE
 from tests.job.conftest import train_argv, workload, write_tiny_data
 from tests.prerequisites import unavailable
@@ -66,9 +67,9 @@ def test_images_that_do_not_fit_are_refused_before_anything_is_decoded(
 ) -> None:
     root = write_tiny_data(tmp_path / "data")
     _free(monkeypatch, 1000)
-    monkeypatch.setattr(data, "decode_image", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(images_lib, "decode_image", lambda *a: pytest.fail("decoded"))
     with pytest.raises(diskspace.DiskSpaceError, match="the decoded images of train/"):
-        data.load_train(root, 32, tmp_path / "cache", progress=False)
+        images_lib.load_train(root, 32, tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache/images").iterdir()) == []
 
 
@@ -101,7 +102,7 @@ def test_a_disk_that_fills_while_the_maps_are_written_stops_the_run_and_a_rerun_
     monkeypatch.undo()  # space freed
     cached = sorted((tmp_path / "cache/images").iterdir())
     stamps = [p.stat().st_mtime_ns for p in cached]
-    monkeypatch.setattr(data, "decode_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(images_lib, "decode_image", lambda *a: pytest.fail("decoded again"))
     finished = workload(*train_argv(), cwd=tmp_path)
     assert finished.rc == 0, finished.err
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache/images").iterdir())] == stamps

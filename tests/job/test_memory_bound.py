@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kgg.job import arrays, data
+from kgg.job import arrays
+from kgg.job import images as images_lib
 from tests.job.conftest import write_class_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ def test_a_run_on_data_many_times_its_memory_bound_finishes_within_the_bound(
     children = [(_start(root), root) for root in (small, large)]  # side by side: half the time
     baseline, peak = (_peak(child, root) for child, root in children)
 
-    images = arrays.file_bytes(data.image_cache_shape(3360, SIZE), np.dtype(np.uint8))
+    images = arrays.file_bytes(images_lib.image_cache_shape(3360, SIZE), np.dtype(np.uint8))
     maps = (2 * 2310 + 660) * 14 * 14 * 512 * 2  # two views of train, one of validation
     assert images > 3 * BOUND and maps > 6 * BOUND
     grown = peak - baseline
@@ -86,5 +87,6 @@ def test_a_run_on_data_many_times_its_memory_bound_finishes_within_the_bound(
     # The cache is one row per file, on disk: 3,360 rows of 224 x 224 x 3.
     cached = sorted((large / "cache/images").glob("*.npy"), key=lambda p: p.stat().st_size)
     assert [p.stat().st_size for p in cached] == [
-        arrays.file_bytes(data.image_cache_shape(n, SIZE), np.dtype(np.uint8)) for n in (60, 3300)
+        arrays.file_bytes(images_lib.image_cache_shape(n, SIZE), np.dtype(np.uint8))
+        for n in (60, 3300)
     ]

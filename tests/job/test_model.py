@@ -100,19 +100,20 @@ def test_full_model_predicts_as_the_last_block_on_cached_maps_after_training_it(
     """Phase 2 trains block5 + head on cached block4 maps; the saved image model must agree."""
     import keras
 
-    from kgg.job import train
+    from kgg.job.fitting import compile_model
+    from kgg.job.maps import pooled_features, write_frozen_maps
 
     base = model.build_base("vgg16", None, TINY, include_top=False)
     base.trainable = False
     trunk, last_block = model.build_frozen_trunk(base), model.build_last_block(base)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (10, TINY, TINY, 3)).astype(np.uint8)
-    train.write_frozen_maps(trunk, images, 4, tmp_path / "maps.npy", views=2)
+    write_frozen_maps(trunk, images, 4, tmp_path / "maps.npy", views=2)
     maps = np.load(tmp_path / "maps.npy")
-    head = model.build_head(train.pooled_features(last_block, maps[:10], 4), 3, 0.0)
+    head = model.build_head(pooled_features(last_block, maps[:10], 4), 3, 0.0)
     model.unfreeze_last_blocks(base, 1)
     on_maps = model.build_maps_model(last_block, head)
-    train.compile_model(on_maps, keras.optimizers.Adam(1e-2))
+    compile_model(on_maps, keras.optimizers.Adam(1e-2))
     untrained = on_maps.predict(maps[:10].astype(np.float32), verbose=0)
     on_maps.fit(maps, np.eye(3)[rng.integers(0, 3, 20)], epochs=1, verbose=0)
     full = model.build_finetune_model(model.build_feature_extractor(base), head)
@@ -125,12 +126,12 @@ def test_full_model_predicts_as_the_last_block_on_cached_maps_after_training_it(
 
 
 def test_second_view_of_the_cached_maps_is_the_left_right_flipped_image(tmp_path: Path) -> None:
-    from kgg.job import train
+    from kgg.job.maps import write_frozen_maps
 
     base = model.build_base("vgg16", None, TINY, include_top=False)
     trunk = model.build_frozen_trunk(base)
     images = np.random.default_rng(1).integers(0, 255, (3, TINY, TINY, 3)).astype(np.uint8)
-    train.write_frozen_maps(trunk, images, 2, tmp_path / "maps.npy", views=2)
+    write_frozen_maps(trunk, images, 2, tmp_path / "maps.npy", views=2)
     maps = np.load(tmp_path / "maps.npy").astype(np.float32)
     flipped = trunk.predict(images[:, :, ::-1].astype(np.float32), verbose=0)
     np.testing.assert_allclose(maps[3:], flipped, rtol=2e-3, atol=1e-3 * np.abs(flipped).max())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kgg.common import storage
-from kgg.job import data
+from kgg.job import images as images_lib
 from kgg.job.config import TrainConfig, resolve
 from kgg.job.runstate import FAIL_AFTER_ENV, SimulatedInterruption
 from kgg.job.train import train
@@ -79,7 +79,7 @@ def _recomputed(run: TinyRun, files: list[str]) -> dict[str, Any]:
     from kgg.job.metrics import classification_metrics
 
     classes = json.loads((run.out / "class_names.json").read_text())
-    images = np.stack([data.decode_image(run.data / name, TINY) for name in files])
+    images = np.stack([images_lib.decode_image(run.data / name, TINY) for name in files])
     labels = np.array([classes.index(name.split("/")[1]) for name in files])
     model_lib.preprocess_layer()
     network = keras.models.load_model(run.out / "model.keras", compile=False)
