@@ -18,7 +18,7 @@ MAY_IMPORT = {
     "common": (),
     "job": ("common",),
     "cli": ("common", "job", "infra"),
-    "agent": ("common", "startup", "job"),
+    "agent": ("common", "startup"),
     "startup": ("common", "agent"),
     "infra": ("common", "startup"),
 }

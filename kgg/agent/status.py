@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kgg.agent.cloud import Bucket
+from kgg.common.contract import STATUS_OBJECT
 from kgg.common.documents import StartupStatus, update_file
 
-STATUS_OBJECT = "status/startup.json"
 UPLOAD_TRIES = 2
 # Failed uploads may cost one boot (the startup script and this agent together) this long.
 UPLOAD_BUDGET_SECONDS = 60.0

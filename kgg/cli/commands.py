@@ -216,7 +216,7 @@ def _status(args: argparse.Namespace) -> int:
     from kgg.cli import status
 
     bucket = resolve_bucket(args.bucket)
-    source = f"gs://{bucket}/{status.STATUS_KEY}"
+    source = f"gs://{bucket}/{status.STATUS_OBJECT}"
     fetch_group = _group_reader(args)
     if args.watch:
         try:
@@ -481,7 +481,7 @@ def _runs(args: argparse.Namespace) -> int:
     from kgg.common import storage
 
     bucket = resolve_bucket(args.bucket)
-    startup = status.parse_startup(storage.read_limited(f"gs://{bucket}/{status.STATUS_KEY}"))
+    startup = status.parse_startup(storage.read_limited(f"gs://{bucket}/{status.STATUS_OBJECT}"))
     current = startup.run_id if startup else None
     costs = results.run_costs(bucket)
     print(results.render_runs(results.list_runs(bucket), bucket, current, costs))

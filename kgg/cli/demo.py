@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
+from kgg.common.contract import MANIFEST_NAME, METRICS_FILE, RUNS_PREFIX
 from kgg.common.emulator import acting_as, running_emulator
 
 DEMO_BUCKET = "kgg-demo"
@@ -137,11 +138,11 @@ def run_demo(args: argparse.Namespace) -> None:
         print(f"demo: {sum(counts.values())} synthetic images in {len(counts)} classes")
         authority, laptop, vm = demo_identities(DEMO_BUCKET)
         with running_emulator(DEMO_BUCKET, authority) as url:
-            data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/runs/demo"
+            data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/{RUNS_PREFIX}demo"
             with acting_as(laptop):
                 stats = storage.upload_tree(scratch_dir / "data", data, progress=True)
                 manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
-                storage.write_json(f"{data}/_upload_manifest.json", manifest)
+                storage.write_json(f"{data}/{MANIFEST_NAME}", manifest)
             print(f"demo: emulator at {url}, uploaded {stats.copied} files to {data}")
             command = ["train", "--data", data, "--out", out, "--recipe", args.recipe]
             command += [*DEMO_OPTIONS, "--cache-dir", str(scratch_dir / "cache")]
@@ -155,7 +156,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def _report(out: str, args: argparse.Namespace) -> None:
     """The run's metrics and artifacts, as the laptop user reads them."""
-    metrics = storage.read_json(f"{out}/metrics.json") or {}
+    metrics = storage.read_json(f"{out}/{METRICS_FILE}") or {}
     scored_on = metrics.get("scored_on", "validation")
     print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
     for key in ("accuracy", "micro_f1", "macro_f1"):

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kgg.cli import commands as ops_cli
+from kgg.common.contract import CLI_NAME
 from kgg.job import cli as job_cli
 from kgg.job.config import RECIPES
 
@@ -30,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kgg",
+        prog=CLI_NAME,
         description="VGG transfer learning on an image folder (local or gs://), and its tools.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import hostkeys
+from kgg.common.contract import CLI_NAME
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: ssh runs its workload
 BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `kgg ssh-config`)"
@@ -58,7 +59,7 @@ def host_entry(
     --no-pin-host-key`) any host key is accepted and only IAP authenticates the VM."""
     if not HOST_NAME.fullmatch(host):
         raise UnsafeHostError(f"host name {host!r} must be letters, digits, . _ - (--name)")
-    proxy = ["env", f"PYTHONPATH={PROJECT_ROOT}", python, "-m", "kgg", "ssh-proxy"]
+    proxy = ["env", f"PYTHONPATH={PROJECT_ROOT}", python, "-m", CLI_NAME, "ssh-proxy"]
     proxy += ["--group", group]
     if known_hosts is not None:
         proxy += ["--known-hosts", str(known_hosts), "--host-key-alias", host]

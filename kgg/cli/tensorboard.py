@@ -25,7 +25,7 @@ from kgg.cli.results import (
     runs_url,
 )
 from kgg.common import storage
-from kgg.common.layout import TENSORBOARD_DIR
+from kgg.common.contract import TENSORBOARD_DIR
 from kgg.common.terminal import printable
 
 ALL = "all"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Exit codes of `train` and `predict` (README "Exit codes"), the contract's: the agent reads them.
+# EXIT_USAGE: bad data, path, option or model; data or options that differ from --out's run.
+# EXIT_RETRY: interrupted (SIGTERM, a simulated kill); the same command resumes.
+from kgg.common.contract import EXIT_RETRY, EXIT_USAGE
 from kgg.job.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
 from kgg.job.runtime import PRECISIONS
-
-# Exit codes of `train` and `predict` (README "Exit codes"):
-EXIT_USAGE = 2  # bad data, path, option or model; data or options that differ from --out's run
-EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted (SIGTERM, a simulated kill); the same command resumes
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
-from kgg.common.layout import MANIFEST_NAME
+from kgg.common.contract import MANIFEST_NAME
 from kgg.job import arrays, diskspace
 from kgg.job.arrays import DiskRows
 from kgg.job.atomic import atomic_path

@@ -20,6 +20,7 @@ from jinja2 import Environment
 
 from kgg.agent import units
 from kgg.agent.config import Paths, VmSettings
+from kgg.common.contract import BOOTSTRAP_PY, IDLE_TIMER, IDLE_UNIT
 
 
 class GpuSpec(Protocol):
@@ -155,7 +156,7 @@ def template_context(
     gpu = settings.gpu
     on_vm = Paths(Path("/"))
     idle_unit = {
-        "bootstrap": "/opt/keras-gpu-gcp/bootstrap/bootstrap.py",
+        "bootstrap": BOOTSTRAP_PY,
         "state": on_vm.on_vm(on_vm.state),
         "home": on_vm.on_vm(on_vm.notebook_home),
     }
@@ -176,8 +177,8 @@ def template_context(
             vm_settings(settings, idle_check_seconds=idle_check_seconds).to_json(),
             sort_keys=True,
         ),
-        "idle_service": units.render("kgg-idle-check.service.j2", **idle_unit),
-        "idle_timer": units.render("kgg-idle-check.timer.j2", period=idle_check_seconds),
+        "idle_service": units.render(f"{IDLE_UNIT}.j2", **idle_unit),
+        "idle_timer": units.render(f"{IDLE_TIMER}.j2", period=idle_check_seconds),
         **{key: _carried(key) for key in CARRIED},
     }
 
