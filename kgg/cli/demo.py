@@ -22,6 +22,7 @@ import numpy as np
 from kgg.common import storage
 from kgg.common.contract import MANIFEST_NAME, METRICS_FILE, RUNS_PREFIX
 from kgg.common.emulator import acting_as, running_emulator
+from kgg.common.errors import UserError
 
 DEMO_BUCKET = "kgg-demo"
 # The Kaggle Plant Seedlings classes, so the results look like the real run's.
@@ -38,6 +39,14 @@ DEMO_OPTIONS = [
     "--head-epochs", "20", "--finetune-epochs", "2", "--patience", "5",
     "--guide-epochs", "3",
 ]  # fmt: skip
+
+
+class DemoFailed(UserError):
+    """The rehearsed train command failed (its error is above): demo exits with its code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the demo's train command exited {code}; its error is above")
+        self.exit_code = code
 
 
 def seedling(species: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,7 +136,7 @@ def demo_identities(bucket: str) -> tuple[Any, str, str]:
 def run_demo(args: argparse.Namespace) -> None:
     """Generates the data, serves it from an emulator bucket and runs the VM's train command with
     the VM's identity, which the emulator's front holds to what the stack grants it."""
-    from kgg.cli.main import run as main
+    from kgg.job.cli import run_job
 
     # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
@@ -148,7 +157,9 @@ def run_demo(args: argparse.Namespace) -> None:
             command += [*DEMO_OPTIONS, "--cache-dir", str(scratch_dir / "cache")]
             print("demo: kgg " + " ".join(command) + "  (as the VM's account)")
             with acting_as(vm):
-                main(command)
+                code = run_job(command)
+            if code:
+                raise DemoFailed(code)
             with acting_as(laptop):
                 _report(out, args)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

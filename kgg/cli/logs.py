@@ -24,6 +24,7 @@ from kgg.common.contract import (
     ContractError,
     check_run_id,
 )
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 
 STARTUP = "startup"
@@ -35,7 +36,7 @@ TAIL_BYTES = 1 << 20
 CHUNK_BYTES = 8 << 20
 
 
-class LogNotFoundError(LookupError):
+class LogNotFoundError(UserError, LookupError):
     """No such log in the bucket (yet)."""
 
 

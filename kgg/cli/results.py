@@ -25,6 +25,7 @@ from kgg.common.contract import (
     RUNS_PREFIX,
 )
 from kgg.common.documents import Progress
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 from kgg.common.timestamps import format_duration
 
@@ -37,7 +38,7 @@ SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the
 MAX_PULL_BYTES = 20 * 10**9
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """The asked-for run is not in the bucket; the message lists the runs that are."""
 
 
