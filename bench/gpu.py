@@ -20,6 +20,7 @@ from bench import dataset, flops, hardware, precisions
 from bench import report as report_lib
 from bench.precisions import Measured, Setting
 from bench.report import Report, Target
+from kgg.common.contract import CLI_NAME
 
 if TYPE_CHECKING:
     from bench.run import Plan
@@ -68,7 +69,7 @@ def end_to_end(data_root: Path, image_size: int, cache: Path, log_path: Path) ->
     for path in (out, work):
         shutil.rmtree(path, ignore_errors=True)
     args = [
-        sys.executable, "-m", "kgg", "train", "--data", str(data_root), "--out", str(out),
+        sys.executable, "-m", CLI_NAME, "train", "--data", str(data_root), "--out", str(out),
         "--cache-dir", str(work), "--weights", "none", "--image-size", str(image_size),
         "--no-progress",
     ]  # fmt: skip

@@ -53,7 +53,7 @@ def gpu_check(agent: Agent) -> str:
 def _write_training_unit(agent: Agent) -> None:
     paths = agent.paths
     unit = render(
-        "kgg-training.service.j2",
+        f"{TRAINING_UNIT}.j2",
         app=paths.on_vm(paths.app),
         python=paths.on_vm(paths.venv_python),
         state=paths.on_vm(paths.state),

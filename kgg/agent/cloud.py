@@ -6,13 +6,25 @@ credentials, also against STORAGE_EMULATOR_HOST)."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from kgg.common.contract import (
+    BUCKET_KEY,
+    GROUP_NAME_KEY,
+    GROUP_REGION_KEY,
+    NOTIFY_SECRET_KEY,
+    PASSWORD_SECRET_KEY,
+    RUN_ID_KEY,
+    STOP_WORKFLOW_KEY,
+    WORKSPACE_PREFIX_KEY,
+    ContractError,
+    check_run_id,
+    check_secret_name,
+)
 from kgg.common.vm_runtime import (
-    SECRET_NAME,
+    ATTRIBUTES,
     CloudError,
     Endpoints,
     Metadata,
@@ -21,7 +33,6 @@ from kgg.common.vm_runtime import (
     start_stop_workflow,
 )
 
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 EXECUTION_WAIT_SECONDS = 60.0
 
 
@@ -53,25 +64,24 @@ class Instance:
     @classmethod
     def read(cls, metadata: Metadata) -> Instance:
         optional = metadata.optional
-        run_id = metadata.attribute("kgg-run-id")
-        if not RUN_ID.fullmatch(run_id):
-            raise CloudError(f"kgg-run-id {run_id!r} is not a run id (letters, digits, . _ -)")
-        secret = metadata.attribute("kgg-jupyter-password-secret")
-        if not SECRET_NAME.fullmatch(secret):
-            raise CloudError(f"kgg-jupyter-password-secret {secret!r} is not projects/P/secrets/S")
+        try:
+            run_id = check_run_id(metadata.attribute(RUN_ID_KEY))
+            secret = check_secret_name(metadata.attribute(PASSWORD_SECRET_KEY))
+        except ContractError as error:
+            raise CloudError(str(error)) from error
         return cls(
-            bucket=metadata.attribute("kgg-bucket"),
+            bucket=metadata.attribute(BUCKET_KEY),
             run_id=run_id,
             password_secret=secret,
             external_ip=optional("instance/network-interfaces/0/access-configs/0/external-ip"),
             name=optional("instance/name"),
             zone=optional("instance/zone").rsplit("/", 1)[-1],
-            group=optional("instance/attributes/kgg-instance-group"),
-            group_region=optional("instance/attributes/kgg-instance-group-region"),
+            group=optional(f"{ATTRIBUTES}{GROUP_NAME_KEY}"),
+            group_region=optional(f"{ATTRIBUTES}{GROUP_REGION_KEY}"),
             project=optional("project/project-id"),
-            workspace_prefix=optional("instance/attributes/kgg-workspace-prefix"),
-            notify_secret=optional("instance/attributes/kgg-notify-webhook-secret"),
-            stop_workflow=optional("instance/attributes/kgg-stop-workflow"),
+            workspace_prefix=optional(f"{ATTRIBUTES}{WORKSPACE_PREFIX_KEY}"),
+            notify_secret=optional(f"{ATTRIBUTES}{NOTIFY_SECRET_KEY}"),
+            stop_workflow=optional(f"{ATTRIBUTES}{STOP_WORKFLOW_KEY}"),
         )
 
 

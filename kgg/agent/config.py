@@ -10,18 +10,28 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# The units' names are the contract's (`kgg status` reports two of them); the agent's modules
+# import them from here.
+from kgg.common.contract import (  # noqa: F401
+    APP_DIR,
+    CONF_DIR,
+    IDLE_TIMER,
+    IDLE_UNIT,
+    JUPYTER_UNIT,
+    LOG_SYNC_UNIT,
+    PASSWORD_REFRESH_TIMER,
+    PASSWORD_REFRESH_UNIT,
+    RUNTIME_DIR,
+    STATE_DIR,
+    TRAINING_UNIT,
+    VENV_DIR,
+    WORKSPACE_FINAL_UNIT,
+    WORKSPACE_SYNC_TIMER,
+    WORKSPACE_SYNC_UNIT,
+)
+
 NOTEBOOK_USER = "jupyter"
-JUPYTER_UNIT = "kgg-jupyter.service"
-PASSWORD_REFRESH_UNIT = "kgg-password-refresh.service"
-WORKSPACE_SYNC_UNIT = "kgg-workspace-sync.service"
-WORKSPACE_SYNC_TIMER = "kgg-workspace-sync.timer"
-WORKSPACE_FINAL_UNIT = "kgg-workspace-final.service"
-PASSWORD_REFRESH_TIMER = "kgg-password-refresh.timer"
-TRAINING_UNIT = "kgg-training.service"
-IDLE_UNIT = "kgg-idle-check.service"
-IDLE_TIMER = "kgg-idle-check.timer"
 STARTUP_UNIT = "google-startup-scripts.service"
-LOG_SYNC_UNIT = "kgg-log-sync.service"
 # JupyterLab's runtime directory (/run/<name>: its data, runtime and IPython folders), which
 # systemd makes for the unit's user at each start and empties at each stop.
 JUPYTER_RUNTIME_DIRECTORY = "kgg-jupyter"
@@ -74,11 +84,11 @@ class Paths:
     root: Path = Path("/")
 
     def _at(self, path: str) -> Path:
-        return self.root / path
+        return self.root / path.lstrip("/")
 
     @property
     def state(self) -> Path:
-        return self._at("var/lib/keras-gpu-gcp")
+        return self._at(STATE_DIR)
 
     @property
     def markers(self) -> Path:
@@ -123,19 +133,19 @@ class Paths:
 
     @property
     def app(self) -> Path:
-        return self._at("opt/keras-gpu-gcp/app")
+        return self._at(APP_DIR)
 
     @property
     def venv_python(self) -> Path:
-        return self._at("opt/keras-gpu-gcp/venv/bin/python")
+        return self._at(f"{VENV_DIR}/bin/python")
 
     @property
     def venv_bin(self) -> Path:
-        return self._at("opt/keras-gpu-gcp/venv/bin")
+        return self._at(f"{VENV_DIR}/bin")
 
     @property
     def conf(self) -> Path:
-        return self._at("etc/keras-gpu-gcp")
+        return self._at(CONF_DIR)
 
     @property
     def settings(self) -> Path:
@@ -183,7 +193,7 @@ class Paths:
     def workspace_restored(self) -> Path:
         """Made at each boot once the workspace came back from the bucket (/run is empty at
         boot): only then may a sync mirror local deletions to the bucket."""
-        return self._at("run/keras-gpu-gcp/workspace-restored")
+        return self._at(f"{RUNTIME_DIR}/workspace-restored")
 
     @property
     def units(self) -> Path:

@@ -24,9 +24,9 @@ from typing import Any
 from kgg.agent.agent import Agent
 from kgg.agent.job_state import read_job_state
 from kgg.common import storage
+from kgg.common.contract import COST_OBJECT
 from kgg.common.documents import now_text
 
-COST_OBJECT = "status/cost.json"
 TICK_SECONDS = 60.0
 
 log = logging.getLogger("keras-gpu-gcp")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kgg.agent.job_state import write_job_state
-from kgg.common.layout import MANIFEST_NAME
+from kgg.common.contract import MANIFEST_NAME
 
 STABLE_MINUTES = 5
 POLL_SECONDS = 30

@@ -27,7 +27,7 @@ from kgg.agent.config import (
 )
 from kgg.agent.units import render, write_if_changed
 from kgg.agent.workspace import FINAL_SYNC_SECONDS, SYNC_SECONDS, workspace_command
-from kgg.common.layout import TLS_FINGERPRINT_ATTRIBUTE
+from kgg.common.contract import RUNS_PREFIX, TLS_FINGERPRINT_ATTRIBUTE
 from kgg.common.vm_runtime import CloudError
 
 # JupyterLab's first start imports a large env; give it this long to answer.
@@ -193,7 +193,7 @@ def _write_environment(agent: Agent) -> bool:
             ("KGG_BUCKET", instance.bucket),
             ("KGG_DATA", f"gs://{instance.bucket}/{agent.settings.data_path}"),
             ("KGG_RUN_ID", instance.run_id),
-            ("KGG_RUNS", f"gs://{instance.bucket}/runs"),
+            ("KGG_RUNS", f"gs://{instance.bucket}/{RUNS_PREFIX.removesuffix('/')}"),
         )
     )
     return write_if_changed(agent.paths.jupyter_env, text, 0o600)
@@ -202,7 +202,7 @@ def _write_environment(agent: Agent) -> bool:
 def jupyter_unit(paths: Paths) -> str:
     """kgg-jupyter.service: JupyterLab as the notebook user, configured only by root's files."""
     return render(
-        "kgg-jupyter.service.j2",
+        f"{JUPYTER_UNIT}.j2",
         user=NOTEBOOK_USER,
         workspace=paths.on_vm(paths.workspace),
         env_file=paths.on_vm(paths.jupyter_env),
@@ -224,17 +224,16 @@ def _write_units(agent: Agent) -> bool:
     refresh = {"app": paths.on_vm(paths.app), "python": paths.on_vm(paths.venv_python)}
     if agent.instance.workspace_url:
         workspace = refresh | {"user": NOTEBOOK_USER, "home": paths.on_vm(paths.notebook_home)}
-        for name, template, extra in (
-            (WORKSPACE_SYNC_UNIT, "kgg-workspace-sync.service.j2", {}),
-            (WORKSPACE_SYNC_TIMER, "kgg-workspace-sync.timer.j2", {"period": SYNC_SECONDS}),
-            (WORKSPACE_FINAL_UNIT, "kgg-workspace-final.service.j2",
-             {"deadline": FINAL_SYNC_SECONDS}),
-        ):  # fmt: skip
-            write_if_changed(paths.units / name, render(template, **workspace, **extra))
+        for name, extra in (
+            (WORKSPACE_SYNC_UNIT, {}),
+            (WORKSPACE_SYNC_TIMER, {"period": SYNC_SECONDS}),
+            (WORKSPACE_FINAL_UNIT, {"deadline": FINAL_SYNC_SECONDS}),
+        ):
+            write_if_changed(paths.units / name, render(f"{name}.j2", **workspace, **extra))
     write_if_changed(
         paths.units / PASSWORD_REFRESH_UNIT,
         render(
-            "kgg-password-refresh.service.j2",
+            f"{PASSWORD_REFRESH_UNIT}.j2",
             **refresh,
             state=paths.on_vm(paths.state),
             jupyter_conf=paths.on_vm(paths.jupyter),
@@ -242,7 +241,7 @@ def _write_units(agent: Agent) -> bool:
     )
     write_if_changed(
         paths.units / PASSWORD_REFRESH_TIMER,
-        render("kgg-password-refresh.timer.j2", period=PASSWORD_REFRESH_SECONDS),
+        render(f"{PASSWORD_REFRESH_TIMER}.j2", period=PASSWORD_REFRESH_SECONDS),
     )
     return write_if_changed(paths.units / JUPYTER_UNIT, unit)
 

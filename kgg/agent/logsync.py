@@ -18,8 +18,8 @@ from types import FrameType
 from kgg.agent.config import LOG_SYNC_UNIT, Paths
 from kgg.agent.units import render, write_if_changed
 from kgg.common import storage
+from kgg.common.contract import STARTUP_LOG_OBJECT, TRAIN_LOG_FILE, run_folder
 
-STARTUP_LOG_OBJECT = "logs/startup.log"
 LOG_SYNC_SECONDS = 5.0
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 # A VM on a new disk takes over its run's log up to this size (a run's log is megabytes).
@@ -29,7 +29,7 @@ log = logging.getLogger("keras-gpu-gcp")
 
 
 def train_log_object(run_id: str) -> str:
-    return f"runs/{run_id}/train.log"
+    return f"{run_folder(run_id)}{TRAIN_LOG_FILE}"
 
 
 def log_objects(paths: Paths, run_id: str) -> dict[Path, str]:
@@ -123,7 +123,7 @@ def sync_loop(
 def write_unit(paths: Paths) -> bool:
     """kgg-log-sync.service; True when its text changed."""
     unit = render(
-        "kgg-log-sync.service.j2",
+        f"{LOG_SYNC_UNIT}.j2",
         app=paths.on_vm(paths.app),
         python=paths.on_vm(paths.venv_python),
         state=paths.on_vm(paths.state),

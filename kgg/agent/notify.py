@@ -12,6 +12,7 @@ from typing import Any
 
 from kgg.agent.agent import Agent
 from kgg.common import storage
+from kgg.common.contract import METRICS_FILE, run_folder
 from kgg.common.documents import read
 from kgg.common.timestamps import format_duration
 from kgg.common.vm_runtime import CloudError, post_webhook
@@ -50,7 +51,9 @@ def run_ended(agent: Agent, state: str) -> bool:
     """The run's end: its state, headline score, training time and estimated cost."""
     run_id = agent.instance.run_id
     try:
-        data = storage.read_limited(f"gs://{agent.instance.bucket}/runs/{run_id}/metrics.json")
+        data = storage.read_limited(
+            f"gs://{agent.instance.bucket}/{run_folder(run_id)}{METRICS_FILE}"
+        )
         metrics = json.loads(data) if data else None
     except (storage.StorageError, ValueError):  # the bucket's: any of it may be wrong
         metrics = None

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kgg.agent.cloud import Bucket
+from kgg.common.contract import STATUS_OBJECT
 from kgg.common.documents import StartupStatus, update_file
 from kgg.common.vm_runtime import UPLOAD_TRIES, UploadBudget, with_retries
 
-STATUS_OBJECT = "status/startup.json"
 LOG_TAIL_LINES = 40
 
 

@@ -18,7 +18,7 @@ from kgg.agent.logsync import LogMirror, restore_training_log, train_log_object
 from kgg.agent.notify import run_ended, step_failed
 from kgg.agent.status import log_tail
 from kgg.agent.stop import stop_vm
-from kgg.job.cli import EXIT_RETRY
+from kgg.common.contract import CLI_NAME, EXIT_RETRY, RUNS_PREFIX
 
 # How often the service looks for the uploaded data (KGG_DATA_POLL_SECONDS in the tests).
 DATA_POLL_SECONDS = 30.0
@@ -39,7 +39,7 @@ def train_command(agent: Agent, data: str, out: str) -> list[str]:
     return [
         "runuser", "-u", NOTEBOOK_USER, "--", "env", f"HOME={paths.on_vm(paths.notebook_home)}",
         f"PYTHONPATH={paths.on_vm(paths.app)}", paths.on_vm(paths.venv_python),
-        "-m", "kgg", "train", "--data", data, "--out", out, *agent.settings.training_args,
+        "-m", CLI_NAME, "train", "--data", data, "--out", out, *agent.settings.training_args,
     ]  # fmt: skip
 
 
@@ -77,7 +77,7 @@ def _interrupted(agent: Agent) -> int:
 def training_job(agent: Agent, *, poll_seconds: float = DATA_POLL_SECONDS) -> int:
     bucket, run_id = agent.instance.bucket, agent.instance.run_id
     data = f"gs://{bucket}/{agent.settings.data_path.strip('/')}"
-    out = f"gs://{bucket}/runs/{run_id}"
+    out = f"gs://{bucket}/{RUNS_PREFIX}{run_id}"
     restore_training_log(agent.paths, bucket, run_id)
     mirror = LogMirror(bucket, {agent.paths.training_log: train_log_object(run_id)})
     previous = signal.signal(signal.SIGTERM, _stop)

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
+from kgg.common.contract import MANIFEST_NAME, METRICS_FILE, RUNS_PREFIX
 from kgg.common.emulator import acting_as, running_emulator
+from kgg.common.errors import UserError
 
 DEMO_BUCKET = "kgg-demo"
 # The Kaggle Plant Seedlings classes, so the results look like the real run's.
@@ -37,6 +39,14 @@ DEMO_OPTIONS = [
     "--head-epochs", "20", "--finetune-epochs", "2", "--patience", "5",
     "--guide-epochs", "3",
 ]  # fmt: skip
+
+
+class DemoFailed(UserError):
+    """The rehearsed train command failed (its error is above): demo exits with its code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the demo's train command exited {code}; its error is above")
+        self.exit_code = code
 
 
 def seedling(species: int, rng: np.random.Generator) -> np.ndarray:
@@ -126,7 +136,7 @@ def demo_identities(bucket: str) -> tuple[Any, str, str]:
 def run_demo(args: argparse.Namespace) -> None:
     """Generates the data, serves it from an emulator bucket and runs the VM's train command with
     the VM's identity, which the emulator's front holds to what the stack grants it."""
-    from kgg.cli.main import run as main
+    from kgg.job.cli import run_job
 
     # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
@@ -137,17 +147,19 @@ def run_demo(args: argparse.Namespace) -> None:
         print(f"demo: {sum(counts.values())} synthetic images in {len(counts)} classes")
         authority, laptop, vm = demo_identities(DEMO_BUCKET)
         with running_emulator(DEMO_BUCKET, authority) as url:
-            data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/runs/demo"
+            data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/{RUNS_PREFIX}demo"
             with acting_as(laptop):
                 stats = storage.upload_tree(scratch_dir / "data", data, progress=True)
                 manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
-                storage.write_json(f"{data}/_upload_manifest.json", manifest)
+                storage.write_json(f"{data}/{MANIFEST_NAME}", manifest)
             print(f"demo: emulator at {url}, uploaded {stats.copied} files to {data}")
             command = ["train", "--data", data, "--out", out, "--recipe", args.recipe]
             command += [*DEMO_OPTIONS, "--cache-dir", str(scratch_dir / "cache")]
             print("demo: kgg " + " ".join(command) + "  (as the VM's account)")
             with acting_as(vm):
-                main(command)
+                code = run_job(command)
+            if code:
+                raise DemoFailed(code)
             with acting_as(laptop):
                 _report(out, args)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
@@ -155,7 +167,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def _report(out: str, args: argparse.Namespace) -> None:
     """The run's metrics and artifacts, as the laptop user reads them."""
-    metrics = storage.read_json(f"{out}/metrics.json") or {}
+    metrics = storage.read_json(f"{out}/{METRICS_FILE}") or {}
     scored_on = metrics.get("scored_on", "validation")
     print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
     for key in ("accuracy", "micro_f1", "macro_f1"):

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kgg.common.errors import UserError
 from kgg.common.terminal import clean_document
 
 ENDPOINT_ENV = "KGG_COMPUTE_ENDPOINT"
@@ -38,7 +39,7 @@ TEMPLATE_PATH = re.compile(
 )
 
 
-class GceError(RuntimeError):
+class GceError(UserError, RuntimeError):
     """A Compute Engine call failed; the message names the call and what to do."""
 
 

@@ -7,28 +7,28 @@ TAIL_BYTES, and each poll reads at most CHUNK_BYTES (the rest at the next)."""
 from __future__ import annotations
 
 import codecs
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 from kgg.cli.results import LATEST, resolve_run
-from kgg.cli.status import (
-    RUNS_PREFIX,
-    STATUS_KEY,
-    fetch_documents,
-    parse_progress,
-    parse_startup,
-)
+from kgg.cli.status import fetch_documents, parse_progress, parse_startup
 from kgg.common import storage
-from kgg.common.layout import PROGRESS_FILE
+from kgg.common.contract import (
+    PROGRESS_FILE,
+    RUNS_PREFIX,
+    STARTUP_LOG_OBJECT,
+    STATUS_OBJECT,
+    TRAIN_LOG_FILE,
+    ContractError,
+    check_run_id,
+)
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 
 STARTUP = "startup"
 TRAIN = "train"
-STARTUP_LOG_OBJECT = "logs/startup.log"  # kgg/agent/logsync.py writes it
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 FOLLOW_SECONDS = 5.0
 ENDED_RUN_STATES = {"done": 0, "failed": 1}
 # A log read from its start shows this much of its end; a poll reads at most CHUNK_BYTES.
@@ -36,7 +36,7 @@ TAIL_BYTES = 1 << 20
 CHUNK_BYTES = 8 << 20
 
 
-class LogNotFoundError(LookupError):
+class LogNotFoundError(UserError, LookupError):
     """No such log in the bucket (yet)."""
 
 
@@ -53,7 +53,7 @@ class LogSource:
 def _run_ended(bucket: str, run_id: str) -> Callable[[], int | None]:
     def ended() -> int | None:
         progress = parse_progress(
-            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
+            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}{run_id}/{PROGRESS_FILE}")
         )
         return ENDED_RUN_STATES.get(progress.state) if progress and progress.state else None
 
@@ -61,7 +61,7 @@ def _run_ended(bucket: str, run_id: str) -> Callable[[], int | None]:
 
 
 def _boot_ended(bucket: str) -> int | None:
-    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_KEY}"))
+    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_OBJECT}"))
     if startup is None:
         return None
     if startup.phase == "failed":
@@ -82,12 +82,12 @@ def log_source(bucket: str, which: str) -> LogSource:
         run_id = resolve_run(bucket, LATEST)
     else:
         run_id = which
-    if not RUN_ID.fullmatch(run_id):
-        raise LogNotFoundError(
-            f"{printable(run_id)!r} is not a run id (letters, digits, . _ -); see `kgg runs`"
-        )
+    try:
+        check_run_id(run_id, source="", fix="see `kgg runs`")
+    except ContractError as error:
+        raise LogNotFoundError(str(error)) from None
     return LogSource(
-        f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/train.log",
+        f"gs://{bucket}/{RUNS_PREFIX}{run_id}/{TRAIN_LOG_FILE}",
         f"run {run_id}'s training log",
         _run_ended(bucket, run_id),
     )

@@ -1,5 +1,5 @@
-"""`kgg ...`: the job's commands (kgg/job/cli.py), the laptop's
-(kgg/cli/commands.py) and `demo`, which rehearses both on this machine.
+"""`kgg ...`: the parser built from the command modules, and the one place a user's error
+becomes one line and an exit code.
 
 Importing this module never imports TensorFlow: the laptop commands must run without it. Each
 command imports what it needs when it runs.
@@ -14,42 +14,43 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kgg.cli import commands as ops_cli
-from kgg.cli import init as init_command
-from kgg.job import cli as job_cli
-from kgg.job.config import RECIPES
+from kgg.cli.commands import demo, group, init, logs, remote, results, status, tensorboard, upload
+from kgg.common.contract import CLI_NAME
+from kgg.common.errors import UserError
+from kgg.job import cli as job
 
 EXIT_CRASH = 1  # a bug or an unforeseen failure: its traceback is on stderr
 
+# Each has register(subparsers) and run(args), in the order `kgg --help` lists them.
+COMMANDS = (init, job, demo, upload, status, results, logs, tensorboard, group, remote)
 
-def _demo(args: argparse.Namespace) -> int:
-    from kgg.cli.demo import run_demo
 
-    run_demo(args)
-    return 0
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Every command's parser, on `subparsers`."""
+    for command in COMMANDS:
+        command.register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kgg",
+        prog=CLI_NAME,
         description="VGG transfer learning on an image folder (local or gs://), and its tools.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    job_cli.add_commands(subparsers)
-    demo = subparsers.add_parser(
-        "demo", help="local rehearsal: synthetic data in a GCS emulator, the real train command"
-    )
-    demo.add_argument("--keep", help="also copy the demo's results to this local folder")
-    demo.add_argument("--recipe", choices=RECIPES, default="fast")
-    demo.set_defaults(func=_demo)
-    ops_cli.add_commands(subparsers)
-    init_command.register(subparsers)
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs a parsed command; an error the user fixes is one line on stderr and its exit code."""
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return dispatch(build_parser().parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

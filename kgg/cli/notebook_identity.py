@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kgg.cli.lines import field
-from kgg.common.layout import NOTEBOOK_ACCESS_KEY, NOTEBOOK_PORT_KEY, TLS_FINGERPRINT_ATTRIBUTE
+from kgg.common.contract import NOTEBOOK_ACCESS_KEY, NOTEBOOK_PORT_KEY, TLS_FINGERPRINT_ATTRIBUTE
 
 FINGERPRINT = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){31}")
 TLS_NAMESPACE, _, TLS_KEY = TLS_FINGERPRINT_ATTRIBUTE.partition("/")

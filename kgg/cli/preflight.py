@@ -17,6 +17,7 @@ from typing import Any
 from kgg.cli.gce import CREDENTIALS_FIX, SCOPE
 from kgg.cli.gce import DEFAULT_ENDPOINT as COMPUTE_ENDPOINT
 from kgg.cli.gce import ENDPOINT_ENV as COMPUTE_ENDPOINT_ENV
+from kgg.common.errors import UserError
 from kgg.common.terminal import clean_document
 
 SERVICEUSAGE_ENDPOINT_ENV = "KGG_SERVICEUSAGE_ENDPOINT"
@@ -49,7 +50,7 @@ PREEMPTIBLE_GPU_METRICS = {
 }
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError):
     """A check could not run (no credentials, a refused call); the message says what to do."""
 
 

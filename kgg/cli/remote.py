@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import hostkeys
+from kgg.common.contract import CLI_NAME
+from kgg.common.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: ssh runs its workload
 BEGIN = "# >>> keras-gpu-gcp {name} >>> (written by `kgg ssh-config`)"
@@ -23,7 +25,7 @@ HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HOST_KEYS_PATH = f"{hostkeys.NAMESPACE}/"  # guest attributes: one per key type
 
 
-class UnsafeHostError(ValueError):
+class UnsafeHostError(UserError, ValueError):
     """A Host name or ssh config that the entry cannot be written into safely."""
 
 
@@ -35,6 +37,13 @@ def tunnel_command(
         "gcloud", "compute", "start-iap-tunnel", name, str(remote_port),
         f"--local-host-port=localhost:{local_port}", "--zone", zone, "--project", project,
     ]  # fmt: skip
+
+
+def ssh_command(name: str, zone: str, project: str, extra: list[str]) -> list[str]:
+    """`gcloud compute ssh` to the VM through IAP, with the command to run there, if any."""
+    command = ["gcloud", "compute", "ssh", name, "--zone", zone, "--project", project]
+    command.append("--tunnel-through-iap")
+    return [*command, *(["--", *extra] if extra else [])]
 
 
 def proxy_command(name: str, zone: str, project: str, port: str) -> list[str]:
@@ -58,7 +67,7 @@ def host_entry(
     --no-pin-host-key`) any host key is accepted and only IAP authenticates the VM."""
     if not HOST_NAME.fullmatch(host):
         raise UnsafeHostError(f"host name {host!r} must be letters, digits, . _ - (--name)")
-    proxy = ["env", f"PYTHONPATH={PROJECT_ROOT}", python, "-m", "kgg", "ssh-proxy"]
+    proxy = ["env", f"PYTHONPATH={PROJECT_ROOT}", python, "-m", CLI_NAME, "ssh-proxy"]
     proxy += ["--group", group]
     if known_hosts is not None:
         proxy += ["--known-hosts", str(known_hosts), "--host-key-alias", host]
@@ -127,6 +136,17 @@ def pin_host_keys(path: Path, lines: list[str], instance_id: str) -> bool:
     write_known_hosts(path, lines)
     _replace(marker, f"{instance_id}\n".encode(), 0o600)
     return same_vm and before != set(lines)
+
+
+def no_host_keys(name: str) -> str:
+    return (
+        f"error: the VM {name} has published no SSH host keys (guest attributes hostkeys/, "
+        "written at every boot), so ssh cannot check whom it reaches. Try again once `kgg "
+        "status` shows the boot past its first steps; a VM made before the stack set "
+        "enable-guest-attributes cannot publish them: `pulumi up`, then `kgg "
+        "stop` and `start`. To connect without checking the host key: `kgg "
+        "ssh-config --no-pin-host-key`."
+    )
 
 
 def changed_keys_warning(name: str, instance_id: str) -> str:

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
+from kgg.common.contract import (
+    BACKUP_DIR,
+    COST_OBJECT,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    RUNS_PREFIX,
+)
 from kgg.common.documents import Progress
-from kgg.common.layout import BACKUP_DIR, PROGRESS_FILE
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 from kgg.common.timestamps import format_duration
 
-RUNS_PREFIX = "runs"
+RUNS_FOLDER = "runs"  # where `pull` puts a run by default: DIR/RUN, as in the bucket
 LATEST = "latest"
 MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
 ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
@@ -31,7 +38,7 @@ SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the
 MAX_PULL_BYTES = 20 * 10**9
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """The asked-for run is not in the bucket; the message lists the runs that are."""
 
 
@@ -105,7 +112,7 @@ def read_document(url: str) -> Any | None:
 
 
 def runs_url(bucket: str) -> str:
-    return f"gs://{bucket}/{RUNS_PREFIX}"
+    return f"gs://{bucket}/{RUNS_PREFIX}".removesuffix("/")
 
 
 def runs_listing(bucket: str) -> dict[str, list[storage.ObjectInfo]]:
@@ -133,7 +140,7 @@ def list_runs(bucket: str) -> list[RunSummary]:
     for run_id, infos in grouped.items():
         names = {info.name for info in infos}
         base = f"{runs_url(bucket)}/{run_id}"
-        metrics = read_document(f"{base}/metrics.json") if "metrics.json" in names else None
+        metrics = read_document(f"{base}/{METRICS_FILE}") if METRICS_FILE in names else None
         progress = (
             Progress.from_json(read_document(f"{base}/{PROGRESS_FILE}"))
             if PROGRESS_FILE in names
@@ -150,9 +157,6 @@ def list_runs(bucket: str) -> list[RunSummary]:
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-COST_OBJECT = "status/cost.json"  # the VM's cost ledger (kgg/agent/cost.py)
 
 
 def run_costs(bucket: str) -> dict[str, tuple[float, float | None]]:
@@ -275,7 +279,7 @@ def pull_run(
     grouped = runs_listing(bucket)  # one listing: it resolves the run and lists its files
     run_id = resolve_run(bucket, run, grouped)
     # The run id is an object name: `..` must not turn `--to` into its parent.
-    target = storage.local_path(to if to is not None else RUNS_PREFIX, run_id)
+    target = storage.local_path(to if to is not None else RUNS_FOLDER, run_id)
     source = f"{runs_url(bucket)}/{run_id}"
     wanted = [info for info in grouped[run_id] if not info.name.startswith(f"{BACKUP_DIR}/")]
     refuse_oversized(source, wanted, max_bytes, "pull", "to pull it anyway: --max-gb N")
@@ -296,7 +300,7 @@ def render_pull(run_id: str, target: Path, stats: storage.SyncStats) -> str:
             f"  refused {stats.refused} objects whose names lead outside {target} (warnings "
             "above); this tool never writes such names: check who can write the bucket"
         )
-    for name in ("metrics.json", "submission.csv", PROGRESS_FILE):
+    for name in (METRICS_FILE, "submission.csv", PROGRESS_FILE):
         path = target / name
         if path.is_file():
             lines.append(f"  {path}")

@@ -26,13 +26,17 @@ from kgg.cli.gce import GceError
 from kgg.cli.lines import GCE_NAME, clock, field
 from kgg.cli.notebook_identity import render_notebook
 from kgg.common import storage
+from kgg.common.contract import (
+    JUPYTER_UNIT,
+    PROGRESS_FILE,
+    RUNS_PREFIX,
+    STATUS_OBJECT,
+    TRAINING_UNIT,
+)
 from kgg.common.documents import Cost, Failure, Progress, StartupStatus, Step
-from kgg.common.layout import PROGRESS_FILE
 from kgg.common.terminal import clean_document
 from kgg.common.timestamps import format_duration, parse_time
 
-STATUS_KEY = "status/startup.json"
-RUNS_PREFIX = "runs"
 # A healthy VM rewrites its status at every step and the job its progress every epoch; silence for
 # longer than this while something is still running usually means the VM stopped (spot preemption,
 # idle shutdown) or the startup script died.
@@ -49,8 +53,6 @@ INSTANCE_CMD = "INSTANCE"
 ZONE_CMD = "ZONE"
 # systemd units of the VM (kgg/startup/startup.sh.j2).
 STARTUP_UNIT = "google-startup-scripts.service"
-JUPYTER_UNIT = "kgg-jupyter.service"
-TRAINING_UNIT = "kgg-training.service"
 
 Doc = dict[str, Any]
 
@@ -339,7 +341,7 @@ def render_status(
     startup: StartupStatus | None,
     progress: Progress | None,
     now: datetime,
-    source: str = STATUS_KEY,
+    source: str = STATUS_OBJECT,
     group: GroupState | None = None,
 ) -> str:
     """The whole status report as text: a pure function of the two documents, GCE's view of the
@@ -429,12 +431,12 @@ def parse_progress(data: bytes | None) -> Progress | None:
 def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Progress | None]:
     """Reads status/startup.json and, for the run it names, runs/<run-id>/progress.json (each at
     most a document's size: storage.TooLargeError names a bigger one)."""
-    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_KEY}"))
+    startup = parse_startup(storage.read_limited(f"gs://{bucket}/{STATUS_OBJECT}"))
     run_id = startup.run_id if startup else None
     progress = None
     if run_id:
         progress = parse_progress(
-            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}/{run_id}/{PROGRESS_FILE}")
+            storage.read_limited(f"gs://{bucket}/{RUNS_PREFIX}{run_id}/{PROGRESS_FILE}")
         )
     return startup, progress
 
@@ -448,7 +450,7 @@ def watch(
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     clear: bool = False,
-    source: str = STATUS_KEY,
+    source: str = STATUS_OBJECT,
     fetch_group: Callable[[], GroupState | None] | None = None,
 ) -> int:
     """Prints the status every `interval` seconds until training ends or fails, or `max_seconds`.

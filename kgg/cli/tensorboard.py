@@ -25,7 +25,8 @@ from kgg.cli.results import (
     runs_url,
 )
 from kgg.common import storage
-from kgg.common.layout import TENSORBOARD_DIR
+from kgg.common.contract import TENSORBOARD_DIR
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 
 ALL = "all"
@@ -35,7 +36,7 @@ INSTALL_FIX = "uv sync --group tensorboard"
 APP_CACHE = "keras-gpu-gcp"
 
 
-class TensorBoardMissingError(RuntimeError):
+class TensorBoardMissingError(UserError, RuntimeError):
     """The tensorboard package is not installed; the message names the install command."""
 
 

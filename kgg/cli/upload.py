@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
-from kgg.common.layout import MANIFEST_NAME
+from kgg.common.contract import MANIFEST_NAME
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 
 MANIFEST_VERSION = 1
@@ -29,7 +30,7 @@ TRAIN_DIR = "train"
 TEST_DIR = "test"
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The local folder is not in the train/<class>/*.png layout; the message says what is wrong."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from kgg.common.contract import run_folder
+
 # The tag the job reports its headline micro-F1 under (kgg/job/trial.py writes it) and the metric
 # the study maximises: both sides must spell it alike (a test holds them equal).
 METRIC_ID = "micro_f1"
@@ -258,7 +260,7 @@ class Run:
 def output_prefix(bucket: str, run_id: str) -> str:
     """Where the run writes: the same folder a VM run has (`runs`, `pull`, `tensorboard` read
     it unchanged); a sweep's trials each get <prefix><trial-id>/ from Vertex."""
-    return f"gs://{bucket}/runs/{run_id}/"
+    return f"gs://{bucket}/{run_folder(run_id)}"
 
 
 def custom_job_spec(

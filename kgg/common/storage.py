@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kgg.common.errors import UserError
 from kgg.common.terminal import printable
 
 if TYPE_CHECKING:
@@ -32,11 +33,11 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_FIX = "gcloud auth application-default login"
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A bucket or object cannot be reached: the message names the URL and what to check."""
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(UserError, ValueError):
     """An object name that would land outside the folder it is downloaded into."""
 
 

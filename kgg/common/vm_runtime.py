@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kgg.common.contract import ContractError, check_secret_name
+
 T = TypeVar("T")
 
 LOG_TAG = "keras-gpu-gcp"
@@ -42,7 +44,8 @@ FINAL_HTTP = frozenset({400, 401, 403, 404})
 UPLOAD_BUDGET_SECONDS = 60.0
 UPLOAD_TRIES = 2
 
-SECRET_NAME = re.compile(r"projects/[A-Za-z0-9_-]+/secrets/[A-Za-z0-9_-]+")
+# Where the metadata server keeps an instance's custom metadata (contract.*_KEY).
+ATTRIBUTES = "instance/attributes/"
 WORKFLOW_NAME = re.compile(r"projects/[a-z0-9.:-]+/locations/[a-z0-9-]+/workflows/[A-Za-z0-9_-]+")
 
 
@@ -211,7 +214,7 @@ class Metadata:
             return ""
 
     def attribute(self, key: str) -> str:
-        return self.get(f"instance/attributes/{key}")
+        return self.get(f"{ATTRIBUTES}{key}")
 
     def token(self) -> str:
         """The VM's service account's access token; never logged."""
@@ -239,8 +242,10 @@ class Metadata:
 def read_secret(endpoints: Endpoints, metadata: Metadata, secret: str, what: str) -> str:
     """The secret's newest version as text ("" when its payload is not text), with the VM's
     service account; never logged."""
-    if not SECRET_NAME.fullmatch(secret):
-        raise CloudError(f"the secret of {what} {secret!r} is not projects/P/secrets/S")
+    try:
+        check_secret_name(secret, source=f"the secret of {what}")
+    except ContractError as error:
+        raise CloudError(str(error)) from error
     try:
         body = request(
             f"{endpoints.secret_manager}/{secret}/versions/latest:access",

@@ -18,11 +18,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kgg.common.contract import CLI_NAME, CODE_PREFIX
 from kgg.infra.stack_config import PROJECT_ROOT
 
 # The package the VM runs, less the room only `pulumi up` runs: a change to the stack's code then
 # does not replace the VM's.
-ARCHIVED_DIRS = ("kgg",)
+ARCHIVED_DIRS = (CLI_NAME,)
 NOT_ARCHIVED = ("kgg/infra/",)
 ARCHIVED_FILES = ("pyproject.toml", "uv.lock")
 _SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}
@@ -42,7 +43,7 @@ class WorkloadArchive:
 
     @property
     def object_name(self) -> str:
-        return f"code/workload-{self.sha256[:16]}.tar.gz"
+        return f"{CODE_PREFIX}workload-{self.sha256[:16]}.tar.gz"
 
 
 def _git_files(root: Path, pathspecs: tuple[str, ...]) -> list[str]:

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from kgg.common.contract import RUNS_PREFIX, STATUS_OBJECT
 from kgg.infra import specs
 from kgg.infra.archive import build_archive, write_archive
 from kgg.infra.password import jupyter_password_hash
@@ -258,8 +259,8 @@ class GpuNotebook(pulumi.ComponentResource):
             "region": settings.region,
             "zones": list(settings.zones),
             "sshCommand": specs.SSH_COMMAND,
-            "statusUrl": pulumi.Output.concat("gs://", self.bucket_name, "/status/startup.json"),
-            "runsUrl": pulumi.Output.concat("gs://", self.bucket_name, "/runs/"),
+            "statusUrl": pulumi.Output.concat("gs://", self.bucket_name, "/", STATUS_OBJECT),
+            "runsUrl": pulumi.Output.concat("gs://", self.bucket_name, "/", RUNS_PREFIX),
             "workspaceUrl": pulumi.Output.concat(
                 "gs://", self.bucket_name, "/", specs.WORKSPACE_PREFIX
             ),

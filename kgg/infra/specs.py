@@ -7,14 +7,27 @@ import hashlib
 import re
 from typing import Any
 
-from kgg.common.layout import NOTEBOOK_ACCESS_KEY, NOTEBOOK_PORT_KEY
+# The metadata keys are the contract's: the VM and `kgg status` read them (tests read them here).
+from kgg.common.contract import (
+    BUCKET_KEY,
+    GROUP_NAME_KEY,
+    GROUP_REGION_KEY,
+    NOTEBOOK_ACCESS_KEY,
+    NOTEBOOK_PORT_KEY,
+    NOTIFY_SECRET_KEY,
+    PASSWORD_SECRET_KEY,
+    RUN_ID_KEY,
+    STOP_WORKFLOW_KEY,
+    WORKLOAD_OBJECT_KEY,
+    WORKLOAD_SHA256_KEY,
+    WORKSPACE_PREFIX,
+    WORKSPACE_PREFIX_KEY,
+)
 from kgg.infra.catalogue import IMAGES
 from kgg.infra.settings import IAP_SOURCE_RANGE, StackSettings
 
 # With notebookAccess iap the notebook is reached through a tunnel to the laptop's own port.
 IAP_NOTEBOOK_URL = "https://localhost:{port} (through `kgg notebook`)"
-# The metadata key naming the webhook URL's secret (only with notifyWebhook set).
-NOTIFY_SECRET_KEY = "kgg-notify-webhook-secret"
 NETWORK_TAG = "keras-gpu-notebook"
 # The VM's own subnet in the stack's dedicated network.
 SUBNET_RANGE = "10.42.0.0/24"
@@ -25,17 +38,8 @@ PROJECT_ROLES = ("roles/logging.logWriter",)
 BUCKET_ROLE = "roles/storage.objectAdmin"
 # On the one secret that holds the Jupyter password hash, for the VM's service account only.
 SECRET_ROLE = "roles/secretmanager.secretAccessor"
-# Metadata key naming that secret (`projects/P/secrets/S`); the hash itself is never metadata.
-PASSWORD_SECRET_KEY = "kgg-jupyter-password-secret"
 # Bytes of the random suffix that keeps the stack's account and secret ids unique in a project.
 ID_SUFFIX_BYTES = 3
-# Metadata keys naming the VM's own group: the VM stops itself by resizing it to 0
-# (docs/ARCHITECTURE.md, "VM-side contract for capacity").
-GROUP_NAME_KEY = "kgg-instance-group"
-GROUP_REGION_KEY = "kgg-instance-group-region"
-# Metadata key naming the bucket prefix the VM mirrors its notebook workspace to.
-WORKSPACE_PREFIX_KEY = "kgg-workspace-prefix"
-WORKSPACE_PREFIX = "workspace/"
 # The VM stops itself through a Cloud Workflows workflow the program declares, which runs as an
 # account of its own (the stopper) and only resizes the VM's group to 0. The stopper may read and
 # update that one group (an IAM condition names it); the VM's account may only start the workflow
@@ -45,8 +49,6 @@ STOPPER_PERMISSIONS = (
     "compute.instanceGroupManagers.update",
 )
 STOP_INVOKE_PERMISSIONS = ("workflows.executions.create", "workflows.executions.get")
-# Metadata key naming the stop workflow (`projects/P/locations/R/workflows/W`).
-STOP_WORKFLOW_KEY = "kgg-stop-workflow"
 COMPUTE_API = "https://compute.googleapis.com/compute/v1"
 # A regional group spreads VMs over zones with a target shape: ANY lets it create the one VM in
 # whichever zone has capacity, and (unlike ANY_SINGLE_ZONE) allows repairing it in another zone.
@@ -319,10 +321,10 @@ def instance_metadata(
     return (
         static_metadata(settings, startup_script)
         | {
-            "kgg-bucket": bucket,
-            "kgg-workload-object": workload_object,
-            "kgg-workload-sha256": archive_sha256,
-            "kgg-run-id": run_id(archive_sha256, settings),
+            BUCKET_KEY: bucket,
+            WORKLOAD_OBJECT_KEY: workload_object,
+            WORKLOAD_SHA256_KEY: archive_sha256,
+            RUN_ID_KEY: run_id(archive_sha256, settings),
             PASSWORD_SECRET_KEY: password_secret,
             GROUP_NAME_KEY: group,
             GROUP_REGION_KEY: settings.region,

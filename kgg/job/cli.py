@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
+# Exit codes of `train` and `predict` (README "Exit codes"), the contract's: the agent reads them.
+# EXIT_USAGE: bad data, path, option or model; data or options that differ from --out's run.
+# EXIT_RETRY: interrupted (SIGTERM, a simulated kill); the same command resumes.
+from kgg.common.contract import CLI_NAME, EXIT_RETRY, EXIT_USAGE
 from kgg.job.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
 from kgg.job.runtime import PRECISIONS
-
-# Exit codes of `train` and `predict` (README "Exit codes"):
-EXIT_USAGE = 2  # bad data, path, option or model; data or options that differ from --out's run
-EXIT_RETRY = 75  # EX_TEMPFAIL: interrupted (SIGTERM, a simulated kill); the same command resumes
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +153,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """`train` and `predict`."""
     train = subparsers.add_parser(
         "train", help="train and evaluate; resumable: rerun the same command after a kill"
@@ -160,7 +161,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data", required=True, help="folder or gs:// prefix with train/ [test/]")
     train.add_argument("--out", required=True, help="results folder or gs:// prefix (one per run)")
     _add_train_options(train)
-    train.set_defaults(func=_train)
+    train.set_defaults(func=run)
 
     predict = subparsers.add_parser("predict", help="predict species for new images")
     predict.add_argument(
@@ -171,4 +172,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, help="CSV file, or a folder / gs:// prefix for predictions.csv"
     )
     predict.add_argument("--cache-dir", help="local cache for downloads")
-    predict.set_defaults(func=_predict)
+    predict.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"train": _train, "predict": _predict}[args.command](args)
+
+
+def run_job(argv: Sequence[str]) -> int:
+    """The job's commands alone, parsed as `kgg` parses them: what `demo` rehearses."""
+    parser = argparse.ArgumentParser(prog=CLI_NAME)
+    register(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(argv))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
-from kgg.common.layout import MANIFEST_NAME
+from kgg.common.contract import MANIFEST_NAME
 from kgg.job import diskspace
 
 SPLIT_DIRS = ("train", "test")

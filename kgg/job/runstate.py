@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
+from kgg.common.contract import BACKUP_DIR, METRICS_FILE, PROGRESS_FILE, TENSORBOARD_DIR
 from kgg.common.documents import Progress
-from kgg.common.layout import BACKUP_DIR, PROGRESS_FILE, TENSORBOARD_DIR
 from kgg.job.config import NOT_FINGERPRINTED, TrainConfig
 
 STATE_VERSION = 2
@@ -84,7 +84,7 @@ class CheckpointError(ValueError):
 LOCAL_ONLY_DIR = "local"
 # What a run writes under --out besides backup/; --restart deletes them, the done marker first.
 RESULT_FILES = (
-    "progress.json", "metrics.json", "model.keras", "history.csv", "submission.csv",
+    PROGRESS_FILE, METRICS_FILE, "model.keras", "history.csv", "submission.csv",
     "split.csv", "confusion_matrix.png", "training_curves.png", "class_names.json", "config.json",
 )  # fmt: skip
 
@@ -178,7 +178,7 @@ def finished_metrics(
         return None
     reason = mismatch(progress.fingerprint, fingerprint, config)
     if reason is None:
-        metrics = _read_optional_json(storage.join(config.out, "metrics.json"))
+        metrics = _read_optional_json(storage.join(config.out, METRICS_FILE))
         return metrics if isinstance(metrics, dict) else {}
     if not restart:
         raise RunMismatch(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kgg.common import storage
-from kgg.common.layout import TENSORBOARD_DIR
+from kgg.common.contract import TENSORBOARD_DIR
 from kgg.job.runstate import Run
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
+from kgg.common.contract import METRICS_FILE
 from kgg.job import console, folders
 from kgg.job import images as images_lib
 from kgg.job import splits as splits_lib
@@ -283,7 +284,7 @@ def _write_results(
     run.put("history.csv", report.history_csv(run.state["history"]))
     if submission is not None:
         run.put("submission.csv", submission)
-    run.put("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    run.put(METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     run.state["done"] = True
     run.save()
     last = run.state["history"][-1] if run.state["history"] else {}

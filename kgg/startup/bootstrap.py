@@ -2,7 +2,7 @@
 python3 (stdlib only, Python 3.10+): what must run before the env exists (preflight, downloads,
 the code archive, uv, Debian's sources, the idle check without an env). Its cloud calls, retries
 and log lines are kgg/common/vm_runtime.py's, the agent's too. The rendered script carries this
-file with kgg/common/vm_runtime.py and kgg/common/documents.py and writes them to
+file with kgg/common/vm_runtime.py, documents.py and contract.py and writes them to
 /opt/keras-gpu-gcp/bootstrap/ at every boot. `bootstrap.py` alone lists its commands (COMMANDS).
 
 A failure prints one line naming what failed and why (and a line "hint: ..." where there is
@@ -26,9 +26,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kgg.common.contract import (
+    APP_DIR,
+    BUCKET_KEY,
+    CONF_DIR,
+    GROUP_NAME_KEY,
+    IDLE_TIMER,
+    NOTIFY_SECRET_KEY,
+    PASSWORD_SECRET_KEY,
+    RUN_ID_KEY,
+    STARTUP_LOG_OBJECT,
+    STATE_DIR,
+    STATUS_OBJECT,
+    STOP_WORKFLOW_KEY,
+    VENV_DIR,
+    WORKLOAD_OBJECT_KEY,
+    WORKLOAD_SHA256_KEY,
+    ContractError,
+    check_run_id,
+    check_secret_name,
+)
 from kgg.common.documents import ChangeError, update_file
 from kgg.common.vm_runtime import (
-    SECRET_NAME,
+    ATTRIBUTES,
     UPLOAD_TRIES,
     CloudError,
     Endpoints,
@@ -48,14 +68,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  # an unknown command or the wrong arguments
 EXIT_UNSUPPORTED_OS = 3  # named, so the serial console says what kind of failure it was
 SUPPORTED_OS = {("ubuntu", "22.04"), ("ubuntu", "24.04"), ("debian", "12")}
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-IDLE_TIMER = "kgg-idle-check.timer"
 DEBIAN_COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")
 # Debian's sources in both formats: deb822 (GCE's images) and the one-line sources.list.
 DEBIAN_SOURCES = ("etc/apt/sources.list.d/debian.sources", "etc/apt/sources.list")
-STATUS_OBJECT = "status/startup.json"
-LOG_OBJECT = "logs/startup.log"  # kgg/agent/logsync.py keeps it up to date after the env
 
 
 class Failure(Exception):
@@ -72,19 +88,12 @@ class HashMismatch(Failure):
 
 
 ROOT = Path(os.environ.get("KGG_ROOT") or "/")
-STATE = ROOT / "var/lib/keras-gpu-gcp"
-SETTINGS = ROOT / "etc/keras-gpu-gcp/settings.json"
-VENV_PYTHON = ROOT / "opt/keras-gpu-gcp/venv/bin/python"
-APP = ROOT / "opt/keras-gpu-gcp/app"
+STATE = ROOT / STATE_DIR.lstrip("/")
+SETTINGS = ROOT / CONF_DIR.lstrip("/") / "settings.json"
+VENV_PYTHON = ROOT / VENV_DIR.lstrip("/") / "bin/python"
+APP = ROOT / APP_DIR.lstrip("/")
 ENDPOINTS = Endpoints.from_environment()
 METADATA = Metadata(ENDPOINTS.metadata)
-NOTIFY_KEY = "instance/attributes/kgg-notify-webhook-secret"
-GROUP_KEY = "instance/attributes/kgg-instance-group"
-STOP_WORKFLOW_KEY = "instance/attributes/kgg-stop-workflow"
-
-
-def metadata(path: str, attempts: int | None = None) -> str:
-    return METADATA.get(path, attempts)
 
 
 def token() -> str:
@@ -194,13 +203,13 @@ def upload_log(bucket: str, budget: UploadBudget) -> None:
     log_file = STATE / "startup.log"
     if bucket and log_file.is_file():
         budget.upload("the startup log", lambda: _quick_upload(
-            bucket, LOG_OBJECT, log_file.read_bytes(), "text/plain")())  # fmt: skip
+            bucket, STARTUP_LOG_OBJECT, log_file.read_bytes(), "text/plain")())  # fmt: skip
 
 
 def notify_startup_failure(changes: list[str]) -> None:
     """Before the env: the webhook (if the stack has one) hears that the startup script failed.
     A notification that cannot be sent is logged; it never changes the script's outcome."""
-    secret = METADATA.optional(NOTIFY_KEY, attempts=2)
+    secret = METADATA.optional(ATTRIBUTES + NOTIFY_SECRET_KEY, attempts=2)
     if not secret:
         return  # no notifyWebhook on this stack
     fields = dict(change.partition("=")[::2] for change in changes)
@@ -233,18 +242,19 @@ def write_env(values: dict[str, str]) -> None:
 def preflight(settings: dict) -> str:
     """The metadata the boot needs, checked, in `boot.env` for the script to source; the OS
     checked; the idle timer on or off. Returns the step's detail."""
-    bucket = metadata("instance/attributes/kgg-bucket")
+    bucket = METADATA.attribute(BUCKET_KEY)
     # The bucket first: with it known, even an unsupported OS shows up in the status document.
     write_env({"BUCKET": bucket})
-    run_id = metadata("instance/attributes/kgg-run-id")
-    if not RUN_ID.fullmatch(run_id):
-        raise Failure(f"kgg-run-id {run_id!r} is not a run id (letters, digits, . _ -)")
+    try:
+        run_id = check_run_id(METADATA.attribute(RUN_ID_KEY))
+    except ContractError as error:
+        raise Failure(str(error), "run pulumi up again") from error
     values = {
         "BUCKET": bucket,
-        "WORKLOAD_OBJECT": metadata("instance/attributes/kgg-workload-object"),
-        "WORKLOAD_SHA256": metadata("instance/attributes/kgg-workload-sha256"),
+        "WORKLOAD_OBJECT": METADATA.attribute(WORKLOAD_OBJECT_KEY),
+        "WORKLOAD_SHA256": METADATA.attribute(WORKLOAD_SHA256_KEY),
     }
-    secret = metadata("instance/attributes/kgg-jupyter-password-secret")
+    secret = METADATA.attribute(PASSWORD_SECRET_KEY)
     zone = METADATA.optional("instance/zone", attempts=1).rsplit("/", 1)[-1]
     name = METADATA.optional("instance/name", attempts=1)
     status([f"run_id={run_id}", f"instance={name}", f"zone={zone}"], bucket)
@@ -259,11 +269,10 @@ def preflight(settings: dict) -> str:
         )
     if not SHA256.fullmatch(values["WORKLOAD_SHA256"]):
         raise Failure("kgg-workload-sha256 is not a SHA-256 hex digest", "run pulumi up again")
-    if not SECRET_NAME.fullmatch(secret):
-        raise Failure(
-            f"kgg-jupyter-password-secret {secret!r} is not a secret (projects/P/secrets/S)",
-            "run pulumi up again",
-        )
+    try:
+        check_secret_name(secret)
+    except ContractError as error:
+        raise Failure(str(error), "run pulumi up again") from error
     write_env(values | {"OS_ID": os_id})
     # Installed before the env: a VM whose boot fails must still power off when idle.
     subprocess.run(["systemctl", "daemon-reload"], check=True)
@@ -292,8 +301,8 @@ def idle_check(settings: dict) -> None:
     if uptime < settings["idle_shutdown_minutes"] * 60:
         return
     log.info("idle check: no Python environment and up %ds; stopping the VM", uptime)
-    bucket = METADATA.optional("instance/attributes/kgg-bucket", attempts=2)
-    group = METADATA.optional(GROUP_KEY, attempts=2)
+    bucket = METADATA.optional(ATTRIBUTES + BUCKET_KEY, attempts=2)
+    group = METADATA.optional(ATTRIBUTES + GROUP_NAME_KEY, attempts=2)
     detail = f"stopped: no environment, up {uptime}s"
     status(["phase=idle", f"detail.idle={detail}"], bucket)
     if not group:
@@ -302,7 +311,7 @@ def idle_check(settings: dict) -> None:
     # In a group, never power off (the group would recreate the VM at once): the stack's stop
     # workflow resizes the group to 0 and the group deletes the VM. The VM's account may only
     # start that workflow (docs/ARCHITECTURE.md, "Stopping itself").
-    workflow = METADATA.optional(STOP_WORKFLOW_KEY, attempts=2)
+    workflow = METADATA.optional(ATTRIBUTES + STOP_WORKFLOW_KEY, attempts=2)
     try:
         start_stop_workflow(ENDPOINTS, token(), workflow, check=False, attempts=3)
     except CloudError as error:
@@ -380,7 +389,7 @@ class Command:
 COMMANDS = {
     "preflight": Command(lambda a: print(preflight(_settings())), "",
                          "metadata and OS checks; writes boot.env"),
-    "attribute": Command(lambda a: print(metadata(f"instance/attributes/{a[0]}")), "KEY",
+    "attribute": Command(lambda a: print(METADATA.attribute(a[0])), "KEY",
                          "an instance attribute (retried)"),
     "fetch": Command(lambda a: fetch(a[0], Path(a[1]), a[2]), "URL DEST SHA256",
                      "a download, checked against its hash"),

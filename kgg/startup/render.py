@@ -20,6 +20,7 @@ from jinja2 import Environment
 
 from kgg.agent import units
 from kgg.agent.config import Paths, VmSettings
+from kgg.common.contract import BOOTSTRAP_PY, IDLE_TIMER, IDLE_UNIT
 
 
 class GpuSpec(Protocol):
@@ -99,6 +100,7 @@ CARRIED = {
     "bootstrap_py": (PROJECT / "kgg/startup/bootstrap.py", "KGG_BOOTSTRAP"),
     "documents_py": (PROJECT / "kgg/common/documents.py", "KGG_DOCUMENTS"),
     "vm_runtime_py": (PROJECT / "kgg/common/vm_runtime.py", "KGG_RUNTIME"),
+    "contract_py": (PROJECT / "kgg/common/contract.py", "KGG_CONTRACT"),
 }
 
 
@@ -156,7 +158,7 @@ def template_context(
     gpu = settings.gpu
     on_vm = Paths(Path("/"))
     idle_unit = {
-        "bootstrap": "/opt/keras-gpu-gcp/bootstrap/bootstrap.py",
+        "bootstrap": BOOTSTRAP_PY,
         "state": on_vm.on_vm(on_vm.state),
         "home": on_vm.on_vm(on_vm.notebook_home),
     }
@@ -177,8 +179,8 @@ def template_context(
             vm_settings(settings, idle_check_seconds=idle_check_seconds).to_json(),
             sort_keys=True,
         ),
-        "idle_service": units.render("kgg-idle-check.service.j2", **idle_unit),
-        "idle_timer": units.render("kgg-idle-check.timer.j2", period=idle_check_seconds),
+        "idle_service": units.render(f"{IDLE_UNIT}.j2", **idle_unit),
+        "idle_timer": units.render(f"{IDLE_TIMER}.j2", period=idle_check_seconds),
         **{key: _carried(key) for key in CARRIED},
     }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kgg.cli import commands as ops_cli
+from kgg.cli import main as cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {"Black-grass": 3, "Charlock": 2, "Maize": 4}
@@ -39,13 +39,13 @@ def dataset_dir(tmp_path: Path) -> Path:
 def parser() -> argparse.ArgumentParser:
     """The commands as `kgg` registers them."""
     parser = argparse.ArgumentParser(prog="workload")
-    ops_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    cli_main.add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def run_cli(parser: argparse.ArgumentParser, *argv: str) -> int:
     args = parser.parse_args(list(argv))
-    return args.func(args)
+    return cli_main.dispatch(args)
 
 
 def run_workload(

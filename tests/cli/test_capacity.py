@@ -134,7 +134,7 @@ def test_gpu_comes_from_the_templates_accelerator_when_it_has_no_gpu_label():
 def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_is_absent():
     """A group made with `versions` may leave `instanceTemplate` out (the GPU label is read from
     the template `versions[0]` names)."""
-    from kgg.cli import commands as ops_cli
+    from kgg.cli import vm
     from kgg.cli.gce import GroupRef
 
     from .fake_gce import GROUP_PATH, fixture_body
@@ -163,7 +163,7 @@ def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_i
         def labelled_instances(self, project, labels):
             return []
 
-    state = ops_cli.read_group(Compute(), GroupRef.parse(GROUP_PATH))  # type: ignore[arg-type]
+    state = vm.read_group(Compute(), GroupRef.parse(GROUP_PATH))  # type: ignore[arg-type]
 
     assert asked == [described["versions"][0]["instanceTemplate"]]
     assert state.gpu == "nvidia-tesla-t4"

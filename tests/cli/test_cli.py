@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,39 @@ def test_tensorboard_mirror_never_imports_tensorflow(gcs_bucket: str, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "tb" / gcs_bucket / "r1/head/train/events.1").read_bytes() == b"e"
     assert result.stdout.rstrip().endswith("no tensorflow")
+
+
+# Every command `kgg` has, in the order its help lists them (kgg/cli/main.py COMMANDS).
+EVERY_COMMAND = [
+    "train", "predict", "demo", "upload", "status", "pull", "runs", "logs", "tensorboard",
+    "start", "stop", "ssh", "notebook", "ssh-proxy", "ssh-config",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("program", ["console script", "python -m kgg"])
+def test_help_lists_every_command(program: str, tmp_path: Path) -> None:
+    """The installed `kgg` (the console script uv put beside this interpreter) and `python -m
+    kgg`, run outside the checkout, list every command."""
+    script = Path(sys.executable).with_name("kgg")
+    if program == "console script" and not script.is_file():
+        pytest.fail(f"{script} is missing: `uv sync` installs the kgg console script")
+    command = [str(script)] if program == "console script" else [sys.executable, "-m", "kgg"]
+    result = subprocess.run(
+        [*command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listed = result.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert listed == EVERY_COMMAND
+    assert all(f"\n    {name} " in result.stdout for name in EVERY_COMMAND)
+
+
+def test_building_the_parser_imports_no_tensorflow_nor_the_google_clients() -> None:
+    probe = (
+        "import sys, kgg.cli.main as m; m.build_parser().format_help(); "
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'google')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kgg.cli import commands as ops_cli
+from kgg.cli import stack
 from kgg.cli.gce import ENDPOINT_ENV
 from kgg.common import storage
 
@@ -260,12 +260,12 @@ def test_group_comes_from_the_stack_output_when_pulumi_is_there() -> None:
         assert argv == ["pulumi", "stack", "output", "instanceGroup"]
         return subprocess.CompletedProcess(argv, 0, stdout=GROUP_PATH + "\n", stderr="")
 
-    assert ops_cli.resolve_group(None, which=lambda _: "pulumi", run=fake_run) == GROUP_PATH
+    assert stack.resolve_group(None, which=lambda _: "pulumi", run=fake_run) == GROUP_PATH
 
 
 def test_missing_pulumi_cli_says_to_pass_group() -> None:
-    with pytest.raises(ops_cli.StackValueError, match="pulumi CLI is not installed; pass --group"):
-        ops_cli.resolve_group(None, which=lambda _: None)
+    with pytest.raises(stack.StackValueError, match="pulumi CLI is not installed; pass --group"):
+        stack.resolve_group(None, which=lambda _: None)
 
 
 @pytest.mark.parametrize("fake_gce", ["outside"], indirect=True)

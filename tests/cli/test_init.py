@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kgg.cli import init as init_command
 from kgg.cli import main, preflight
+from kgg.cli.commands import init as init_command
 from kgg.cli.gce import ENDPOINT_ENV
 from kgg.infra.catalogue import CURRENT_GPUS
 from kgg.infra.stack_config import PROJECT_ROOT, settings_for_stack

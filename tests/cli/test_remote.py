@@ -120,8 +120,7 @@ def test_ssh_config_refuses_a_host_name_that_could_inject_options(
 
 def test_proxy_command_runs_the_workload_package_of_this_checkout() -> None:
     """ssh runs the ProxyCommand from any folder: its PYTHONPATH must hold this checkout."""
-    from kgg.cli import commands as cli
-    from kgg.cli import remote
+    from kgg.cli import remote, stack
 
     assert (remote.PROJECT_ROOT / "kgg" / "__main__.py").is_file()
-    assert (cli.PROJECT_ROOT / "Pulumi.yaml").is_file()
+    assert (stack.PROJECT_ROOT / "Pulumi.yaml").is_file()

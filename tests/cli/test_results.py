@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kgg.cli import commands as ops_cli
-from kgg.cli import results
+from kgg.cli import results, stack
 from kgg.common import storage
 from kgg.common.documents import Progress
 from tests.hostile import plant_hostile_objects, victims_untouched
@@ -161,7 +160,7 @@ def test_pull_command_for_an_unknown_run_exits_2(
 
 
 def test_bucket_flag_wins_and_accepts_a_gs_url() -> None:
-    assert ops_cli.resolve_bucket("gs://my-bucket/", which=lambda _: None) == "my-bucket"
+    assert stack.resolve_bucket("gs://my-bucket/", which=lambda _: None) == "my-bucket"
 
 
 def test_bucket_comes_from_the_stack_output_when_pulumi_is_there() -> None:
@@ -171,22 +170,22 @@ def test_bucket_comes_from_the_stack_output_when_pulumi_is_there() -> None:
         calls.append(argv)
         return subprocess.CompletedProcess(argv, 0, stdout="kgg-abc123\n", stderr="")
 
-    bucket = ops_cli.resolve_bucket(None, which=lambda _: "/usr/bin/pulumi", run=fake_run)
+    bucket = stack.resolve_bucket(None, which=lambda _: "/usr/bin/pulumi", run=fake_run)
     assert bucket == "kgg-abc123"
     assert calls == [["pulumi", "stack", "output", "bucketName"]]
 
 
 def test_missing_pulumi_cli_says_to_pass_bucket() -> None:
-    with pytest.raises(ops_cli.StackValueError, match="pulumi CLI is not installed; pass --bucket"):
-        ops_cli.resolve_bucket(None, which=lambda _: None)
+    with pytest.raises(stack.StackValueError, match="pulumi CLI is not installed; pass --bucket"):
+        stack.resolve_bucket(None, which=lambda _: None)
 
 
 def test_stack_without_the_output_says_to_pass_bucket() -> None:
     def no_stack(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: no stack selected")
 
-    with pytest.raises(ops_cli.StackValueError, match=r"no stack selected.*pass --bucket"):
-        ops_cli.resolve_bucket(None, which=lambda _: "pulumi", run=no_stack)
+    with pytest.raises(stack.StackValueError, match=r"no stack selected.*pass --bucket"):
+        stack.resolve_bucket(None, which=lambda _: "pulumi", run=no_stack)
 
 
 def test_data_path_comes_from_the_stack_config_when_set() -> None:
@@ -194,15 +193,15 @@ def test_data_path_comes_from_the_stack_config_when_set() -> None:
         assert argv == ["pulumi", "config", "get", "dataPath"]
         return subprocess.CompletedProcess(argv, 0, stdout="data/my-seedlings\n", stderr="")
 
-    assert ops_cli.stack_data_path(which=lambda _: "pulumi", run=config_get) == "data/my-seedlings"
+    assert stack.stack_data_path(which=lambda _: "pulumi", run=config_get) == "data/my-seedlings"
 
 
 def test_data_path_left_at_its_default_gives_none() -> None:
     def not_set(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: missing key")
 
-    assert ops_cli.stack_data_path(which=lambda _: "pulumi", run=not_set) is None
-    assert ops_cli.stack_data_path(which=lambda _: None) is None
+    assert stack.stack_data_path(which=lambda _: "pulumi", run=not_set) is None
+    assert stack.stack_data_path(which=lambda _: None) is None
 
 
 def test_runs_command_stars_the_vms_current_run(

@@ -101,7 +101,7 @@ def test_the_mirror_stops_before_more_than_its_bound_and_says_so(
     """A bucket writer's 50 GB of "event files" must not fill the laptop's disk."""
     import argparse
 
-    from kgg.cli import commands as ops_cli
+    from kgg.cli import main as cli_main
     from kgg.cli import tensorboard as board
 
     from .conftest import run_cli
@@ -109,7 +109,7 @@ def test_the_mirror_stops_before_more_than_its_bound_and_says_so(
     monkeypatch.setattr(board, "MAX_MIRROR_BYTES", 1000)
     put_run(gcs_bucket, "r1", {"head/train/events.out.tfevents.1": b"\0" * 2000})
     parser = argparse.ArgumentParser(prog="workload")
-    ops_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    cli_main.add_commands(parser.add_subparsers(dest="command", required=True))
     cache = tmp_path / "cache"
 
     code = run_cli(parser, "tensorboard", "r1", "--no-serve", "--bucket", gcs_bucket,

@@ -15,7 +15,7 @@ from kgg.common.documents import STEPS, ChangeError, StartupStatus, update_file
 
 ROOT = Path(__file__).resolve().parents[2]
 # Run by the image's python3 before any env exists: stdlib only, Python 3.10 (Ubuntu 22.04).
-CARRIED = ("kgg/common/documents.py", "kgg/common/vm_runtime.py")
+CARRIED = ("kgg/common/documents.py", "kgg/common/vm_runtime.py", "kgg/common/contract.py")
 STDLIB_ONLY = (*(ROOT / name for name in CARRIED), ROOT / "kgg/startup/bootstrap.py")
 
 
@@ -135,3 +135,15 @@ def test_progress_from_the_bucket_keeps_only_fields_of_the_right_type() -> None:
     )  # fmt: skip
     assert read == Progress(metrics={"loss": 0.5})
     assert Progress.from_json(["not", "a", "document"]) is None
+
+
+def test_the_contract_imports_without_the_environment_or_the_project(tmp_path: Path) -> None:
+    """Alone in a folder under `python -S -E`: stdlib only, nothing else of kgg needed."""
+    (tmp_path / "contract.py").write_text((ROOT / "kgg/common/contract.py").read_text())
+    script = "import contract; print(contract.check_run_id('r1'), contract.STATUS_OBJECT)"
+    result = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", script],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "r1 status/startup.json\n"), result.stderr

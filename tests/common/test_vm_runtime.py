@@ -165,7 +165,7 @@ def test_a_secret_is_read_with_the_vms_token_and_decoded() -> None:
 
 def test_a_secret_name_that_is_not_one_is_refused_before_any_call() -> None:
     endpoints = Endpoints(metadata="http://127.0.0.1:9", secret_manager="http://127.0.0.1:9")
-    with pytest.raises(CloudError, match=r"'\.\./x' is not projects/P/secrets/S"):
+    with pytest.raises(CloudError, match=r"'\.\./x' is not a secret name \(projects/P/secrets/S\)"):
         read_secret(endpoints, Metadata("http://127.0.0.1:9"), "../x", "the webhook URL")
 
 

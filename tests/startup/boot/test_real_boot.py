@@ -63,7 +63,7 @@ PASSWORD_SECRET = STACK.password_secret
 STATE = "var/lib/keras-gpu-gcp"
 GIB = 1024**3
 API_TOKEN = "/etc/keras-gpu-gcp/jupyter/api-token"
-TLS_ATTRIBUTE = "kgg/tls-sha256"  # kgg/common/layout.py, spelled out: the old code lacks it
+TLS_ATTRIBUTE = "kgg/tls-sha256"  # kgg/common/contract.py, spelled out: the old code lacks it
 LOG_SYNC = "kgg-log-sync.service"
 
 

@@ -20,6 +20,9 @@ import sys
 from getpass import getpass
 from pathlib import Path
 
+from kgg.common.contract import EXIT_USAGE
+from kgg.common.errors import UserError
+
 # The service settings.MY_IP_COMMAND asks: it answers the caller's IPv4 address as plain text.
 CHECKIP_URL = "https://checkip.amazonaws.com"
 LOOKUP_TIMEOUT_SECONDS = 10
@@ -27,10 +30,9 @@ GCLOUD_TIMEOUT_SECONDS = 30
 PULUMI_INSTALL = "https://www.pulumi.com/docs/iac/download-install/"
 PASSWORD_KEY = "jupyterPassword"
 PASSWORD_ATTEMPTS = 3
-EXIT_USER_ERROR = 2
 
 
-class InitError(RuntimeError):
+class InitError(UserError):
     """Something `kgg init` cannot do as asked; the message says what to do instead."""
 
 
@@ -65,15 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kgg.cli.preflight import PreflightError
     from kgg.infra.password import PasswordError
     from kgg.infra.settings import SettingsError
 
     try:
         return _init(args)
-    except (InitError, PreflightError, SettingsError, PasswordError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except (SettingsError, PasswordError) as error:
+        # The program's own checks: their messages name the key and the fix.
+        raise InitError(str(error)) from error
 
 
 def gcloud_value(name: str) -> str:
@@ -195,7 +196,7 @@ def _init(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
-        return EXIT_USER_ERROR
+        return EXIT_USAGE
 
     stack_file.write_stack(path, header, document)
     print(
@@ -216,7 +217,7 @@ def _set_password(root: Path, stack: str) -> int:
             f"`{set_secret}` and `pulumi up`",
             file=sys.stderr,
         )
-        return EXIT_USER_ERROR
+        return EXIT_USAGE
     password = ask_password()
     # Creates the stack on the user's backend if it is new (it may prompt for a login or a
     # passphrase: the terminal stays attached) and makes it the current one for `pulumi up`.
