@@ -547,8 +547,10 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Adds the laptop commands to the `kgg` parser."""
+    from kgg.cli import vertex_commands
     from kgg.cli.upload import DEFAULT_PREFIX
 
+    vertex_commands.register(subparsers)
     upload = subparsers.add_parser(
         "upload",
         help="upload a train/<class>/*.png folder to the bucket (resumable)",
