@@ -232,3 +232,17 @@ def test_the_default_data_path_is_where_upload_puts_the_data() -> None:
     from kgg.cli.upload import DEFAULT_PREFIX
 
     assert vertex_commands.DEFAULT_DATA_PATH == DEFAULT_PREFIX
+
+
+def test_the_vms_account_cannot_create_jobs_the_laptop_user_can(gcs_bucket: str) -> None:
+    """The declared grants give the VM nothing of Vertex AI: a notebook user cannot start jobs
+    (nor reach the jobs' account through one)."""
+    stack = iam.stack(gcs_bucket)
+    fake = vertex.FakeVertex(stack.authority)
+    body = json.dumps(vertex.sample_custom_job()).encode()
+    path = "/v1/projects/kgg-demo-project/locations/us-central1/customJobs"
+    status, answer = fake.answer("POST", path, f"Bearer {stack.vm_token}", body)
+    assert (status, answer["error"]["status"]) == (403, "PERMISSION_DENIED")
+    assert "aiplatform.customJobs.create" in answer["error"]["message"]
+    status, _ = fake.answer("POST", path, f"Bearer {stack.owner_token}", body)
+    assert status == 200 and len(fake.jobs) == 1
