@@ -242,6 +242,10 @@ def _status(args: argparse.Namespace) -> int:
         # The bucket's view still helps; GCE's is missing for a reason the user can fix.
         print(f"(no VM view from GCE: {error})", file=sys.stderr)
     print(status.render_status(startup, progress, datetime.now(UTC), source, group))
+    if args.bucket is None:  # the stack's Vertex AI jobs still queued or running
+        from kgg.cli import vertex_commands, vertex_runs
+
+        vertex_runs.print_section(vertex_commands.stack_outputs, only_active=True)
     return status.WATCH_EXIT_FAILED if status.outcome(startup, progress) == "failed" else 0
 
 
@@ -464,6 +468,14 @@ def _pull(args: argparse.Namespace) -> int:
     from kgg.cli import results
 
     bucket = resolve_bucket(args.bucket)
+    if not args.all_trials:  # a sweep: its best trial only
+        from kgg.cli.vertex_runs import pull_best
+
+        best = pull_best(bucket, args.run, args.to, args.workers, not args.quiet,
+                         int(args.max_gb * 10**9), results.runs_listing(bucket))  # fmt: skip
+        if best is not None:
+            print(results.render_pull(*best))
+            return 0
     run_id, target, stats = results.pull_run(
         bucket,
         args.run,
@@ -485,6 +497,10 @@ def _runs(args: argparse.Namespace) -> int:
     current = startup.run_id if startup else None
     costs = results.run_costs(bucket)
     print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
+    if args.bucket is None:  # the stack's bucket: its Vertex AI jobs too
+        from kgg.cli import vertex_commands, vertex_runs
+
+        vertex_runs.print_section(vertex_commands.stack_outputs)
     return 0
 
 
@@ -619,6 +635,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=20.0,
         help="download at most this much (default 20 GB; a run writes a few hundred MB)",
+    )
+    pull.add_argument(
+        "--all-trials", action="store_true", help="a sweep: every trial (default: the best)"
     )
     pull.set_defaults(func=_guarded(_pull))
 
