@@ -264,7 +264,40 @@ def sweep_job(args: argparse.Namespace, where: Where, code: Code) -> Job:
     return Job(TUNING_JOBS, where.target.parent, body, run.run_id)
 
 
+def local_sweep(args: argparse.Namespace) -> int:
+    """`sweep --local`: the trials here, one after another, under Vertex's trial contract."""
+    from kgg.cli import local_sweep as local
+    from kgg.cli import sweep_params
+
+    if not args.data:
+        raise SpecError("sweep --local needs --data DIR (a train/<class>/ folder or gs:// prefix)")
+    if args.algorithm not in ("random", "bayesian"):
+        raise SpecError(
+            f"sweep --local searches at random; --algorithm {args.algorithm} is Vertex's"
+        )
+    fixed = train_args(args)
+    params = sweep_params.parse_params(args.param, sweep_params.option_kinds(train_parser()))
+    sweep_params.fixed_conflicts(params, fixed)
+    study = vertex_spec.Study(params, args.trials, 1, args.max_failed, "random").body()
+    run_id = args.run_id or new_run_id("vs")
+    if not vertex_spec.RUN_ID.match(run_id):
+        raise SpecError(f"--run-id {run_id!r} must be lowercase letters, digits, - or _")
+    base = Path(args.local_out).expanduser().absolute() / run_id
+    print(f"sweep {run_id}: {args.trials} trials here, one after another, in {base}/")
+    trials = local.run_trials(study, ["train", "--data", args.data, *fixed], base, args.trials,
+                              seed=args.seed_trials)  # fmt: skip
+    winner = local.best(trials)
+    if winner is None:
+        print(f"no trial of {run_id} reported a score: see the trials' output above")
+        return 1
+    shown = " ".join(local.arguments(winner.parameters))
+    print(f"best: trial {winner.trial_id}, micro-F1 {winner.score:.4f} ({shown}) in {winner.out}")
+    return 0
+
+
 def _create(args: argparse.Namespace, build: Callable[..., Job]) -> int:
+    if getattr(args, "local", False):
+        return local_sweep(args)
     where = resolve_where(args, stack_outputs)
     code = code_archive()
     job = build(args, where, code)
@@ -378,6 +411,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bayesian (default), random or grid",
     )  # fmt: skip
     sweep.add_argument("--max-failed", type=int, help="failed trials before the sweep stops")
+    local = sweep.add_argument_group("here instead of Vertex AI")
+    local.add_argument(
+        "--local", action="store_true",
+        help="run the trials on this machine, one after another (random search; needs --data)",
+    )  # fmt: skip
+    local.add_argument(
+        "--local-out", default="runs", metavar="DIR", help="trials in DIR/SWEEP/N (default runs)"
+    )
+    local.add_argument("--seed-trials", type=int, help="seed of the random draws (repeatable)")
     _add_target(sweep)
     _add_machine(sweep)
     _add_train_options(sweep)
