@@ -14,7 +14,18 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kgg.cli.commands import demo, group, init, logs, remote, results, status, tensorboard, upload
+from kgg.cli.commands import (
+    demo,
+    group,
+    init,
+    logs,
+    remote,
+    results,
+    status,
+    tensorboard,
+    upload,
+    vertex,
+)
 from kgg.common.contract import CLI_NAME
 from kgg.common.errors import UserError
 from kgg.job import cli as job
@@ -22,7 +33,7 @@ from kgg.job import cli as job
 EXIT_CRASH = 1  # a bug or an unforeseen failure: its traceback is on stderr
 
 # Each has register(subparsers) and run(args), in the order `kgg --help` lists them.
-COMMANDS = (init, job, demo, upload, status, results, logs, tensorboard, group, remote)
+COMMANDS = (init, job, demo, upload, status, results, logs, tensorboard, group, remote, vertex)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -1,14 +1,16 @@
 """What the laptop commands take from the current Pulumi stack when a flag does not say it: the
-bucket, the VM's group, the data path and the stack's name (`pulumi stack output`, `config get`),
-and the two flags that override them."""
+bucket, the VM's group, the data path, the stack's name and all its outputs (`pulumi stack output`,
+`config get`), and the two flags that override them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kgg.common.errors import UserError
 
@@ -127,3 +129,16 @@ def add_group_command(
     add_group_option(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def stack_outputs(which: Which = shutil.which, run: Runner = subprocess.run) -> dict[str, Any]:
+    """All the current stack's outputs (`pulumi stack output --json`); {} without pulumi or a
+    stack, so flags alone still work (`kgg submit`, `sweep`, and the Vertex view of `runs`)."""
+    if which("pulumi") is None:
+        return {}
+    try:
+        result = _pulumi(["stack", "output", "--json"], run)
+        outputs = json.loads(result.stdout) if result.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    return outputs if isinstance(outputs, dict) else {}

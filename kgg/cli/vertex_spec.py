@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from kgg.common.contract import run_folder
+from kgg.common.errors import UserError
 
 # The tag the job reports its headline micro-F1 under (kgg/job/trial.py writes it) and the metric
 # the study maximises: both sides must spell it alike (a test holds them equal).
@@ -62,7 +63,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_DURATION = timedelta(days=365 * 10)
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A value the body cannot carry: one line naming it and the fix."""
 
 

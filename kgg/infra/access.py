@@ -72,49 +72,57 @@ OWNER_ROLE = "roles/owner"
 # The identities the program creates.
 VM = "vm"  # the VM's service account: every process on the VM can use it (metadata server)
 STOPPER = "stopper"  # the stop workflow's account: only the workflow runs as it
+JOBS = "jobs"  # the Vertex AI jobs' account: only jobs the laptop user creates run as it
+JOBS_ACCOUNT_SUFFIX = "-jobs"  # kgg/infra/specs.py's jobs_account_id
 
 # The written allow-list. The VM's account reads and writes its bucket's objects, writes logs,
 # reads its two secrets and may start (and read the result of) its stop workflow: nothing of
 # Compute Engine, nothing of IAM. The stopper may read and update its one group (a condition
 # names it); only the workflow's definition, which resizes that group to 0, runs as it.
+#
+# What the VM's and the jobs' accounts share: roles/storage.objectAdmin on the stack's bucket only,
+# and roles/logging.logWriter (the guest agent's startup-script log; a job's container log).
+_BUCKET_OBJECTS_AND_LOGS = frozenset(
+    {
+        "monitoring.timeSeries.create",
+        "orgpolicy.policy.get",
+        "resourcemanager.projects.get",
+        "resourcemanager.projects.list",
+        "storage.folders.create",
+        "storage.folders.delete",
+        "storage.folders.get",
+        "storage.folders.list",
+        "storage.folders.rename",
+        "storage.managedFolders.create",
+        "storage.managedFolders.delete",
+        "storage.managedFolders.get",
+        "storage.managedFolders.list",
+        "storage.multipartUploads.abort",
+        "storage.multipartUploads.create",
+        "storage.multipartUploads.list",
+        "storage.multipartUploads.listParts",
+        "storage.objects.create",
+        "storage.objects.createContext",
+        "storage.objects.delete",
+        "storage.objects.deleteContext",
+        "storage.objects.get",
+        "storage.objects.getIamPolicy",
+        "storage.objects.list",
+        "storage.objects.move",
+        "storage.objects.overrideUnlockedRetention",
+        "storage.objects.restore",
+        "storage.objects.setIamPolicy",
+        "storage.objects.setRetention",
+        "storage.objects.update",
+        "storage.objects.updateContext",
+        "logging.logEntries.create",
+        "logging.logEntries.route",
+    }
+)
 ALLOWED: Mapping[str, frozenset[str]] = {
-    VM: frozenset(
+    VM: _BUCKET_OBJECTS_AND_LOGS
+    | frozenset(
         {
-            # roles/storage.objectAdmin, on the stack's bucket only
-            "monitoring.timeSeries.create",
-            "orgpolicy.policy.get",
-            "resourcemanager.projects.get",
-            "resourcemanager.projects.list",
-            "storage.folders.create",
-            "storage.folders.delete",
-            "storage.folders.get",
-            "storage.folders.list",
-            "storage.folders.rename",
-            "storage.managedFolders.create",
-            "storage.managedFolders.delete",
-            "storage.managedFolders.get",
-            "storage.managedFolders.list",
-            "storage.multipartUploads.abort",
-            "storage.multipartUploads.create",
-            "storage.multipartUploads.list",
-            "storage.multipartUploads.listParts",
-            "storage.objects.create",
-            "storage.objects.createContext",
-            "storage.objects.delete",
-            "storage.objects.deleteContext",
-            "storage.objects.get",
-            "storage.objects.getIamPolicy",
-            "storage.objects.list",
-            "storage.objects.move",
-            "storage.objects.overrideUnlockedRetention",
-            "storage.objects.restore",
-            "storage.objects.setIamPolicy",
-            "storage.objects.setRetention",
-            "storage.objects.update",
-            "storage.objects.updateContext",
-            # roles/logging.logWriter: the guest agent's startup-script log
-            "logging.logEntries.create",
-            "logging.logEntries.route",
             # roles/secretmanager.secretAccessor, on the password hash and webhook URL secrets
             "secretmanager.versions.access",
             # the stack's custom role, on its stop workflow only
@@ -125,6 +133,9 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     STOPPER: frozenset(
         {"compute.instanceGroupManagers.get", "compute.instanceGroupManagers.update"}
     ),
+    # The jobs' account: the same bucket objects and logs, without the VM's secrets and stop
+    # workflow (a job has no notebook and no VM to stop), nothing of IAM or Compute Engine.
+    JOBS: _BUCKET_OBJECTS_AND_LOGS,
 }
 # Permissions that let an identity act as, or mint credentials of, a service account: an
 # identity holding one on another account can obtain that account's permissions.
@@ -271,6 +282,9 @@ def from_resources(resources: Iterable[Any]) -> Grants:
         raise AccessError(f"expected project bindings in one project, found {sorted(projects)}")
     (template,) = of("gcp:compute/instanceTemplate:InstanceTemplate")
     identities = {VM: "serviceAccount:" + template.inputs["serviceAccount"]["email"]}
+    for r in of("gcp:serviceaccount/account:Account"):
+        if r.inputs["accountId"].endswith(JOBS_ACCOUNT_SUFFIX):
+            identities[JOBS] = "serviceAccount:" + r.outputs["email"]
     workflows = []
     for r in of("gcp:workflows/workflow:Workflow"):
         member = "serviceAccount:" + r.inputs["serviceAccount"].rsplit("/", 1)[-1]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgg.common.contract import CLI_NAME, CODE_PREFIX
+from kgg.common.errors import UserError
 from kgg.infra.stack_config import PROJECT_ROOT
 
 # The package the VM runs, less the room only `pulumi up` runs: a change to the stack's code then
@@ -31,7 +32,7 @@ _SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 GIT_SYMLINK_MODE = "120000"
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(UserError, RuntimeError):
     """The code archive cannot be built; the message says what to fix."""
 
 

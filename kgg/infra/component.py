@@ -97,6 +97,11 @@ class GpuNotebook(pulumi.ComponentResource):
                 )
             )
 
+        # Not among the VM's grants: the VM never waits for the jobs' account.
+        self.jobs_account, self.jobs_grants = self._jobs_account(
+            name, settings, stack, suffix, child
+        )
+
         # A network of its own: the default network's allow-ssh-from-anywhere rules never apply.
         self.network = gcp.compute.Network(f"{name}-net", auto_create_subnetworks=False, opts=child)
         self.subnet = gcp.compute.Subnetwork(
@@ -265,9 +270,55 @@ class GpuNotebook(pulumi.ComponentResource):
                 "gs://", self.bucket_name, "/", specs.WORKSPACE_PREFIX
             ),
             "estimatedHourlyUsd": settings.estimated_hourly_usd,
+            # What `kgg submit` and `kgg sweep` read (kgg/cli/vertex_jobs.py).
+            "project": settings.project,
+            "stack": stack,
+            "dataPath": settings.data_path,
+            "labels": labels,
+            "jobsServiceAccount": self.jobs_account.email,
             "gpu": specs.gpu_summary(settings),
         }
         self.register_outputs(self.stack_outputs)
+
+    def _jobs_account(
+        self,
+        name: str,
+        settings: StackSettings,
+        stack: str,
+        suffix: random.RandomId,
+        opts: pulumi.ResourceOptions,
+    ) -> tuple[gcp.serviceaccount.Account, list[pulumi.Resource]]:
+        """The identity Vertex AI runs `kgg submit`/`kgg sweep` jobs as: the stack's bucket
+        objects (code archive, data, runs) and log writing, nothing else. The laptop user acts as
+        it when creating a job (iam.serviceAccounts.actAs: the project's Owner has it; others
+        need roles/iam.serviceAccountUser on this account, README "Vertex AI")."""
+        account = gcp.serviceaccount.Account(
+            f"{name}-jobs-sa",
+            account_id=suffix.hex.apply(lambda hex_: specs.jobs_account_id(stack, hex_)),
+            display_name=f"keras-gpu-gcp Vertex AI jobs ({stack})",
+            opts=opts,
+        )
+        member = account.email.apply(lambda email: f"serviceAccount:{email}")
+        grants: list[pulumi.Resource] = [
+            gcp.storage.BucketIAMMember(
+                f"{name}-jobs-bucket-access",
+                bucket=self.bucket.name,
+                role=specs.BUCKET_ROLE,
+                member=member,
+                opts=opts,
+            )
+        ]
+        for role in specs.PROJECT_ROLES:
+            grants.append(
+                gcp.projects.IAMMember(
+                    f"{name}-jobs-{role.split('.')[-1].lower()}",
+                    project=settings.project,
+                    role=role,
+                    member=member,
+                    opts=opts,
+                )
+            )
+        return account, grants
 
     def _stop_workflow(
         self,

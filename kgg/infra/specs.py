@@ -150,6 +150,13 @@ def stopper_account_id(stack: str, suffix: str) -> str:
     return f"kgg-{stem}-{suffix}-stop"
 
 
+def jobs_account_id(stack: str, suffix: str) -> str:
+    """The Vertex AI jobs' account (`kgg submit`, `kgg sweep`), 6-30 characters:
+    `kgg-<stack>-<suffix>-jobs`."""
+    stem = re.sub(r"[^a-z0-9]+", "-", stack.lower())[:14].strip("-") or "stack"
+    return f"kgg-{stem}-{suffix}-jobs"
+
+
 def stop_workflow_name(stack: str, suffix: str) -> str:
     return f"{instance_group_name(stack, suffix)}-stop"
 

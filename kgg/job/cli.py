@@ -122,16 +122,25 @@ def _user_error(error: Exception) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from kgg.common.storage import StorageError
+    from kgg.job import trial
     from kgg.job.runstate import SimulatedInterruption, Terminated, terminate_on_sigterm
     from kgg.job.train import train
 
     try:
+        # Under Vertex AI the run's folder is Vertex's (a sweep's trial has its own).
+        vertex = trial.from_environment()
+        args.out = args.out or (vertex.out if vertex else None)
+        if not args.out:
+            raise ValueError("--out is required (Vertex AI jobs get it from AIP_MODEL_DIR)")
         config = config_from_args(args)
     except ValueError as error:
         return _user_error(error)
     try:
         with terminate_on_sigterm():
-            train(config, restart=args.restart)
+            metrics = train(config, restart=args.restart)
+        if vertex is not None:
+            # The tuner's measurement: the headline micro-F1 (the held-out split's if any).
+            trial.MetricReporter.from_environment().report(metrics[trial.METRIC_ID])
     except (SimulatedInterruption, Terminated) as stop:
         print(f"interrupted: {stop}; run the same command again to resume", file=sys.stderr)
         return EXIT_RETRY
@@ -159,7 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train and evaluate; resumable: rerun the same command after a kill"
     )
     train.add_argument("--data", required=True, help="folder or gs:// prefix with train/ [test/]")
-    train.add_argument("--out", required=True, help="results folder or gs:// prefix (one per run)")
+    train.add_argument(
+        "--out", help="results folder or gs:// prefix (one per run; under Vertex AI: its own)"
+    )
     _add_train_options(train)
     train.set_defaults(func=run)
 

@@ -94,8 +94,8 @@ def test_tensorboard_mirror_never_imports_tensorflow(gcs_bucket: str, tmp_path: 
 
 # Every command `kgg` has, in the order its help lists them (kgg/cli/main.py COMMANDS).
 EVERY_COMMAND = [
-    "train", "predict", "demo", "upload", "status", "pull", "runs", "logs", "tensorboard",
-    "start", "stop", "ssh", "notebook", "ssh-proxy", "ssh-config",
+    "init", "train", "predict", "demo", "upload", "status", "pull", "runs", "logs", "tensorboard",
+    "start", "stop", "ssh", "notebook", "ssh-proxy", "ssh-config", "submit", "sweep", "cancel",
 ]  # fmt: skip
 
 

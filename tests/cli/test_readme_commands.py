@@ -12,7 +12,7 @@ import pytest
 README = Path(__file__).resolve().parents[2] / "README.md"
 COMMAND = re.compile(
     r"^uv run kgg "
-    r"((?:upload|status|pull|runs|tensorboard|start|stop|ssh)\b[^#\n]*)",
+    r"((?:upload|status|pull|runs|tensorboard|start|stop|ssh|submit|sweep|cancel)\b[^#\n]*)",
     re.M,
 )
 

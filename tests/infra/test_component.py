@@ -398,18 +398,24 @@ def test_bucket_is_retained_on_destroy_only_when_kept(tmp_path, monkeypatch, kee
 def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
     notebook, _, mocks = build(tmp_path)
 
-    def check(urn, bucket_name, email, _instance_urn):
+    def check(urn, bucket_name, email, jobs_email, *_waited):
         bucket_grants = mocks.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
+        # The VM's account and the Vertex AI jobs' account, each on this bucket only.
         assert [
             (g.inputs["bucket"], g.inputs["role"], g.inputs["member"]) for g in bucket_grants
-        ] == [(bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{email}")], urn
+        ] == [
+            (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{email}"),
+            (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{jobs_email}"),
+        ], urn
         assert not mocks.of_type("gcp:storage/bucketIAMBinding:BucketIAMBinding"), urn
 
     return _check(
         notebook.service_account,
         notebook.bucket.name,
         notebook.service_account.email,
+        notebook.jobs_account.email,
         notebook.group.urn,  # the VM waits for every grant
+        *(grant.urn for grant in notebook.jobs_grants),
         check=check,
     )
 
@@ -665,4 +671,31 @@ def test_debian_12_image_boots_with_secure_boot_off_for_the_dkms_driver(tmp_path
         notebook.template.disks,
         notebook.template.shielded_instance_config,
         check=check,
+    )
+
+
+@pulumi.runtime.test
+def test_the_jobs_account_is_exported_with_what_kgg_submit_reads(tmp_path):
+    notebook, _, mocks = build(tmp_path)
+
+    def check(urn, email, outputs):
+        assert email.endswith("-jobs@proj.iam.gserviceaccount.com"), urn
+        assert outputs["jobsServiceAccount"] == email
+        # kgg/cli/vertex_jobs.py's OUTPUTS, and the stack's name and labels for the job's.
+        from kgg.cli.vertex_jobs import OUTPUTS
+
+        assert set(OUTPUTS.values()) | {"stack", "labels", "dataPath"} <= set(outputs)
+        roles = sorted(
+            g.inputs["role"]
+            for g in mocks.of_type("gcp:projects/iAMMember:IAMMember")
+            if g.inputs["member"] == f"serviceAccount:{email}"
+        )
+        assert roles == ["roles/logging.logWriter"], urn
+
+    return _check(
+        notebook.jobs_account,
+        notebook.jobs_account.email,
+        pulumi.Output.all(**notebook.stack_outputs),
+        *(grant.urn for grant in notebook.jobs_grants),
+        check=lambda urn, email, outputs, *_: check(urn, email, outputs),
     )

@@ -112,3 +112,24 @@ def test_a_condition_the_model_does_not_understand_is_refused_not_guessed() -> N
 def test_a_role_missing_from_the_table_is_refused_naming_it(grants: access.Grants) -> None:
     with pytest.raises(access.AccessError, match=r"roles/compute\.admin"):
         grants.role_permissions("roles/compute.admin")
+
+
+def test_the_jobs_account_reads_and_writes_only_its_buckets_objects(grants: access.Grants) -> None:
+    jobs = grants.identities[access.JOBS]
+    bucket = "projects/_/buckets/kgg-grants-bucket"
+    assert jobs.endswith("-jobs@proj.iam.gserviceaccount.com")
+    assert grants.allows(jobs, "storage.objects.create", f"{bucket}/objects/runs/vx-1/x")
+    assert not grants.allows(jobs, "storage.objects.get", "projects/_/buckets/other/objects/x")
+    assert not {p for p in grants.permissions_of(jobs) if p.startswith(("iam.", "compute.",
+                "secretmanager.", "workflows.", "aiplatform."))}  # fmt: skip
+    assert grants.obtainable_from(jobs) == {jobs}
+
+
+def test_no_identity_of_the_stack_can_act_as_the_jobs_account(grants: access.Grants) -> None:
+    """Only the laptop user (the Owner, or who holds roles/iam.serviceAccountUser on it)
+    starts a job as it: the VM cannot reach its permissions through Vertex AI."""
+    jobs = grants.identities[access.JOBS]
+    resource = f"projects/{PROJECT}/serviceAccounts/{jobs.partition(':')[2]}"
+    for name in (access.VM, access.STOPPER):
+        assert not grants.allows(grants.identities[name], "iam.serviceAccounts.actAs", resource)
+        assert jobs not in grants.obtainable_from(grants.identities[name])

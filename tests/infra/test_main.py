@@ -12,6 +12,7 @@ from tests.infra.harness import start
 EXPECTED_OUTPUTS = {
     "bucketName", "bucketUrl", "externalIp", "notebookUrl", "instanceGroup", "region", "zones",
     "sshCommand", "statusUrl", "runsUrl", "workspaceUrl", "estimatedHourlyUsd", "gpu",
+    "project", "stack", "dataPath", "labels", "jobsServiceAccount",
 }  # fmt: skip
 
 
@@ -33,6 +34,7 @@ def test_program_exports_every_output_and_creates_each_resource_once(monkeypatch
             "RandomBytes", "Secret", "SecretVersion", "SecretIamMember", "InstanceTemplate",
             "RegionInstanceGroupManager", "IAMCustomRole", "IAMMember", "Account", "Workflow",
             "IAMCustomRole", "IAMMember",
+            "Account", "BucketIAMMember", "IAMMember",  # the Vertex AI jobs' account
         ])  # fmt: skip
 
     # The last resource registered: its URN resolves once every resource exists.

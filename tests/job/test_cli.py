@@ -94,3 +94,39 @@ def test_out_of_range_epochs_rates_and_patience_are_one_line_errors(
     assert result.rc == EXIT_USAGE
     assert result.error_line() == f"error: {expected}"
     assert not (tmp_path / "out").exists()  # nothing started, nothing to clean up
+
+
+def test_train_without_out_outside_vertex_is_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIP_MODEL_DIR", raising=False)
+    monkeypatch.delenv("CLOUD_ML_TRIAL_ID", raising=False)
+    assert main(["train", "--data", "d"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "error: --out is required (Vertex AI jobs get it from AIP_MODEL_DIR)\n"
+    )
+
+
+def test_a_vertex_trial_writes_to_its_folder_and_reports_the_headline_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a tuning job's trial the run's folder comes from AIP_MODEL_DIR and the headline
+    micro-F1 reaches the tuner's metric file (kgg/job/trial.py)."""
+    from kgg.job import train as train_module
+    from kgg.job import trial
+
+    seen: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig, restart: bool = False) -> dict:
+        seen.append(config)
+        return {"micro_f1": 0.875, "scored_on": "holdout"}
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    metric_file = tmp_path / "hypertune" / "output.metrics"
+    monkeypatch.setenv("AIP_MODEL_DIR", "gs://kgg-test-bucket/runs/vs-1/7/model/")
+    monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
+    assert main(["train", "--data", "d", "--head-lr", "0.01"]) == 0
+    assert seen[0].out == "gs://kgg-test-bucket/runs/vs-1/7"
+    (report,) = trial.read_reports(metric_file)
+    assert (report["trial"], report["micro_f1"]) == ("7", "0.875")

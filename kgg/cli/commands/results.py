@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kgg.cli import results, status
-from kgg.cli.stack import add_bucket_option, resolve_bucket
+from kgg.cli.stack import add_bucket_option, resolve_bucket, stack_outputs
 from kgg.common import storage
 from kgg.common.contract import STATUS_OBJECT
 
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=20.0,
         help="download at most this much (default 20 GB; a run writes a few hundred MB)",
     )
+    pull.add_argument(
+        "--all-trials", action="store_true", help="a sweep: every trial (default: the best)"
+    )
     pull.set_defaults(func=run)
 
     runs = subparsers.add_parser(
@@ -49,6 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     bucket = resolve_bucket(args.bucket)
+    if not args.all_trials:  # a sweep: its best trial only
+        from kgg.cli.vertex_runs import pull_best
+
+        best = pull_best(bucket, args.run, args.to, args.workers, not args.quiet,
+                         int(args.max_gb * 10**9), results.runs_listing(bucket))  # fmt: skip
+        if best is not None:
+            print(results.render_pull(*best))
+            return 0
     run_id, target, stats = results.pull_run(
         bucket,
         args.run,
@@ -67,4 +78,8 @@ def _runs(args: argparse.Namespace) -> int:
     current = startup.run_id if startup else None
     costs = results.run_costs(bucket)
     print(results.render_runs(results.list_runs(bucket), bucket, current, costs))
+    if args.bucket is None:  # the stack's bucket: its Vertex AI jobs too
+        from kgg.cli import vertex_runs
+
+        vertex_runs.print_section(stack_outputs)
     return 0

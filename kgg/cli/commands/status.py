@@ -15,6 +15,7 @@ from kgg.cli.stack import (
     add_group_option,
     resolve_bucket,
     resolve_group,
+    stack_outputs,
 )
 from kgg.cli.vm import read_status_view
 from kgg.common.contract import STATUS_OBJECT
@@ -90,4 +91,8 @@ def run(args: argparse.Namespace) -> int:
         # The bucket's view still helps; GCE's is missing for a reason the user can fix.
         print(f"(no VM view from GCE: {error})", file=sys.stderr)
     print(status.render_status(startup, progress, datetime.now(UTC), source, group))
+    if args.bucket is None:  # the stack's Vertex AI jobs still queued or running
+        from kgg.cli import vertex_runs
+
+        vertex_runs.print_section(stack_outputs, only_active=True)
     return status.WATCH_EXIT_FAILED if status.outcome(startup, progress) == "failed" else 0
