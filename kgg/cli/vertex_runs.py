@@ -1,8 +1,9 @@
 """The Vertex AI side of `kgg runs`, `kgg status` and `kgg pull`: the stack's jobs (those labelled
 app=keras-gpu-gcp and stack=<stack>, kgg/cli/vertex_spec.py), where each ran, its state and its
-queue time (startTime - createTime), a sweep's trials and its best; and a sweep's best trial
-pulled from the bucket (each trial's metrics.json in gs://BUCKET/runs/SWEEP/TRIAL/, so `pull`
-needs no Vertex call).
+queue time (startTime - createTime), its estimated cost (kgg/cli/vertex_cost.py: the $/h of its
+machine times its real start-to-end, a sweep's summed over its trials), a sweep's trials and its
+best; and a sweep's best trial pulled from the bucket (each trial's metrics.json in
+gs://BUCKET/runs/SWEEP/TRIAL/, so `pull` needs no Vertex call).
 
 Names come back with the project NUMBER (Vertex's), so runs are matched by their `run` label,
 never by name.
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kgg.cli import vertex_cost
 from kgg.cli.vertex_api import CUSTOM_JOBS, TUNING_JOBS, Vertex, VertexError
 from kgg.cli.vertex_spec import APP_LABEL, METRIC_ID, SpecError
 from kgg.common.contract import METRICS_FILE
@@ -40,6 +42,8 @@ class Trial:
     state: str
     parameters: Mapping[str, Any]
     score: float | None
+    started: datetime | None = None
+    ended: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class VertexRun:
     ended: datetime | None
     trials: tuple[Trial, ...] = ()
     max_trials: int = 0
+    # $/h of one run's (a sweep: one trial's) machines; None when the catalogue lacks a price.
+    usd_per_hour: float | None = None
 
     @property
     def done(self) -> bool:
@@ -67,6 +73,21 @@ class VertexRun:
         if self.started is None:
             return None if self.done else now - self.created
         return self.started - self.created
+
+    def billed_spans(self) -> list[tuple[datetime, datetime | None]]:
+        """When its machines ran: from its start to its end (None: still running); a sweep's
+        trials each from theirs (a trial still open when the sweep ended stops with it)."""
+        if self.kind == "sweep":
+            return [(t.started, t.ended or self.ended) for t in self.trials if t.started]
+        return [(self.started, self.ended)] if self.started else []
+
+    def cost(self, now: datetime) -> float | None:
+        """Estimated $ so far; None before it starts or without a price."""
+        spans = self.billed_spans()
+        if self.usd_per_hour is None or not spans:
+            return None
+        seconds = sum(max(0.0, ((end or now) - start).total_seconds()) for start, end in spans)
+        return self.usd_per_hour * seconds / 3600
 
     @property
     def best(self) -> Trial | None:
@@ -93,7 +114,10 @@ def _trial(raw: Mapping[str, Any]) -> Trial:
     for metric in (raw.get("finalMeasurement") or {}).get("metrics") or []:
         if metric.get("metricId") == METRIC_ID and isinstance(metric.get("value"), int | float):
             score = float(metric["value"])
-    return Trial(str(raw.get("id", "?")), str(raw.get("state", "?")), parameters, score)
+    return Trial(
+        str(raw.get("id", "?")), str(raw.get("state", "?")), parameters, score,
+        _time(raw.get("startTime")), _time(raw.get("endTime")),
+    )  # fmt: skip
 
 
 def parse_job(raw: Mapping[str, Any], kind: str) -> VertexRun:
@@ -108,6 +132,7 @@ def parse_job(raw: Mapping[str, Any], kind: str) -> VertexRun:
         ended=_time(raw.get("endTime")),
         trials=tuple(_trial(t) for t in raw.get("trials") or [] if isinstance(t, dict)),
         max_trials=int(raw.get("maxTrialCount") or 0),
+        usd_per_hour=vertex_cost.usd_per_hour(raw, vertex_cost.region_of(str(raw.get("name", "")))),
     )
 
 
@@ -139,12 +164,20 @@ def _state(state: str) -> str:
     return state.removeprefix("JOB_STATE_").lower()
 
 
+def _cost(run: VertexRun, now: datetime) -> str:
+    """`$1.23` so far, `-` before it starts, `?` once it runs without a price."""
+    if not run.billed_spans():
+        return "-"
+    cost = run.cost(now)
+    return "?" if cost is None else vertex_cost.dollars(cost)
+
+
 def render_jobs(runs: Iterable[VertexRun], now: datetime) -> str:
     """The Vertex AI section: one line per run or sweep, then a sweep's trials and best."""
     runs = list(runs)
     if not runs:
         return "Vertex AI: no runs or sweeps of this stack (`kgg submit`, `kgg sweep`)."
-    header = ("run", "where", "state", "queued", "ran", "trials", "best micro-F1")
+    header = ("run", "where", "state", "queued", "ran", "cost", "trials", "best micro-F1")
     rows = [header]
     for run in runs:
         ran = None
@@ -155,7 +188,7 @@ def render_jobs(runs: Iterable[VertexRun], now: datetime) -> str:
         trials = f"{len(run.trials)}/{run.max_trials}" if run.kind == "sweep" else "-"
         rows.append((
             printable(run.run_id), f"vertex {run.kind}", printable(_state(run.state)),
-            _minutes(run.queued(now)), _minutes(ran), trials,
+            _minutes(run.queued(now)), _minutes(ran), _cost(run, now), trials,
             best_cell,
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -172,6 +205,8 @@ def render_jobs(runs: Iterable[VertexRun], now: datetime) -> str:
                 printable(f"    {run.run_id} trial {trial.trial_id}: {trial.state.lower()}, "
                           f"micro-F1 {score}, {params}{star}")
             )  # fmt: skip
+    if any(_cost(run, now) == "?" for run in runs):
+        lines.append(f"  ? no price for its machine in the catalogue's {vertex_cost.PRICES}")
     if any(run.kind == "sweep" for run in runs):
         lines.append(
             "  * a sweep's best trial: `kgg pull SWEEP` fetches it (--all-trials: every one)"

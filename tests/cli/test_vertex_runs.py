@@ -1,6 +1,6 @@
 """`kgg runs` and `kgg status` show the stack's Vertex AI runs and sweeps (where, state, queue
-time, trials and the best) from the Vertex fake; `kgg pull SWEEP` fetches the best trial from the
-bucket, `--all-trials` every one."""
+time, estimated cost, trials and the best) from the Vertex fake; `kgg pull SWEEP` fetches the best
+trial from the bucket, `--all-trials` every one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from kgg.cli.commands import results as results_command
 from kgg.cli.commands import status as status_command
 from kgg.cli.vertex_api import ENDPOINT_ENV
 from kgg.common import storage
+from kgg.infra import vertex_prices
+from kgg.infra.vertex_prices import VertexPrice
 from tests import fake_aiplatform as vertex
 from tests import iam
 
@@ -44,6 +46,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def dollar_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Test figures: the default n1-highmem-4 + 1x T4 at $1.00/h standard, $0.40/h spot."""
+    monkeypatch.setattr(vertex_prices, "VERTEX_MACHINE_PRICES",
+                        {"n1-highmem-4": VertexPrice(0.5, spot=0.2)})  # fmt: skip
+    monkeypatch.setattr(vertex_prices, "VERTEX_GPU_PRICES",
+                        {"NVIDIA_TESLA_T4": VertexPrice(0.5, spot=0.2)})  # fmt: skip
+
+
+@pytest.fixture
 def fake_vertex(
     gcs_bucket: str, monkeypatch: pytest.MonkeyPatch, clock: Clock
 ) -> Iterator[vertex.FakeVertex]:
@@ -55,8 +66,9 @@ def fake_vertex(
 
 
 def test_runs_shows_a_run_and_a_sweep_with_its_trials_and_best(
-    fake_vertex: vertex.FakeVertex, clock: Clock, capsys: pytest.CaptureFixture[str]
-) -> None:
+    fake_vertex: vertex.FakeVertex, clock: Clock, capsys: pytest.CaptureFixture[str],
+    dollar_an_hour: None,
+) -> None:  # fmt: skip
     assert kgg(capsys, "submit", *TARGET, "--run-id", "vx-1")[0] == 0
     clock.now = T0 + timedelta(minutes=1)
     sweep_argv = ["--run-id", "vs-1", "--trials", "3", "--parallel", "2",
@@ -77,13 +89,15 @@ def test_runs_shows_a_run_and_a_sweep_with_its_trials_and_best(
     code, out, err = kgg(capsys, "runs")
     assert code == 0, err
     section = out[out.index("Vertex AI:") :].splitlines()
-    assert section[1].split() == ["run", "where", "state", "queued", "ran", "trials", "best",
-                                  "micro-F1"]  # fmt: skip
-    assert section[2].split() == ["vx-1", "vertex", "submit", "succeeded", "4m00s", "30m00s", "-",
-                                  "-"]  # fmt: skip
-    # Still running: it has run until now (the laptop's clock, not the fake's).
+    assert section[1].split() == ["run", "where", "state", "queued", "ran", "cost", "trials",
+                                  "best", "micro-F1"]  # fmt: skip
+    # 30 minutes at $1.00/h.
+    assert section[2].split() == ["vx-1", "vertex", "submit", "succeeded", "4m00s", "30m00s",
+                                  "$0.50", "-", "-"]  # fmt: skip
+    # Still running: it has run until now (the laptop's clock, not the fake's); its cost is its
+    # two trials' 30 minutes each, both ended.
     assert section[3].split()[:5] == ["vs-1", "vertex", "sweep", "running", "3m00s"]
-    assert section[3].split()[-4:] == ["2/3", "0.9300", "(trial", "2)"]
+    assert section[3].split()[-5:] == ["$1.00", "2/3", "0.9300", "(trial", "2)"]
     assert section[4] == "    vs-1 trial 1: succeeded, micro-F1 0.8100, unfreeze-blocks=1"
     assert section[5] == "    vs-1 trial 2: succeeded, micro-F1 0.9300, unfreeze-blocks=3 *"
 
@@ -102,7 +116,60 @@ def test_a_queued_run_counts_its_wait_until_now() -> None:
     )  # fmt: skip
     assert run.queued(T0 + timedelta(hours=2, minutes=5)) == timedelta(hours=2, minutes=5)
     line = vertex_runs.render_jobs([run], T0 + timedelta(hours=2, minutes=5)).splitlines()[2]
-    assert line.split() == ["vx-9", "vertex", "submit", "queued", "2h05m", "-", "-", "-"]
+    # Nothing spent before it starts.
+    assert line.split() == ["vx-9", "vertex", "submit", "queued", "2h05m", "-", "-", "-", "-"]
+
+
+def _custom_job(strategy: str, **times: str) -> dict:
+    machine = {"machineType": "n1-highmem-4", "acceleratorType": "NVIDIA_TESLA_T4",
+               "acceleratorCount": 1}  # fmt: skip
+    return {
+        "name": "projects/1/locations/us-central1/customJobs/7", "state": "JOB_STATE_RUNNING",
+        "labels": {"run": "vx-7"}, "createTime": "2026-12-03T09:00:00Z", **times,
+        "jobSpec": {"workerPoolSpecs": [{"machineSpec": machine, "replicaCount": "1"}],
+                    "scheduling": {"strategy": strategy, "timeout": "86400s"}},
+    }  # fmt: skip
+
+
+def test_a_running_job_costs_its_machine_rate_until_now(dollar_an_hour: None) -> None:
+    run = vertex_runs.parse_job(_custom_job("SPOT", startTime="2026-12-03T09:15:00Z"), "submit")
+    assert run.usd_per_hour == pytest.approx(0.40)
+    assert run.cost(T0 + timedelta(hours=2, minutes=45)) == pytest.approx(0.40 * 2.5)
+    line = vertex_runs.render_jobs([run], T0 + timedelta(hours=2, minutes=45)).splitlines()[2]
+    assert line.split()[4:7] == ["15m00s", "2h30m", "$1.00"]
+
+
+def test_a_job_that_ran_without_a_price_shows_a_question_mark_and_why() -> None:
+    """The catalogue's own table has no T4 price: `?`, and a line naming the prices it has."""
+    run = vertex_runs.parse_job(
+        _custom_job("STANDARD", startTime="2026-12-03T09:15:00Z", endTime="2026-12-03T10:15:00Z"),
+        "submit",
+    )
+    lines = vertex_runs.render_jobs([run], T0 + timedelta(hours=3)).splitlines()
+    assert lines[2].split()[5:7] == ["1h00m", "?"]
+    assert lines[3] == (
+        "  ? no price for its machine in the catalogue's Vertex AI us-central1 prices of "
+        f"{vertex_prices.VERTEX_PRICES_CHECKED}"
+    )
+
+
+def test_a_sweep_sums_its_trials_and_an_open_trial_stops_with_the_sweep(
+    dollar_an_hour: None,
+) -> None:
+    raw = _custom_job("STANDARD", startTime="2026-12-03T09:00:00Z",
+                      endTime="2026-12-03T11:00:00Z")  # fmt: skip
+    raw["name"] = "projects/1/locations/us-central1/hyperparameterTuningJobs/8"
+    raw["trialJobSpec"] = raw.pop("jobSpec")
+    raw["state"] = "JOB_STATE_CANCELLED"
+    raw["trials"] = [
+        {"id": "1", "state": "SUCCEEDED", "startTime": "2026-12-03T09:00:00Z",
+         "endTime": "2026-12-03T09:45:00Z"},
+        # Still ACTIVE in the answer when the sweep was cancelled at 11:00: billed until then.
+        {"id": "2", "state": "ACTIVE", "startTime": "2026-12-03T10:00:00Z"},
+        {"id": "3", "state": "REQUESTED"},
+    ]  # fmt: skip
+    run = vertex_runs.parse_job(raw, "sweep")
+    assert run.cost(T0 + timedelta(days=1)) == pytest.approx(0.75 + 1.0)
 
 
 def test_a_vertex_call_that_fails_leaves_the_bucket_view(

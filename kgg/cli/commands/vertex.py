@@ -1,15 +1,17 @@
 """`kgg submit`, `kgg sweep` and `kgg cancel`: a training run or a sweep as a Vertex AI job
-(kgg/cli/vertex_jobs.py builds it), or a sweep's trials here (`sweep --local`). `--dry-run`
-prints the body and sends nothing."""
+(kgg/cli/vertex_jobs.py builds it), or a sweep's trials here (`sweep --local`). Each prints its
+cost estimate on stderr first (kgg/cli/vertex_cost.py); `--dry-run` prints the body and sends
+nothing."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kgg.cli import vertex_spec
+from kgg.cli import vertex_cost, vertex_spec
 from kgg.cli.stack import stack_outputs
 from kgg.cli.vertex_api import JOB_NAME, TUNING_JOBS, Vertex
 from kgg.cli.vertex_jobs import (
@@ -66,6 +68,8 @@ def _create(args: argparse.Namespace, build: Callable[..., Job]) -> int:
     where = resolve_where(args, stack_outputs)
     code = code_archive()
     job = build(args, where, code)
+    # On stderr: with --dry-run, stdout holds only the body (it is piped into other tools).
+    print(vertex_cost.estimate(job.body, where.target.region), file=sys.stderr)
     if args.dry_run:
         print(json.dumps(job.body, indent=2))
         return 0
