@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kgg.cli.vertex_api import CUSTOM_JOBS, TUNING_JOBS, Vertex, VertexError
-from kgg.cli.vertex_spec import APP_LABEL, METRIC_ID, SpecError
-from kgg.common.contract import METRICS_FILE
+from kgg.cli.vertex_spec import APP_LABEL, SpecError
+from kgg.common.contract import METRIC_ID, METRICS_FILE
 from kgg.common.terminal import printable
 
 FINAL = frozenset(

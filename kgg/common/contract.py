@@ -33,6 +33,10 @@ MANIFEST_NAME = "_upload_manifest.json"
 PROGRESS_FILE = "progress.json"
 # In a run folder: the job's headline metrics, read by `kgg runs`, the agent's notification, demo.
 METRICS_FILE = "metrics.json"
+# The headline micro-F1 (the held-out split's when there is one): its key in metrics.json and
+# progress.json, the Keras metric's name, and the tag the job reports to Vertex's tuner, which the
+# sweep's study maximises (kgg/job/trial.py, kgg/cli/vertex_spec.py).
+METRIC_ID = "micro_f1"
 # In a run folder: the training log the VM's log sync uploads and `kgg logs` reads.
 TRAIN_LOG_FILE = "train.log"
 # In a run folder: resume checkpoints, removed when the run is done; `pull` leaves them behind.
