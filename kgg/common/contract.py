@@ -97,6 +97,16 @@ VENV_DIR = f"{INSTALL_DIR}/venv"
 BOOTSTRAP_PY = f"{INSTALL_DIR}/bootstrap/bootstrap.py"
 RUNTIME_DIR = "/run/keras-gpu-gcp"  # emptied at each boot
 
+# --- A Vertex AI job's container: what kgg/cli/vertex_jobs.py sets in its environment and
+# bootstrap.py's `vertex` reads: the VM's pinned uv wheel and the CPython range of uv.lock's wheels
+# (kgg/startup/render.py holds the values, the startup script gets them rendered).
+UV_VERSION_ENV = "KGG_UV_VERSION"
+UV_WHEEL_URL_ENV = "KGG_UV_WHEEL_URL"
+UV_WHEEL_SHA256_ENV = "KGG_UV_WHEEL_SHA256"
+PYTHON_MIN_ENV = "KGG_PYTHON_MIN"
+PYTHON_MAX_ENV = "KGG_PYTHON_MAX"
+MANAGED_PYTHON_ENV = "KGG_MANAGED_PYTHON"
+
 # --- Exit codes ------------------------------------------------------------------------------
 EXIT_USAGE = 2  # bad data, path, option or value: the user fixes it, then runs the command again
 # EX_TEMPFAIL: interrupted (SIGTERM, a simulated kill, no capacity yet); the same command resumes.
