@@ -12,7 +12,7 @@ from typing import Any
 
 from kgg.agent.agent import Agent
 from kgg.common import storage
-from kgg.common.contract import METRICS_FILE, run_folder
+from kgg.common.contract import METRIC_ID, METRICS_FILE, run_folder
 from kgg.common.documents import read
 from kgg.common.timestamps import format_duration
 from kgg.common.vm_runtime import CloudError, post_webhook
@@ -58,7 +58,7 @@ def run_ended(agent: Agent, state: str) -> bool:
     except (storage.StorageError, ValueError):  # the bucket's: any of it may be wrong
         metrics = None
     metrics = metrics if isinstance(metrics, dict) else {}
-    score = metrics.get("micro_f1")
+    score = metrics.get(METRIC_ID)
     cost = read(agent.paths.status).cost
     parts = [f"keras-gpu-gcp: run {run_id} {state}"]
     fields: dict[str, Any] = {"event": f"run-{state}", "state": state}
@@ -67,7 +67,7 @@ def run_ended(agent: Agent, state: str) -> bool:
         scored_on = metrics.get("scored_on")
         scored_on = scored_on if scored_on in SCORED_ON else "validation"
         parts.append(f"micro-F1 {score:.4f} on {scored_on}")
-        fields |= {"micro_f1": float(score), "scored_on": scored_on}
+        fields |= {METRIC_ID: float(score), "scored_on": scored_on}
     if cost is not None and cost.run_seconds is not None:
         parts.append(f"trained {format_duration(cost.run_seconds)}")
         fields["seconds"] = cost.run_seconds

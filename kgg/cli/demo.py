@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
-from kgg.common.contract import MANIFEST_NAME, METRICS_FILE, RUNS_PREFIX
+from kgg.common.contract import MANIFEST_NAME, METRIC_ID, METRICS_FILE, RUNS_PREFIX
 from kgg.common.emulator import acting_as, running_emulator
 from kgg.common.errors import UserError
 
@@ -170,7 +170,7 @@ def _report(out: str, args: argparse.Namespace) -> None:
     metrics = storage.read_json(f"{out}/{METRICS_FILE}") or {}
     scored_on = metrics.get("scored_on", "validation")
     print(f"\n{scored_on} metrics (synthetic data, random initial weights):")
-    for key in ("accuracy", "micro_f1", "macro_f1"):
+    for key in ("accuracy", METRIC_ID, "macro_f1"):
         print(f"  {key:10s} {metrics.get(key, float('nan')):.3f}")
     print(
         f"  skipped    {metrics['skipped_files']['count']} files: "

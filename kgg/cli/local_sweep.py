@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgg.common.contract import CLI_NAME
+from kgg.common.contract import CLI_NAME, METRIC_ID
 from kgg.job import trial as trial_contract
 
 LOG_SCALES = frozenset({"UNIT_LOG_SCALE", "UNIT_REVERSE_LOG_SCALE"})
@@ -90,7 +90,7 @@ def run_trials(
         argv = [sys.executable, "-m", CLI_NAME, *job_args, *arguments(chosen)]
         code = (run or subprocess.run)(argv, env=env, check=False).returncode
         reports = trial_contract.read_reports(env[trial_contract.METRIC_FILE])
-        values = [r[trial_contract.METRIC_ID] for r in reports if trial_contract.METRIC_ID in r]
+        values = [r[METRIC_ID] for r in reports if METRIC_ID in r]
         score = float(values[-1]) if values and code == 0 else None
         done.append(LocalTrial(trial_id, chosen, code, score, base / trial_id))
         shown = f"micro-F1 {score:.4f}" if score is not None else f"no score (exit {code})"

@@ -20,6 +20,7 @@ from kgg.common import storage
 from kgg.common.contract import (
     BACKUP_DIR,
     COST_OBJECT,
+    METRIC_ID,
     METRICS_FILE,
     PROGRESS_FILE,
     RUNS_PREFIX,
@@ -31,7 +32,7 @@ from kgg.common.timestamps import format_duration
 
 RUNS_FOLDER = "runs"  # where `pull` puts a run by default: DIR/RUN, as in the bucket
 LATEST = "latest"
-MICRO_F1_KEYS = ("micro_f1", "val_micro_f1", "test_micro_f1", "f1_micro")
+MICRO_F1_KEYS = (METRIC_ID, "val_micro_f1", "test_micro_f1", "f1_micro")
 ACCURACY_KEYS = ("accuracy", "val_accuracy", "test_accuracy")
 SCORED_ON = ("holdout", "validation")  # metrics.json's `scored_on`: the set the scores are on
 # What `pull` downloads of one run at most (without backup/): a run writes a few hundred MB.

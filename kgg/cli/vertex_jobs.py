@@ -21,6 +21,7 @@ from typing import Any
 from kgg.cli import vertex_launcher, vertex_spec
 from kgg.cli.vertex_api import CUSTOM_JOBS, TUNING_JOBS
 from kgg.cli.vertex_spec import SpecError
+from kgg.common import contract
 
 # The entry script inside the code archive and its command: installs the locked env with uv, as
 # the VM's startup does, then runs `python -m kgg` with what follows `--`.
@@ -190,6 +191,24 @@ def ensure_uploaded(bucket: str, code: Code) -> bool:
     return True
 
 
+def container_env() -> dict[str, str]:
+    """The container's environment: the entry's own `kgg` imports from the extracted app (run as
+    a script, its folder is kgg/startup/), and the VM's uv and Python pins, so a job installs the
+    env exactly as a VM of the same code does."""
+    from kgg.startup import render
+
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": vertex_launcher.DEFAULT_TARGET,
+        contract.UV_VERSION_ENV: render.UV_VERSION,
+        contract.UV_WHEEL_URL_ENV: render.UV_WHEEL_URL,
+        contract.UV_WHEEL_SHA256_ENV: render.UV_WHEEL_SHA256,
+        contract.PYTHON_MIN_ENV: render.PYTHON_MIN,
+        contract.PYTHON_MAX_ENV: render.PYTHON_MAX,
+        contract.MANAGED_PYTHON_ENV: render.MANAGED_PYTHON,
+    }
+
+
 def container(where: Where, code: Code, job_args: Sequence[str]) -> vertex_spec.Container:
     command, launcher_args = vertex_launcher.launcher(
         vertex_launcher.fuse_path(where.target.bucket, code.object_name),
@@ -197,9 +216,8 @@ def container(where: Where, code: Code, job_args: Sequence[str]) -> vertex_spec.
         ENTRY,
         [*ENTRY_ARGS, "train", "--data", where.data, *job_args],
     )
-    return vertex_spec.Container(
-        vertex_launcher.DEFAULT_IMAGE, command, launcher_args, {"PYTHONUNBUFFERED": "1"}
-    )
+    return vertex_spec.Container(vertex_launcher.DEFAULT_IMAGE, command, launcher_args,
+                                 container_env())  # fmt: skip
 
 
 # --- the jobs ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ the laptop put in the body (the bucket is not trusted), extract it with no links
 outside its folder, and hand over to an entry script of the archive with the remaining
 arguments (for a trial, Vertex's `--<parameterId>=<value>` come last and are passed on).
 
-The image needs only a python3 (3.8+): Google's distroless python3-debian12 has 3.11, no shell.
+The image needs only a python3 (3.10+, for the entry bootstrap.py): Google's distroless
+python3-debian12 has 3.11, no shell; bootstrap.py `vertex` installs the rest with uv.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from typing import Any
 
 from kgg.cli import vertex_cost
 from kgg.cli.vertex_api import CUSTOM_JOBS, TUNING_JOBS, Vertex, VertexError
-from kgg.cli.vertex_spec import APP_LABEL, METRIC_ID, SpecError
-from kgg.common.contract import METRICS_FILE
+from kgg.cli.vertex_spec import APP_LABEL, SpecError
+from kgg.common.contract import METRIC_ID, METRICS_FILE
 from kgg.common.terminal import printable
 
 FINAL = frozenset(

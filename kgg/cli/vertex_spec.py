@@ -19,12 +19,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kgg.common.contract import run_folder
+from kgg.common.contract import METRIC_ID, run_folder
 from kgg.common.errors import UserError
 
-# The tag the job reports its headline micro-F1 under (kgg/job/trial.py writes it) and the metric
-# the study maximises: both sides must spell it alike (a test holds them equal).
-METRIC_ID = "micro_f1"
 APP_LABEL = "keras-gpu-gcp"  # infra's `app` label on every resource of a stack
 
 # --scheduling: the user's word -> Scheduling.strategy.

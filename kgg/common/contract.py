@@ -33,6 +33,10 @@ MANIFEST_NAME = "_upload_manifest.json"
 PROGRESS_FILE = "progress.json"
 # In a run folder: the job's headline metrics, read by `kgg runs`, the agent's notification, demo.
 METRICS_FILE = "metrics.json"
+# The headline micro-F1 (the held-out split's when there is one): its key in metrics.json and
+# progress.json, the Keras metric's name, and the tag the job reports to Vertex's tuner, which the
+# sweep's study maximises (kgg/job/trial.py, kgg/cli/vertex_spec.py).
+METRIC_ID = "micro_f1"
 # In a run folder: the training log the VM's log sync uploads and `kgg logs` reads.
 TRAIN_LOG_FILE = "train.log"
 # In a run folder: resume checkpoints, removed when the run is done; `pull` leaves them behind.
@@ -92,6 +96,16 @@ APP_DIR = f"{INSTALL_DIR}/app"  # the code archive, unpacked
 VENV_DIR = f"{INSTALL_DIR}/venv"
 BOOTSTRAP_PY = f"{INSTALL_DIR}/bootstrap/bootstrap.py"
 RUNTIME_DIR = "/run/keras-gpu-gcp"  # emptied at each boot
+
+# --- A Vertex AI job's container: what kgg/cli/vertex_jobs.py sets in its environment and
+# bootstrap.py's `vertex` reads: the VM's pinned uv wheel and the CPython range of uv.lock's wheels
+# (kgg/startup/render.py holds the values, the startup script gets them rendered).
+UV_VERSION_ENV = "KGG_UV_VERSION"
+UV_WHEEL_URL_ENV = "KGG_UV_WHEEL_URL"
+UV_WHEEL_SHA256_ENV = "KGG_UV_WHEEL_SHA256"
+PYTHON_MIN_ENV = "KGG_PYTHON_MIN"
+PYTHON_MAX_ENV = "KGG_PYTHON_MAX"
+MANAGED_PYTHON_ENV = "KGG_MANAGED_PYTHON"
 
 # --- Exit codes ------------------------------------------------------------------------------
 EXIT_USAGE = 2  # bad data, path, option or value: the user fixes it, then runs the command again

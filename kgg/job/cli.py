@@ -13,7 +13,7 @@ from collections.abc import Sequence
 # Exit codes of `train` and `predict` (README "Exit codes"), the contract's: the agent reads them.
 # EXIT_USAGE: bad data, path, option or model; data or options that differ from --out's run.
 # EXIT_RETRY: interrupted (SIGTERM, a simulated kill); the same command resumes.
-from kgg.common.contract import CLI_NAME, EXIT_RETRY, EXIT_USAGE
+from kgg.common.contract import CLI_NAME, EXIT_RETRY, EXIT_USAGE, METRIC_ID
 from kgg.job.config import BASES, DEFAULT_CACHE_DIR, RECIPES, TrainConfig
 from kgg.job.runtime import PRECISIONS
 
@@ -140,7 +140,7 @@ def _train(args: argparse.Namespace) -> int:
             metrics = train(config, restart=args.restart)
         if vertex is not None:
             # The tuner's measurement: the headline micro-F1 (the held-out split's if any).
-            trial.MetricReporter.from_environment().report(metrics[trial.METRIC_ID])
+            trial.MetricReporter.from_environment().report(metrics[METRIC_ID])
     except (SimulatedInterruption, Terminated) as stop:
         print(f"interrupted: {stop}; run the same command again to resume", file=sys.stderr)
         return EXIT_RETRY

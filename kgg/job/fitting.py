@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from kgg.common.contract import METRIC_ID
 from kgg.job import tensorboard
 from kgg.job.atomic import atomic_path
 from kgg.job.console import keras_verbose
 from kgg.job.runstate import Run
 
-MONITOR = "val_micro_f1"
+MONITOR = f"val_{METRIC_ID}"
 # Second component of each phase's random seed: the phases draw apart from each other.
 PHASE_STREAMS = {"head": 1, "finetune": 2, "guide": 3}
 # What progress.json reports of an epoch's logs.
@@ -38,7 +39,7 @@ def compile_model(model: Any, optimizer: Any, jit_compile: bool = False) -> None
     model.compile(
         optimizer=optimizer,
         loss="categorical_crossentropy",
-        metrics=["accuracy", keras.metrics.F1Score(average="micro", name="micro_f1")],
+        metrics=["accuracy", keras.metrics.F1Score(average="micro", name=METRIC_ID)],
         jit_compile=jit_compile,
     )
 

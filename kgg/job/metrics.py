@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from kgg.common.contract import METRIC_ID
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """counts[true, predicted]."""
@@ -48,7 +50,7 @@ def classification_metrics(
     return {
         "samples": int(total),
         "accuracy": float(tp / total) if total else 0.0,
-        "micro_f1": micro_f1,
+        METRIC_ID: micro_f1,
         "macro_f1": float(f1.mean()) if n else 0.0,
         "per_class": {
             name: {
@@ -65,7 +67,7 @@ def classification_metrics(
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scores of one set without the per-class detail (metrics.json's `validation`)."""
-    return {k: metrics[k] for k in ("samples", "accuracy", "micro_f1", "macro_f1")}
+    return {k: metrics[k] for k in ("samples", "accuracy", METRIC_ID, "macro_f1")}
 
 
 def headline(metrics: dict[str, Any]) -> str:
@@ -73,7 +75,7 @@ def headline(metrics: dict[str, Any]) -> str:
     `held-out micro-F1 0.9167 (accuracy 0.9167, macro-F1 0.9111) on 12 images ...`."""
     scored_on = metrics.get("scored_on", "validation")
     scores = (
-        f"micro-F1 {metrics.get('micro_f1', float('nan')):.4f} (accuracy "
+        f"micro-F1 {metrics.get(METRIC_ID, float('nan')):.4f} (accuracy "
         f"{metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
         f"{metrics.get('macro_f1', float('nan')):.4f}) on {metrics.get('samples', '?')} images"
     )
@@ -81,7 +83,7 @@ def headline(metrics: dict[str, Any]) -> str:
     if scored_on == "holdout" and isinstance(validation, dict):
         return (
             f"held-out {scores} that nothing was chosen on; validation micro-F1 "
-            f"{validation.get('micro_f1', float('nan')):.4f} chose the epochs"
+            f"{validation.get(METRIC_ID, float('nan')):.4f} chose the epochs"
         )
     if isinstance(validation, dict) and validation.get("chose_epochs"):
         return f"validation {scores} (optimistic: they also chose the epochs; see --holdout)"

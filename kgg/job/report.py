@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from kgg.common.contract import METRIC_ID
+
 HISTORY_COLUMNS = (
     "phase",
     "epoch",
     "loss",
     "accuracy",
-    "micro_f1",
+    METRIC_ID,
     "val_loss",
     "val_accuracy",
     "val_micro_f1",

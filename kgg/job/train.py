@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kgg.common import storage
-from kgg.common.contract import METRICS_FILE
+from kgg.common.contract import METRIC_ID, METRICS_FILE
 from kgg.job import console, folders
 from kgg.job import images as images_lib
 from kgg.job import splits as splits_lib
@@ -293,7 +293,7 @@ def _write_results(
         "done",
         last.get("epoch", 0),
         last.get("epoch", 0),
-        {k: metrics[k] for k in ("accuracy", "micro_f1", "macro_f1", "scored_on")},
+        {k: metrics[k] for k in ("accuracy", METRIC_ID, "macro_f1", "scored_on")},
         eta_seconds=0.0,
         images_per_second=metrics["images_per_second"].get("inference"),
     )

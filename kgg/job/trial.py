@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The tag of the headline micro-F1 (the held-out split's when there is one), the metric the
-# sweep's study maximises (kgg/cli/vertex_spec.py spells it too; a test holds them equal).
-METRIC_ID = "micro_f1"
+from kgg.common.contract import METRIC_ID
+
 DEFAULT_METRIC_FILE = "/tmp/hypertune/output.metrics"
 # cloudml-hypertune keeps this many reports in the file.
 MAX_REPORTS = 100

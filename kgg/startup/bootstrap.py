@@ -4,6 +4,8 @@ the code archive, uv, Debian's sources, the idle check without an env). Its clou
 and log lines are kgg/common/vm_runtime.py's, the agent's too. The rendered script carries this
 file with kgg/common/vm_runtime.py, documents.py and contract.py and writes them to
 /opt/keras-gpu-gcp/bootstrap/ at every boot. `bootstrap.py` alone lists its commands (COMMANDS).
+A Vertex AI job's container runs it too, from the extracted code archive (`vertex`): the same uv
+and the same locked env as the VM's, then the job.
 
 A failure prints one line naming what failed and why (and a line "hint: ..." where there is
 one) to stderr and to $KGG_LAST_ERROR: the script puts them in the status document.
@@ -29,16 +31,23 @@ from pathlib import Path
 from kgg.common.contract import (
     APP_DIR,
     BUCKET_KEY,
+    CLI_NAME,
     CONF_DIR,
     GROUP_NAME_KEY,
     IDLE_TIMER,
+    MANAGED_PYTHON_ENV,
     NOTIFY_SECRET_KEY,
     PASSWORD_SECRET_KEY,
+    PYTHON_MAX_ENV,
+    PYTHON_MIN_ENV,
     RUN_ID_KEY,
     STARTUP_LOG_OBJECT,
     STATE_DIR,
     STATUS_OBJECT,
     STOP_WORKFLOW_KEY,
+    UV_VERSION_ENV,
+    UV_WHEEL_SHA256_ENV,
+    UV_WHEEL_URL_ENV,
     VENV_DIR,
     WORKLOAD_OBJECT_KEY,
     WORKLOAD_SHA256_KEY,
@@ -62,6 +71,7 @@ from kgg.common.vm_runtime import (
     request,
     start_stop_workflow,
     upload_object,
+    with_retries,
 )
 
 EXIT_FAILED = 1
@@ -139,11 +149,11 @@ def install_code(bucket: str, name: str, sha256: str, target: Path) -> None:
     new.rename(target)
 
 
-def python_for_uv(settings: dict) -> str:
+def python_for_uv(settings: dict, system: str = "") -> str:
     """`PYTHON PREFERENCE` for uv: every locked wheel (TensorFlow's above all) exists for CPython
-    python_min..python_max; the image's python3 is used when in that range (Debian 12: 3.11),
-    else uv downloads managed_python (Ubuntu 22.04 ships 3.10)."""
-    system = str(ROOT / "usr/bin/python3")
+    python_min..python_max; the image's python3 (`system`) is used when in that range (Debian 12:
+    3.11), else uv downloads managed_python (Ubuntu 22.04 ships 3.10)."""
+    system = system or str(ROOT / "usr/bin/python3")
     low, high, managed = (settings[k] for k in ("python_min", "python_max", "managed_python"))
     try:
         version = subprocess.run(
@@ -362,6 +372,86 @@ def extract_uv(wheel: Path, version: str, target: Path) -> None:
         shutil.copyfileobj(source, out)
 
 
+# The uv sync of the VM's env (startup.sh.j2 step_python): the locked packages and extras only;
+# the code runs from the app folder on PYTHONPATH.
+UV_SYNC = ("sync", "--frozen", "--no-dev", "--no-default-groups", "--extra", "ml", "--extra", "vm",
+           "--no-install-project")  # fmt: skip
+VERTEX_PINS = {  # the settings key -> the container's variable (kgg/cli/vertex_jobs.py sets them)
+    "uv_version": UV_VERSION_ENV,
+    "uv_wheel_url": UV_WHEEL_URL_ENV,
+    "uv_wheel_sha256": UV_WHEEL_SHA256_ENV,
+    "python_min": PYTHON_MIN_ENV,
+    "python_max": PYTHON_MAX_ENV,
+    "managed_python": MANAGED_PYTHON_ENV,
+}
+NETWORK_FIX = "the job's network needs outgoing HTTPS to pypi.org and files.pythonhosted.org"
+
+
+def vertex(args: list[str]) -> None:
+    """A Vertex AI job's container (kgg/cli/vertex_launcher.py runs this file from the extracted
+    code archive): uv as the VM gets it, the locked env as the VM installs it, then the job as
+    `python -m kgg ARGS...` in this process (its exit code, 75 when interrupted, is the
+    container's). Everything lives beside the app folder (/opt/kgg/app -> /opt/kgg/...)."""
+    if args[0] != "--":
+        raise Failure(f"vertex takes -- KGG_ARGS..., not {args!r}", code=EXIT_USAGE)
+    app = Path(__file__).resolve().parents[2]
+    home = app.parent
+    missing = [name for name in VERTEX_PINS.values() if not os.environ.get(name)]
+    if missing:
+        raise Failure(f"{', '.join(missing)} not set in the container: it was not created by this "
+                      "version's `kgg submit` or `kgg sweep`; submit it again")  # fmt: skip
+    pins = {key: os.environ[name] for key, name in VERTEX_PINS.items()}
+    uv = home / "bin/uv"
+    install_uv(pins, home / "uv.whl", uv)
+    python, preference = python_for_uv(pins, sys.executable).split()
+    venv = home / "venv"
+    uv_env = {
+        "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": python,
+        "UV_PYTHON_PREFERENCE": preference, "UV_PYTHON_INSTALL_DIR": str(home / "python"),
+        "UV_CACHE_DIR": str(home / "uv-cache"), "UV_LINK_MODE": "hardlink",
+    }  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | uv_env
+    log.info("installing the locked env with uv %s (%s)", pins["uv_version"], preference)
+    started = time.monotonic()
+
+    def sync() -> None:
+        code = subprocess.run([str(uv), *UV_SYNC, "--directory", str(app)], env=env,
+                              check=False).returncode  # fmt: skip
+        if code != 0:
+            raise OSError(f"exit {code}")
+
+    try:
+        with_retries(sync, f"uv sync of {app / 'uv.lock'}")
+    except CloudError as error:
+        raise Failure(f"{error}; uv's output above says why; {NETWORK_FIX}") from error
+    venv_python = venv / "bin/python"
+    if not venv_python.exists():
+        raise Failure(f"uv sync left no {venv_python}; uv's output above says why")
+    log.info("env installed in %.0fs; running kgg %s", time.monotonic() - started,
+             " ".join(args[1:]))  # fmt: skip
+    os.environ["PYTHONPATH"] = str(app)
+    os.execv(str(venv_python), [str(venv_python), "-m", CLI_NAME, *args[1:]])
+
+
+def install_uv(pins: dict[str, str], wheel: Path, uv: Path) -> None:
+    """The pinned uv wheel, checked against its hash, its binary at `uv`."""
+    url, version = pins["uv_wheel_url"], pins["uv_version"]
+    wheel.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fetch(url, wheel, pins["uv_wheel_sha256"])
+    except HashMismatch as error:
+        raise Failure(
+            f"{error}: {UV_WHEEL_SHA256_ENV} and {UV_WHEEL_URL_ENV} disagree; submit "
+            "again from a checkout whose kgg/startup/render.py pins uv"
+        ) from error
+    except CloudError as error:
+        raise Failure(f"could not download uv {version}: {error}; {NETWORK_FIX}") from error
+    uv.parent.mkdir(parents=True, exist_ok=True)
+    extract_uv(wheel, version, uv)
+    uv.chmod(0o755)
+    wheel.unlink()
+
+
 def _settings() -> dict:
     return json.loads(SETTINGS.read_text())
 
@@ -407,6 +497,8 @@ COMMANDS = {
                           "WHEEL VERSION TARGET", "the uv binary out of its wheel"),
     "idle-check": Command(lambda a: idle_check(_settings()), "",
                           "the idle timer (the agent's, or by uptime)"),
+    "vertex": Command(vertex, "-- KGG_ARGS...",
+                      "a Vertex AI job: uv, the locked env, then python -m kgg KGG_ARGS"),
 }  # fmt: skip
 
 

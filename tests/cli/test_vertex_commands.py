@@ -14,9 +14,22 @@ import pytest
 from kgg.cli import main, vertex_jobs, vertex_spec
 from kgg.cli.vertex_api import ENDPOINT_ENV
 from kgg.common import storage
+from kgg.startup import render
 from tests import fake_aiplatform as vertex
 from tests import iam
 
+# What the container's entry needs: `kgg` importable from the extracted app, and the VM's uv and
+# Python pins, so bootstrap.py `vertex` installs the env as a VM does.
+CONTAINER_ENV = [
+    {"name": "PYTHONUNBUFFERED", "value": "1"},
+    {"name": "PYTHONPATH", "value": "/opt/kgg/app"},
+    {"name": "KGG_UV_VERSION", "value": render.UV_VERSION},
+    {"name": "KGG_UV_WHEEL_URL", "value": render.UV_WHEEL_URL},
+    {"name": "KGG_UV_WHEEL_SHA256", "value": render.UV_WHEEL_SHA256},
+    {"name": "KGG_PYTHON_MIN", "value": render.PYTHON_MIN},
+    {"name": "KGG_PYTHON_MAX", "value": render.PYTHON_MAX},
+    {"name": "KGG_MANAGED_PYTHON", "value": render.MANAGED_PYTHON},
+]
 JOBS_ACCOUNT = "kgg-dev-jobs@kgg-demo-project.iam.gserviceaccount.com"
 TARGET = [
     "--project", "kgg-demo-project", "--region", "us-central1", "--bucket", "kgg-test-bucket",
@@ -67,6 +80,7 @@ def test_submit_dry_run_prints_the_custom_job_the_api_takes(
         "--recipe=guide", "--finetune-lr=0.001", "--no-progress",
         "--out=gs://kgg-test-bucket/runs/vx-1",
     ]  # fmt: skip
+    assert pool["containerSpec"]["env"] == CONTAINER_ENV
     assert spec["scheduling"] == {"strategy": "STANDARD", "timeout": "86400s"}
 
 
@@ -141,7 +155,9 @@ def test_sweep_dry_run_prints_the_tuning_job_the_api_takes(
     study = body["studySpec"]
     assert study["algorithm"] == "RANDOM_SEARCH"
     assert [p["parameterId"] for p in study["parameters"]] == ["finetune-lr", "recipe"]
-    args = body["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
+    container = body["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+    assert container["env"] == CONTAINER_ENV
+    args = container["args"]
     # No --out: each trial's folder comes from AIP_MODEL_DIR (<base>/<trial-id>/model/).
     assert args[-2:] == ["gs://kgg-test-bucket/data/plant-seedlings", "--batch-size=16"]
     prefix = body["trialJobSpec"]["baseOutputDirectory"]["outputUriPrefix"]

@@ -171,10 +171,14 @@ def test_every_word_maps_to_a_value_of_the_documents_enums() -> None:
     assert vertex_spec.vertex_accelerator("nvidia-l4") == "NVIDIA_L4"
 
 
-def test_the_metric_the_study_maximises_is_the_one_the_job_reports() -> None:
+def test_the_metric_the_study_maximises_is_the_one_the_job_reports(tmp_path: Path) -> None:
     from kgg.job import trial
 
-    assert vertex_spec.METRIC_ID == trial.METRIC_ID
+    metric_file = tmp_path / "output.metrics"
+    trial.MetricReporter.from_environment({"CLOUD_ML_HP_METRIC_FILE": str(metric_file)}).report(0.5)
+    (report,) = trial.read_reports(metric_file)
+    (metric,) = sweep_body()["studySpec"]["metrics"]
+    assert float(report[metric["metricId"]]) == 0.5
 
 
 def test_a_cpu_only_machine_sends_no_accelerator() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kgg.common.contract import METRIC_ID
 from kgg.job import trial
 from tests import fake_aiplatform as vertex
 from tests.fake_aiplatform import sample_custom_job as custom_job
@@ -86,7 +87,7 @@ def hypertune_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reports: lis
     reporter = hypertune.HyperTune()
     for report in reports:
         reporter.report_hyperparameter_tuning_metric(
-            hyperparameter_metric_tag=report.get("tag", trial.METRIC_ID),
+            hyperparameter_metric_tag=report.get("tag", METRIC_ID),
             metric_value=report["value"],
             global_step=report.get("step"),
             checkpoint_path=report.get("checkpoint_path", ""),
@@ -102,7 +103,7 @@ def ours_file(tmp_path: Path, reports: list[dict], trial_id: str | None) -> str:
     reporter = trial.MetricReporter.from_environment(env)
     for report in reports:
         reporter.report(report["value"], step=report.get("step") or 0,
-                        tag=report.get("tag", trial.METRIC_ID),
+                        tag=report.get("tag", METRIC_ID),
                         checkpoint_path=report.get("checkpoint_path", ""))  # fmt: skip
     return path.read_text()
 
