@@ -70,7 +70,8 @@ def _boot_ended(bucket: str) -> int | None:
 
 
 def log_source(bucket: str, which: str) -> LogSource:
-    """`startup`, `train` (the VM's current run, else the latest), or a run id (or `latest`)."""
+    """`startup`, `train` (the VM's current run, else the latest), a run id (or `latest`), or a
+    sweep's trial as SWEEP/TRIAL."""
     if which == STARTUP:
         return LogSource(
             f"gs://{bucket}/{STARTUP_LOG_OBJECT}", "the startup log", lambda: _boot_ended(bucket)
@@ -83,7 +84,12 @@ def log_source(bucket: str, which: str) -> LogSource:
     else:
         run_id = which
     try:
-        check_run_id(run_id, source="", fix="see `kgg runs`")
+        # A sweep's trial is SWEEP/TRIAL: its folder is runs/SWEEP/TRIAL/ (no . or .. parts).
+        parts = run_id.split("/", 1)
+        if len(parts) != 2 or not all(part.strip(".") for part in parts):
+            parts = [run_id]
+        for part in parts:
+            check_run_id(part, source="", fix="see `kgg runs`")
     except ContractError as error:
         raise LogNotFoundError(str(error)) from None
     return LogSource(

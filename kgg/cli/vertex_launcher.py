@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kgg.common.contract import VERTEX_FUSE_ROOT
+
 DEFAULT_IMAGE = "gcr.io/distroless/python3-debian12"
 DEFAULT_TARGET = "/opt/kgg/app"
 
@@ -43,7 +45,7 @@ os.execv(sys.executable, [sys.executable, str(script), *rest])
 
 def fuse_path(bucket: str, object_name: str) -> str:
     """Where Vertex mounts an object of the bucket in the container (Cloud Storage FUSE)."""
-    return f"/gcs/{bucket}/{object_name}"
+    return f"{VERTEX_FUSE_ROOT}{bucket}/{object_name}"
 
 
 def launcher(

@@ -106,6 +106,11 @@ UV_WHEEL_SHA256_ENV = "KGG_UV_WHEEL_SHA256"
 PYTHON_MIN_ENV = "KGG_PYTHON_MIN"
 PYTHON_MAX_ENV = "KGG_PYTHON_MAX"
 MANAGED_PYTHON_ENV = "KGG_MANAGED_PYTHON"
+# What Vertex sets from the job's baseOutputDirectory: <base>/model/ (a trial's under
+# <base>/<trial-id>/). The run's folder is the one above it (kgg/job/trial.py).
+VERTEX_MODEL_DIR_ENV = "AIP_MODEL_DIR"
+# Where Vertex mounts the bucket in the container (Cloud Storage FUSE, read-write).
+VERTEX_FUSE_ROOT = "/gcs/"
 
 # --- Exit codes ------------------------------------------------------------------------------
 EXIT_USAGE = 2  # bad data, path, option or value: the user fixes it, then runs the command again

@@ -354,8 +354,8 @@ class Run:
         self.epochs_this_process += 1
         if self.fail_after is not None and self.epochs_this_process >= self.fail_after:
             raise SimulatedInterruption(
-                f"{FAIL_AFTER_ENV}={self.fail_after}: stopping after {self.epochs_this_process} "
-                "epoch(s); run the same command again to resume"
+                f"{FAIL_AFTER_ENV}={self.fail_after}: stopped after {self.epochs_this_process} "
+                "epoch(s)"
             )
 
     # --- progress.json ---------------------------------------------------------------------

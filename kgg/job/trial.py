@@ -33,17 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgg.common.contract import METRIC_ID
+from kgg.common.contract import METRIC_ID, VERTEX_MODEL_DIR_ENV
 
 DEFAULT_METRIC_FILE = "/tmp/hypertune/output.metrics"
 # cloudml-hypertune keeps this many reports in the file.
 MAX_REPORTS = 100
 
-MODEL_DIR, CHECKPOINT_DIR, TENSORBOARD_DIR = (
-    "AIP_MODEL_DIR",
-    "AIP_CHECKPOINT_DIR",
-    "AIP_TENSORBOARD_LOG_DIR",
-)
+MODEL_DIR = VERTEX_MODEL_DIR_ENV
+CHECKPOINT_DIR, TENSORBOARD_DIR = "AIP_CHECKPOINT_DIR", "AIP_TENSORBOARD_LOG_DIR"
 TRIAL_ID, METRIC_FILE = "CLOUD_ML_TRIAL_ID", "CLOUD_ML_HP_METRIC_FILE"
 
 

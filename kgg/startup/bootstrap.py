@@ -19,14 +19,17 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from kgg.common.contract import (
     APP_DIR,
@@ -45,10 +48,13 @@ from kgg.common.contract import (
     STATE_DIR,
     STATUS_OBJECT,
     STOP_WORKFLOW_KEY,
+    TRAIN_LOG_FILE,
     UV_VERSION_ENV,
     UV_WHEEL_SHA256_ENV,
     UV_WHEEL_URL_ENV,
     VENV_DIR,
+    VERTEX_FUSE_ROOT,
+    VERTEX_MODEL_DIR_ENV,
     WORKLOAD_OBJECT_KEY,
     WORKLOAD_SHA256_KEY,
     ContractError,
@@ -384,14 +390,16 @@ VERTEX_PINS = {  # the settings key -> the container's variable (kgg/cli/vertex_
     "python_max": PYTHON_MAX_ENV,
     "managed_python": MANAGED_PYTHON_ENV,
 }
+LOG_COPY_SECONDS = float(os.environ.get("KGG_LOG_COPY_SECONDS") or 15)
 NETWORK_FIX = "the job's network needs outgoing HTTPS to pypi.org and files.pythonhosted.org"
 
 
 def vertex(args: list[str]) -> None:
     """A Vertex AI job's container (kgg/cli/vertex_launcher.py runs this file from the extracted
     code archive): uv as the VM gets it, the locked env as the VM installs it, then the job as
-    `python -m kgg ARGS...` in this process (its exit code, 75 when interrupted, is the
-    container's). Everything lives beside the app folder (/opt/kgg/app -> /opt/kgg/...)."""
+    `python -m kgg ARGS...`, its output also in the run's train.log (run_teed); its exit code,
+    75 when interrupted, is the container's. Everything lives beside the app folder
+    (/opt/kgg/app -> /opt/kgg/...)."""
     if args[0] != "--":
         raise Failure(f"vertex takes -- KGG_ARGS..., not {args!r}", code=EXIT_USAGE)
     app = Path(__file__).resolve().parents[2]
@@ -429,8 +437,72 @@ def vertex(args: list[str]) -> None:
         raise Failure(f"uv sync left no {venv_python}; uv's output above says why")
     log.info("env installed in %.0fs; running kgg %s", time.monotonic() - started,
              " ".join(args[1:]))  # fmt: skip
-    os.environ["PYTHONPATH"] = str(app)
-    os.execv(str(venv_python), [str(venv_python), "-m", CLI_NAME, *args[1:]])
+    job_env = {**os.environ, "PYTHONPATH": str(app)}
+    argv = [str(venv_python), "-m", CLI_NAME, *args[1:]]
+    sys.exit(run_teed(argv, job_env, home / TRAIN_LOG_FILE, vertex_log_copy(os.environ)))
+
+
+def vertex_log_copy(env: dict[str, str] | os._Environ[str]) -> Path | None:
+    """The run's train.log on the bucket's FUSE mount (<run folder>/train.log, the run folder
+    being the one above AIP_MODEL_DIR, as the job takes it), or None outside a run folder."""
+    model_dir = env.get(VERTEX_MODEL_DIR_ENV, "").rstrip("/")
+    if not model_dir.startswith("gs://") or not model_dir.endswith("/model"):
+        return None
+    folder = model_dir.removeprefix("gs://").removesuffix("/model")
+    return ROOT / VERTEX_FUSE_ROOT.strip("/") / folder / TRAIN_LOG_FILE
+
+
+def run_teed(argv: list[str], env: dict[str, str], log_file: Path, copy_to: Path | None) -> int:
+    """The job as a child: its stdout and stderr to ours (Vertex's Cloud Logging) and both to
+    `log_file`, which is copied to `copy_to` every LOG_COPY_SECONDS and at the end, so `kgg logs`
+    reads a Vertex run's log where it reads a VM run's. SIGTERM and SIGINT go on to the job
+    (Vertex's stop: it exits 75 with its state saved); its exit code is returned."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: child.send_signal(number))
+    done = threading.Event()
+
+    def copy() -> None:
+        if copy_to is None:
+            return
+        try:
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_file, copy_to)
+        except OSError as error:  # the log is a convenience: the job carries on without it
+            log.warning("could not copy the job's log to %s: %s", copy_to, error)
+
+    def keep_copying() -> None:
+        while not done.wait(LOG_COPY_SECONDS):
+            copy()
+
+    copier = threading.Thread(target=keep_copying, daemon=True)
+    written = threading.Lock()
+    with log_file.open("wb") as out:
+
+        def relay(source: int, ours: BinaryIO) -> None:
+            for chunk in iter(lambda: os.read(source, 65536), b""):
+                ours.write(chunk)
+                ours.flush()
+                with written:
+                    out.write(chunk)
+                    out.flush()
+
+        assert child.stdout is not None and child.stderr is not None
+        relays = [
+            threading.Thread(target=relay, args=(pipe.fileno(), ours), daemon=True)
+            for pipe, ours in ((child.stdout, sys.stdout.buffer), (child.stderr, sys.stderr.buffer))
+        ]
+        copier.start()
+        for thread in relays:
+            thread.start()
+        for thread in relays:
+            thread.join()
+    code = child.wait()
+    done.set()
+    copier.join()
+    copy()
+    return code
 
 
 def install_uv(pins: dict[str, str], wheel: Path, uv: Path) -> None:

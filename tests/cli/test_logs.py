@@ -59,6 +59,20 @@ def test_logs_of_a_run_without_a_log_says_so_in_one_line(gcs_bucket: str, tmp_pa
     )
 
 
+def test_logs_of_a_sweeps_trial_reads_its_folder_and_refuses_a_path_beyond(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A Vertex sweep's trial writes runs/SWEEP/TRIAL/train.log (bootstrap.py's `vertex`)."""
+    storage.write_bytes(f"gs://{gcs_bucket}/runs/vs-1/2/train.log", b"trial 2: epoch 1/2\n")
+
+    trial = run_workload("logs", "vs-1/2", "--bucket", gcs_bucket, cwd=tmp_path)
+    beyond = run_workload("logs", "vs-1/2/../../status", "--bucket", gcs_bucket, cwd=tmp_path)
+
+    assert (trial.returncode, trial.stdout) == (0, "trial 2: epoch 1/2\n")
+    assert beyond.returncode == 2
+    assert "'2/../../status' is not a run id" in beyond.stderr
+
+
 def test_logs_refuses_a_run_name_that_is_not_a_run_id(gcs_bucket: str, tmp_path: Path) -> None:
     result = run_workload("logs", "../status", "--bucket", gcs_bucket, cwd=tmp_path)
     assert result.returncode == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -195,3 +196,48 @@ def test_vertex_takes_the_job_command_after_a_double_dash(container: Container) 
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].endswith("ERROR: vertex takes -- KGG_ARGS..., not "
                                                  "['train', 'x']")  # fmt: skip
+
+
+def test_the_jobs_output_reaches_the_runs_train_log_on_the_fuse_mount(
+    container: Container,
+) -> None:
+    model_dir = "gs://bucket/runs/vx-1/model/"
+    done = container.run("--help", AIP_MODEL_DIR=model_dir, CLOUD_ML_TRIAL_ID="")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: kgg ")  # Cloud Logging still gets it
+    copied = container.base / "gcs/bucket/runs/vx-1/train.log"  # where `kgg logs vx-1` reads
+    assert copied.read_text() == done.stdout
+
+
+def test_a_sigterm_reaches_the_job_whose_exit_code_and_log_are_the_containers(
+    tmp_path: Path,
+) -> None:
+    """Vertex stops a container with SIGTERM to its first process, the bootstrap: the job must
+    get it (it saves its state and exits 75), and the log of that run ends where the job did."""
+    job = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('saved', flush=True), sys.exit(75)))\n"
+        "print('epoch 1', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    log_file, copy_to = tmp_path / "train.log", tmp_path / "gcs/b/runs/r/train.log"
+    parent = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from kgg.startup import bootstrap\n"
+        f"sys.exit(bootstrap.run_teed([sys.executable, '-c', {job!r}], {{}}, "
+        f"Path({str(log_file)!r}), Path({str(copy_to)!r})))\n"
+    )
+    started = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+        env=os.environ | {"KGG_LOG_COPY_SECONDS": "0.2"},
+    )  # fmt: skip
+    assert started.stdout is not None
+    assert started.stdout.readline() == "epoch 1\n"
+    started.send_signal(signal.SIGTERM)
+    rest, _ = started.communicate(timeout=30)
+
+    assert started.returncode == 75
+    assert rest == "saved\n"
+    assert log_file.read_text() == copy_to.read_text() == "epoch 1\nsaved\n"

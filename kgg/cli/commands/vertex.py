@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kgg.cli import vertex_cost, vertex_spec
+from kgg.cli import vertex_spec
 from kgg.cli.stack import stack_outputs
 from kgg.cli.vertex_api import JOB_NAME, TUNING_JOBS, Vertex
 from kgg.cli.vertex_jobs import (
@@ -69,6 +69,9 @@ def _create(args: argparse.Namespace, build: Callable[..., Job]) -> int:
     code = code_archive()
     job = build(args, where, code)
     # On stderr: with --dry-run, stdout holds only the body (it is piped into other tools).
+    # Imported here: its prices are in kgg/infra, which the VM's and a job's archive leave out.
+    from kgg.cli import vertex_cost
+
     print(vertex_cost.estimate(job.body, where.target.region), file=sys.stderr)
     if args.dry_run:
         print(json.dumps(job.body, indent=2))
