@@ -108,3 +108,23 @@ def test_reference_names_an_existing_doc_and_heading(where: str, doc: str, secti
         assert section in headings(path.read_text()), (
             f"{where} refers to {doc}, {section!r}: no such heading there"
         )
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_slug_is_githubs() -> None:
+    assert _slug("7. Fetch the results") == "7-fetch-the-results"
+    assert _slug("What `pulumi up` creates") == "what-pulumi-up-creates"
+
+
+@pytest.mark.parametrize(
+    "doc", ["README.md", *(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_in_page_links_name_a_heading(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    anchors = {_slug(heading) for heading in headings(text)}
+    missing = sorted(set(re.findall(r"\]\(#([^)]+)\)", text)) - anchors)
+    assert missing == [], f"{doc} links to anchors {missing} that no heading makes"
