@@ -18,7 +18,7 @@ from kgg.common.vm_runtime import CloudError
 
 RESIZE_TRIES = 3
 RESIZE_BACKOFF_SECONDS = 10.0
-STOP_PATH = "docs/ARCHITECTURE.md, 'Stopping itself'"
+STOP_PATH = "docs/CONTRACTS.md, 'Stopping itself'"
 
 
 def stop_hint(agent: Agent) -> str:

@@ -249,7 +249,7 @@ def render_warnings(state: GroupState) -> list[str]:
         lines.append(
             f"WARNING: the group {state.name} has {override}: that changes what its VM runs "
             "beyond the stack's template. `pulumi up` does not remove it; see "
-            "docs/ARCHITECTURE.md (security model)."
+            "README.md, 'Security model'."
         )
     return lines
 

@@ -1,6 +1,6 @@
 """`kgg status`: what the VM reported, as a table a person can act on.
 
-Two documents drive it (schemas in docs/ARCHITECTURE.md): `status/startup.json` (the model in
+Two documents drive it (schemas in docs/CONTRACTS.md): `status/startup.json` (the model in
 kgg/common/documents.py), written by the startup script and the VM agent at every step, and
 `runs/<run-id>/progress.json`, written by the training job every epoch. `render_status` is a pure
 function of the two; `watch` repeats it until the run ends.

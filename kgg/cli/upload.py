@@ -1,8 +1,8 @@
 """`kgg upload`: a local train/<class> folder to gs://BUCKET/<prefix>, resumable.
 
 Files whose object already exists with the same MD5 are skipped, so an interrupted upload is simply
-run again. The manifest (`_upload_manifest.json`, schema in docs/ARCHITECTURE.md) is written only
-after every file is in the bucket: the VM's startup script takes it as "the data is complete".
+run again. The manifest (`_upload_manifest.json`, docs/CONTRACTS.md, "Bucket layout") is written
+only after every file is in the bucket: the VM's startup script takes it as "the data is complete".
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ def scan_dataset(local_dir: str | os.PathLike[str]) -> Dataset:
 def build_manifest(
     dataset: Dataset, md5s: dict[str, str], created: datetime | None = None
 ) -> dict[str, Any]:
-    """The manifest document of docs/ARCHITECTURE.md for a dataset whose files have `md5s`."""
+    """The manifest document (docs/CONTRACTS.md, "Bucket layout") of a dataset whose files have
+    `md5s`."""
     created = created or datetime.now(UTC)
     return {
         "version": MANIFEST_VERSION,

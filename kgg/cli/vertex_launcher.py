@@ -1,4 +1,4 @@
-"""What a Vertex AI job's container runs first (docs/VERTEX.md, "What runs in the container"):
+"""What a Vertex AI job's container runs first (docs/CONTRACTS.md, "Vertex AI jobs"):
 a few lines of stdlib Python, carried in the job's own body, that take the stack's code archive
 from the bucket's Cloud Storage FUSE mount (/gcs/BUCKET/...), check its SHA-256 against the hash
 the laptop put in the body (the bucket is not trusted), extract it with no links and nothing

@@ -1,4 +1,4 @@
-"""Every name two rooms must agree on, spelled once (docs/ARCHITECTURE.md, "Bucket layout" and
+"""Every name two rooms must agree on, spelled once (docs/CONTRACTS.md, "Bucket layout" and
 "VM metadata"): the bucket's object names, the instance metadata keys, the systemd units, the VM's
 paths, the exit codes one room reads from another, the CLI's name, and the checks of the values
 they carry. tests/common/test_contract.py fails when one of these literals is spelled elsewhere.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The only fields of the status documents shown as several lines (docs/ARCHITECTURE.md).
+# The only fields of the status documents shown as several lines (docs/CONTRACTS.md, "The status
+# document").
 MULTILINE_FIELDS = frozenset({"log_tail", "hint"})
 
 

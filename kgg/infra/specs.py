@@ -43,7 +43,8 @@ ID_SUFFIX_BYTES = 3
 # The VM stops itself through a Cloud Workflows workflow the program declares, which runs as an
 # account of its own (the stopper) and only resizes the VM's group to 0. The stopper may read and
 # update that one group (an IAM condition names it); the VM's account may only start the workflow
-# and read its executions (an IAM condition names the workflow). docs/ARCHITECTURE.md says why.
+# and read its executions (an IAM condition names the workflow). Why: docs/ARCHITECTURE.md,
+# "Why a stop workflow".
 STOPPER_PERMISSIONS = (
     "compute.instanceGroupManagers.get",
     "compute.instanceGroupManagers.update",
@@ -323,8 +324,8 @@ def instance_metadata(
     notify_secret: str = "",
     stop_workflow: str = "",
 ) -> dict[str, str]:
-    """Every metadata key the VM reads at boot (docs/ARCHITECTURE.md), from what the program knows
-    and what the cloud assigned."""
+    """Every metadata key the VM reads at boot (docs/CONTRACTS.md, "VM metadata"), from what the
+    program knows and what the cloud assigned."""
     return (
         static_metadata(settings, startup_script)
         | {

@@ -370,7 +370,7 @@ class Run:
         images_per_second: float | None = None,
         error: str | None = None,
     ) -> None:
-        """progress.json as docs/ARCHITECTURE.md specifies, for `kgg status`.
+        """progress.json as docs/CONTRACTS.md, "The progress document" specifies, for `kgg status`.
 
         A failed run adds `error` (the exception's message), which `kgg status` shows.
         `fingerprint` tells a later run with the same --out whether it is this run."""

@@ -1,5 +1,6 @@
-"""The job's side of Vertex AI's contract (docs/VERTEX.md), stdlib only: what the environment
-says about where a run writes and which trial it is, and the metric report Vertex's tuner reads.
+"""The job's side of Vertex AI's contract (docs/CONTRACTS.md, "The trial contract"), stdlib only:
+what the environment says about where a run writes and which trial it is, and the metric report
+Vertex's tuner reads.
 
 Where results go. With a job's `baseOutputDirectory` set, Vertex gives the container
 AIP_MODEL_DIR=<base>/model/, AIP_CHECKPOINT_DIR=<base>/checkpoints/ and

@@ -326,7 +326,7 @@ def idle_check(settings: dict) -> None:
         return
     # In a group, never power off (the group would recreate the VM at once): the stack's stop
     # workflow resizes the group to 0 and the group deletes the VM. The VM's account may only
-    # start that workflow (docs/ARCHITECTURE.md, "Stopping itself").
+    # start that workflow (docs/CONTRACTS.md, "Stopping itself").
     workflow = METADATA.optional(ATTRIBUTES + STOP_WORKFLOW_KEY, attempts=2)
     try:
         start_stop_workflow(ENDPOINTS, token(), workflow, check=False, attempts=3)
@@ -335,7 +335,7 @@ def idle_check(settings: dict) -> None:
             "error.step=idle-stop",
             f"error.message=the VM could not stop itself: {error}",
             "error.hint=it keeps running and paying: kgg stop; check the VM's "
-            "grant on its stop workflow (docs/ARCHITECTURE.md, 'Stopping itself')",
+            "grant on its stop workflow (docs/CONTRACTS.md, 'Stopping itself')",
         ]
         status(failure, bucket)
 

@@ -161,7 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument(
         "--param", action="append", default=[], metavar="NAME=SPEC",
         help="a train option to search: finetune-lr=log:1e-5..1e-2, unfreeze-blocks=1..3, "
-        "recipe=cat:fast,guide (docs/VERTEX.md)",
+        "recipe=cat:fast,guide (README.md, 'Sweep parameters')",
     )  # fmt: skip
     sweep.add_argument(
         "--algorithm", choices=tuple(vertex_spec.ALGORITHMS), default="bayesian",
