@@ -16,12 +16,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Prints gs://BUCKET/logs/startup.log (`startup`) or gs://BUCKET/runs/RUN/train.log "
             "(`train`: the VM's current run; or a run id, `latest`, or SWEEP/TRIAL), which the VM "
-            "or the Vertex AI job uploads every few seconds: also readable once the VM is stopped. With -f, prints what is "
-            "new until the boot or the run ends (exit 0 done, 1 failed)."
+            "or the Vertex AI job uploads every few seconds: also readable once the VM is "
+            "stopped. With -f, prints what is new until the boot or the run ends (exit 0 done, "
+            "1 failed)."
         ),
     )
     parser.add_argument(
-        "which", nargs="?", default="train", metavar="startup|train|RUN", help="default: train; a sweep's trial: SWEEP/TRIAL"
+        "which",
+        nargs="?",
+        default="train",
+        metavar="startup|train|RUN",
+        help="default: train; a sweep's trial: SWEEP/TRIAL",
     )
     parser.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
     parser.add_argument(
