@@ -1,7 +1,7 @@
 """A sweep's trial that is interrupted (a spot preemption's SIGTERM, here the job's simulated kill
 on the same exit path) exits 75, and the same command in a fresh container resumes from the
 trial's backup/ in the bucket and reports the tuner's metric once, at the end (kgg/job/trial.py,
-docs/VERTEX.md)."""
+docs/CONTRACTS.md, "The trial contract")."""
 
 from __future__ import annotations
 
