@@ -28,6 +28,8 @@ from kgg.common import contract
 ENTRY = "kgg/startup/bootstrap.py"
 ENTRY_ARGS = ("vertex", "--")
 DEFAULT_GPU = "nvidia-tesla-t4"
+# flex-start does not take a T4 (vertex_spec.FLEX_START_ACCELERATORS): its default is the L4.
+FLEX_START_DEFAULT_GPU = "nvidia-l4"
 MANUAL_STACK = "manual"  # the stack label of a job whose target was all given by hand
 DEFAULT_DATA_PATH = "data/plant-seedlings"  # the stack's dataPath default, upload's prefix
 # The stack outputs the target comes from (kgg/infra/component.py exports them).
@@ -137,22 +139,25 @@ def machine(args: argparse.Namespace) -> vertex_spec.Machine:
     a count it comes in, a machine type that takes it (default: the catalogue's for it)."""
     from kgg.infra.catalogue import CURRENT_GPUS, GPUS
 
-    spec = GPUS.get(args.gpu_type)
+    gpu_type = args.gpu_type or (
+        FLEX_START_DEFAULT_GPU if args.scheduling == "flex-start" else DEFAULT_GPU
+    )
+    spec = GPUS.get(gpu_type)
     if spec is None or spec.retired is not None:
-        raise SpecError(f"--gpu-type {args.gpu_type!r} is not one of {', '.join(CURRENT_GPUS)}")
+        raise SpecError(f"--gpu-type {gpu_type!r} is not one of {', '.join(CURRENT_GPUS)}")
     machine_type = args.machine_type or spec.default_machine_type
     if not spec.fits_machine_type(machine_type):
         fits = sorted(spec.bundled_machine_types) or ["an n1- machine type"]
         raise SpecError(
-            f"--machine-type {machine_type} does not take {args.gpu_type}; use {', '.join(fits)}"
+            f"--machine-type {machine_type} does not take {gpu_type}; use {', '.join(fits)}"
         )
     count = spec.gpus_in(machine_type, args.gpu_count)
     if spec.attach == "guest" and count not in spec.counts:
         raise SpecError(
-            f"--gpu-count {count}: {args.gpu_type} comes in "
+            f"--gpu-count {count}: {gpu_type} comes in "
             f"{', '.join(map(str, spec.counts))} per machine"
         )
-    accelerator = vertex_spec.vertex_accelerator(args.gpu_type)
+    accelerator = vertex_spec.vertex_accelerator(gpu_type)
     return vertex_spec.Machine(machine_type, accelerator, count)
 
 

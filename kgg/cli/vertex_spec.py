@@ -45,6 +45,11 @@ VERTEX_ACCELERATORS: Mapping[str, str] = {
     "nvidia-h100-mega-80gb": "NVIDIA_H100_MEGA_80GB",
     "nvidia-h200-141gb": "NVIDIA_H200_141GB",
 }
+# Dynamic Workload Scheduler (FLEX_START) takes only these GPUs and a timeout of at most 7 days
+# (cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws, "Requirements", checked 2026-12).
+FLEX_START_ACCELERATORS = frozenset({"NVIDIA_L4", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB",
+    "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB", "NVIDIA_B200"})  # fmt: skip
+FLEX_START_MAX_TIMEOUT = timedelta(days=7)
 # One machine per run (MirroredStrategy; multi-worker Keras 3 on TensorFlow is broken,
 # keras-team/keras#20585), so at most the 8 GPUs one machine has.
 MAX_GPUS = 8
@@ -266,6 +271,7 @@ def custom_job_spec(
 ) -> dict[str, Any]:
     """The CustomJobSpec of a run (a CustomJob's jobSpec, a tuning job's trialJobSpec): one
     pool of one replica."""
+    check_flex_start(machine, scheduling)
     pool = {
         "machineSpec": machine.machine_spec(),
         "replicaCount": "1",
@@ -281,6 +287,24 @@ def custom_job_spec(
         "baseOutputDirectory": {"outputUriPrefix": output_prefix(target.bucket, run_id)},
         "scheduling": scheduling.body(),
     }
+
+
+def check_flex_start(machine: Machine, scheduling: Scheduling) -> None:
+    """What Vertex refuses of a FLEX_START job, refused here, before it queues."""
+    if scheduling.strategy != "flex-start":
+        return
+    if machine.accelerator not in FLEX_START_ACCELERATORS:
+        gpus = sorted(gce for gce, api in VERTEX_ACCELERATORS.items()
+                      if api in FLEX_START_ACCELERATORS)  # fmt: skip
+        raise SpecError(
+            f"--scheduling flex-start takes only {', '.join(gpus)}, not {machine.accelerator}; "
+            "pick one with --gpu-type, or use --scheduling standard or spot"
+        )
+    if scheduling.timeout > FLEX_START_MAX_TIMEOUT:
+        raise SpecError(
+            f"--timeout {scheduling.timeout} is above flex-start's limit of 7 days; pass "
+            "--timeout 7d or less"
+        )
 
 
 def custom_job(

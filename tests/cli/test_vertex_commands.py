@@ -101,7 +101,8 @@ def test_the_train_options_are_checked_by_the_jobs_own_parser(
         (["--gpu-count", "2", "--scheduling", "spot"], {"machineType": "n1-highmem-4",
          "acceleratorType": "NVIDIA_TESLA_T4", "acceleratorCount": 2},
          {"strategy": "SPOT", "timeout": "86400s"}),
-        (["--scheduling", "flex-start", "--max-wait", "2h", "--timeout", "6h"], None,
+        (["--scheduling", "flex-start", "--max-wait", "2h", "--timeout", "6h"],
+         {"machineType": "g2-standard-4", "acceleratorType": "NVIDIA_L4", "acceleratorCount": 1},
          {"strategy": "FLEX_START", "timeout": "21600s", "maxWaitDuration": "7200s"}),
     ],
 )  # fmt: skip
@@ -127,6 +128,8 @@ def test_machine_and_scheduling_follow_the_catalogue_and_the_flags(
         (["--gpu-type", "nvidia-l4", "--machine-type", "n1-highmem-4"],
          "--machine-type n1-highmem-4 does not take nvidia-l4; use g2-standard-12, g2-standard-16"),
         (["--max-wait", "2h"], "--max-wait applies to --scheduling flex-start only"),
+        (["--scheduling", "flex-start", "--gpu-type", "nvidia-tesla-t4"],
+         "--scheduling flex-start takes only nvidia-a100-80gb, "),
         (["--scheduling", "flex-start", "--max-wait", "soon"],
          "--max-wait 'soon' is not a duration like 30m, 2h or 1d"),
     ],

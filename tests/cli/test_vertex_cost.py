@@ -63,11 +63,17 @@ def test_a_sweep_counts_every_trial_and_the_rate_while_parallel_run(
 
 
 def test_flex_start_without_a_published_price_is_unknown(
-    t4_prices: None, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Known standard and spot prices of the L4 (flex-start's default GPU) are not flex-start's:
+    Google bills it on SKUs of its own."""
+    monkeypatch.setattr(vertex_prices, "VERTEX_MACHINE_PRICES",
+                        {"g2-standard-4": VertexPrice(0.80, spot=0.30)})  # fmt: skip
+    monkeypatch.setattr(vertex_prices, "VERTEX_GPU_PRICES",
+                        {"NVIDIA_L4": VertexPrice(0.70, spot=0.25)})  # fmt: skip
     code, _, err = kgg(capsys, "submit", *TARGET, "--dry-run", "--scheduling", "flex-start")
     assert code == 0, err
-    assert err.startswith("estimate: price unknown for n1-highmem-4 + 1x NVIDIA_TESLA_T4, "
+    assert err.startswith("estimate: price unknown for g2-standard-4 + 1x NVIDIA_L4, "
                           "flex-start: not in the catalogue's")  # fmt: skip
 
 

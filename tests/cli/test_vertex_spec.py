@@ -39,6 +39,7 @@ CONTAINER = vertex_spec.Container(
     vertex_launcher.DEFAULT_IMAGE, COMMAND, ARGS, {"PYTHONUNBUFFERED": "1"}
 )
 T4 = vertex_spec.Machine("n1-highmem-4")
+L4 = vertex_spec.Machine("g2-standard-4", "NVIDIA_L4")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -75,23 +76,24 @@ def sweep_body(**study: Any) -> dict:
 
 # --- the bodies, against the document -------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("scheduling", "strategy"),
+    ("scheduling", "machine", "strategy"),
     [
-        (vertex_spec.Scheduling("standard"), "STANDARD"),
-        (vertex_spec.Scheduling("spot", timeout=timedelta(hours=6)), "SPOT"),
-        (vertex_spec.Scheduling("flex-start", max_wait=timedelta(hours=2)), "FLEX_START"),
+        (vertex_spec.Scheduling("standard"), T4, "STANDARD"),
+        (vertex_spec.Scheduling("spot", timeout=timedelta(hours=6)), T4, "SPOT"),
+        # Dynamic Workload Scheduler takes no T4: `kgg submit`'s flex-start default is the L4.
+        (vertex_spec.Scheduling("flex-start", max_wait=timedelta(hours=2)), L4, "FLEX_START"),
     ],
 )
 def test_a_submit_body_is_what_the_document_accepts(
-    scheduling: vertex_spec.Scheduling, strategy: str
+    scheduling: vertex_spec.Scheduling, machine: vertex_spec.Machine, strategy: str
 ) -> None:
-    body = submit_body(scheduling)
+    body = submit_body(scheduling, machine)
     assert vertex.validate("CustomJob", body) == []
     spec = body["jobSpec"]
     (pool,) = spec["workerPoolSpecs"]
     assert pool["machineSpec"] == {
-        "machineType": "n1-highmem-4",
-        "acceleratorType": "NVIDIA_TESLA_T4",
+        "machineType": machine.machine_type,
+        "acceleratorType": machine.accelerator,
         "acceleratorCount": 1,
     }
     assert pool["replicaCount"] == "1"
@@ -108,7 +110,7 @@ def test_a_submit_body_is_what_the_document_accepts(
 
 
 def test_flex_start_carries_its_wait_and_the_others_none() -> None:
-    flex = submit_body(vertex_spec.Scheduling("flex-start", max_wait=timedelta(hours=2)))
+    flex = submit_body(vertex_spec.Scheduling("flex-start", max_wait=timedelta(hours=2)), L4)
     assert flex["jobSpec"]["scheduling"] == {
         "strategy": "FLEX_START",
         "timeout": "86400s",
@@ -205,6 +207,12 @@ def test_durations_are_written_as_the_json_mapping_reads_them(value: timedelta, 
          "--scheduling 'queued' is not one of standard, spot, flex-start"),
         (lambda: vertex_spec.Scheduling("standard", timeout=timedelta(0)),
          "the run's timeout 0:00:00 must be above 0 and at most 10 years"),
+        (lambda: submit_body(vertex_spec.Scheduling("flex-start")),
+         "--scheduling flex-start takes only nvidia-a100-80gb, nvidia-h100-80gb, "
+         "nvidia-h100-mega-80gb, nvidia-h200-141gb, nvidia-l4, nvidia-tesla-a100, not "
+         "NVIDIA_TESLA_T4; pick one with --gpu-type, or use --scheduling standard or spot"),
+        (lambda: submit_body(vertex_spec.Scheduling("flex-start", timeout=timedelta(days=8)), L4),
+         "--timeout 8 days, 0:00:00 is above flex-start's limit of 7 days"),
         (lambda: vertex_spec.Machine("n1-highmem-4", accelerator_count=9),
          "--gpu-count 9 is not 1 to 8: a run uses one machine"),
         (lambda: vertex_spec.Machine("n1-highmem-4", "NVIDIA_TESLA_K80"),

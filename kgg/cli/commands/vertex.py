@@ -16,6 +16,7 @@ from kgg.cli.stack import stack_outputs
 from kgg.cli.vertex_api import JOB_NAME, TUNING_JOBS, Vertex
 from kgg.cli.vertex_jobs import (
     DEFAULT_GPU,
+    FLEX_START_DEFAULT_GPU,
     MANUAL_STACK,
     Job,
     add_train_options,
@@ -122,7 +123,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 def _add_machine(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("machine and scheduling")
-    group.add_argument("--gpu-type", default=DEFAULT_GPU, help=f"default {DEFAULT_GPU}")
+    group.add_argument(
+        "--gpu-type",
+        help=f"default {DEFAULT_GPU} ({FLEX_START_DEFAULT_GPU} with --scheduling flex-start, "
+        "which takes no T4)",
+    )
     group.add_argument("--gpu-count", type=int, default=1, help="GPUs on the one machine")
     group.add_argument("--machine-type", help="default: the catalogue's for the GPU")
     group.add_argument(
