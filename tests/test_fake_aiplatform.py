@@ -66,7 +66,28 @@ def test_read_only_fields_are_the_documents() -> None:
 def test_accepts_a_well_formed_custom_job(scheduling: dict[str, str]) -> None:
     body = custom_job()
     body["jobSpec"]["scheduling"] = scheduling
+    if scheduling["strategy"] == "FLEX_START":  # Dynamic Workload Scheduler takes no T4
+        body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"].update(
+            machineType="g2-standard-4", acceleratorType="NVIDIA_L4"
+        )
     assert vertex.validate("CustomJob", body) == []
+
+
+@pytest.mark.parametrize(
+    ("machine", "timeout", "path"),
+    [
+        ({}, "86400s", "jobSpec.workerPoolSpecs[0].machineSpec.acceleratorType"),
+        ({"machineType": "g2-standard-4", "acceleratorType": "NVIDIA_L4"}, "691200s",
+         "jobSpec.scheduling.timeout"),
+    ],
+)  # fmt: skip
+def test_refuses_flex_start_without_its_gpus_or_beyond_seven_days(
+    machine: dict[str, str], timeout: str, path: str
+) -> None:
+    body = custom_job()  # a T4
+    body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"].update(machine)
+    body["jobSpec"]["scheduling"] = {"strategy": "FLEX_START", "timeout": timeout}
+    assert [v.json_path for v in vertex.validate("CustomJob", body)] == [path]
 
 
 def test_accepts_a_well_formed_tuning_job() -> None:

@@ -1,7 +1,7 @@
 """Vertex AI's checks of a job body that parses (tests/fake_aiplatform.py answers them in the
 API's "List of found errors" form): only rules a sentence of the aiplatform v1 discovery document
 states (each quoted beside its check), plus the accelerator pairing whose error text users have
-reported from the live API."""
+reported from the live API and Dynamic Workload Scheduler's requirements from its own page."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def service_problems(schema_id: str, body: Mapping[str, Any]) -> list[Violation]
     spec_name = "trialJobSpec" if schema_id.endswith("HyperparameterTuningJob") else "jobSpec"
     if spec_name in body:
         found += _job_spec_problems(body[spec_name], (spec_name,))
+        found += _flex_start_problems(body[spec_name], (spec_name,))
     if "studySpec" in body:
         found += _study_problems(body["studySpec"], ("studySpec",))
         for name in ("maxTrialCount", "parallelTrialCount"):
@@ -125,6 +126,32 @@ def _job_spec_problems(spec: Mapping[str, Any], path: discovery.Path) -> list[Vi
                 "is not a gs:// URI",
             )
         )
+    return found
+
+
+# cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws, "Requirements" (checked 2026-12):
+# "Your custom training job requests L4, A100, H100, H200, or B200 GPUs." and "has a maximum
+# timeout of 7 days or less."
+FLEX_START_GPUS = ("NVIDIA_L4", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB",
+                   "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB", "NVIDIA_B200")  # fmt: skip
+FLEX_START_MAX_SECONDS = 7 * 24 * 3600
+
+
+def _flex_start_problems(spec: Mapping[str, Any], path: discovery.Path) -> list[Violation]:
+    scheduling = spec.get("scheduling", {})
+    if scheduling.get("strategy") != "FLEX_START":
+        return []
+    found = []
+    for index, pool in enumerate(spec.get("workerPoolSpecs", [])):
+        accelerator = (pool or {}).get("machineSpec", {}).get("acceleratorType", UNSPECIFIED)
+        if pool and accelerator not in FLEX_START_GPUS:
+            here = (*path, "workerPoolSpecs", index, "machineSpec", "acceleratorType")
+            found.append(Violation(here, discovery.VALUE, "FLEX_START needs an L4, A100, H100, "
+                                   f"H200 or B200, not {accelerator}"))  # fmt: skip
+    timeout = scheduling.get("timeout")
+    if timeout is not None and float(str(timeout).removesuffix("s")) > FLEX_START_MAX_SECONDS:
+        found.append(Violation((*path, "scheduling", "timeout"), discovery.VALUE,
+                               "FLEX_START allows a timeout of 7 days at most"))  # fmt: skip
     return found
 
 
