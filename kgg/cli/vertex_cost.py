@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from kgg.cli.vertex_spec import STRATEGIES
+from kgg.cli.vertex_spec import STRATEGIES, VERTEX_ACCELERATORS
+from kgg.infra.catalogue import GPUS, MACHINE_PRICES
 from kgg.infra.vertex_prices import (
     VERTEX_PRICES_CHECKED,
     VERTEX_PRICES_REGION,
@@ -79,6 +80,29 @@ def usd_per_hour(body: Mapping[str, Any], region: str | None) -> float | None:
     return total
 
 
+def compute_engine_floor(body: Mapping[str, Any]) -> float | None:
+    """A standard job's $/h at Compute Engine's own on-demand prices for its machines and GPUs
+    (the catalogue's, us-central1, no static IP): Vertex AI's training price for the same
+    machine is at least that (n1-standard-4 in us-central1: $0.2185 against Compute Engine's
+    $0.19). None for spot and flex-start, which Vertex prices on SKUs of their own, and where a
+    price is unknown."""
+    if strategy(body) != "standard":
+        return None
+    gce_names = {api: gce for gce, api in VERTEX_ACCELERATORS.items()}
+    total = 0.0
+    for machine_type, accelerator, count, replicas in _pools(body):
+        machine = MACHINE_PRICES.get(machine_type)
+        spec = GPUS.get(gce_names.get(accelerator or "", ""))
+        if machine is None or (
+            accelerator and (spec is None or spec.on_demand_usd_per_hour is None)
+        ):
+            return None
+        bundled = spec is None or spec.attach == "bundled"  # a g2/a2/a3 price brings its GPUs
+        gpus = 0.0 if bundled else count * (spec.on_demand_usd_per_hour or 0.0)
+        total += replicas * (machine[0] + gpus)
+    return total or None
+
+
 def timeout(body: Mapping[str, Any]) -> timedelta | None:
     """The run's (a trial's) time limit, from its scheduling.timeout duration string."""
     value = (job_spec(body).get("scheduling") or {}).get("timeout")
@@ -101,9 +125,16 @@ def estimate(body: Mapping[str, Any], region: str) -> str:
     rate = usd_per_hour(body, region)
     if rate is None:
         where = "" if region == VERTEX_PRICES_REGION else f" in {region}"
+        # The catalogue's Compute Engine prices are us-central1's too.
+        floor = compute_engine_floor(body) if region == VERTEX_PRICES_REGION else None
+        above = (
+            f"; at least {dollars(floor)}/h, Compute Engine's own price for it"
+            if floor is not None
+            else ""
+        )
         return (
             f"estimate: price unknown for {what}{where}: not in the catalogue's {PRICES} "
-            "(https://cloud.google.com/vertex-ai/pricing)"
+            f"(https://cloud.google.com/vertex-ai/pricing){above}"
         )
     line = f"estimate: {dollars(rate)}/h for {what} ({PRICES})"
     limit = timeout(body)

@@ -10,6 +10,7 @@ import pytest
 
 from kgg.cli import vertex_cost
 from kgg.infra import vertex_prices
+from kgg.infra.catalogue import GPUS, MACHINE_PRICES
 from kgg.infra.vertex_prices import VertexPrice
 
 from .test_vertex_commands import TARGET, kgg
@@ -82,10 +83,24 @@ def test_the_catalogues_own_prices_say_unknown_for_the_default_t4(
 ) -> None:
     code, _, err = kgg(capsys, "submit", *TARGET, "--dry-run")
     assert code == 0, err
+    # What is known is said: Vertex charges at least Compute Engine's price for the machine.
+    floor = MACHINE_PRICES["n1-highmem-4"][0] + GPUS["nvidia-tesla-t4"].on_demand_usd_per_hour
     assert err == (
         "estimate: price unknown for n1-highmem-4 + 1x NVIDIA_TESLA_T4, standard: not in the "
-        f"catalogue's {PRICES} (https://cloud.google.com/vertex-ai/pricing)\n"
+        f"catalogue's {PRICES} (https://cloud.google.com/vertex-ai/pricing); at least "
+        f"${floor:.2f}/h, Compute Engine's own price for it\n"
     )
+
+
+def test_spot_and_flex_start_get_no_compute_engine_floor() -> None:
+    machine = {"machineType": "n1-highmem-4", "acceleratorType": "NVIDIA_TESLA_T4",
+               "acceleratorCount": 2}  # fmt: skip
+    body = {"jobSpec": {"workerPoolSpecs": [{"machineSpec": machine, "replicaCount": "1"}],
+                        "scheduling": {"strategy": "SPOT"}}}  # fmt: skip
+    assert vertex_cost.compute_engine_floor(body) is None
+    body["jobSpec"]["scheduling"] = {"strategy": "STANDARD"}
+    two = MACHINE_PRICES["n1-highmem-4"][0] + 2 * GPUS["nvidia-tesla-t4"].on_demand_usd_per_hour
+    assert vertex_cost.compute_engine_floor(body) == pytest.approx(two)
 
 
 def test_another_region_is_not_priced_with_us_central1s_figures(t4_prices: None) -> None:
