@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import io
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,26 +136,43 @@ def demo_identities(bucket: str) -> tuple[Any, str, str]:
     return authority, authority.issue(laptop), authority.issue(grants.identities[access.VM])
 
 
+@dataclass(frozen=True)
+class DemoBucket:
+    data: str  # the gs:// prefix of the synthetic data
+    laptop: str  # the laptop user's token (the project's Owner)
+    vm: str  # the VM's account's token, held to what the stack grants it
+
+
+@contextlib.contextmanager
+def demo_bucket(scratch: Path) -> Iterator[DemoBucket]:
+    """The synthetic data, written under `scratch` and uploaded with its manifest to an emulator
+    bucket whose front enforces the stack's grants; for the block."""
+    # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+    counts = make_dataset(scratch / "data")
+    print(f"demo: {sum(counts.values())} synthetic images in {len(counts)} classes")
+    authority, laptop, vm = demo_identities(DEMO_BUCKET)
+    with running_emulator(DEMO_BUCKET, authority) as url:
+        data = f"gs://{DEMO_BUCKET}/data"
+        with acting_as(laptop):
+            stats = storage.upload_tree(scratch / "data", data, progress=True)
+            manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
+            storage.write_json(f"{data}/{MANIFEST_NAME}", manifest)
+        print(f"demo: emulator at {url}, uploaded {stats.copied} files to {data}")
+        yield DemoBucket(data, laptop, vm)
+
+
 def run_demo(args: argparse.Namespace) -> None:
     """Generates the data, serves it from an emulator bucket and runs the VM's train command with
     the VM's identity, which the emulator's front holds to what the stack grants it."""
     from kgg.job.cli import run_job
 
-    # The emulator logs every 404 as an error; the job probes for progress/state files on purpose.
-    logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kgg-demo-") as scratch:
         scratch_dir = Path(scratch)
-        counts = make_dataset(scratch_dir / "data")
-        print(f"demo: {sum(counts.values())} synthetic images in {len(counts)} classes")
-        authority, laptop, vm = demo_identities(DEMO_BUCKET)
-        with running_emulator(DEMO_BUCKET, authority) as url:
-            data, out = f"gs://{DEMO_BUCKET}/data", f"gs://{DEMO_BUCKET}/{RUNS_PREFIX}demo"
-            with acting_as(laptop):
-                stats = storage.upload_tree(scratch_dir / "data", data, progress=True)
-                manifest = {"version": 1, "classes": counts, "test": TEST_IMAGES + 1}
-                storage.write_json(f"{data}/{MANIFEST_NAME}", manifest)
-            print(f"demo: emulator at {url}, uploaded {stats.copied} files to {data}")
+        with demo_bucket(scratch_dir) as bucket:
+            data, out = bucket.data, f"gs://{DEMO_BUCKET}/{RUNS_PREFIX}demo"
+            laptop, vm = bucket.laptop, bucket.vm
             command = ["train", "--data", data, "--out", out, "--recipe", args.recipe]
             command += [*DEMO_OPTIONS, "--cache-dir", str(scratch_dir / "cache")]
             print("demo: kgg " + " ".join(command) + "  (as the VM's account)")

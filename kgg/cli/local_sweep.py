@@ -56,43 +56,48 @@ class LocalTrial:
     parameters: Mapping[str, Any]
     exit_code: int
     score: float | None
-    out: Path
+    out: str  # the trial's run folder: a local path or gs:// prefix
 
 
-def environment(base: Path, trial_id: str) -> dict[str, str]:
-    """What Vertex gives trial `trial_id` of a tuning job whose base output folder is `base`."""
+def environment(base: str, trial_id: str, metrics: Path) -> dict[str, str]:
+    """What Vertex gives trial `trial_id` of a tuning job whose base output folder is `base` (a
+    local folder or a gs:// prefix); its metric file goes to the local folder `metrics`."""
     return {
         trial_contract.MODEL_DIR: f"{base}/{trial_id}/model/",
         trial_contract.CHECKPOINT_DIR: f"{base}/{trial_id}/checkpoints/",
         trial_contract.TENSORBOARD_DIR: f"{base}/{trial_id}/logs/",
         trial_contract.TRIAL_ID: trial_id,
-        trial_contract.METRIC_FILE: str(base / ".hypertune" / f"{trial_id}.metrics"),
+        trial_contract.METRIC_FILE: str(metrics / f"{trial_id}.metrics"),
     }
 
 
 def run_trials(
     study: Mapping[str, Any],
     job_args: Sequence[str],
-    base: Path,
+    base: str | Path,
     trials: int,
     seed: int | None = None,
     run: Runner | None = None,
     report: Callable[[str], None] = print,
+    metrics: Path | None = None,
 ) -> list[LocalTrial]:
-    """Runs `python -m kgg <job_args> --<param>=<value>...` once per trial, in order."""
+    """Runs `python -m kgg <job_args> --<param>=<value>...` once per trial, in order, each in
+    <base>/<n>/; the metric files go to `metrics` (default <base>/.hypertune, base local)."""
+    base = str(base).rstrip("/")
+    metrics = metrics or Path(base) / ".hypertune"
     rng = random.Random(seed)
     done = []
     for number in range(1, trials + 1):
         trial_id = str(number)
         chosen = draw(study, rng)
-        env = {**os.environ, **environment(base, trial_id)}
+        env = {**os.environ, **environment(base, trial_id, metrics)}
         report(f"trial {trial_id}/{trials}: {' '.join(arguments(chosen))}")
         argv = [sys.executable, "-m", CLI_NAME, *job_args, *arguments(chosen)]
         code = (run or subprocess.run)(argv, env=env, check=False).returncode
         reports = trial_contract.read_reports(env[trial_contract.METRIC_FILE])
         values = [r[METRIC_ID] for r in reports if METRIC_ID in r]
         score = float(values[-1]) if values and code == 0 else None
-        done.append(LocalTrial(trial_id, chosen, code, score, base / trial_id))
+        done.append(LocalTrial(trial_id, chosen, code, score, f"{base}/{trial_id}"))
         shown = f"micro-F1 {score:.4f}" if score is not None else f"no score (exit {code})"
         report(f"trial {trial_id}: {shown}")
     return done

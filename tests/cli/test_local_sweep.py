@@ -3,6 +3,7 @@ from the study, the best from the metric files; once with the real job on tiny d
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import subprocess
@@ -87,8 +88,8 @@ def test_sweep_local_runs_the_real_job_and_names_the_best(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "sweep --local needs --data DIR"),
         (["--data", "d", "--algorithm", "grid"], "sweep --local searches at random"),
+        (["--run-id", "Sweep 1"], "--run-id 'Sweep 1' must be lowercase letters"),
     ],
 )
 def test_sweep_local_refuses_what_it_cannot_do(
@@ -97,3 +98,26 @@ def test_sweep_local_refuses_what_it_cannot_do(
     code = main.run(["sweep", "--local", "--trials", "2", "--param", "unfreeze-blocks=1..2",
                      *argv])  # fmt: skip
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_sweep_local_without_data_sweeps_the_demo_bucket_and_keeps_three_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rehearsal `kgg demo` is for one run: the demo's data in an emulator bucket held to
+    the stack's grants, each trial writing its Vertex layout there as the VM's account; the
+    results are copied out before the emulator goes."""
+    out = tmp_path / "out"
+    code = main.run(["sweep", "--local", "--trials", "3", "--run-id", "vs-demo",
+                     "--param", "head-lr=discrete:0.001,0.01", "--seed-trials", "2",
+                     "--local-out", str(out), "--image-size", "32", "--head-epochs", "1",
+                     "--finetune-epochs", "1", "--guide-epochs", "1", "--no-progress"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "gs://kgg-demo/runs/vs-demo/" in printed
+    scores = {}
+    for n in ("1", "2", "3"):
+        metrics = json.loads((out / "vs-demo" / n / "metrics.json").read_text())
+        scores[n] = metrics["micro_f1"]
+    best = max(scores, key=lambda n: scores[n])
+    assert f"best: trial {best}, micro-F1 {scores[best]:.4f} " in printed
+    assert printed.rstrip().endswith(f"in {out / 'vs-demo' / best}")

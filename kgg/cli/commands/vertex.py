@@ -9,7 +9,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from kgg.cli import vertex_spec
 from kgg.cli.stack import stack_outputs
@@ -33,12 +35,11 @@ from kgg.cli.vertex_spec import SpecError
 
 
 def local_sweep(args: argparse.Namespace) -> int:
-    """`sweep --local`: the trials here, one after another, under Vertex's trial contract."""
+    """`sweep --local`: the trials here, one after another, under Vertex's trial contract, on
+    --data, or by default on the demo's synthetic data in an emulator bucket (as `kgg demo`)."""
     from kgg.cli import local_sweep as local
     from kgg.cli import sweep_params
 
-    if not args.data:
-        raise SpecError("sweep --local needs --data DIR (a train/<class>/ folder or gs:// prefix)")
     if args.algorithm not in ("random", "bayesian"):
         raise SpecError(
             f"sweep --local searches at random; --algorithm {args.algorithm} is Vertex's"
@@ -50,10 +51,47 @@ def local_sweep(args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id("vs")
     if not vertex_spec.RUN_ID.match(run_id):
         raise SpecError(f"--run-id {run_id!r} must be lowercase letters, digits, - or _")
-    base = Path(args.local_out).expanduser().absolute() / run_id
-    print(f"sweep {run_id}: {args.trials} trials here, one after another, in {base}/")
-    trials = local.run_trials(study, ["train", "--data", args.data, *fixed], base, args.trials,
-                              seed=args.seed_trials)  # fmt: skip
+    here = Path(args.local_out).expanduser().absolute() / run_id
+    if args.data:
+        print(f"sweep {run_id}: {args.trials} trials here, one after another, in {here}/")
+        trials = local.run_trials(study, ["train", "--data", args.data, *fixed], here,
+                                  args.trials, seed=args.seed_trials)  # fmt: skip
+        return _best(local, run_id, trials)
+    return _demo_sweep(args, study, run_id, here, fixed)
+
+
+def _demo_sweep(
+    args: argparse.Namespace, study: dict, run_id: str, here: Path, fixed: list[str]
+) -> int:
+    """The trials on the demo's data, each writing gs://kgg-demo/runs/SWEEP/N/ as the VM's
+    account (a Vertex trial's layout), then copied to `here` before the emulator goes."""
+    import tempfile
+
+    from kgg.cli import demo
+    from kgg.cli import local_sweep as local
+    from kgg.common import storage
+    from kgg.common.contract import run_folder
+    from kgg.common.emulator import acting_as
+
+    with tempfile.TemporaryDirectory(prefix="kgg-sweep-") as scratch:
+        scratch_dir = Path(scratch)
+        with demo.demo_bucket(scratch_dir) as bucket:
+            base = f"gs://{demo.DEMO_BUCKET}/{run_folder(run_id)}".rstrip("/")
+            print(f"sweep {run_id}: {args.trials} trials here, one after another, in {base}/ "
+                  "(demo data and options; yours after them win)")  # fmt: skip
+            job = ["train", "--data", bucket.data, *demo.DEMO_OPTIONS,
+                   "--cache-dir", str(scratch_dir / "cache"), *fixed]  # fmt: skip
+            with acting_as(bucket.vm):
+                trials = local.run_trials(study, job, base, args.trials, seed=args.seed_trials,
+                                          metrics=scratch_dir / "hypertune")  # fmt: skip
+            with acting_as(bucket.laptop):
+                storage.download_tree(base, str(here), progress=False)
+    print(f"copied the trials' results to {here}/")
+    moved = [replace(t, out=str(here / t.trial_id)) for t in trials]
+    return _best(local, run_id, moved)
+
+
+def _best(local: Any, run_id: str, trials: list[Any]) -> int:
     winner = local.best(trials)
     if winner is None:
         print(f"no trial of {run_id} reported a score: see the trials' output above")
@@ -176,7 +214,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local = sweep.add_argument_group("here instead of Vertex AI")
     local.add_argument(
         "--local", action="store_true",
-        help="run the trials on this machine, one after another (random search; needs --data)",
+        help="run the trials on this machine, one after another (random search), on --data or by "
+        "default on the demo's synthetic data in an emulator bucket",
     )  # fmt: skip
     local.add_argument(
         "--local-out", default="runs", metavar="DIR", help="trials in DIR/SWEEP/N (default runs)"
