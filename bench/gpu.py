@@ -14,16 +14,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bench import dataset, flops, hardware, precisions
+from bench import common, dataset, flops, hardware, precisions
 from bench import report as report_lib
+from bench.common import Plan
 from bench.precisions import Measured, Setting
 from bench.report import Report, Target
 from kgg.common.contract import CLI_NAME
-
-if TYPE_CHECKING:
-    from bench.run import Plan
 
 # Timed steps per rate on a GPU (a step takes milliseconds; 30 average out the launch jitter).
 GPU_STEPS = 30
@@ -95,7 +92,7 @@ def main(plan: Plan, data_root: Path) -> int:
         print(f"skipped: no GPU visible to TensorFlow (nvidia-smi lists {gpus[0].name})")
         return 0
 
-    from bench import measure, run
+    from bench import measure
     from kgg.job import maps as maps_lib
     from kgg.job import runtime
     from kgg.job.config import TrainConfig
@@ -103,7 +100,7 @@ def main(plan: Plan, data_root: Path) -> int:
     defaults = TrainConfig(data="", out="")
     gpu = gpus[0]
     cpu, peak = hardware.read_cpu()
-    report = Report(mode=f"gpu ({plan.name} data)", machine=run.machine_description(cpu, peak))
+    report = Report(mode=f"gpu ({plan.name} data)", machine=common.machine_description(cpu, peak))
     report.machine["gpu"] = (
         f"{len(gpus)} x {gpu.name}, compute capability {gpu.compute_capability}, "
         f"{gpu.memory_mib} MiB, driver {gpu.driver}"
@@ -114,7 +111,7 @@ def main(plan: Plan, data_root: Path) -> int:
         "peak RSS on the GPU VM (the CPU run measures it; host memory does not depend on the GPU)"
     )
     pipe, images, labels = measure.input_pipeline(
-        data_root, run.CACHE / "pipeline", 12, plan.image_size
+        data_root, common.CACHE / "pipeline", 12, plan.image_size
     )
     first_ips = pipe.images / pipe.first_epoch_s
     section_pipe = "1. Input pipeline (CPU side of the GPU VM)"
@@ -127,7 +124,7 @@ def main(plan: Plan, data_root: Path) -> int:
         plan, guide_steps=GPU_STEPS, feature_steps=GPU_STEPS, finetune_steps=GPU_STEPS,
         forward_steps=GPU_STEPS, training_steps=GPU_STEPS,
     )  # fmt: skip
-    full = run.full_sizes()
+    full = common.full_sizes()
     measured = precisions.measure_settings(
         gpu_settings(auto.policy, job_xla), images, labels, steps, defaults.unfreeze_blocks,
         maps_lib.MAPS_VIEWS, full, sample_gpu=True,
@@ -142,10 +139,10 @@ def main(plan: Plan, data_root: Path) -> int:
     _add_gpu_rows(report, measured, gpu.name, plan.image_size)
     _add_xla_rows(report, measured, job)
 
-    run.log("the real job end to end, fast recipe at --precision auto, cold image cache")
-    run.RESULTS.mkdir(parents=True, exist_ok=True)
-    log_path = run.RESULTS / "e2e-gpu.log"
-    seconds = end_to_end(data_root, plan.image_size, run.CACHE, log_path)
+    common.log("the real job end to end, fast recipe at --precision auto, cold image cache")
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    log_path = common.RESULTS / "e2e-gpu.log"
+    seconds = end_to_end(data_root, plan.image_size, common.CACHE, log_path)
     output = log_path.read_text(errors="replace")
     section_e2e = precisions.SECTION_E2E
     report.add(
@@ -162,7 +159,7 @@ def main(plan: Plan, data_root: Path) -> int:
         report.not_measured.append(f"the job end to end failed:\n{output[-2000:]}")
     _add_targets(report, measured, job, gpu, seconds, plan.image_size)
     print(report_lib.format_text(report))
-    run.write_outputs(report, docs=False, stem="latest-gpu")
+    common.write_outputs(report, docs=False, stem="latest-gpu")
     return 0
 
 

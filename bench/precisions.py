@@ -9,16 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bench import estimate, flops, hardware, measure
 from bench import report as report_lib
+from bench.common import Plan, log
 from bench.report import Report
-
-if TYPE_CHECKING:
-    from bench.run import Plan
 
 N_CLASSES = 12
 FEATURES = 512  # VGG's pooled features: the head's input
@@ -82,8 +80,6 @@ def measure_settings(
 
     Row by row, each row for every Setting in turn: on a shared machine whose load drifts, the
     Settings' figures of one row are measured minutes apart at most, not a whole pass apart."""
-    from bench.run import log
-
     size = images.shape[1]
     rows: dict[Setting, dict[str, Any]] = {setting: {} for setting in settings}
 

@@ -284,32 +284,50 @@ def scalar_problem(prop: Mapping[str, Any], value: Any) -> str | None:
     if isinstance(value, dict | list):
         return f"{_show(value)} is not a {form or kind}"
     if "enum" in prop:
-        if not isinstance(value, str):
-            return f"{_show(value)} is not an enum name (one of {', '.join(prop['enum'])})"
-        if value not in prop["enum"]:
-            return f"{value!r} is not one of {', '.join(prop['enum'])}"
-        return None
+        return _enum_problem(prop["enum"], value)
     if kind == "boolean":
         return None if isinstance(value, bool) else f"{_show(value)} is not true or false"
     if form in INT_RANGES:
-        number = _integer(value)
-        low, high = INT_RANGES[form]
-        if number is None:
-            return f"{_show(value)} is not an {form} (a whole number, or one as a string)"
-        if not low <= number <= high:
-            return f"{_show(value)} is outside the range of {form}"
-        return None
+        return _int_problem(form, value)
     if kind == "number":
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            return f"{_show(value)} is not a number"
-        if isinstance(value, str) and value not in ("NaN", "Infinity", "-Infinity"):
-            try:
-                float(value)
-            except ValueError:
-                return f"{_show(value)} is not a number"
-        return None
+        return _number_problem(value)
     if not isinstance(value, str):
         return f"{_show(value)} is not a string"
+    return _string_problem(form, value)
+
+
+def _enum_problem(names: list[str], value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{_show(value)} is not an enum name (one of {', '.join(names)})"
+    if value not in names:
+        return f"{value!r} is not one of {', '.join(names)}"
+    return None
+
+
+def _int_problem(form: str, value: Any) -> str | None:
+    number = _integer(value)
+    low, high = INT_RANGES[form]
+    if number is None:
+        return f"{_show(value)} is not an {form} (a whole number, or one as a string)"
+    if not low <= number <= high:
+        return f"{_show(value)} is outside the range of {form}"
+    return None
+
+
+def _number_problem(value: Any) -> str | None:
+    """A JSON number, or the string forms proto3 JSON takes (a decimal, NaN, ±Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return f"{_show(value)} is not a number"
+    if isinstance(value, str) and value not in ("NaN", "Infinity", "-Infinity"):
+        try:
+            float(value)
+        except ValueError:
+            return f"{_show(value)} is not a number"
+    return None
+
+
+def _string_problem(form: str | None, value: str) -> str | None:
+    """A string's format: a duration, a timestamp, base64 bytes; any other string passes."""
     if form == "google-duration":
         match = DURATION.match(value)
         if match is None:

@@ -43,15 +43,35 @@ def evaluate(expression: str, variables: dict[str, Any]) -> Any:
     tokens = [t for t in _TOKEN.findall(expression) if t]
     if "".join(tokens) != re.sub(r"\s+", "", expression):
         raise UnsupportedSyntax(f"expression {expression!r}")
-    position = 0
+    parser = _Parser(expression, tokens, variables)
+    left = parser.value()
+    if parser.more():
+        op = parser.take()
+        right = parser.value()
+        if op not in ("==", "!=") or parser.more():
+            raise UnsupportedSyntax(f"expression {expression!r}")
+        return (left == right) == (op == "==")
+    return left
 
-    def take() -> str:
-        nonlocal position
-        position += 1
-        return tokens[position - 1]
 
-    def value() -> Any:
-        token = take()
+@dataclass
+class _Parser:
+    """Reads an expression's tokens left to right: literals, `map.get(m, k)`, dotted names."""
+
+    expression: str
+    tokens: list[str]
+    variables: dict[str, Any]
+    position: int = 0
+
+    def more(self) -> bool:
+        return self.position < len(self.tokens)
+
+    def take(self) -> str:
+        self.position += 1
+        return self.tokens[self.position - 1]
+
+    def value(self) -> Any:
+        token = self.take()
         if token.startswith('"'):
             return json.loads(token)
         if re.fullmatch(r"-?\d+", token):
@@ -59,32 +79,31 @@ def evaluate(expression: str, variables: dict[str, Any]) -> Any:
         if token in ("true", "false", "null"):
             return {"true": True, "false": False, "null": None}[token]
         if token == "map.get":
-            if take() != "(":
-                raise UnsupportedSyntax(expression)
-            mapping, _, key = value(), take(), value()
-            if take() != ")":
-                raise UnsupportedSyntax(expression)
-            if mapping is None:
-                raise WorkflowError({"message": "map.get: map is null", "tags": ["TypeError"]})
-            return mapping.get(key) if isinstance(mapping, dict) else None
+            return self.map_get()
+        return self.lookup(token)
+
+    def map_get(self) -> Any:
+        """`map.get(m, k)`: None for a missing key or a non-map, a TypeError for a null map."""
+        if self.take() != "(":
+            raise UnsupportedSyntax(self.expression)
+        mapping, _, key = self.value(), self.take(), self.value()
+        if self.take() != ")":
+            raise UnsupportedSyntax(self.expression)
+        if mapping is None:
+            raise WorkflowError({"message": "map.get: map is null", "tags": ["TypeError"]})
+        return mapping.get(key) if isinstance(mapping, dict) else None
+
+    def lookup(self, token: str) -> Any:
+        """A variable and its attributes (`a.b.c`): a KeyError for any that is missing."""
         first, *attributes = token.split(".")
-        if first not in variables:
+        if first not in self.variables:
             raise WorkflowError({"message": f"KeyError: {first}", "tags": ["KeyError"]})
-        current = variables[first]
+        current = self.variables[first]
         for attribute in attributes:
             if not isinstance(current, dict) or attribute not in current:
                 raise WorkflowError({"message": f"KeyError: {attribute}", "tags": ["KeyError"]})
             current = current[attribute]
         return current
-
-    left = value()
-    if position < len(tokens):
-        op = take()
-        right = value()
-        if op not in ("==", "!=") or position < len(tokens):
-            raise UnsupportedSyntax(f"expression {expression!r}")
-        return (left == right) == (op == "==")
-    return left
 
 
 def _resolve(item: Any, variables: dict[str, Any]) -> Any:

@@ -41,13 +41,17 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+def _modules(roots: tuple[Path, ...] | None = None) -> dict[str, Path]:
+    """The modules under `roots` (the package by default), by dotted name."""
+    return {
+        _module(path): path for root in roots or (PACKAGE,) for path in sorted(root.rglob("*.py"))
+    }
 
 
-def _graph() -> dict[str, set[str]]:
-    """Module -> the package's modules it imports (a package import counts as its __init__)."""
-    modules = _modules()
+def _graph(roots: tuple[Path, ...] | None = None) -> dict[str, set[str]]:
+    """Module -> the modules under `roots` it imports (a package import counts as its
+    __init__)."""
+    modules = _modules(roots)
     return {
         name: {imported for imported in _imports(path) if imported in modules} - {name}
         for name, path in modules.items()
@@ -86,8 +90,8 @@ def test_room_imports_only_in_its_direction(room: str) -> None:
 KNOWN_CIRCLES = []
 
 
-def test_no_module_imports_itself_through_others() -> None:
-    graph = _graph()
+def _circles(graph: dict[str, set[str]]) -> list[str]:
+    """Every import circle of `graph`, each as `a -> b -> a`."""
     circles: list[str] = []
     state: dict[str, str] = {}
 
@@ -103,7 +107,12 @@ def test_no_module_imports_itself_through_others() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
-    assert sorted(circles) == KNOWN_CIRCLES
+    return sorted(circles)
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """The package and the benchmark beside it, which imports the job and shares bench/common."""
+    assert _circles(_graph((PACKAGE, ROOT / "bench"))) == KNOWN_CIRCLES
 
 
 def test_the_circle_finder_sees_a_circle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,3 +123,17 @@ def test_the_circle_finder_sees_a_circle(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     monkeypatch.setitem(globals(), "PACKAGE", tmp_path / "kgg")
     assert _graph() == {"kgg.common.a": {"kgg.common.b"}, "kgg.common.b": {"kgg.common.a"}}
+    assert _circles(_graph()) == ["kgg.common.a -> kgg.common.b -> kgg.common.a"]
+
+
+def test_the_circle_finder_sees_a_circle_in_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmark's modules are scanned as the package's: a circle hidden by an import
+    inside a function is found there too."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "run.py").write_text("from bench import gpu\n")
+    (bench / "gpu.py").write_text("def main():\n    from bench.run import log\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert _circles(_graph((bench,))) == ["bench.gpu -> bench.run -> bench.gpu"]

@@ -160,51 +160,73 @@ LOG_SCALES = ("UNIT_LOG_SCALE", "UNIT_REVERSE_LOG_SCALE")
 
 
 def _study_problems(study: Mapping[str, Any], path: discovery.Path) -> list[Violation]:
-    found: list[Violation] = []
-
-    def fail(where: discovery.Path, text: str) -> None:
-        found.append(Violation(where, discovery.VALUE, text))
-
-    # "Must not contain whitespaces and must be unique amongst all MetricSpecs."
-    for group, key in (("metrics", "metricId"), ("parameters", "parameterId")):
-        ids = [item.get(key, "") for item in study.get(group, [])]
-        for index, name in enumerate(ids):
-            if re.search(r"\s", name) or ids.count(name) > 1:
-                fail((*path, group, index, key), f"{name!r} has whitespace or is not unique")
-        if not ids:
-            fail((*path, group), "is empty")
+    found = _id_problems(study, path)
     for index, parameter in enumerate(study.get("parameters", [])):
-        here = (*path, "parameters", index)
-        specs = [name for name in VALUE_SPECS if name in parameter]
-        if len(specs) != 1:
-            fail(here, f"needs one of {', '.join(VALUE_SPECS)}")
-            continue
-        spec, scale = parameter[specs[0]], parameter.get("scaleType")
-        if specs[0] == "categoricalValueSpec":
-            if scale is not None:  # "Leave unset for `CATEGORICAL` parameters."
-                fail((*here, "scaleType"), "must be unset for a categorical parameter")
-            if not spec.get("values"):
-                fail((*here, specs[0], "values"), "is empty")
-            continue
-        if specs[0] == "discreteValueSpec":
-            values = spec.get("values", [])
-            # "The list should be in increasing order and at least 1e-10 apart ... should not
-            # contain more than 1,000 values."
-            if not values or len(values) > 1000:
-                fail((*here, specs[0], "values"), "must hold 1 to 1,000 values")
-            if any(b - a < 1e-10 for a, b in itertools.pairwise(values)):
-                fail((*here, specs[0], "values"), "must increase, at least 1e-10 apart")
-            low = min(values, default=1)
-        else:
-            low, high = float(spec["minValue"]), float(spec["maxValue"])
-            if low > high:
-                fail((*here, specs[0]), f"minValue {low:g} is above maxValue {high:g}")
-        # "The entire feasible space must be strictly positive."
-        if scale in LOG_SCALES and low <= 0:
-            fail((*here, "scaleType"), f"{scale} needs a feasible space above 0")
+        found += _parameter_problems(parameter, (*path, "parameters", index))
     # "To use grid search, all parameters must be INTEGER, CATEGORICAL, or DISCRETE."
     if study.get("algorithm") == "GRID_SEARCH":
         for index, parameter in enumerate(study.get("parameters", [])):
             if "doubleValueSpec" in parameter:
-                fail((*path, "parameters", index), "GRID_SEARCH takes no DOUBLE parameter")
+                found.append(
+                    _value((*path, "parameters", index), "GRID_SEARCH takes no DOUBLE parameter")
+                )
+    return found
+
+
+def _value(where: discovery.Path, text: str) -> Violation:
+    return Violation(where, discovery.VALUE, text)
+
+
+def _id_problems(study: Mapping[str, Any], path: discovery.Path) -> list[Violation]:
+    """Metric and parameter ids: "Must not contain whitespaces and must be unique amongst all
+    MetricSpecs." """
+    found: list[Violation] = []
+    for group, key in (("metrics", "metricId"), ("parameters", "parameterId")):
+        ids = [item.get(key, "") for item in study.get(group, [])]
+        for index, name in enumerate(ids):
+            if re.search(r"\s", name) or ids.count(name) > 1:
+                found.append(
+                    _value((*path, group, index, key), f"{name!r} has whitespace or is not unique")
+                )
+        if not ids:
+            found.append(_value((*path, group), "is empty"))
+    return found
+
+
+def _parameter_problems(parameter: Mapping[str, Any], here: discovery.Path) -> list[Violation]:
+    specs = [name for name in VALUE_SPECS if name in parameter]
+    if len(specs) != 1:
+        return [_value(here, f"needs one of {', '.join(VALUE_SPECS)}")]
+    kind = specs[0]
+    spec, scale = parameter[kind], parameter.get("scaleType")
+    if kind == "categoricalValueSpec":
+        return _categorical_problems(spec, scale, here)
+    found: list[Violation] = []
+    if kind == "discreteValueSpec":
+        values = spec.get("values", [])
+        # "The list should be in increasing order and at least 1e-10 apart ... should not
+        # contain more than 1,000 values."
+        if not values or len(values) > 1000:
+            found.append(_value((*here, kind, "values"), "must hold 1 to 1,000 values"))
+        if any(b - a < 1e-10 for a, b in itertools.pairwise(values)):
+            found.append(_value((*here, kind, "values"), "must increase, at least 1e-10 apart"))
+        low = min(values, default=1)
+    else:
+        low, high = float(spec["minValue"]), float(spec["maxValue"])
+        if low > high:
+            found.append(_value((*here, kind), f"minValue {low:g} is above maxValue {high:g}"))
+    # "The entire feasible space must be strictly positive."
+    if scale in LOG_SCALES and low <= 0:
+        found.append(_value((*here, "scaleType"), f"{scale} needs a feasible space above 0"))
+    return found
+
+
+def _categorical_problems(
+    spec: Mapping[str, Any], scale: Any, here: discovery.Path
+) -> list[Violation]:
+    found: list[Violation] = []
+    if scale is not None:  # "Leave unset for `CATEGORICAL` parameters."
+        found.append(_value((*here, "scaleType"), "must be unset for a categorical parameter"))
+    if not spec.get("values"):
+        found.append(_value((*here, "categoricalValueSpec", "values"), "is empty"))
     return found

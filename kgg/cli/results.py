@@ -90,12 +90,14 @@ def summarize_run(
     docs = [d for d in (metrics, scores) if d is not None]
     micro_f1 = next((v for d in docs if (v := _number(d, MICRO_F1_KEYS)) is not None), None)
     accuracy = next((v for d in docs if (v := _number(d, ACCURACY_KEYS)) is not None), None)
-    scored_on = None
+    scored_on: str | None = None
     if micro_f1 is not None or accuracy is not None:
         # Runs from before the held-out split, and progress while running, are on validation.
         # The documents are the bucket's text: only the two names the job writes are shown.
         finals = [d for d in (metrics, scores) if d is not None]
-        recorded = [d.get("scored_on") for d in finals if d.get("scored_on") in SCORED_ON]
+        recorded = [
+            on for d in finals if isinstance(on := d.get("scored_on"), str) and on in SCORED_ON
+        ]
         scored_on = recorded[0] if recorded else "validation"
     return RunSummary(run_id, state, micro_f1, accuracy, updated, files, size, scored_on)
 
@@ -168,11 +170,17 @@ def run_costs(bucket: str) -> dict[str, tuple[float, float | None]]:
     costs: dict[str, tuple[float, float | None]] = {}
     for run_id, entry in (runs if isinstance(runs, dict) else {}).items():
         entry = entry if isinstance(entry, dict) else {}
-        seconds, usd = entry.get("seconds"), entry.get("usd")
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            number = isinstance(usd, int | float) and not isinstance(usd, bool)
-            costs[str(run_id)] = (float(seconds), float(usd) if number else None)
+        seconds = _real(entry.get("seconds"))
+        if seconds is not None:
+            costs[str(run_id)] = (seconds, _real(entry.get("usd")))
     return costs
+
+
+def _real(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (a bool is not a number here)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _cost_cells(cost: tuple[float, float | None] | None) -> tuple[str, str]:

@@ -442,7 +442,7 @@ def fetch_documents(bucket: str) -> tuple[StartupStatus | None, Progress | None]
 
 
 def watch(
-    fetch: Callable[[], tuple[StartupStatus | None, Doc | None]],
+    fetch: Callable[[], tuple[StartupStatus | None, Progress | None]],
     out: TextIO,
     interval: float = 30.0,
     max_seconds: float = 8 * 3600,
@@ -458,7 +458,7 @@ def watch(
 
     Returns WATCH_EXIT_DONE, WATCH_EXIT_FAILED or WATCH_EXIT_GAVE_UP."""
     start = clock()
-    last_good: tuple[StartupStatus | None, Doc | None] | None = None
+    last_good: tuple[StartupStatus | None, Progress | None] | None = None
     group: GroupState | None = None
     while True:
         problem = None

@@ -170,10 +170,10 @@ def _range(name: str, prefix: str, rest: str, option: OptionKind, fail: Fail) ->
     scale = "UNIT_LOG_SCALE" if log else "UNIT_LINEAR_SCALE"
     if option.kind == INT:
         # int64 fields go as decimal strings, as the API writes them.
-        values = {"minValue": str(low), "maxValue": str(high)}
-        return {"parameterId": name, "integerValueSpec": values, "scaleType": scale}
-    values = {"minValue": float(low), "maxValue": float(high)}
-    return {"parameterId": name, "doubleValueSpec": values, "scaleType": scale}
+        ints = {"minValue": str(low), "maxValue": str(high)}
+        return {"parameterId": name, "integerValueSpec": ints, "scaleType": scale}
+    doubles = {"minValue": float(low), "maxValue": float(high)}
+    return {"parameterId": name, "doubleValueSpec": doubles, "scaleType": scale}
 
 
 def _discrete(name: str, rest: str, option: OptionKind, fail: Fail) -> dict[str, Any]:

@@ -128,8 +128,10 @@ def resolve_where(args: argparse.Namespace, outputs: Callable[[], dict[str, Any]
         values[key] = str(value).removeprefix("gs://").strip("/") if key == "bucket" else value
     target = vertex_spec.Target(**values)
     name = args.stack or stack.get("stack") or MANUAL_STACK
-    labels = stack.get("labels") if isinstance(stack.get("labels"), dict) else {}
-    labels = {k: str(v) for k, v in labels.items() if k not in ("app", "stack")}
+    stack_labels = stack.get("labels")
+    if not isinstance(stack_labels, dict):
+        stack_labels = {}
+    labels = {k: str(v) for k, v in stack_labels.items() if k not in ("app", "stack")}
     data = args.data or f"gs://{target.bucket}/{stack.get('dataPath') or DEFAULT_DATA_PATH}"
     return Where(target, str(name), labels, data)
 

@@ -131,11 +131,10 @@ class GpuNotebook(pulumi.ComponentResource):
         )
 
         salt = random.RandomBytes(f"{name}-password-salt", length=16, opts=child)
-        password_hash = pulumi.Output.secret(
-            pulumi.Output.all(jupyter_password, salt.base64).apply(
-                lambda values: jupyter_password_hash(values[0], values[1])
-            )
+        hashed: pulumi.Output[str] = pulumi.Output.all(jupyter_password, salt.base64).apply(
+            lambda values: jupyter_password_hash(values[0], values[1])
         )
+        password_hash: pulumi.Output[str] = pulumi.Output.secret(hashed)
         # The hash goes to Secret Manager, readable by the VM's account alone: metadata is open to
         # every project Viewer and to every process on the VM.
         self.password_secret, self.password_version, grant = _vm_secret(
@@ -389,7 +388,7 @@ def _conditional_grant(
     description: str,
     permissions: tuple[str, ...],
     member: pulumi.Input[str],
-    condition: pulumi.Input[dict[str, str]],
+    condition: pulumi.Input[gcp.projects.IAMMemberConditionArgsDict],
     opts: pulumi.ResourceOptions,
 ) -> tuple[gcp.projects.IAMCustomRole, gcp.projects.IAMMember]:
     """A custom role with exactly `permissions`, bound on the project to `member` under an IAM

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The metadata keys are the contract's: the VM and `kgg status` read them (tests read them here).
 from kgg.common.contract import (
@@ -25,6 +25,18 @@ from kgg.common.contract import (
 )
 from kgg.infra.catalogue import IMAGES
 from kgg.infra.settings import IAP_SOURCE_RANGE, StackSettings
+
+if TYPE_CHECKING:
+    # Pulumi's own shapes, for the type checker only: the builders stay free of Pulumi at run time
+    # and the checker still holds every key to what the provider takes.
+    from pulumi_gcp.compute import (
+        InstanceTemplateGuestAcceleratorArgsDict,
+        InstanceTemplateSchedulingArgsDict,
+        InstanceTemplateShieldedInstanceConfigArgsDict,
+        RegionInstanceGroupManagerInstanceLifecyclePolicyArgsDict,
+        RegionInstanceGroupManagerUpdatePolicyArgsDict,
+    )
+    from pulumi_gcp.projects import IAMMemberConditionArgsDict
 
 # With notebookAccess iap the notebook is reached through a tunnel to the laptop's own port.
 IAP_NOTEBOOK_URL = "https://localhost:{port} (through `kgg notebook`)"
@@ -60,7 +72,7 @@ TARGET_SHAPE = "ANY"
 SSH_COMMAND = "uv run kgg ssh"
 
 
-def scheduling(settings: StackSettings) -> dict[str, Any]:
+def scheduling(settings: StackSettings) -> InstanceTemplateSchedulingArgsDict:
     """GPU VMs cannot live-migrate: they must stop for host maintenance."""
     if settings.spot:
         return {
@@ -80,7 +92,7 @@ def scheduling(settings: StackSettings) -> dict[str, Any]:
     }
 
 
-def guest_accelerators(settings: StackSettings) -> list[dict[str, Any]]:
+def guest_accelerators(settings: StackSettings) -> list[InstanceTemplateGuestAcceleratorArgsDict]:
     """N1 machines take GPUs as guest accelerators; G2/A2/A3 bring theirs in the machine type."""
     if settings.gpu.attach == "bundled":
         return []
@@ -92,7 +104,9 @@ def boot_image(settings: StackSettings) -> str:
     return f"projects/{image.project}/global/images/family/{image.family}"
 
 
-def shielded_instance_config(settings: StackSettings) -> dict[str, bool]:
+def shielded_instance_config(
+    settings: StackSettings,
+) -> InstanceTemplateShieldedInstanceConfigArgsDict:
     """Secure Boot refuses the unsigned modules DKMS builds (Debian's driver); Ubuntu's
     precompiled modules are signed, so the GCE default (off) is only pinned where it matters."""
     if IMAGES[settings.image].needs_secure_boot_off:
@@ -167,7 +181,7 @@ def workflow_path(project: str, region: str, name: str) -> str:
     return f"projects/{project}/locations/{region}/workflows/{name}"
 
 
-def group_resize_condition(group_path: str) -> dict[str, str]:
+def group_resize_condition(group_path: str) -> IAMMemberConditionArgsDict:
     """Limits the stopper's grant to the one group: the condition is false for every other."""
     return {
         "title": "only the stack's VM group",
@@ -176,7 +190,7 @@ def group_resize_condition(group_path: str) -> dict[str, str]:
     }
 
 
-def stop_invoke_condition(workflow: str) -> dict[str, str]:
+def stop_invoke_condition(workflow: str) -> IAMMemberConditionArgsDict:
     """Limits the VM's grant to its stop workflow and that workflow's executions."""
     return {
         "title": "only the stack's stop workflow",
@@ -225,7 +239,7 @@ main:
 """
 
 
-def update_policy(settings: StackSettings) -> dict[str, Any]:
+def update_policy(settings: StackSettings) -> RegionInstanceGroupManagerUpdatePolicyArgsDict:
     """How a new template reaches the VM: metadata-only changes in place (REFRESH), anything else
     by recreating it (RECREATE: delete, then create); never a second VM next to the first (it
     would need the static IP and the GPU quota the first holds). RECREATE needs maxUnavailable
@@ -243,7 +257,7 @@ def update_policy(settings: StackSettings) -> dict[str, Any]:
     }
 
 
-def instance_lifecycle_policy() -> dict[str, Any]:
+def instance_lifecycle_policy() -> RegionInstanceGroupManagerInstanceLifecyclePolicyArgsDict:
     """A VM that is not running (preempted, deleted, never created for lack of capacity) is
     recreated until it exists, in another zone of the group when its own has no capacity; repairs
     use the current template. https://cloud.google.com/compute/docs/instance-groups/about-repair"""

@@ -56,7 +56,7 @@ class RowTarget:
 
     def write(self, fd: int, row: int, values: np.ndarray) -> None:
         """Writes `values` (one row, or consecutive rows) at row `row` of the open file `fd`."""
-        data = memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+        data = np.ascontiguousarray(values).reshape(-1).view(np.uint8).data
         if not data or len(data) % self.row_bytes:
             raise ValueError(f"{len(data)} bytes are no whole rows of {self.row_bytes}")
         position = self.offset + row * self.row_bytes
@@ -116,6 +116,8 @@ class DiskRows:
         self._index = index  # the file's rows in this selection; None: all of them
         self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self.path = path
+        # The selection this one was made from: keeps the file (and its finalizer) open.
+        self._owner: DiskRows | None = None
 
     @classmethod
     def open(cls, path: Path) -> DiskRows:
@@ -186,7 +188,7 @@ class DiskRows:
 
     def _like(self, dtype: np.dtype, index: np.ndarray | None) -> DiskRows:
         rows = DiskRows(self._fd, self._shape, dtype, self._offset, index, self.path)
-        rows._owner = self  # keeps the file (and its finalizer) open while a selection lives
+        rows._owner = self
         return rows
 
     def subset(self, positions: np.ndarray) -> DiskRows:
@@ -206,7 +208,7 @@ class DiskRows:
         out = np.empty((len(rows), *self._shape[1:]), self._dtype)
         if not len(rows):
             return out
-        buffer = memoryview(out.reshape(-1).view(np.uint8))
+        buffer = out.reshape(-1).view(np.uint8).data
         starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
         for first, stop in zip(starts, [*starts[1:], len(rows)], strict=True):
             part = buffer[first * self._row_bytes : stop * self._row_bytes]

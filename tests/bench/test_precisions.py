@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import estimate, gpu, hardware, measure, precisions, run
+from bench import common, estimate, gpu, hardware, measure, precisions, run
 from bench.precisions import Measured, Setting
 from bench.report import Report
 from kgg.job.runtime import Precision
@@ -137,10 +137,10 @@ def test_gpu_run_reports_every_target_from_its_measurements(
         return 150.0
 
     monkeypatch.setattr(gpu, "end_to_end", job)
-    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
     written: list[Report] = []
-    monkeypatch.setattr(run, "write_outputs", lambda report, **kwargs: written.append(report))
-    assert gpu.main(run.QUICK, tmp_path / "data") == 0
+    monkeypatch.setattr(common, "write_outputs", lambda report, **kwargs: written.append(report))
+    assert gpu.main(common.QUICK, tmp_path / "data") == 0
     (report,) = written
     targets = {t.name: (t.status, t.figure) for t in report.targets}
     assert targets["mixed_bfloat16 vs float32, VGG16 forward"] == ("PASS", pytest.approx(2.5))
@@ -167,7 +167,7 @@ def test_quick_run_measures_bfloat16_only_where_the_hardware_computes_it(
 
     monkeypatch.setattr(runtime, "local_precision", local_precision)
     report = Report(mode="quick", machine={})
-    assert run._native(run.QUICK, report) == measured
+    assert run._native(common.QUICK, report) == measured
     notes = [n for n in report.notes if "Not measured" in n]
     assert len(notes) == emulated
     if emulated:
