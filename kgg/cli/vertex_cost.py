@@ -93,13 +93,12 @@ def compute_engine_floor(body: Mapping[str, Any]) -> float | None:
     for machine_type, accelerator, count, replicas in _pools(body):
         machine = MACHINE_PRICES.get(machine_type)
         spec = GPUS.get(gce_names.get(accelerator or "", ""))
-        if machine is None or (
-            accelerator and (spec is None or spec.on_demand_usd_per_hour is None)
-        ):
+        gpu_price = spec.on_demand_usd_per_hour if spec is not None else None
+        if machine is None or (accelerator and gpu_price is None):
             return None
-        bundled = spec is None or spec.attach == "bundled"  # a g2/a2/a3 price brings its GPUs
-        gpus = 0.0 if bundled else count * (spec.on_demand_usd_per_hour or 0.0)
-        total += replicas * (machine[0] + gpus)
+        # A g2/a2/a3 machine's price brings its GPUs.
+        bundled = spec is None or spec.attach == "bundled" or gpu_price is None
+        total += replicas * (machine[0] + (0.0 if bundled else count * (gpu_price or 0.0)))
     return total or None
 
 
