@@ -13,11 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kgg"
 ROOMS = ("infra", "startup", "agent", "job", "cli", "common")
 # room -> the rooms it may import (besides itself). Everything shares `common`; the laptop's root
-# parser and demo drive the job; the stack renders the startup script.
+# parser and demo drive the job; the stack renders the startup script, whose uv and Python pins
+# a Vertex job's container installs with too.
 MAY_IMPORT = {
     "common": (),
     "job": ("common",),
-    "cli": ("common", "job", "infra"),
+    "cli": ("common", "job", "infra", "startup"),
     "agent": ("common",),
     "startup": ("common", "agent"),
     "infra": ("common", "startup"),
