@@ -82,6 +82,8 @@ JOBS_ACCOUNT_SUFFIX = "-jobs"  # kgg/infra/specs.py's jobs_account_id
 #
 # What the VM's and the jobs' accounts share: roles/storage.objectAdmin on the stack's bucket only,
 # and roles/logging.logWriter (the guest agent's startup-script log; a job's container log).
+# Written out, not derived from PREDEFINED_ROLES: when Google grows a role, the allow-list test
+# fails and a person decides whether the identity may keep it.
 _BUCKET_OBJECTS_AND_LOGS = frozenset(
     {
         "monitoring.timeSeries.create",
