@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from kgg.cli.vertex_spec import STRATEGIES, VERTEX_ACCELERATORS
-from kgg.infra.catalogue import GPUS, MACHINE_PRICES
+from kgg.infra.catalogue import GPUS, machine_cost_usd
 from kgg.infra.vertex_prices import (
     VERTEX_PRICES_CHECKED,
     VERTEX_PRICES_REGION,
@@ -91,14 +91,15 @@ def compute_engine_floor(body: Mapping[str, Any]) -> float | None:
     gce_names = {api: gce for gce, api in VERTEX_ACCELERATORS.items()}
     total = 0.0
     for machine_type, accelerator, count, replicas in _pools(body):
-        machine = MACHINE_PRICES.get(machine_type)
-        spec = GPUS.get(gce_names.get(accelerator or "", ""))
-        gpu_price = spec.on_demand_usd_per_hour if spec is not None else None
-        if machine is None or (accelerator and gpu_price is None):
+        spec = GPUS.get(gce_names.get(accelerator, "")) if accelerator else None
+        rate = (
+            None
+            if accelerator and spec is None
+            else machine_cost_usd(spec, machine_type, count, spot=False)
+        )
+        if rate is None:
             return None
-        # A g2/a2/a3 machine's price brings its GPUs.
-        bundled = spec is None or spec.attach == "bundled" or gpu_price is None
-        total += replicas * (machine[0] + (0.0 if bundled else count * (gpu_price or 0.0)))
+        total += replicas * rate
     return total or None
 
 

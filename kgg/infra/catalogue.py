@@ -312,13 +312,22 @@ def looks_like_machine_type(value: str) -> bool:
     return bool(_MACHINE_TYPE.match(value))
 
 
+def machine_cost_usd(
+    spec: GpuSpec | None, machine_type: str, gpu_count: int, spot: bool
+) -> float | None:
+    """$/h of a machine and its GPUs (`spec` None: no GPU) at Compute Engine's prices, or None
+    where a price is not in the catalogue."""
+    machine = MACHINE_PRICES.get(machine_type)
+    gpu = None if spec is None else spec.spot_usd_per_hour if spot else spec.on_demand_usd_per_hour
+    if machine is None or (spec is not None and gpu is None):
+        return None
+    machine_price = machine[1] if spot else machine[0]
+    gpus = 0 if spec is None or spec.attach == "bundled" else gpu_count
+    return machine_price + gpus * (gpu or 0.0)
+
+
 def hourly_cost_usd(spec: GpuSpec, machine_type: str, gpu_count: int, spot: bool) -> float | None:
     """Estimated $/h of the running VM (machine + GPUs + static IP), or None where a price is
     not in the catalogue. Disk is left out: it is cents a day and also billed while stopped."""
-    machine = MACHINE_PRICES.get(machine_type)
-    gpu = spec.spot_usd_per_hour if spot else spec.on_demand_usd_per_hour
-    if machine is None or gpu is None:
-        return None
-    machine_price = machine[1] if spot else machine[0]
-    gpus = 0 if spec.attach == "bundled" else gpu_count
-    return round(machine_price + gpus * gpu + STATIC_IP_USD_PER_HOUR, 4)
+    compute = machine_cost_usd(spec, machine_type, gpu_count, spot)
+    return None if compute is None else round(compute + STATIC_IP_USD_PER_HOUR, 4)

@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from kgg.cli import local_sweep as local
 from kgg.cli import vertex_spec
+from kgg.cli.local_sweep import LocalTrial
 from kgg.cli.stack import stack_outputs
 from kgg.cli.vertex_api import JOB_NAME, TUNING_JOBS, Vertex
 from kgg.cli.vertex_jobs import (
@@ -37,7 +38,6 @@ from kgg.cli.vertex_spec import SpecError
 def local_sweep(args: argparse.Namespace) -> int:
     """`sweep --local`: the trials here, one after another, under Vertex's trial contract, on
     --data, or by default on the demo's synthetic data in an emulator bucket (as `kgg demo`)."""
-    from kgg.cli import local_sweep as local
     from kgg.cli import sweep_params
 
     if args.algorithm not in ("random", "bayesian"):
@@ -56,7 +56,7 @@ def local_sweep(args: argparse.Namespace) -> int:
         print(f"sweep {run_id}: {args.trials} trials here, one after another, in {here}/")
         trials = local.run_trials(study, ["train", "--data", args.data, *fixed], here,
                                   args.trials, seed=args.seed_trials)  # fmt: skip
-        return _best(local, run_id, trials)
+        return _best(run_id, trials)
     return _demo_sweep(args, study, run_id, here, fixed)
 
 
@@ -68,7 +68,6 @@ def _demo_sweep(
     import tempfile
 
     from kgg.cli import demo
-    from kgg.cli import local_sweep as local
     from kgg.common import storage
     from kgg.common.contract import run_folder
     from kgg.common.emulator import acting_as
@@ -88,10 +87,10 @@ def _demo_sweep(
                 storage.download_tree(base, str(here), progress=False)
     print(f"copied the trials' results to {here}/")
     moved = [replace(t, out=str(here / t.trial_id)) for t in trials]
-    return _best(local, run_id, moved)
+    return _best(run_id, moved)
 
 
-def _best(local: Any, run_id: str, trials: list[Any]) -> int:
+def _best(run_id: str, trials: list[LocalTrial]) -> int:
     winner = local.best(trials)
     if winner is None:
         print(f"no trial of {run_id} reported a score: see the trials' output above")
