@@ -112,6 +112,14 @@ VERTEX_MODEL_DIR_ENV = "AIP_MODEL_DIR"
 # Where Vertex mounts the bucket in the container (Cloud Storage FUSE, read-write).
 VERTEX_FUSE_ROOT = "/gcs/"
 
+
+def vertex_run_folder(model_dir: str) -> str | None:
+    """The run's folder (the job's --out) of an AIP_MODEL_DIR `<folder>/model/`; None for a
+    value that does not end in /model."""
+    trimmed = model_dir.rstrip("/")
+    return trimmed.removesuffix("/model") if trimmed.endswith("/model") else None
+
+
 # --- Exit codes ------------------------------------------------------------------------------
 EXIT_USAGE = 2  # bad data, path, option or value: the user fixes it, then runs the command again
 # EX_TEMPFAIL: interrupted (SIGTERM, a simulated kill, no capacity yet); the same command resumes.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgg.common.contract import METRIC_ID, VERTEX_MODEL_DIR_ENV
+from kgg.common.contract import METRIC_ID, VERTEX_MODEL_DIR_ENV, vertex_run_folder
 
 DEFAULT_METRIC_FILE = "/tmp/hypertune/output.metrics"
 # cloudml-hypertune keeps this many reports in the file.
@@ -58,7 +58,9 @@ class VertexRun:
     @property
     def out(self) -> str:
         """The run's folder (the job's --out): the folder above AIP_MODEL_DIR."""
-        return self.model_dir.rstrip("/").removesuffix("/model")
+        folder = vertex_run_folder(self.model_dir)
+        assert folder is not None  # from_environment checked it
+        return folder
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> VertexRun | None:
@@ -74,7 +76,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> VertexRun | None:
                 "trialJobSpec needs a baseOutputDirectory"
             )
         return None
-    if not model_dir.rstrip("/").endswith("/model") or not (
+    if vertex_run_folder(model_dir) is None or not (
         model_dir.startswith("gs://") or model_dir.startswith("/")
     ):
         raise ValueError(

@@ -60,6 +60,7 @@ from kgg.common.contract import (
     ContractError,
     check_run_id,
     check_secret_name,
+    vertex_run_folder,
 )
 from kgg.common.documents import ChangeError, update_file
 from kgg.common.vm_runtime import (
@@ -378,10 +379,11 @@ def extract_uv(wheel: Path, version: str, target: Path) -> None:
         shutil.copyfileobj(source, out)
 
 
-# The uv sync of the VM's env (startup.sh.j2 step_python): the locked packages and extras only;
-# the code runs from the app folder on PYTHONPATH.
-UV_SYNC = ("sync", "--frozen", "--no-dev", "--no-default-groups", "--extra", "ml", "--extra", "vm",
-           "--no-install-project")  # fmt: skip
+# `uv sync --directory APP` of the env, the VM's (startup.sh.j2 step_python, rendered from this)
+# and a Vertex job's: the locked packages and extras only; the code runs from the app folder on
+# PYTHONPATH.
+UV_SYNC_FLAGS = ("--frozen", "--no-dev", "--no-default-groups", "--extra", "ml", "--extra", "vm",
+                 "--no-install-project")  # fmt: skip
 VERTEX_PINS = {  # the settings key -> the container's variable (kgg/cli/vertex_jobs.py sets them)
     "uv_version": UV_VERSION_ENV,
     "uv_wheel_url": UV_WHEEL_URL_ENV,
@@ -423,7 +425,7 @@ def vertex(args: list[str]) -> None:
     started = time.monotonic()
 
     def sync() -> None:
-        code = subprocess.run([str(uv), *UV_SYNC, "--directory", str(app)], env=env,
+        code = subprocess.run([str(uv), "sync", "--directory", str(app), *UV_SYNC_FLAGS], env=env,
                               check=False).returncode  # fmt: skip
         if code != 0:
             raise OSError(f"exit {code}")
@@ -445,11 +447,10 @@ def vertex(args: list[str]) -> None:
 def vertex_log_copy(env: dict[str, str] | os._Environ[str]) -> Path | None:
     """The run's train.log on the bucket's FUSE mount (<run folder>/train.log, the run folder
     being the one above AIP_MODEL_DIR, as the job takes it), or None outside a run folder."""
-    model_dir = env.get(VERTEX_MODEL_DIR_ENV, "").rstrip("/")
-    if not model_dir.startswith("gs://") or not model_dir.endswith("/model"):
+    folder = vertex_run_folder(env.get(VERTEX_MODEL_DIR_ENV, ""))
+    if folder is None or not folder.startswith("gs://"):
         return None
-    folder = model_dir.removeprefix("gs://").removesuffix("/model")
-    return ROOT / VERTEX_FUSE_ROOT.strip("/") / folder / TRAIN_LOG_FILE
+    return ROOT / VERTEX_FUSE_ROOT.strip("/") / folder.removeprefix("gs://") / TRAIN_LOG_FILE
 
 
 def run_teed(argv: list[str], env: dict[str, str], log_file: Path, copy_to: Path | None) -> int:

@@ -21,6 +21,7 @@ from jinja2 import Environment
 from kgg.agent import units
 from kgg.agent.config import Paths, VmSettings
 from kgg.common.contract import BOOTSTRAP_PY, IDLE_TIMER, IDLE_UNIT
+from kgg.startup.bootstrap import UV_SYNC_FLAGS
 
 
 class GpuSpec(Protocol):
@@ -174,6 +175,7 @@ def template_context(
         "uv_version": UV_VERSION,
         "uv_wheel_url": UV_WHEEL_URL,
         "uv_wheel_sha256": UV_WHEEL_SHA256,
+        "uv_sync_flags": shlex.join(UV_SYNC_FLAGS),
         # JSON from json.dumps, in a quoted heredoc: no shell or JSON quoting by hand.
         "vm_settings_json": json.dumps(
             vm_settings(settings, idle_check_seconds=idle_check_seconds).to_json(),

@@ -44,8 +44,8 @@ with open(os.environ["FAKE_PYTHON_CALLS"], "a") as out:
     out.write(json.dumps(seen) + "\\n")
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
-UV_SYNC = ["sync", "--frozen", "--no-dev", "--no-default-groups", "--extra", "ml", "--extra",
-           "vm", "--no-install-project"]  # fmt: skip
+UV_SYNC_FLAGS = ["--frozen", "--no-dev", "--no-default-groups", "--extra", "ml", "--extra", "vm",
+                 "--no-install-project"]  # fmt: skip
 
 
 class Container:
@@ -118,7 +118,8 @@ def test_the_job_is_python_m_kgg_in_the_synced_env_and_its_exit_code_the_contain
     else:
         assert "invalid choice: 'no-such-command'" in done.stderr
     (sync,) = container.calls("uv")
-    assert sync["argv"] == [*UV_SYNC, "--directory", str(container.app)]
+    # The VM's own `uv sync` (tests/startup/test_startup_behaviour.py holds its argv the same).
+    assert sync["argv"] == ["sync", "--directory", str(container.app), *UV_SYNC_FLAGS]
     home = container.home
     assert sync["env"] == {
         "UV_PROJECT_ENVIRONMENT": str(home / "venv"),
@@ -215,11 +216,19 @@ def test_a_sigterm_reaches_the_job_whose_exit_code_and_log_are_the_containers(
 ) -> None:
     """Vertex stops a container with SIGTERM to its first process, the bootstrap: the job must
     get it (it saves its state and exits 75), and the log of that run ends where the job did."""
+    # As the job does (kgg/job/runstate.py): the handler raises, the way out saves and says so
+    # (a print inside the handler could land in the middle of the job's own print).
     job = (
         "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *_: (print('saved', flush=True), sys.exit(75)))\n"
-        "print('epoch 1', flush=True)\n"
-        "time.sleep(60)\n"
+        "class Stop(BaseException): pass\n"
+        "def stop(*_): raise Stop\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "try:\n"
+        "    print('epoch 1', flush=True)\n"
+        "    time.sleep(60)\n"
+        "except Stop:\n"
+        "    print('saved', flush=True)\n"
+        "    sys.exit(75)\n"
     )
     log_file, copy_to = tmp_path / "train.log", tmp_path / "gcs/b/runs/r/train.log"
     parent = (
