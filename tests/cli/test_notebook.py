@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from kgg.common import storage
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "kgg" / "agent" / "notebooks" / "walkthrough.ipynb"
 REPO_ROOT = NOTEBOOK.parents[3]
 COLORS = {"Black-grass": (40, 160, 40), "Charlock": (210, 200, 40), "Maize": (90, 60, 30)}
@@ -158,7 +160,8 @@ def test_walkthrough_follows_the_unattended_run_while_it_trains(
 
     def job_finishes() -> None:
         time.sleep(3)  # a few polls of the following loop
-        (job / "progress.json").write_text(json.dumps({**progress, "state": "done"}))
+        # As the job writes it: whole or not at all (a reader polls it meanwhile).
+        storage.write_json(job / "progress.json", {**progress, "state": "done"})
 
     finisher = threading.Thread(target=job_finishes, daemon=True)
 
