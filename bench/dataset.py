@@ -119,7 +119,8 @@ def render(spec: ImageSpec) -> np.ndarray:
     for _ in range(rng.integers(2, 6)):
         y, x = rng.integers(1, 7, size=2)
         coarse[y - 1 : y + 1, x - 1 : x + 1] = (40, rng.integers(120, 200), 40)
-    base = np.asarray(Image.fromarray(coarse).resize((spec.width, spec.height), Image.BILINEAR))
+    size = (spec.width, spec.height)
+    base = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BILINEAR))
     noise = rng.integers(-8, 9, size=base.shape, dtype=np.int16)
     pixels = np.clip(base.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     if spec.alpha:

@@ -22,6 +22,7 @@ import numpy as np
 from kgg.job import folders, pipeline
 from kgg.job import images as images_lib
 from kgg.job import splits as splits_lib
+from kgg.job.arrays import DiskRows, Rows
 
 IMAGE_SIZE = 224
 BATCH = 32
@@ -112,7 +113,7 @@ class PipelineResult:
 
 def input_pipeline(
     data_root: Path, cache_dir: Path, n_classes: int, size: int = IMAGE_SIZE
-) -> tuple[PipelineResult, np.ndarray, np.ndarray]:
+) -> tuple[PipelineResult, DiskRows, np.ndarray]:
     """First epoch = the job's decode+resize of every training image into its cache
     (images.load_images on a cold cache); cached epoch = one pass of the job's tf.data pipeline
     (pipeline.training_dataset: epoch order, batch, cast) gathering its rows from the reopened
@@ -169,13 +170,13 @@ def _dataset(
     return dataset
 
 
-def _repeat_to(images: np.ndarray, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _repeat_to(images: Rows, labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     index = np.arange(count) % len(images)
     return images[index], labels[index]
 
 
 def guide_steps(
-    images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int, jit_compile: bool = False
+    images: Rows, labels: np.ndarray, n_classes: int, steps: int, jit_compile: bool = False
 ) -> Steps:
     """The guide recipe's training step: VGG16 with fc1/fc2, every layer trainable, SGD+nesterov,
     built and compiled by the job's own functions (weights=None: speed does not depend on them)."""
@@ -199,7 +200,7 @@ def guide_steps(
 
 
 def feature_steps(
-    images: np.ndarray, steps: int, policy: str = "float32", jit_compile: bool = False
+    images: Rows, steps: int, policy: str = "float32", jit_compile: bool = False
 ) -> tuple[Steps, Steps, np.ndarray]:
     """Phase 1 exactly as the job runs it with one block to fine-tune: train.write_frozen_maps (the
     frozen trunk's block4_pool maps, chunked model.predict into a 16-bit .npy of the policy's
@@ -311,7 +312,7 @@ def finetune_steps(
 
 
 def finetune_steps_on_images(
-    images: np.ndarray,
+    images: Rows,
     labels: np.ndarray,
     n_classes: int,
     steps: int,

@@ -17,6 +17,7 @@ from bench import estimate, flops, hardware, measure
 from bench import report as report_lib
 from bench.common import Plan, log
 from bench.report import Report
+from kgg.job.arrays import DiskRows
 
 N_CLASSES = 12
 FEATURES = 512  # VGG's pooled features: the head's input
@@ -68,7 +69,7 @@ class Measured:
 
 def measure_settings(
     settings: list[Setting],
-    images: np.ndarray,
+    images: DiskRows,
     labels: np.ndarray,
     plan: Plan,
     unfreeze_blocks: int,

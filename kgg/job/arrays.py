@@ -232,6 +232,10 @@ def _read_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"npy format {version} is not one this job writes")
 
 
-def rows_of(images: Any, start: int, stop: int) -> np.ndarray:
+# What a pipeline gathers rows from: an array in memory, or rows on disk read when gathered.
+Rows = np.ndarray | DiskRows
+
+
+def rows_of(images: Rows, start: int, stop: int) -> np.ndarray:
     """A copy of rows start..stop of an array or DiskRows (stop may pass the end)."""
     return images[np.arange(start, min(stop, len(images)))]

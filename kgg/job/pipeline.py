@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from kgg.job.arrays import Rows
+
 
 @functools.lru_cache(maxsize=4)
 def epoch_rows(n: int, views: int, seed: tuple[int, ...], epoch: int) -> np.ndarray:
@@ -36,7 +38,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_dataset(
-    images: np.ndarray,
+    images: Rows,
     labels: np.ndarray,
     n_classes: int,
     batch_size: int,
@@ -47,7 +49,7 @@ def make_dataset(
     return _pipeline(images, labels, n_classes, batch_size, sample_weights, None, range(1))
 
 
-def prediction_batches(images: np.ndarray, batch_size: int) -> Any:
+def prediction_batches(images: Rows, batch_size: int) -> Any:
     """float32 batches of `images` in row order for Model.predict, each exactly `batch_size`
     rows: the last is padded with copies of its final row (model_lib.predict drops their
     predictions). One batch shape, one trace of a model's predict function (and one XLA
@@ -58,7 +60,7 @@ def prediction_batches(images: np.ndarray, batch_size: int) -> Any:
 
 
 def training_dataset(
-    images: np.ndarray,
+    images: Rows,
     labels: np.ndarray,
     n_classes: int,
     batch_size: int,
@@ -83,7 +85,7 @@ def training_dataset(
 
 
 def _pipeline(
-    images: np.ndarray,
+    images: Rows,
     labels: np.ndarray,
     n_classes: int,
     batch_size: int,
@@ -150,10 +152,10 @@ class _Source:
     predicted (measured: 1.3 GB for the block4 maps of 2,310 images). It holds this instead,
     which the dataset's finalizer empties."""
 
-    def __init__(self, images: Any, one_hot: np.ndarray, weights: np.ndarray | None) -> None:
-        self._arrays: tuple[Any, np.ndarray, np.ndarray | None] | None = (images, one_hot, weights)
+    def __init__(self, images: Rows, one_hot: np.ndarray, weights: np.ndarray | None) -> None:
+        self._arrays: tuple[Rows, np.ndarray, np.ndarray | None] | None = (images, one_hot, weights)
 
-    def arrays(self) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    def arrays(self) -> tuple[Rows, np.ndarray, np.ndarray | None]:
         if self._arrays is None:
             raise RuntimeError("a batch was asked of a pipeline whose dataset is gone")
         return self._arrays
