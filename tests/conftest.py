@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -104,7 +104,9 @@ def gcs_bucket_like_real_gcs(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if call.when == "teardown" and item.get_closest_marker("boot"):
         report.user_properties.append((BOOT_PHASES, phases.snapshot()))
@@ -114,6 +116,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for key, value in report.user_properties:
         if key == BOOT_PHASES:
+            assert isinstance(value, dict)  # phases.snapshot()'s, carried by the report
             _boot_report.update(value)
 
 

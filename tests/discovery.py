@@ -49,7 +49,8 @@ MAX_DURATION_SECONDS = 315_576_000_000
 # RFC 3339 as the mapping writes and reads it: "1972-01-01T10:00:20.021Z" or with an offset.
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 # The proto type names the transcoder prints in "Invalid value at 'x' (TYPE), value".
-SCALAR_TYPE_NAMES = {
+# Keyed by a property's ("type", "format"); either may be absent (None).
+SCALAR_TYPE_NAMES: dict[tuple[str | None, str | None], str] = {
     ("string", None): "TYPE_STRING",
     ("string", "int64"): "TYPE_INT64",
     ("string", "uint64"): "TYPE_UINT64",

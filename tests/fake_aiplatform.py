@@ -688,22 +688,26 @@ def _filter(text: str) -> Callable[[dict[str, Any]], bool]:
         match = FILTER_TERM.match(term)
         if match is None:
             raise ValueError(f"The fake does not parse the filter term {term!r}.")
-        name, op, value = match["field"], match["op"], match["value"].strip('"')
-
-        def actual(job: dict[str, Any], name: str = name) -> str | None:
-            if name.startswith("labels."):
-                return job.get("labels", {}).get(name.removeprefix("labels."))
-            return job.get("state" if name == "state" else "displayName")
-
-        if op == ":":
-            if value != "*":
-                raise ValueError(f"The fake parses only ':*' (has), not {term!r}.")
-            tests.append(lambda job, actual=actual: actual(job) is not None)
-        elif op == "=":
-            tests.append(lambda job, actual=actual, value=value: actual(job) == value)
-        else:
-            tests.append(lambda job, actual=actual, value=value: actual(job) != value)
+        op, value = match["op"], match["value"].strip('"')
+        if op == ":" and value != "*":
+            raise ValueError(f"The fake parses only ':*' (has), not {term!r}.")
+        tests.append(_term_test(match["field"], op, value))
     return lambda job: all(test(job) for test in tests)
+
+
+def _term_test(name: str, op: str, value: str) -> Callable[[dict[str, Any]], bool]:
+    """One parsed term of a filter: `name op value`, `op` one of ":" (has), "=", "!="."""
+
+    def actual(job: dict[str, Any]) -> str | None:
+        if name.startswith("labels."):
+            return job.get("labels", {}).get(name.removeprefix("labels."))
+        return job.get("state" if name == "state" else "displayName")
+
+    if op == ":":
+        return lambda job: actual(job) is not None
+    if op == "=":
+        return lambda job: actual(job) == value
+    return lambda job: actual(job) != value
 
 
 def draw(study: Mapping[str, Any], seed: int) -> dict[str, Any]:

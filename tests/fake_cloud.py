@@ -324,8 +324,10 @@ class FakeCloud:
                 return status, data, JSON
         if method == "GET" and path.startswith(GCS_API) and query.get("alt") == ["media"]:
             name = path.removeprefix(GCS_API).partition("/o/")[2]
-            data = self.objects.get(name)
-            return (200, data, "") if data is not None else (404, b"No such object\n", "text/plain")
+            content = self.objects.get(name)
+            if content is None:
+                return 404, b"No such object\n", "text/plain"
+            return 200, content, ""
         if (
             method == "POST"
             and path.startswith(GCS_UPLOAD)

@@ -21,7 +21,7 @@ def start_kernel(session: requests.Session, url: str) -> str:
     answer = session.post(
         f"{url}/api/kernels",
         json={"name": "python3"},
-        headers={"X-XSRFToken": session.cookies.get("_xsrf", "")},
+        headers={"X-XSRFToken": session.cookies.get("_xsrf") or ""},
         timeout=60,
     )
     answer.raise_for_status()
@@ -29,7 +29,7 @@ def start_kernel(session: requests.Session, url: str) -> str:
 
 
 def stop_kernel(session: requests.Session, url: str, kernel: str) -> None:
-    headers = {"X-XSRFToken": session.cookies.get("_xsrf", "")}
+    headers = {"X-XSRFToken": session.cookies.get("_xsrf") or ""}
     session.delete(f"{url}/api/kernels/{kernel}", headers=headers, timeout=30)
 
 

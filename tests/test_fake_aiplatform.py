@@ -312,7 +312,7 @@ def fake(authority: vertex.StaticAuthority, clock: Clock) -> Iterator[vertex.Fak
 
 
 def call(
-    fake: vertex.FakeVertex, method: str, path: str, body: Any = None, member: str = OWNER
+    fake: vertex.FakeVertex, method: str, path: str, body: Any = None, member: str | None = OWNER
 ) -> tuple[int, dict[str, Any]]:
     """One HTTP request to the served fake, as `member` (None: no Authorization header)."""
     authority = fake.authority

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -73,9 +74,13 @@ def test_the_check_mode_of_the_declared_workflow_only_reads_the_group(iam_stack:
 def test_any_argument_but_check_true_means_stop_nothing_else(
     iam_stack: Stack, argument: dict
 ) -> None:
-    seen = []
-    fake_workflows.run(iam_stack.workflow.source, argument,
-                       lambda m, u, q, o: (seen.append(m), (200, {"name": "g"}))[1])  # fmt: skip
+    seen: list[str] = []
+
+    def call(method: str, url: str, query: dict[str, Any], oauth2: bool) -> tuple[int, Any]:
+        seen.append(method)
+        return 200, {"name": "g"}
+
+    fake_workflows.run(iam_stack.workflow.source, argument, call)
     assert seen == ["POST"]
 
 

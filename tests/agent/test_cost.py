@@ -4,6 +4,7 @@ kept in the bucket so a recreated VM goes on counting; its summary in the status
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -34,10 +35,10 @@ def priced(agent: Agent, hourly_usd: float | None) -> Agent:
 
 
 def test_a_boot_counts_its_uptime_and_the_run_the_time_it_trained() -> None:
-    common = {"run_id": "r1", "hourly_usd": 0.36, "spot": False, "now": NOW}
-    ledger = tick({}, boot_id="b1", uptime=600, training=False, **common)
-    ledger = tick(ledger, boot_id="b1", uptime=1200, training=True, **common)
-    ledger = tick(ledger, boot_id="b1", uptime=4200, training=True, **common)
+    tick_r1 = functools.partial(tick, run_id="r1", hourly_usd=0.36, spot=False, now=NOW)
+    ledger = tick_r1({}, boot_id="b1", uptime=600, training=False)
+    ledger = tick_r1(ledger, boot_id="b1", uptime=1200, training=True)
+    ledger = tick_r1(ledger, boot_id="b1", uptime=4200, training=True)
 
     assert ledger["boots"]["b1"] == {
         "seconds": 4200,

@@ -123,8 +123,10 @@ def test_the_loop_goes_on_over_a_malformed_ledger_and_logs_what_it_dropped(agent
 
     sync_loop(mirror, every=0, also=ticker, rounds=2, sleep=lambda s: None)
 
-    assert read(agent.instance.bucket, STARTUP_LOG_OBJECT).startswith("step jupyter: done\n")
+    mirrored = read(agent.instance.bucket, STARTUP_LOG_OBJECT)
+    assert mirrored is not None and mirrored.startswith("step jupyter: done\n")
     ledger = storage.read_json(f"gs://{agent.instance.bucket}/status/cost.json")
+    assert ledger is not None
     assert ledger["boots"]["b1"]["seconds"] == 60.0 and ledger["runs"] == {}
     log = agent.paths.log.read_text()
     assert "dropped what is not a ledger's: since, boots (a list), runs (a str)" in log

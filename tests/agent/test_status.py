@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kgg.agent.cloud import Bucket
 from kgg.agent.status import StatusReporter, log_tail
 
 
-class DeadBucket:
+class DeadBucket(Bucket):
     """A bucket whose uploads fail after `seconds` of the fake clock."""
 
     def __init__(self, clock: list[float], seconds: float) -> None:
+        super().__init__("kgg-dead-bucket")
         self.clock, self.seconds, self.tries = clock, seconds, 0
 
     def upload(self, name: str, data: bytes, content_type: str) -> None:
@@ -30,7 +32,7 @@ def test_failed_uploads_stop_once_the_budget_is_spent(tmp_path: Path) -> None:
         tmp_path / "status.json",
         bucket,
         budget_file=budget,
-        clock=lambda: clock[0],  # type: ignore[arg-type]
+        clock=lambda: clock[0],
     )
 
     for step in ("gpu-check", "jupyter", "training", "idle"):
@@ -45,7 +47,7 @@ def test_failed_uploads_stop_once_the_budget_is_spent(tmp_path: Path) -> None:
 def test_a_service_has_a_budget_of_its_own(tmp_path: Path) -> None:
     clock = [0.0]
     bucket = DeadBucket(clock, seconds=40)
-    reporter = StatusReporter(tmp_path / "status.json", bucket, clock=lambda: clock[0])  # type: ignore[arg-type]
+    reporter = StatusReporter(tmp_path / "status.json", bucket, clock=lambda: clock[0])
 
     reporter.update("training=running")
     reporter.update("training=done")
@@ -64,10 +66,11 @@ def test_log_tail_is_printable_ascii(tmp_path: Path) -> None:
     assert tail.splitlines()[-1] == "bad [31mred "
 
 
-class SlowBucket:
+class SlowBucket(Bucket):
     """Keeps the last upload; the first one takes a while, as over a slow network."""
 
     def __init__(self) -> None:
+        super().__init__("kgg-slow-bucket")
         self.last: dict | None = None
         self.delay = 0.5
 
@@ -85,8 +88,8 @@ def test_the_bucket_never_gets_an_older_document_after_a_newer_one(tmp_path: Pat
     import threading
 
     bucket = SlowBucket()
-    boot = StatusReporter(tmp_path / "status.json", bucket)  # type: ignore[arg-type]
-    service = StatusReporter(tmp_path / "status.json", bucket)  # type: ignore[arg-type]
+    boot = StatusReporter(tmp_path / "status.json", bucket)
+    service = StatusReporter(tmp_path / "status.json", bucket)
     slow = threading.Thread(target=service.update, args=("training=waiting for data",))
     slow.start()
     import time

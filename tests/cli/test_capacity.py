@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from kgg.cli.capacity import group_state, render_group
 
@@ -131,11 +132,11 @@ def test_gpu_comes_from_the_templates_accelerator_when_it_has_no_gpu_label():
     assert result.gpu == "nvidia-tesla-t4"
 
 
-def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_is_absent():
+def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_is_absent() -> None:
     """A group made with `versions` may leave `instanceTemplate` out (the GPU label is read from
     the template `versions[0]` names)."""
     from kgg.cli import vm
-    from kgg.cli.gce import GroupRef
+    from kgg.cli.gce import Compute, GroupRef
 
     from .fake_gce import GROUP_PATH, fixture_body
 
@@ -143,27 +144,29 @@ def test_the_group_template_falls_back_to_its_first_version_when_the_top_field_i
     del described["instanceTemplate"]
     asked: list[str] = []
 
-    class Compute:
-        def get_group(self, group):
+    class Recorded(Compute):
+        """The recorded answers; no session: every call read_group makes is one of these."""
+
+        def get_group(self, group: GroupRef) -> dict[str, Any]:
             return described
 
-        def get_template(self, url):
+        def get_template(self, url: str) -> dict[str, Any]:
             asked.append(url)
             return fixture_body("running", "GET", "kg-template-5f3c2a1")
 
-        def list_managed_instances(self, group):
+        def list_managed_instances(self, group: GroupRef) -> list[dict[str, Any]]:
             return []
 
-        def list_errors(self, group):
+        def list_errors(self, group: GroupRef) -> list[dict[str, Any]]:
             return []
 
-        def list_per_instance_configs(self, group):
+        def list_per_instance_configs(self, group: GroupRef) -> list[dict[str, Any]]:
             return []
 
-        def labelled_instances(self, project, labels):
+        def labelled_instances(self, project: str, labels: dict[str, str]) -> list[dict[str, Any]]:
             return []
 
-    state = vm.read_group(Compute(), GroupRef.parse(GROUP_PATH))  # type: ignore[arg-type]
+    state = vm.read_group(Recorded(session=None), GroupRef.parse(GROUP_PATH))
 
     assert asked == [described["versions"][0]["instanceTemplate"]]
     assert state.gpu == "nvidia-tesla-t4"

@@ -155,15 +155,13 @@ def test_the_checks_are_the_apis_and_both_gpu_quotas(
 def test_init_keeps_the_stack_files_other_keys_and_its_comment(
     project_dir: Path, pulumi_log: Path, apis: FakeProjectApis, typed: list[str]
 ) -> None:
-    existing = {
-        "encryptionsalt": "v1:abc:def",
-        "config": {
-            "gcp:project": "old-project",
-            "keras-gpu-gcp:jupyterPassword": {"secure": "v1:ciphertext"},
-            "keras-gpu-gcp:labels": {"team": "ml"},
-            "keras-gpu-gcp:gpuType": "nvidia-tesla-t4",
-        },
+    config: dict[str, object] = {
+        "gcp:project": "old-project",
+        "keras-gpu-gcp:jupyterPassword": {"secure": "v1:ciphertext"},
+        "keras-gpu-gcp:labels": {"team": "ml"},
+        "keras-gpu-gcp:gpuType": "nvidia-tesla-t4",
     }
+    existing = {"encryptionsalt": "v1:abc:def", "config": config}
     path = project_dir / "Pulumi.trial.yaml"
     path.write_text("# my stack\n" + yaml.safe_dump(existing))
 
@@ -173,7 +171,7 @@ def test_init_keeps_the_stack_files_other_keys_and_its_comment(
     written = _stack(project_dir)
     assert written["encryptionsalt"] == "v1:abc:def"
     assert written["config"] == {
-        **existing["config"],
+        **config,
         "gcp:project": PROJECT,
         "gcp:region": REGION,
         "keras-gpu-gcp:allowedSourceRanges": ["203.0.113.0/28"],
@@ -313,7 +311,10 @@ def test_a_lookup_answer_that_is_not_an_address_says_to_pass_allow() -> None:
 
 def test_a_spot_vm_may_use_the_ordinary_quota_when_it_has_no_preemptible_one() -> None:
     granted = [{"metric": "GPUS_ALL_REGIONS", "limit": 2}]
-    region = [{"metric": "NVIDIA_T4_GPUS", "limit": 2}, {"metric": "PREEMPTIBLE_NVIDIA_T4_GPUS"}]
+    region: list[dict[str, str | int]] = [
+        {"metric": "NVIDIA_T4_GPUS", "limit": 2},
+        {"metric": "PREEMPTIBLE_NVIDIA_T4_GPUS"},
+    ]
     args = {"gpu_type": "nvidia-tesla-t4", "project": PROJECT, "region": REGION}
     assert preflight.quota_problems(granted, region, gpus=2, spot=True, **args) == []
     (problem,) = preflight.quota_problems(granted, region[1:], gpus=2, spot=True, **args)

@@ -106,9 +106,12 @@ def test_pull_lists_the_bucket_once_and_reports_files_per_second(
     _write_run(gcs_bucket, "r1", done=True)
     listed: list[str] = []
     real = storage.list_objects
-    monkeypatch.setattr(
-        storage, "list_objects", lambda url: (listed.append(str(url)), real(url))[1]
-    )
+
+    def recorded(url: str) -> list[storage.ObjectInfo]:
+        listed.append(str(url))
+        return real(url)
+
+    monkeypatch.setattr(storage, "list_objects", recorded)
     run_id, target, stats = results.pull_run(gcs_bucket, "latest", tmp_path, progress=False)
     assert listed == [f"gs://{gcs_bucket}/runs"]
     assert "files/s" in results.render_pull(run_id, target, stats)

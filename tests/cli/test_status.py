@@ -263,7 +263,9 @@ class FakeTime:
         return self.now
 
 
-def _watch(docs: list[tuple[dict | None, dict | None]], max_seconds: float = 3600):
+def _watch(
+    docs: list[tuple[StartupStatus | None, Progress | None]], max_seconds: float = 3600
+) -> tuple[int, list[float], str]:
     fake, out = FakeTime(), io.StringIO()
     feed = iter(docs)
     code = status.watch(
@@ -331,13 +333,17 @@ def test_watch_survives_a_failed_read_and_keeps_going() -> None:
     fake, out = FakeTime(), io.StringIO()
     running = (_startup(training="running"), _progress())
     done = (_startup(training="done"), _progress(state="done"))
-    replies: list[object] = [running, storage.StorageError("gs://b: ConnectionError"), done]
+    replies: list[tuple[StartupStatus | None, Progress | None] | Exception] = [
+        running,
+        storage.StorageError("gs://b: ConnectionError"),
+        done,
+    ]
 
-    def fetch() -> tuple[StartupStatus | None, dict | None]:
+    def fetch() -> tuple[StartupStatus | None, Progress | None]:
         reply = replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return reply  # type: ignore[return-value]
+        return reply
 
     code = status.watch(fetch, out, interval=5, sleep=fake.sleep, clock=fake.clock, now=lambda: NOW)
     assert (code, fake.sleeps) == (status.WATCH_EXIT_DONE, [5, 5])

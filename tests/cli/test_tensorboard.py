@@ -191,6 +191,7 @@ def test_tensorboard_serves_the_mirrored_scalars_on_localhost(
                 break
             time.sleep(1)
         assert scalars, f"no scalars from TensorBoard at {url}"
+        assert isinstance(scalars, list)  # TensorBoard's [[wall_time, step, value], ...]
         assert [(step, value) for _, step, value in scalars] == [(0, 2.5), (1, 1.25)]
         server.send_signal(signal.SIGINT)  # Ctrl-C: the command stops TensorBoard with it
         try:

@@ -87,6 +87,7 @@ def test_upload_copies_every_image_and_a_manifest_matching_the_bucket(
     assert (report.uploaded, report.skipped, report.manifest_written) == (total, 0, True)
     objects = _bucket_objects(gcs_bucket)
     manifest = storage.read_json(f"gs://{gcs_bucket}/{PREFIX}/{upload.MANIFEST_NAME}")
+    assert manifest is not None
     assert manifest["version"] == 1
     assert manifest["classes"] == CLASSES
     assert manifest["test"] == TEST_IMAGES
@@ -127,14 +128,16 @@ def test_interrupted_upload_resumes_and_writes_the_manifest_last(
     writes: list[str] = []
     real_upload, real_write = storage.upload_files, storage.write_json
 
-    def recorded(files: list[tuple[Path, str]], base: str, *args: object) -> None:
-        real_upload(files, base, *args)  # type: ignore[arg-type]
+    def recorded(files: list[tuple[Path, str]], base: str, workers: int, progress: bool) -> None:
+        real_upload(files, base, workers, progress)
         writes.extend(f"{base}/{name}" for _, name in files)
 
+    def recorded_write(url: str, obj: object) -> None:
+        writes.append(url)
+        real_write(url, obj)
+
     monkeypatch.setattr(storage, "upload_files", recorded)
-    monkeypatch.setattr(
-        storage, "write_json", lambda url, obj: (writes.append(url), real_write(url, obj))
-    )
+    monkeypatch.setattr(storage, "write_json", recorded_write)
     report = upload.upload_dataset(dataset_dir, gcs_bucket, PREFIX, workers=4, progress=False)
     assert report.skipped == CLASSES["Black-grass"]
     assert report.uploaded == sum(CLASSES.values()) + TEST_IMAGES - CLASSES["Black-grass"]
@@ -248,9 +251,12 @@ def test_scan_of_the_folder_above_the_dataset_points_at_it(dataset_dir: Path) ->
 
 
 def _object_contents(bucket: str) -> list[bytes]:
-    return [
-        storage.read_bytes(f"gs://{bucket}/{PREFIX}/{name}") for name in _bucket_objects(bucket)
-    ]
+    contents = []
+    for name in _bucket_objects(bucket):
+        content = storage.read_bytes(f"gs://{bucket}/{PREFIX}/{name}")
+        assert content is not None, f"{name} was listed but cannot be read"
+        contents.append(content)
+    return contents
 
 
 def test_upload_never_follows_links_out_of_the_dataset(

@@ -18,6 +18,13 @@ from .test_vertex_commands import TARGET, kgg
 PRICES = f"Vertex AI us-central1 prices of {vertex_prices.VERTEX_PRICES_CHECKED}"
 
 
+def _t4_on_demand() -> float:
+    """The catalogue's on-demand price of a T4 (priced there; a GPU without one says None)."""
+    price = GPUS["nvidia-tesla-t4"].on_demand_usd_per_hour
+    assert price is not None
+    return price
+
+
 @pytest.fixture
 def t4_prices(monkeypatch: pytest.MonkeyPatch) -> None:
     """Round test figures for n1-highmem-4 and the T4 (the catalogue has none yet)."""
@@ -84,7 +91,7 @@ def test_the_catalogues_own_prices_say_unknown_for_the_default_t4(
     code, _, err = kgg(capsys, "submit", *TARGET, "--dry-run")
     assert code == 0, err
     # What is known is said: Vertex charges at least Compute Engine's price for the machine.
-    floor = MACHINE_PRICES["n1-highmem-4"][0] + GPUS["nvidia-tesla-t4"].on_demand_usd_per_hour
+    floor = MACHINE_PRICES["n1-highmem-4"][0] + _t4_on_demand()
     assert err == (
         "estimate: price unknown for n1-highmem-4 + 1x NVIDIA_TESLA_T4, standard: not in the "
         f"catalogue's {PRICES} (https://cloud.google.com/vertex-ai/pricing); at least "
@@ -99,7 +106,7 @@ def test_spot_and_flex_start_get_no_compute_engine_floor() -> None:
                         "scheduling": {"strategy": "SPOT"}}}  # fmt: skip
     assert vertex_cost.compute_engine_floor(body) is None
     body["jobSpec"]["scheduling"] = {"strategy": "STANDARD"}
-    two = MACHINE_PRICES["n1-highmem-4"][0] + 2 * GPUS["nvidia-tesla-t4"].on_demand_usd_per_hour
+    two = MACHINE_PRICES["n1-highmem-4"][0] + 2 * _t4_on_demand()
     assert vertex_cost.compute_engine_floor(body) == pytest.approx(two)
 
 

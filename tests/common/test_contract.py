@@ -30,8 +30,12 @@ def _not_names(tree: ast.AST) -> set[int]:
     command's own name (`add_parser("tensorboard")` is not the run's tensorboard/ folder)."""
     found = set()
     for node in ast.walk(tree):
-        call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        if call and node.func.attr == "add_parser" and node.args:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_parser"
+            and node.args
+        ):
             found.add(id(node.args[0]))
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body

@@ -4,6 +4,7 @@ refuses a caller, with GCS's own error body, and allows what GCS allows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 import requests
@@ -14,9 +15,17 @@ from tests.iam import Stack
 B = "kgg-test-bucket"
 
 
-def _call(url: str, method: str, path: str, token: str | None, **kwargs: object):
+def _call(
+    url: str,
+    method: str,
+    path: str,
+    token: str | None,
+    *,
+    json: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return requests.request(method, url + path, headers=headers, timeout=30, **kwargs)
+    return requests.request(method, url + path, headers=headers, timeout=30, json=json, data=data)
 
 
 @pytest.mark.parametrize(

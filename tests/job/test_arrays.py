@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,9 @@ def test_sixteen_bit_rows_read_as_another_dtype_of_their_width(tmp_path: Path) -
     [lambda p: p.write_bytes(p.read_bytes()[:-7]), lambda p: p.write_bytes(b"\x93NUMPY junk")],
     ids=["truncated", "not-npy"],
 )
-def test_a_file_that_is_not_a_whole_npy_is_named(tmp_path: Path, damage) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_that_is_not_a_whole_npy_is_named(
+    tmp_path: Path, damage: Callable[[Path], object]
+) -> None:
     path = tmp_path / "e.npy"
     _written(path, np.ones((3, 5), np.uint8))
     damage(path)

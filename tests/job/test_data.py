@@ -162,7 +162,12 @@ def test_the_data_is_listed_once_for_its_identity_and_its_mirror(
     storage.upload_tree(write_tiny_data(tmp_path / "data"), url)
     listed: list[str] = []
     real = storage.list_objects
-    monkeypatch.setattr(storage, "list_objects", lambda u: (listed.append(str(u)), real(u))[1])
+
+    def recorded(u: str) -> list[storage.ObjectInfo]:
+        listed.append(str(u))
+        return real(u)
+
+    monkeypatch.setattr(storage, "list_objects", recorded)
     listing = folders.list_data(url)
     identity = folders.data_identity(url, listing)
     local = folders.fetch_data(url, tmp_path / "cache", progress=False, listing=listing)

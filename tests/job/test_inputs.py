@@ -111,7 +111,7 @@ def test_weights_that_do_not_fit_vgg_are_refused_in_one_line(
         assert "written by `train`" in line
 
 
-def _predict(model: Path | str, images: Path | str, out: Path, cache: Path) -> list[str]:
+def _predict(model: Path | str, images: Path | str, out: Path, cache: Path) -> list[str | Path]:
     return ["predict", "--model", model, "--images", images, "--out", out, "--cache-dir", cache]
 
 

@@ -227,7 +227,9 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     monkeypatch.setenv(FAIL_AFTER_ENV, "3")  # features, head 1, head 2: killed before finetune
     with pytest.raises(SimulatedInterruption):
         train(config)
-    assert storage.read_json(f"{out}/backup/state.json")["phases"]["head"]["epochs_done"] == 2
+    state = storage.read_json(f"{out}/backup/state.json")
+    assert state is not None
+    assert state["phases"]["head"]["epochs_done"] == 2
     backed_up = {info.name for info in storage.list_objects(f"{out}/backup")}
     assert not [name for name in backed_up if "maps" in name]  # ~2 GB at full size: local only
     monkeypatch.delenv(FAIL_AFTER_ENV)
@@ -242,7 +244,9 @@ def test_killed_gs_run_resumes_on_a_fresh_machine_from_the_bucket(
     names = {info.name for info in storage.list_objects(out)}
     assert names >= RESULT_FILES
     assert not [name for name in names if name.startswith("backup/")]
-    assert storage.read_json(f"{out}/progress.json")["state"] == "done"
+    progress = storage.read_json(f"{out}/progress.json")
+    assert progress is not None
+    assert progress["state"] == "done"
     assert 0.0 <= metrics["micro_f1"] <= 1.0
     assert np.isclose(metrics["micro_f1"], metrics["accuracy"])
 

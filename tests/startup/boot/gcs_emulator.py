@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler
 
 from gcp_storage_emulator import server
 
@@ -14,7 +15,7 @@ from gcp_storage_emulator import server
 def _keep_media_bodies() -> None:
     parse = server._read_data
 
-    def read_data(request_handler, query):  # type: ignore[no-untyped-def]
+    def read_data(request_handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> object:
         if query.get("uploadType") == ["media"]:
             raw = server._read_raw_data(request_handler)
             return server._decode_raw_data(raw, request_handler) or None

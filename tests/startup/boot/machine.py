@@ -109,7 +109,9 @@ class Machine:
 
     def wait_startup_run(self, timeout: float) -> StartupRun:
         """The startup script's run of this boot, once it ended."""
-        return wait_for(lambda: (self.startup_runs() or [None])[-1], timeout, "the startup run")
+        return wait_for(
+            lambda: next(reversed(self.startup_runs()), None), timeout, "the startup run"
+        )
 
     def _clear_runs(self) -> None:
         (self.root / RUNS_LOG).unlink(missing_ok=True)

@@ -590,7 +590,9 @@ def test_a_vm_recreated_in_another_zone_gets_its_workspace_and_finished_run_back
     assert (root / notebook.lstrip("/")).read_text() == '{"cells": ["mine"]}\n'
     owner = vm.machine.exec("stat", "-c", "%U", notebook).stdout.strip()
     assert owner == "jupyter"
-    assert vm.status()["training"] == "done"  # the job found its finished run in the bucket
+    latest = vm.status()
+    assert latest is not None
+    assert latest["training"] == "done"  # the job found its finished run in the bucket
 
 
 def test_an_archive_that_does_not_match_its_hash_fails_the_python_step(vm: Vm) -> None:
