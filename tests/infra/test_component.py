@@ -400,13 +400,16 @@ def test_service_account_gets_object_admin_on_this_bucket_only(tmp_path):
 
     def check(urn, bucket_name, email, jobs_email, *_waited):
         bucket_grants = mocks.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
-        # The VM's account and the Vertex AI jobs' account, each on this bucket only.
-        assert [
+        # The VM's account and the Vertex AI jobs' account, each on this bucket only. Sorted: the
+        # mocks see the two grants in whichever order their inputs resolve.
+        assert sorted(
             (g.inputs["bucket"], g.inputs["role"], g.inputs["member"]) for g in bucket_grants
-        ] == [
-            (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{email}"),
-            (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{jobs_email}"),
-        ], urn
+        ) == sorted(
+            [
+                (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{email}"),
+                (bucket_name, "roles/storage.objectAdmin", f"serviceAccount:{jobs_email}"),
+            ]
+        ), urn
         assert not mocks.of_type("gcp:storage/bucketIAMBinding:BucketIAMBinding"), urn
 
     return _check(
