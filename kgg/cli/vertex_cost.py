@@ -92,11 +92,9 @@ def compute_engine_floor(body: Mapping[str, Any]) -> float | None:
     total = 0.0
     for machine_type, accelerator, count, replicas in _pools(body):
         spec = GPUS.get(gce_names.get(accelerator, "")) if accelerator else None
-        rate = (
-            None
-            if accelerator and spec is None
-            else machine_cost_usd(spec, machine_type, count, spot=False)
-        )
+        if accelerator and spec is None:
+            return None
+        rate = machine_cost_usd(spec, machine_type, count, spot=False)
         if rate is None:
             return None
         total += replicas * rate

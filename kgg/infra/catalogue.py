@@ -318,12 +318,16 @@ def machine_cost_usd(
     """$/h of a machine and its GPUs (`spec` None: no GPU) at Compute Engine's prices, or None
     where a price is not in the catalogue."""
     machine = MACHINE_PRICES.get(machine_type)
-    gpu = None if spec is None else spec.spot_usd_per_hour if spot else spec.on_demand_usd_per_hour
-    if machine is None or (spec is not None and gpu is None):
+    if machine is None:
         return None
     machine_price = machine[1] if spot else machine[0]
-    gpus = 0 if spec is None or spec.attach == "bundled" else gpu_count
-    return machine_price + gpus * (gpu or 0.0)
+    if spec is None:
+        return machine_price
+    gpu = spec.spot_usd_per_hour if spot else spec.on_demand_usd_per_hour
+    if gpu is None:
+        return None
+    # A g2/a2/a3 machine's price brings its GPUs.
+    return machine_price if spec.attach == "bundled" else machine_price + gpu_count * gpu
 
 
 def hourly_cost_usd(spec: GpuSpec, machine_type: str, gpu_count: int, spot: bool) -> float | None:

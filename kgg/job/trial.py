@@ -49,18 +49,11 @@ TRIAL_ID, METRIC_FILE = "CLOUD_ML_TRIAL_ID", "CLOUD_ML_HP_METRIC_FILE"
 class VertexRun:
     """What Vertex told this process, read once from the environment."""
 
-    model_dir: str
+    out: str  # the run's folder (the job's --out): the folder above AIP_MODEL_DIR
     checkpoint_dir: str | None
     tensorboard_dir: str | None
     trial_id: str | None
     metric_file: Path
-
-    @property
-    def out(self) -> str:
-        """The run's folder (the job's --out): the folder above AIP_MODEL_DIR."""
-        folder = vertex_run_folder(self.model_dir)
-        assert folder is not None  # from_environment checked it
-        return folder
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> VertexRun | None:
@@ -76,15 +69,14 @@ def from_environment(env: Mapping[str, str] | None = None) -> VertexRun | None:
                 "trialJobSpec needs a baseOutputDirectory"
             )
         return None
-    if vertex_run_folder(model_dir) is None or not (
-        model_dir.startswith("gs://") or model_dir.startswith("/")
-    ):
+    out = vertex_run_folder(model_dir)
+    if out is None or not (model_dir.startswith("gs://") or model_dir.startswith("/")):
         raise ValueError(
             f"{MODEL_DIR}={model_dir!r} is not a gs:// or absolute folder ending "
             "in /model/, as Vertex sets it from baseOutputDirectory"
         )
     run = VertexRun(
-        model_dir=model_dir,
+        out=out,
         checkpoint_dir=env.get(CHECKPOINT_DIR) or None,
         tensorboard_dir=env.get(TENSORBOARD_DIR) or None,
         trial_id=trial_id,

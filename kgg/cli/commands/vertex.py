@@ -14,7 +14,6 @@ from pathlib import Path
 
 from kgg.cli import local_sweep as local
 from kgg.cli import vertex_spec
-from kgg.cli.local_sweep import LocalTrial
 from kgg.cli.stack import stack_outputs
 from kgg.cli.vertex_api import JOB_NAME, TUNING_JOBS, Vertex
 from kgg.cli.vertex_jobs import (
@@ -90,7 +89,7 @@ def _demo_sweep(
     return _best(run_id, moved)
 
 
-def _best(run_id: str, trials: list[LocalTrial]) -> int:
+def _best(run_id: str, trials: list[local.LocalTrial]) -> int:
     winner = local.best(trials)
     if winner is None:
         print(f"no trial of {run_id} reported a score: see the trials' output above")
